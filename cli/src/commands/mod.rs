@@ -1,0 +1,5 @@
+//! One module per subcommand: its clap arguments and its `exec`.
+
+pub mod convert;
+pub mod info;
+pub mod inspect;

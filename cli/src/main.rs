@@ -1,0 +1,53 @@
+//! The `v2k` binary: thin subcommands over the pipeline libraries.
+//!
+//! Each subcommand lives in `commands/<name>.rs` with its clap arguments and an `exec`
+//! that builds an options struct and calls a library. Exit codes are documented in
+//! `docs/cli.md` and defined once in [`exit`].
+
+mod commands;
+mod console;
+mod exit;
+
+use clap::{Parser, Subcommand};
+
+/// Move VMware virtual machines to KVM and prove they work
+#[derive(Parser)]
+#[command(name = "v2k", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Convert(commands::convert::Args),
+    Info(commands::info::Args),
+    Inspect(commands::inspect::Args),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0, usage errors to stderr.
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Convert(args) => commands::convert::exec(args),
+        Command::Info(args) => commands::info::exec(args),
+        Command::Inspect(args) => commands::inspect::exec(args),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            if console::is_broken_pipe(&err) {
+                std::process::exit(exit::OK);
+            }
+            eprintln!("v2k: error: {err:#}");
+            std::process::exit(exit::ERROR);
+        }
+    }
+}
