@@ -1,0 +1,452 @@
+//! Converting one VMDK (or several at once) to QCOW2 or raw.
+//!
+//! ```text
+//!            rayon workers (one source reader each)          writer thread
+//!  chunk i ─▶ read 1 MiB ─▶ zero-check clusters ─▶ deflate ─┐
+//!  chunk j ─▶ ...          block digests (64 KiB)           ├─▶ window (in order) ─▶ qcow2/raw
+//!  chunk k ─▶ ...                                           ┘        │
+//!                                                       block digests folded in order
+//! ```
+//!
+//! The disk is cut into chunks of 1 MiB (or one cluster, if larger). A window of
+//! `4 × threads` chunks is processed in parallel, then handed to a writer thread
+//! (a channel of depth one) while the next window is read, so at most two windows
+//! are in memory: peak memory does not depend on the disk size. Chunks that the
+//! allocation map shows as holes are not read at all.
+//!
+//! The output is written under a temporary name, read back and hashed
+//! independently (unless verification is off), and only then renamed into place.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::sync_channel;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use flate2::{Compress, Compression, FlushCompress, Status};
+use rayon::prelude::*;
+
+use crate::blkhash::{self, BlockDigest, Hasher};
+use crate::error::{Error, Result};
+use crate::manifest::{self, HashFacts, Manifest, OutputFacts, SourceFacts, Timing};
+use crate::output::PartialFile;
+use crate::qcow2::{layout, Qcow2Writer};
+use crate::raw::RawWriter;
+pub use crate::verify::Format;
+use crate::vmdk::{ReadSeek, Source, VmdkImage};
+
+/// Smallest work unit: 1 MiB of virtual disk.
+pub const MIN_CHUNK: u64 = 1 << 20;
+/// A source reader is dropped and reopened after this many chunks: the reader
+/// library caches every grain table it touches (2 KiB per 32 MiB of disk), which
+/// would otherwise grow with the disk size.
+const READER_CHUNK_BUDGET: u32 = 4096;
+/// deflate level for `--compress`; zlib's default, as `qemu-img convert -c`.
+const COMPRESS_LEVEL: u32 = 6;
+/// QEMU inflates compressed clusters with a 4 KiB window (windowBits 12).
+const COMPRESS_WINDOW_BITS: u8 = 12;
+
+/// How to convert.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub format: Format,
+    /// QCOW2 cluster size in bytes (power of two, 512 B..2 MiB).
+    pub cluster_size: u64,
+    pub compress: bool,
+    pub verify: bool,
+    /// Replace an existing output.
+    pub overwrite: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            format: Format::Qcow2,
+            cluster_size: 1 << layout::DEFAULT_CLUSTER_BITS,
+            compress: false,
+            verify: true,
+            overwrite: false,
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<u32> {
+        let cs = self.cluster_size;
+        if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
+            return Err(Error::Usage(format!(
+                "cluster size {cs} is not a power of two between 512 and 2097152"
+            )));
+        }
+        if self.format == Format::Raw && self.compress {
+            return Err(Error::Usage("--compress needs the qcow2 format".into()));
+        }
+        Ok(cs.trailing_zeros())
+    }
+}
+
+/// One disk to convert.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub source: Source,
+    pub output: PathBuf,
+}
+
+/// What a conversion reports while it runs; `disk` is the job's index.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started { disk: usize, virtual_size: u64, allocated_bytes: u64 },
+    Copied { disk: usize, done: u64 },
+    Verifying { disk: usize },
+    Verified { disk: usize, done: u64 },
+    Finished { disk: usize },
+}
+
+/// Receives progress events from worker threads.
+pub trait Progress: Sync {
+    fn event(&self, event: Event);
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {
+    fn event(&self, _: Event) {}
+}
+
+/// Hands each worker its own source reader (the library's are not `Sync`).
+struct ReaderPool<'a> {
+    image: &'a VmdkImage,
+    free: Mutex<Vec<(Box<dyn ReadSeek>, u32)>>,
+}
+
+impl ReaderPool<'_> {
+    fn with<T>(&self, f: impl FnOnce(&mut dyn ReadSeek) -> T) -> Result<T> {
+        let taken = self.free.lock().map_err(|_| poisoned())?.pop();
+        let (mut r, uses) = match taken {
+            Some(x) => x,
+            None => (self.image.open_reader()?, 0),
+        };
+        let out = f(&mut *r);
+        if uses + 1 < READER_CHUNK_BUDGET {
+            self.free.lock().map_err(|_| poisoned())?.push((r, uses + 1));
+        }
+        Ok(out)
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Usage("internal: a worker panicked".into())
+}
+
+/// A processed chunk, ready to be written.
+struct Chunk {
+    offset: u64,
+    digests: Vec<BlockDigest>,
+    /// Cluster-padded data; empty when the whole chunk is zero.
+    data: Vec<u8>,
+    /// Per cluster: zero (skip), raw, or compressed bytes.
+    clusters: Vec<Cluster>,
+}
+
+enum Cluster {
+    Zero,
+    Raw,
+    Deflated(Vec<u8>),
+}
+
+fn deflate(cluster: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let mut c = Compress::new_with_window_bits(Compression::new(COMPRESS_LEVEL), false, COMPRESS_WINDOW_BITS);
+    let mut out = Vec::with_capacity(limit);
+    match c.compress_vec(cluster, &mut out, FlushCompress::Finish) {
+        Ok(Status::StreamEnd) if out.len() <= limit => Some(out),
+        _ => None,
+    }
+}
+
+fn process_chunk(
+    image: &VmdkImage,
+    pool: &ReaderPool,
+    source: &Path,
+    offset: u64,
+    len: u64,
+    cs: u64,
+    compress_limit: Option<usize>,
+) -> Result<Chunk> {
+    let mut digests = Vec::with_capacity(len.div_ceil(blkhash::BLOCK as u64) as usize);
+    if !image.maybe_allocated(offset, len) {
+        blkhash::digest_zeros(len, &mut digests);
+        return Ok(Chunk {
+            offset,
+            digests,
+            data: Vec::new(),
+            clusters: Vec::new(),
+        });
+    }
+    let padded = len.div_ceil(cs) * cs;
+    let mut data = vec![0u8; padded as usize];
+    pool.with(|r| {
+        r.seek(SeekFrom::Start(offset))?;
+        r.read_exact(&mut data[..len as usize])
+    })?
+    .map_err(|e| Error::io(source, format!("reading virtual offset {offset}"), e))?;
+    blkhash::digest_blocks(&data[..len as usize], &mut digests);
+    let clusters = data
+        .chunks(cs as usize)
+        .map(|c| {
+            if blkhash::is_zero(c) {
+                Cluster::Zero
+            } else if let Some(limit) = compress_limit {
+                deflate(c, limit).map_or(Cluster::Raw, Cluster::Deflated)
+            } else {
+                Cluster::Raw
+            }
+        })
+        .collect();
+    Ok(Chunk {
+        offset,
+        digests,
+        data,
+        clusters,
+    })
+}
+
+enum Sink<'f> {
+    Qcow2(Qcow2Writer<'f>),
+    Raw(RawWriter<'f>),
+}
+
+impl Sink<'_> {
+    fn write(&mut self, c: &Chunk, cs: u64) -> Result<()> {
+        if c.data.is_empty() {
+            return Ok(());
+        }
+        let first = c.offset / cs;
+        let csz = cs as usize;
+        let mut i = 0;
+        while i < c.clusters.len() {
+            match &c.clusters[i] {
+                Cluster::Zero => i += 1,
+                Cluster::Deflated(blob) => {
+                    match self {
+                        Sink::Qcow2(w) => w.write_compressed(first + i as u64, blob)?,
+                        Sink::Raw(_) => unreachable!("compression is refused for raw output"),
+                    }
+                    i += 1;
+                }
+                Cluster::Raw => {
+                    let mut j = i + 1;
+                    while j < c.clusters.len() && matches!(c.clusters[j], Cluster::Raw) {
+                        j += 1;
+                    }
+                    let bytes = &c.data[i * csz..j * csz];
+                    match self {
+                        Sink::Qcow2(w) => w.write_run(first + i as u64, bytes)?,
+                        Sink::Raw(w) => w.write_at(c.offset + (i * csz) as u64, bytes)?,
+                    }
+                    i = j;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Converts one disk; `disk` is the index used in progress events.
+pub fn convert(job: &Job, opts: &Options, disk: usize, progress: &dyn Progress) -> Result<Manifest> {
+    let bits = opts.validate()?;
+    let started = Instant::now();
+    let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let image = VmdkImage::open(&job.source)?;
+    refuse_output_over_source(&job.output, &image)?;
+    let info = image.info().clone();
+    let size = info.capacity;
+    progress.event(Event::Started {
+        disk,
+        virtual_size: size,
+        allocated_bytes: info.allocated_bytes,
+    });
+
+    let cs = opts.cluster_size;
+    let chunk = MIN_CHUNK.max(cs);
+    let out = PartialFile::create(&job.output, opts.overwrite)?;
+    let tmp = out.tmp_path().to_path_buf();
+    let mut sink = match opts.format {
+        Format::Qcow2 => Sink::Qcow2(Qcow2Writer::new(out.file(), &tmp, size, bits)?),
+        Format::Raw => Sink::Raw(RawWriter::new(out.file(), &tmp, size)?),
+    };
+    let compress_limit = match (&sink, opts.compress) {
+        (Sink::Qcow2(w), true) => Some(w.max_compressed_len()),
+        _ => None,
+    };
+    let pool = ReaderPool {
+        image: &image,
+        free: Mutex::new(Vec::new()),
+    };
+    let chunks = size.div_ceil(chunk);
+    let window = (rayon::current_num_threads() as u64 * 4).max(4);
+    let source_path = job.source.path.as_path();
+
+    let mut hasher = Hasher::new();
+    let (stats, data_bytes) = std::thread::scope(|s| -> Result<_> {
+        let (tx, rx) = sync_channel::<Vec<Chunk>>(1);
+        let writer = s.spawn(move || -> Result<_> {
+            for batch in rx {
+                for c in &batch {
+                    sink.write(c, cs)?;
+                }
+            }
+            Ok(match sink {
+                Sink::Qcow2(w) => {
+                    let st = w.finish()?;
+                    let data = (st.data_clusters + st.compressed_clusters) * cs;
+                    (Some(st), data.min(size))
+                }
+                Sink::Raw(w) => (None, w.finish()),
+            })
+        });
+        let mut start = 0;
+        let mut failure = None;
+        while start < chunks {
+            let end = (start + window).min(chunks);
+            let batch: Result<Vec<Chunk>> = (start..end)
+                .into_par_iter()
+                .map(|i| {
+                    let off = i * chunk;
+                    process_chunk(&image, &pool, source_path, off, chunk.min(size - off), cs, compress_limit)
+                })
+                .collect();
+            match batch {
+                Ok(b) => {
+                    for c in &b {
+                        hasher.update(&c.digests);
+                    }
+                    if tx.send(b).is_err() {
+                        break; // the writer failed; its error is returned below
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            progress.event(Event::Copied {
+                disk,
+                done: (end * chunk).min(size),
+            });
+            start = end;
+        }
+        drop(tx);
+        let written = writer.join().map_err(|_| poisoned())?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        written
+    })?;
+    let source_hash = hasher.finish(size);
+    let copy_seconds = started.elapsed().as_secs_f64();
+
+    let verify_start = Instant::now();
+    let output_hash = if opts.verify {
+        progress.event(Event::Verifying { disk });
+        let h = crate::verify::hash_output(&tmp, opts.format, size, &|done| {
+            progress.event(Event::Verified { disk, done })
+        })?;
+        if h != source_hash {
+            return Err(Error::VerifyMismatch {
+                path: job.output.clone(),
+                expected: source_hash,
+                actual: h,
+            });
+        }
+        Some(h)
+    } else {
+        None
+    };
+    let verify_seconds = verify_start.elapsed().as_secs_f64();
+    let file_size = out
+        .file()
+        .metadata()
+        .map_err(|e| Error::io(&tmp, "reading metadata of", e))?
+        .len();
+    out.commit()?;
+
+    let total_seconds = started.elapsed().as_secs_f64();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let manifest = Manifest {
+        schema_version: manifest::SCHEMA_VERSION,
+        v2k_version: env!("CARGO_PKG_VERSION").into(),
+        source: SourceFacts::new(&job.source, &info),
+        output: OutputFacts {
+            path: job.output.clone(),
+            format: opts.format.name().into(),
+            cluster_size: stats.map(|_| cs),
+            compressed: opts.compress,
+            file_size,
+            data_bytes,
+        },
+        hash: HashFacts {
+            algorithm: blkhash::ALGORITHM.into(),
+            block_size: blkhash::BLOCK as u64,
+            verified: output_hash.is_some(),
+            source: source_hash,
+            output: output_hash,
+        },
+        timing: Timing {
+            started_unix,
+            copy_seconds,
+            verify_seconds,
+            total_seconds,
+            virtual_mib_per_second: mib(size) / copy_seconds.max(1e-9),
+            data_mib_per_second: mib(info.allocated_bytes) / copy_seconds.max(1e-9),
+        },
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Usage(format!("internal: {e}")))?;
+    crate::output::write_atomic(&manifest::manifest_path(&job.output), &json)?;
+    progress.event(Event::Finished { disk });
+    Ok(manifest)
+}
+
+/// Refuses an output path that is one of the source's own files (with `--force`
+/// it would otherwise be truncated while being read).
+fn refuse_output_over_source(output: &Path, image: &VmdkImage) -> Result<()> {
+    let Ok(out) = std::fs::canonicalize(output) else {
+        return Ok(()); // does not exist yet
+    };
+    let info = image.info();
+    let mut sources = vec![info.source.path.clone()];
+    sources.extend(info.extents.iter().filter_map(|e| e.file.clone()));
+    sources.extend(info.parent_chain.iter().cloned());
+    for s in sources {
+        if std::fs::canonicalize(&s).is_ok_and(|c| c == out) {
+            return Err(Error::Usage(format!("{}: output would overwrite a source file", output.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Converts several disks concurrently, at most `parallel_disks` at a time, all
+/// sharing the current rayon pool for their chunks; one failing disk does not stop
+/// the others. Results come back in job order.
+pub fn convert_all(jobs: &[Job], opts: &Options, parallel_disks: usize, progress: &dyn Progress) -> Vec<Result<Manifest>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Manifest>>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..parallel_disks.clamp(1, jobs.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { break };
+                let r = convert(job, opts, i, progress);
+                if let Ok(mut all) = results.lock() {
+                    all[i] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(poisoned())))
+        .collect()
+}

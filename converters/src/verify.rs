@@ -1,0 +1,104 @@
+//! Hashing an output by reading it back from its file, in parallel and in bounded
+//! memory: windows of chunks are hashed by the rayon pool, and their block digests
+//! are folded in disk order before the next window starts.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::blkhash::{self, BlockDigest, Hasher};
+use crate::error::{Error, Result};
+use crate::qcow2::reader::{L2Cache, Qcow2Reader};
+
+/// Bytes hashed per work item.
+pub const CHUNK: u64 = 1 << 20;
+
+/// The output formats v2k writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    Qcow2,
+    Raw,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Qcow2 => "qcow2",
+            Format::Raw => "raw",
+        }
+    }
+}
+
+/// Chunks in flight per window: enough to keep every worker busy.
+fn window_chunks() -> u64 {
+    (rayon::current_num_threads() as u64 * 4).max(4)
+}
+
+/// Runs `digest(offset, len)` over the disk in windows and folds the results.
+fn hash_in_windows<F>(size: u64, chunk: u64, progress: &dyn Fn(u64), digest: F) -> Result<String>
+where
+    F: Fn(u64, u64) -> Result<Vec<BlockDigest>> + Sync,
+{
+    let chunks = size.div_ceil(chunk);
+    let win = window_chunks();
+    let mut hasher = Hasher::new();
+    let mut start = 0;
+    while start < chunks {
+        let end = (start + win).min(chunks);
+        let parts: Vec<Result<Vec<BlockDigest>>> = (start..end)
+            .into_par_iter()
+            .map(|i| {
+                let off = i * chunk;
+                digest(off, chunk.min(size - off))
+            })
+            .collect();
+        for p in parts {
+            hasher.update(&p?);
+        }
+        progress((end * chunk).min(size));
+        start = end;
+    }
+    Ok(hasher.finish(size))
+}
+
+/// Content hash of a QCOW2 file, read back independently of the writer.
+pub fn hash_qcow2(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
+    let r = Qcow2Reader::open(path)?;
+    let chunk = CHUNK.max(r.cluster_size());
+    let cs = r.cluster_size();
+    hash_in_windows(r.size(), chunk, progress, |off, len| {
+        let mut cache = L2Cache::default();
+        let mut buf = vec![0u8; len.div_ceil(cs) as usize * cs as usize];
+        r.read_at(off, &mut buf, &mut cache)?;
+        let mut d = Vec::with_capacity(len.div_ceil(blkhash::BLOCK as u64) as usize);
+        blkhash::digest_blocks(&buf[..len as usize], &mut d);
+        Ok(d)
+    })
+}
+
+/// Content hash of a raw file of `size` virtual bytes.
+pub fn hash_raw(path: &Path, size: u64, progress: &dyn Fn(u64)) -> Result<String> {
+    let f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, "reading metadata of", e))?.len();
+    if len != size {
+        return Err(Error::invalid(path, format!("raw file is {len} bytes, expected {size}")));
+    }
+    hash_in_windows(size, CHUNK, progress, |off, n| {
+        let mut buf = vec![0u8; n as usize];
+        f.read_exact_at(&mut buf, off).map_err(|e| Error::io(path, "reading back", e))?;
+        let mut d = Vec::new();
+        blkhash::digest_blocks(&buf, &mut d);
+        Ok(d)
+    })
+}
+
+/// Content hash of an output file of the given format.
+pub fn hash_output(path: &Path, format: Format, size: u64, progress: &dyn Fn(u64)) -> Result<String> {
+    match format {
+        Format::Qcow2 => hash_qcow2(path, progress),
+        Format::Raw => hash_raw(path, size, progress),
+    }
+}
