@@ -71,9 +71,13 @@ pub fn hash_qcow2(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
     let cs = r.cluster_size();
     hash_in_windows(r.size(), chunk, progress, |off, len| {
         let mut cache = L2Cache::default();
+        let mut d = Vec::with_capacity(len.div_ceil(blkhash::BLOCK as u64) as usize);
+        if r.is_unallocated(off, len, &mut cache)? {
+            blkhash::digest_zeros(len, &mut d);
+            return Ok(d);
+        }
         let mut buf = vec![0u8; len.div_ceil(cs) as usize * cs as usize];
         r.read_at(off, &mut buf, &mut cache)?;
-        let mut d = Vec::with_capacity(len.div_ceil(blkhash::BLOCK as u64) as usize);
         blkhash::digest_blocks(&buf[..len as usize], &mut d);
         Ok(d)
     })
@@ -87,12 +91,26 @@ pub fn hash_raw(path: &Path, size: u64, progress: &dyn Fn(u64)) -> Result<String
         return Err(Error::invalid(path, format!("raw file is {len} bytes, expected {size}")));
     }
     hash_in_windows(size, CHUNK, progress, |off, n| {
+        let mut d = Vec::new();
+        if is_hole(&f, off, n) {
+            blkhash::digest_zeros(n, &mut d);
+            return Ok(d);
+        }
         let mut buf = vec![0u8; n as usize];
         f.read_exact_at(&mut buf, off).map_err(|e| Error::io(path, "reading back", e))?;
-        let mut d = Vec::new();
         blkhash::digest_blocks(&buf, &mut d);
         Ok(d)
     })
+}
+
+/// Whether `[off, off + len)` of `f` is a hole, so it reads as zeros (SEEK_DATA
+/// finds no data before its end). Any error just means "read it".
+fn is_hole(f: &File, off: u64, len: u64) -> bool {
+    match rustix::fs::seek(f, rustix::fs::SeekFrom::Data(off)) {
+        Ok(next_data) => next_data >= off + len,
+        // ENXIO: no data at or after `off`.
+        Err(e) => e == rustix::io::Errno::NXIO,
+    }
 }
 
 /// Content hash of an output file of the given format.

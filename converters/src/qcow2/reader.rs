@@ -116,6 +116,27 @@ impl Qcow2Reader {
         Ok(cache.table.get((g % n) as usize).copied().unwrap_or(0))
     }
 
+    /// Whether every cluster of `[offset, offset + len)` reads as zeros without
+    /// holding data (unallocated or zero-flagged), so it need not be read.
+    pub fn is_unallocated(&self, offset: u64, len: u64, cache: &mut L2Cache) -> Result<bool> {
+        let first = offset / self.cs;
+        let last = (offset + len).div_ceil(self.cs);
+        let per_l2 = layout::l2_entries(self.header.cluster_bits);
+        let mut g = first;
+        while g < last {
+            if self.l1[(g / per_l2) as usize] & OFFSET_MASK == 0 {
+                g = (g / per_l2 + 1) * per_l2; // a whole L2 region is unallocated
+                continue;
+            }
+            let e = self.l2_entry(g, cache)?;
+            if e & OFLAG_COMPRESSED != 0 || (e & OFFSET_MASK != 0 && e & OFLAG_ZERO == 0) {
+                return Ok(false);
+            }
+            g += 1;
+        }
+        Ok(true)
+    }
+
     /// Fills `buf` with the virtual disk's bytes at `offset` (cluster-aligned).
     pub fn read_at(&self, offset: u64, buf: &mut [u8], cache: &mut L2Cache) -> Result<()> {
         let cs = self.cs as usize;

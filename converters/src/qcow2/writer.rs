@@ -283,8 +283,9 @@ impl<'f> Qcow2Writer<'f> {
     pub fn finish(mut self) -> Result<WriteStats> {
         self.flush_l2()?;
         let cs = self.cs;
-        let l1_clusters = (self.l1.len() as u64 * 8).div_ceil(cs).max(1);
-        let l1_at = self.alloc_contiguous(l1_clusters)? * cs;
+        // A zero-size disk has no L1 table; QEMU writes offset 0 for it too.
+        let l1_clusters = (self.l1.len() as u64 * 8).div_ceil(cs);
+        let l1_at = if l1_clusters == 0 { 0 } else { self.alloc_contiguous(l1_clusters)? * cs };
         let rt_clusters = ((self.win + 2) * 8).div_ceil(cs);
         let rt_at = self.alloc_contiguous(rt_clusters)? * cs;
         let windows = self.win + 1;
@@ -297,11 +298,13 @@ impl<'f> Qcow2Writer<'f> {
         }
         self.write_at(rt_at, &rt, "writing the refcount table")?;
 
-        let mut l1 = vec![0u8; (l1_clusters * cs) as usize];
-        for (i, e) in self.l1.iter().enumerate() {
-            l1[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
+        if l1_clusters > 0 {
+            let mut l1 = vec![0u8; (l1_clusters * cs) as usize];
+            for (i, e) in self.l1.iter().enumerate() {
+                l1[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
+            }
+            self.write_at(l1_at, &l1, "writing the L1 table")?;
         }
-        self.write_at(l1_at, &l1, "writing the L1 table")?;
 
         let header = Header {
             version: layout::VERSION,
