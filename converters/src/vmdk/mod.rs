@@ -487,8 +487,8 @@ fn analyse_descriptor_file(path: &Path, len: u64) -> Result<Layer> {
                     .ok_or_else(|| Error::invalid(path, format!("extent {n}: offset overflows")))?;
                 if flen < need {
                     return Err(Error::invalid(
-                        f,
-                        format!("flat extent file is {flen} bytes, shorter than the {need} its descriptor line {n} needs"),
+                        path,
+                        format!("extent {n}: {} is {flen} bytes, shorter than the {need} the extent needs", f.display()),
                     ));
                 }
                 map.mark(base, bytes);
