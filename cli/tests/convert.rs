@@ -438,3 +438,33 @@ fn snapshot_chains_deeper_than_the_limit_are_refused() {
     chain(t.path(), 33);
     assert_refused(t.path(), "d033.vmdk", "deeper than 32");
 }
+
+/// Unmounts the tmpfs even when the test fails.
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_gives_a_clean_error_and_removes_the_partial_output() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let raw = d.join("full.raw");
+    std::fs::write(&raw, noise(24 * MIB as usize, 5)).unwrap();
+    qemu_img(d, &["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse", "full.raw", "full.vmdk"]);
+    let small = d.join("small");
+    std::fs::create_dir(&small).unwrap();
+    // Needs root, as the whole suite does (scripts/test.sh); a failure here is real.
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&small).status().unwrap();
+    assert!(st.success(), "mounting a 4 MiB tmpfs needs root");
+    let _m = Mount(small.clone());
+    let o = v2k(d, &["convert", "full.vmdk", "-o", "small/out.qcow2"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
+    assert!(left.is_empty(), "files left on the full filesystem: {left:?}");
+}
