@@ -58,10 +58,10 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         for (i, e) in info.extents.iter().enumerate() {
             writeln!(
                 o,
-                "  extent {}:        {:?} {:?} {} sectors{}",
+                "  extent {}:        {} {} {} sectors{}",
                 i + 1,
-                e.access,
-                e.kind,
+                serde_name(&e.access),
+                serde_name(&e.kind),
                 e.sectors,
                 e.file.as_ref().map(|f| format!(" {}", f.display())).unwrap_or_default()
             )?;
@@ -74,4 +74,12 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         }
     }
     Ok(if failed { exit::ERROR } else { exit::OK })
+}
+
+/// The kebab-case name an enum has in the JSON output, for the human one too.
+fn serde_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
