@@ -11,8 +11,16 @@ const V2K: &str = env!("CARGO_BIN_EXE_v2k");
 const MIB: u64 = 1 << 20;
 
 fn qemu_img(dir: &Path, args: &[&str]) {
-    let out = Command::new("qemu-img").current_dir(dir).args(args).output().expect("qemu-img is required (scripts/setup.sh)");
-    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("qemu-img")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("qemu-img is required (scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs v2k with an address-space limit, so that a crafted size that made it
@@ -64,7 +72,20 @@ fn make_raw(path: &Path, size: u64) {
 fn make_vmdk(dir: &Path, name: &str, subformat: &str, size: u64) -> PathBuf {
     let raw = dir.join(format!("{name}.raw"));
     make_raw(&raw, size);
-    qemu_img(dir, &["convert", "-f", "raw", "-O", "vmdk", "-o", &format!("subformat={subformat}"), &format!("{name}.raw"), &format!("{name}.vmdk")]);
+    qemu_img(
+        dir,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            &format!("subformat={subformat}"),
+            &format!("{name}.raw"),
+            &format!("{name}.vmdk"),
+        ],
+    );
     std::fs::remove_file(raw).unwrap();
     dir.join(format!("{name}.vmdk"))
 }
@@ -104,12 +125,25 @@ fn assert_refused(dir: &Path, src: &str, needle: &str) {
     let before = snapshot(dir);
     let o = v2k(dir, &["convert", src, "-o", "out.qcow2"]);
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(2), "{src}: expected exit 2, stderr: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{src}: expected exit 2, stderr: {err}"
+    );
     assert!(!err.contains("panicked"), "{src}: panic: {err}");
     assert!(err.contains(needle), "{src}: expected {needle:?} in: {err}");
-    assert!(err.contains(src) || err.contains(".bin"), "{src}: error does not name the file: {err}");
-    assert!(!dir.join("out.qcow2").exists(), "{src}: output left at the final path");
-    assert!(!dir.join(".out.qcow2.v2k-partial").exists(), "{src}: partial output left");
+    assert!(
+        err.contains(src) || err.contains(".bin"),
+        "{src}: error does not name the file: {err}"
+    );
+    assert!(
+        !dir.join("out.qcow2").exists(),
+        "{src}: output left at the final path"
+    );
+    assert!(
+        !dir.join(".out.qcow2.v2k-partial").exists(),
+        "{src}: partial output left"
+    );
     assert_eq!(snapshot(dir), before, "{src}: the source directory changed");
 }
 
@@ -122,7 +156,10 @@ fn patch(path: &Path, at: usize, bytes: &[u8]) {
 fn convert_json_reports_progress_and_a_verified_manifest() {
     let t = tempfile::tempdir().unwrap();
     make_vmdk(t.path(), "disk", "monolithicSparse", 40 * MIB);
-    let o = v2k(t.path(), &["convert", "disk.vmdk", "-o", "disk.qcow2", "--json"]);
+    let o = v2k(
+        t.path(),
+        &["convert", "disk.vmdk", "-o", "disk.qcow2", "--json"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout)
         .unwrap()
@@ -135,10 +172,20 @@ fn convert_json_reports_progress_and_a_verified_manifest() {
     assert_eq!(last["hash"]["verified"], true);
     assert_eq!(last["hash"]["source"], last["hash"]["output"]);
     assert_eq!(last["source"]["virtual-size"], 40 * MIB);
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(t.path().join("disk.qcow2.manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("disk.qcow2.manifest.json")).unwrap())
+            .unwrap();
     assert_eq!(manifest["hash"]["source"], last["hash"]["source"]);
-    let check = Command::new("qemu-img").arg("check").arg(t.path().join("disk.qcow2")).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let check = Command::new("qemu-img")
+        .arg("check")
+        .arg(t.path().join("disk.qcow2"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 }
 
 #[test]
@@ -149,8 +196,14 @@ fn convert_refuses_to_overwrite_without_force() {
     let o = v2k(t.path(), &["convert", "disk.vmdk", "-o", "out.qcow2"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
-    assert_eq!(std::fs::read(t.path().join("out.qcow2")).unwrap(), b"keep me");
-    let o = v2k(t.path(), &["convert", "disk.vmdk", "-o", "out.qcow2", "--force"]);
+    assert_eq!(
+        std::fs::read(t.path().join("out.qcow2")).unwrap(),
+        b"keep me"
+    );
+    let o = v2k(
+        t.path(),
+        &["convert", "disk.vmdk", "-o", "out.qcow2", "--force"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
@@ -159,12 +212,23 @@ fn several_disks_convert_into_a_directory_in_parallel() {
     let t = tempfile::tempdir().unwrap();
     make_vmdk(t.path(), "a", "monolithicSparse", 8 * MIB);
     make_vmdk(t.path(), "b", "streamOptimized", 8 * MIB);
-    let o = v2k(t.path(), &["convert", "a.vmdk", "b.vmdk", "-o", "out", "--format", "raw"]);
+    let o = v2k(
+        t.path(),
+        &[
+            "convert", "a.vmdk", "b.vmdk", "-o", "out", "--format", "raw",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(stdout.lines().count(), 2, "{stdout}");
-    assert_eq!(std::fs::metadata(t.path().join("out/a.raw")).unwrap().len(), 8 * MIB);
-    assert_eq!(std::fs::metadata(t.path().join("out/b.raw")).unwrap().len(), 8 * MIB);
+    assert_eq!(
+        std::fs::metadata(t.path().join("out/a.raw")).unwrap().len(),
+        8 * MIB
+    );
+    assert_eq!(
+        std::fs::metadata(t.path().join("out/b.raw")).unwrap().len(),
+        8 * MIB
+    );
 }
 
 #[test]
@@ -173,20 +237,47 @@ fn a_killed_conversion_leaves_nothing_at_the_final_path_and_reruns_cleanly() {
     // 160 MiB of incompressible data: deflating it on one thread takes seconds.
     let raw = t.path().join("big.raw");
     std::fs::write(&raw, noise(160 * MIB as usize, 99)).unwrap();
-    qemu_img(t.path(), &["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", "big.raw", "big.vmdk"]);
+    qemu_img(
+        t.path(),
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=streamOptimized",
+            "big.raw",
+            "big.vmdk",
+        ],
+    );
     let mut child = Command::new(V2K)
         .current_dir(t.path())
-        .args(["convert", "big.vmdk", "-o", "big.qcow2", "--compress", "--threads", "1"])
+        .args([
+            "convert",
+            "big.vmdk",
+            "-o",
+            "big.qcow2",
+            "--compress",
+            "--threads",
+            "1",
+        ])
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(400));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(!t.path().join("big.qcow2").exists(), "a killed run left a file at the final path");
+    assert!(
+        !t.path().join("big.qcow2").exists(),
+        "a killed run left a file at the final path"
+    );
     assert!(!t.path().join("big.qcow2.manifest.json").exists());
     let o = v2k(t.path(), &["convert", "big.vmdk", "-o", "big.qcow2"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!t.path().join(".big.qcow2.v2k-partial").exists(), "the stale partial file was not reused");
+    assert!(
+        !t.path().join(".big.qcow2.v2k-partial").exists(),
+        "the stale partial file was not reused"
+    );
 }
 
 #[test]
@@ -205,7 +296,10 @@ fn info_reports_subformat_capacity_allocation_and_ddb() {
     assert!(v["ddb"]["adapterType"].is_string());
     let o = v2k(t.path(), &["info", "disk.vmdk"]);
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("twoGbMaxExtentSparse") && text.contains("40.0 MiB"), "{text}");
+    assert!(
+        text.contains("twoGbMaxExtentSparse") && text.contains("40.0 MiB"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -220,19 +314,64 @@ fn malformed_sparse_headers_and_tables_are_refused() {
     let len = img.len() as u64;
     let cases: Vec<(&str, usize, Vec<u8>, &str)> = vec![
         ("cap-max", 12, u64::MAX.to_le_bytes().to_vec(), "capacity"),
-        ("cap-2-63", 12, (1u64 << 63).to_le_bytes().to_vec(), "capacity"),
+        (
+            "cap-2-63",
+            12,
+            (1u64 << 63).to_le_bytes().to_vec(),
+            "capacity",
+        ),
         ("grain-0", 20, 0u64.to_le_bytes().to_vec(), "grainSize"),
         ("grain-1", 20, 1u64.to_le_bytes().to_vec(), "grainSize"),
         ("grain-odd", 20, 3u64.to_le_bytes().to_vec(), "grainSize"),
-        ("grain-2-40", 20, (1u64 << 40).to_le_bytes().to_vec(), "grainSize"),
+        (
+            "grain-2-40",
+            20,
+            (1u64 << 40).to_le_bytes().to_vec(),
+            "grainSize",
+        ),
         ("gtes-0", 44, 0u32.to_le_bytes().to_vec(), "numGTEsPerGT"),
-        ("gtes-513", 44, 513u32.to_le_bytes().to_vec(), "numGTEsPerGT"),
-        ("gtes-max", 44, u32::MAX.to_le_bytes().to_vec(), "numGTEsPerGT"),
-        ("gd-past-eof", 56, (len / 512 + 10).to_le_bytes().to_vec(), "gdOffset"),
-        ("gt-past-eof", gd, ((len / 512 + 10) as u32).to_le_bytes().to_vec(), "past the end"),
-        ("gt-on-gd", gd, ((gd / 512) as u32).to_le_bytes().to_vec(), "overlaps the grain directory"),
-        ("gt-aliased", gd + 4, ((gt0 / 512) as u32).to_le_bytes().to_vec(), "overlap"),
-        ("grain-past-eof", gt0, ((len / 512 + 1) as u32).to_le_bytes().to_vec(), "past the end"),
+        (
+            "gtes-513",
+            44,
+            513u32.to_le_bytes().to_vec(),
+            "numGTEsPerGT",
+        ),
+        (
+            "gtes-max",
+            44,
+            u32::MAX.to_le_bytes().to_vec(),
+            "numGTEsPerGT",
+        ),
+        (
+            "gd-past-eof",
+            56,
+            (len / 512 + 10).to_le_bytes().to_vec(),
+            "gdOffset",
+        ),
+        (
+            "gt-past-eof",
+            gd,
+            ((len / 512 + 10) as u32).to_le_bytes().to_vec(),
+            "past the end",
+        ),
+        (
+            "gt-on-gd",
+            gd,
+            ((gd / 512) as u32).to_le_bytes().to_vec(),
+            "overlaps the grain directory",
+        ),
+        (
+            "gt-aliased",
+            gd + 4,
+            ((gt0 / 512) as u32).to_le_bytes().to_vec(),
+            "overlap",
+        ),
+        (
+            "grain-past-eof",
+            gt0,
+            ((len / 512 + 1) as u32).to_le_bytes().to_vec(),
+            "past the end",
+        ),
         ("gte-one", gt0, 1u32.to_le_bytes().to_vec(), "zeroed-grain"),
         ("bad-magic", 0, b"QFI\xfb".to_vec(), "QCOW2"),
     ];
@@ -247,7 +386,21 @@ fn malformed_sparse_headers_and_tables_are_refused() {
     std::fs::write(d.join("empty.vmdk"), b"").unwrap();
     assert_refused(d, "empty.vmdk", "not a VMDK");
     // A qcow2 with a backing file, named .vmdk, is refused without being opened as qcow2.
-    qemu_img(d, &["create", "-q", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", "evil.vmdk", "1M"]);
+    qemu_img(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "/etc/passwd",
+            "-F",
+            "raw",
+            "evil.vmdk",
+            "1M",
+        ],
+    );
     assert_refused(d, "evil.vmdk", "QCOW2");
 }
 
@@ -274,23 +427,60 @@ fn malformed_stream_optimized_grains_and_footers_are_refused() {
     let good = make_vmdk(d, "good", "streamOptimized", 8 * MIB);
     vmware_stream_layout(&good);
     let o = v2k(d, &["convert", "good.vmdk", "-o", "good.qcow2"]);
-    assert!(o.status.success(), "the VMware-layout stream must convert: {}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "the VMware-layout stream must convert: {}",
+        stderr(&o)
+    );
     let img = std::fs::read(&good).unwrap();
     let (_, gt0) = gd_and_gt(&img, 0);
     let marker = le32(&img, gt0) as usize * 512; // first grain: LBA u64, size u32, data
     let size = le32(&img, marker + 8);
     let footer = img.len() - 1024;
     let cases: Vec<(&str, usize, Vec<u8>, &str)> = vec![
-        ("len-0", marker + 8, 0u32.to_le_bytes().to_vec(), "compressed length"),
-        ("len-huge", marker + 8, u32::MAX.to_le_bytes().to_vec(), "compressed length"),
-        ("len-3-grains", marker + 8, (3 * 65536u32).to_le_bytes().to_vec(), "compressed length"),
-        ("lba-mismatch", marker, 128u64.to_le_bytes().to_vec(), "marker says LBA"),
-        ("garbage-deflate", marker + 12 + 100, vec![0xff; 64], "reading virtual offset"),
-        ("footer-capacity", footer + 12, 4u64.to_le_bytes().to_vec(), "footer"),
+        (
+            "len-0",
+            marker + 8,
+            0u32.to_le_bytes().to_vec(),
+            "compressed length",
+        ),
+        (
+            "len-huge",
+            marker + 8,
+            u32::MAX.to_le_bytes().to_vec(),
+            "compressed length",
+        ),
+        (
+            "len-3-grains",
+            marker + 8,
+            (3 * 65536u32).to_le_bytes().to_vec(),
+            "compressed length",
+        ),
+        (
+            "lba-mismatch",
+            marker,
+            128u64.to_le_bytes().to_vec(),
+            "marker says LBA",
+        ),
+        (
+            "garbage-deflate",
+            marker + 12 + 100,
+            vec![0xff; 64],
+            "reading virtual offset",
+        ),
+        (
+            "footer-capacity",
+            footer + 12,
+            4u64.to_le_bytes().to_vec(),
+            "footer",
+        ),
         ("footer-magic", footer, b"XXXX".to_vec(), "footer"),
         ("no-eos", img.len() - 512, vec![0xee; 16], "end-of-stream"),
     ];
-    assert!(size > 1000, "first grain should be incompressible noise, got {size} bytes");
+    assert!(
+        size > 1000,
+        "first grain should be incompressible noise, got {size} bytes"
+    );
     for (name, at, bytes, needle) in &cases {
         let p = d.join(format!("{name}.vmdk"));
         std::fs::copy(&good, &p).unwrap();
@@ -304,7 +494,10 @@ fn malformed_stream_optimized_grains_and_footers_are_refused() {
         e.write_all(&vec![0u8; 16 * MIB as usize]).unwrap();
         e.finish().unwrap()
     };
-    assert!(bomb.len() < size as usize, "bomb must fit in the grain's slot");
+    assert!(
+        bomb.len() < size as usize,
+        "bomb must fit in the grain's slot"
+    );
     let p = d.join("bomb.vmdk");
     std::fs::copy(&good, &p).unwrap();
     patch(&p, marker + 8, &(bomb.len() as u32).to_le_bytes());
@@ -331,24 +524,94 @@ fn hostile_descriptors_and_extent_paths_are_refused() {
     std::os::unix::fs::symlink(root.join("secret"), d.join("link-flat.vmdk")).unwrap();
     std::os::unix::fs::symlink(root, d.join("up")).unwrap();
     std::fs::create_dir(d.join("adir")).unwrap();
-    assert!(Command::new("mkfifo").arg(d.join("fifo")).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(d.join("fifo"))
+        .status()
+        .unwrap()
+        .success());
     let sectors = 2048;
     let cases: Vec<(&str, String, &str)> = vec![
-        ("abs", descriptor("vmfs", &format!("RW {sectors} VMFS \"/etc/passwd\"")), "absolute"),
-        ("dotdot", descriptor("vmfs", &format!("RW {sectors} VMFS \"../secret\"")), "`..`"),
-        ("dotdot2", descriptor("vmfs", &format!("RW {sectors} VMFS \"adir/../../secret\"")), "`..`"),
-        ("symlink", descriptor("vmfs", &format!("RW {sectors} VMFS \"link-flat.vmdk\"")), "symbolic link"),
-        ("symlink-mid", descriptor("vmfs", &format!("RW {sectors} VMFS \"up/secret\"")), "symbolic link"),
-        ("dev", descriptor("vmfs", &format!("RW {sectors} VMFS \"/dev/zero\"")), "absolute"),
-        ("procfd", descriptor("vmfs", &format!("RW {sectors} VMFS \"/proc/self/fd/0\"")), "absolute"),
-        ("fifo", descriptor("vmfs", &format!("RW {sectors} VMFS \"fifo\"")), "FIFO"),
-        ("dir", descriptor("vmfs", &format!("RW {sectors} VMFS \"adir\"")), "directory"),
-        ("short", descriptor("vmfs", &format!("RW {} VMFS \"ok-flat.vmdk\"", sectors * 2)), "shorter"),
-        ("noaccess", descriptor("vmfs", &format!("NOACCESS {sectors} VMFS \"ok-flat.vmdk\"")), "NOACCESS"),
-        ("rdm", descriptor("vmfsRawDeviceMap", &format!("RW {sectors} VMFSRDM \"ok-flat.vmdk\"")), "raw device mapping"),
-        ("comment-type", "# createType=\"vmfs\"\nRW 2048 VMFS \"ok-flat.vmdk\"\n".to_string(), "createType"),
-        ("negative", descriptor("vmfs", "RW -2048 VMFS \"ok-flat.vmdk\""), "sector count"),
-        ("overflow", descriptor("vmfs", "RW 18446744073709551615 VMFS \"ok-flat.vmdk\"\nRW 5 VMFS \"ok-flat.vmdk\""), "overflow"),
+        (
+            "abs",
+            descriptor("vmfs", &format!("RW {sectors} VMFS \"/etc/passwd\"")),
+            "absolute",
+        ),
+        (
+            "dotdot",
+            descriptor("vmfs", &format!("RW {sectors} VMFS \"../secret\"")),
+            "`..`",
+        ),
+        (
+            "dotdot2",
+            descriptor("vmfs", &format!("RW {sectors} VMFS \"adir/../../secret\"")),
+            "`..`",
+        ),
+        (
+            "symlink",
+            descriptor("vmfs", &format!("RW {sectors} VMFS \"link-flat.vmdk\"")),
+            "symbolic link",
+        ),
+        (
+            "symlink-mid",
+            descriptor("vmfs", &format!("RW {sectors} VMFS \"up/secret\"")),
+            "symbolic link",
+        ),
+        (
+            "dev",
+            descriptor("vmfs", &format!("RW {sectors} VMFS \"/dev/zero\"")),
+            "absolute",
+        ),
+        (
+            "procfd",
+            descriptor("vmfs", &format!("RW {sectors} VMFS \"/proc/self/fd/0\"")),
+            "absolute",
+        ),
+        (
+            "fifo",
+            descriptor("vmfs", &format!("RW {sectors} VMFS \"fifo\"")),
+            "FIFO",
+        ),
+        (
+            "dir",
+            descriptor("vmfs", &format!("RW {sectors} VMFS \"adir\"")),
+            "directory",
+        ),
+        (
+            "short",
+            descriptor("vmfs", &format!("RW {} VMFS \"ok-flat.vmdk\"", sectors * 2)),
+            "shorter",
+        ),
+        (
+            "noaccess",
+            descriptor("vmfs", &format!("NOACCESS {sectors} VMFS \"ok-flat.vmdk\"")),
+            "NOACCESS",
+        ),
+        (
+            "rdm",
+            descriptor(
+                "vmfsRawDeviceMap",
+                &format!("RW {sectors} VMFSRDM \"ok-flat.vmdk\""),
+            ),
+            "raw device mapping",
+        ),
+        (
+            "comment-type",
+            "# createType=\"vmfs\"\nRW 2048 VMFS \"ok-flat.vmdk\"\n".to_string(),
+            "createType",
+        ),
+        (
+            "negative",
+            descriptor("vmfs", "RW -2048 VMFS \"ok-flat.vmdk\""),
+            "sector count",
+        ),
+        (
+            "overflow",
+            descriptor(
+                "vmfs",
+                "RW 18446744073709551615 VMFS \"ok-flat.vmdk\"\nRW 5 VMFS \"ok-flat.vmdk\"",
+            ),
+            "overflow",
+        ),
         ("no-extents", descriptor("vmfs", ""), "no extents"),
     ];
     for (name, text, needle) in &cases {
@@ -359,17 +622,38 @@ fn hostile_descriptors_and_extent_paths_are_refused() {
     nul.insert(10, 0);
     std::fs::write(d.join("nul.vmdk"), nul).unwrap();
     assert_refused(&d, "nul.vmdk", "NUL");
-    std::fs::write(d.join("utf8.vmdk"), b"# Disk DescriptorFile\ncreateType=\"vmfs\xff\xfe\"\nRW 2048 VMFS \"ok-flat.vmdk\"\n").unwrap();
+    std::fs::write(
+        d.join("utf8.vmdk"),
+        b"# Disk DescriptorFile\ncreateType=\"vmfs\xff\xfe\"\nRW 2048 VMFS \"ok-flat.vmdk\"\n",
+    )
+    .unwrap();
     assert_refused(&d, "utf8.vmdk", "UTF-8");
     let mut huge = descriptor("vmfs", "RW 2048 VMFS \"ok-flat.vmdk\"");
     huge.push_str(&"#".repeat(1 << 20));
     std::fs::write(d.join("huge.vmdk"), huge).unwrap();
     assert_refused(&d, "huge.vmdk", "1 MiB");
     // RDONLY is converted (its content is real), not silently zeroed.
-    std::fs::write(d.join("rdonly.vmdk"), descriptor("vmfs", "RDONLY 2048 VMFS \"ok-flat.vmdk\"")).unwrap();
-    let o = v2k(&d, &["convert", "rdonly.vmdk", "-o", "rdonly.raw", "--format", "raw"]);
+    std::fs::write(
+        d.join("rdonly.vmdk"),
+        descriptor("vmfs", "RDONLY 2048 VMFS \"ok-flat.vmdk\""),
+    )
+    .unwrap();
+    let o = v2k(
+        &d,
+        &[
+            "convert",
+            "rdonly.vmdk",
+            "-o",
+            "rdonly.raw",
+            "--format",
+            "raw",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(std::fs::read(d.join("rdonly.raw")).unwrap(), vec![1u8; 1 << 20]);
+    assert_eq!(
+        std::fs::read(d.join("rdonly.raw")).unwrap(),
+        vec![1u8; 1 << 20]
+    );
 }
 
 /// Makes base.vmdk and a chain of deltas d001.vmdk … with relative parent hints.
@@ -378,7 +662,12 @@ fn chain(dir: &Path, deltas: usize) {
     let mut parent = "base.vmdk".to_string();
     for i in 1..=deltas {
         let name = format!("d{i:03}.vmdk");
-        qemu_img(dir, &["create", "-q", "-f", "vmdk", "-b", &parent, "-F", "vmdk", &name]);
+        qemu_img(
+            dir,
+            &[
+                "create", "-q", "-f", "vmdk", "-b", &parent, "-F", "vmdk", &name,
+            ],
+        );
         parent = name;
     }
 }
@@ -387,7 +676,10 @@ fn chain(dir: &Path, deltas: usize) {
 fn edit_descriptor(path: &Path, from: &str, to: &str) {
     assert_eq!(from.len(), to.len());
     let mut b = std::fs::read(path).unwrap();
-    let pos = b.windows(from.len()).position(|w| w == from.as_bytes()).unwrap_or_else(|| panic!("{from} not in {}", path.display()));
+    let pos = b
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .unwrap_or_else(|| panic!("{from} not in {}", path.display()));
     b[pos..pos + to.len()].copy_from_slice(to.as_bytes());
     std::fs::write(path, b).unwrap();
 }
@@ -409,16 +701,28 @@ fn broken_snapshot_chains_are_refused() {
 
     // Self-reference.
     std::fs::copy(d.join("d001.vmdk"), d.join("self.vmdk")).unwrap();
-    edit_descriptor(&d.join("self.vmdk"), "parentFileNameHint=\"base.vmdk\"", "parentFileNameHint=\"self.vmdk\"");
+    edit_descriptor(
+        &d.join("self.vmdk"),
+        "parentFileNameHint=\"base.vmdk\"",
+        "parentFileNameHint=\"self.vmdk\"",
+    );
     assert_refused(d, "self.vmdk", "loops back");
     // A cycle: d001's parent becomes d002 (whose parent is d001).
     std::fs::copy(d.join("d001.vmdk"), d.join("d001.orig")).unwrap();
-    edit_descriptor(&d.join("d001.vmdk"), "parentFileNameHint=\"base.vmdk\"", "parentFileNameHint=\"d002.vmdk\"");
+    edit_descriptor(
+        &d.join("d001.vmdk"),
+        "parentFileNameHint=\"base.vmdk\"",
+        "parentFileNameHint=\"d002.vmdk\"",
+    );
     assert_refused(d, "d002.vmdk", "loops back");
     std::fs::rename(d.join("d001.orig"), d.join("d001.vmdk")).unwrap();
     // Parent outside the directory.
     std::fs::copy(d.join("d001.vmdk"), d.join("out.vmdk")).unwrap();
-    edit_descriptor(&d.join("out.vmdk"), "parentFileNameHint=\"base.vmdk\"", "parentFileNameHint=\"../b.vmdk\"");
+    edit_descriptor(
+        &d.join("out.vmdk"),
+        "parentFileNameHint=\"base.vmdk\"",
+        "parentFileNameHint=\"../b.vmdk\"",
+    );
     assert_refused(d, "out.vmdk", "parentFileNameHint refused");
     // Parent CID mismatch (the base changed after the snapshot).
     std::fs::copy(d.join("d001.vmdk"), d.join("cid.vmdk")).unwrap();
@@ -428,7 +732,11 @@ fn broken_snapshot_chains_are_refused() {
     // Parent that is not a VMDK.
     std::fs::write(d.join("junkx.bin"), vec![0x42u8; 4096]).unwrap();
     std::fs::copy(d.join("d001.vmdk"), d.join("junkp.vmdk")).unwrap();
-    edit_descriptor(&d.join("junkp.vmdk"), "parentFileNameHint=\"base.vmdk\"", "parentFileNameHint=\"junkx.bin\"");
+    edit_descriptor(
+        &d.join("junkp.vmdk"),
+        "parentFileNameHint=\"base.vmdk\"",
+        "parentFileNameHint=\"junkx.bin\"",
+    );
     assert_refused(d, "junkp.vmdk", "not a VMDK");
 }
 
@@ -453,11 +761,28 @@ fn a_full_disk_gives_a_clean_error_and_removes_the_partial_output() {
     let d = t.path();
     let raw = d.join("full.raw");
     std::fs::write(&raw, noise(24 * MIB as usize, 5)).unwrap();
-    qemu_img(d, &["convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicSparse", "full.raw", "full.vmdk"]);
+    qemu_img(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=monolithicSparse",
+            "full.raw",
+            "full.vmdk",
+        ],
+    );
     let small = d.join("small");
     std::fs::create_dir(&small).unwrap();
     // Needs root, as the whole suite does (scripts/test.sh); a failure here is real.
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&small).status().unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
     assert!(st.success(), "mounting a 4 MiB tmpfs needs root");
     let _m = Mount(small.clone());
     let o = v2k(d, &["convert", "full.vmdk", "-o", "small/out.qcow2"]);
@@ -466,5 +791,8 @@ fn a_full_disk_gives_a_clean_error_and_removes_the_partial_output() {
     assert!(err.contains("No space left on device"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     let left: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
-    assert!(left.is_empty(), "files left on the full filesystem: {left:?}");
+    assert!(
+        left.is_empty(),
+        "files left on the full filesystem: {left:?}"
+    );
 }

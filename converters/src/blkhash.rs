@@ -130,7 +130,10 @@ mod tests {
 
     #[test]
     fn zero_shortcut_matches_real_digest() {
-        assert_eq!(zero_block_digest(), <[u8; 32]>::from(Sha256::digest(vec![0u8; BLOCK])));
+        assert_eq!(
+            zero_block_digest(),
+            <[u8; 32]>::from(Sha256::digest(vec![0u8; BLOCK]))
+        );
         let mut a = Vec::new();
         digest_zeros(BLOCK as u64 * 2 + 5, &mut a);
         let mut b = Vec::new();

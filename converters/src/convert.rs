@@ -19,8 +19,8 @@
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use flate2::{Compress, Compression, FlushCompress, Status};
@@ -95,11 +95,25 @@ pub struct Job {
 /// What a conversion reports while it runs; `disk` is the job's index.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Started { disk: usize, virtual_size: u64, allocated_bytes: u64 },
-    Copied { disk: usize, done: u64 },
-    Verifying { disk: usize },
-    Verified { disk: usize, done: u64 },
-    Finished { disk: usize },
+    Started {
+        disk: usize,
+        virtual_size: u64,
+        allocated_bytes: u64,
+    },
+    Copied {
+        disk: usize,
+        done: u64,
+    },
+    Verifying {
+        disk: usize,
+    },
+    Verified {
+        disk: usize,
+        done: u64,
+    },
+    Finished {
+        disk: usize,
+    },
 }
 
 /// Receives progress events from worker threads.
@@ -128,7 +142,10 @@ impl ReaderPool<'_> {
         };
         let out = f(&mut *r);
         if uses + 1 < READER_CHUNK_BUDGET {
-            self.free.lock().map_err(|_| poisoned())?.push((r, uses + 1));
+            self.free
+                .lock()
+                .map_err(|_| poisoned())?
+                .push((r, uses + 1));
         }
         Ok(out)
     }
@@ -155,7 +172,11 @@ enum Cluster {
 }
 
 fn deflate(cluster: &[u8], limit: usize) -> Option<Vec<u8>> {
-    let mut c = Compress::new_with_window_bits(Compression::new(COMPRESS_LEVEL), false, COMPRESS_WINDOW_BITS);
+    let mut c = Compress::new_with_window_bits(
+        Compression::new(COMPRESS_LEVEL),
+        false,
+        COMPRESS_WINDOW_BITS,
+    );
     let mut out = Vec::with_capacity(limit);
     match c.compress_vec(cluster, &mut out, FlushCompress::Finish) {
         Ok(Status::StreamEnd) if out.len() <= limit => Some(out),
@@ -211,7 +232,7 @@ fn process_chunk(
 }
 
 enum Sink<'f> {
-    Qcow2(Qcow2Writer<'f>),
+    Qcow2(Box<Qcow2Writer<'f>>),
     Raw(RawWriter<'f>),
 }
 
@@ -252,10 +273,17 @@ impl Sink<'_> {
 }
 
 /// Converts one disk; `disk` is the index used in progress events.
-pub fn convert(job: &Job, opts: &Options, disk: usize, progress: &dyn Progress) -> Result<Manifest> {
+pub fn convert(
+    job: &Job,
+    opts: &Options,
+    disk: usize,
+    progress: &dyn Progress,
+) -> Result<Manifest> {
     let bits = opts.validate()?;
     let started = Instant::now();
-    let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let image = VmdkImage::open(&job.source)?;
     refuse_output_over_source(&job.output, &image)?;
     let info = image.info().clone();
@@ -271,7 +299,7 @@ pub fn convert(job: &Job, opts: &Options, disk: usize, progress: &dyn Progress) 
     let out = PartialFile::create(&job.output, opts.overwrite)?;
     let tmp = out.tmp_path().to_path_buf();
     let mut sink = match opts.format {
-        Format::Qcow2 => Sink::Qcow2(Qcow2Writer::new(out.file(), &tmp, size, bits)?),
+        Format::Qcow2 => Sink::Qcow2(Box::new(Qcow2Writer::new(out.file(), &tmp, size, bits)?)),
         Format::Raw => Sink::Raw(RawWriter::new(out.file(), &tmp, size)?),
     };
     let compress_limit = match (&sink, opts.compress) {
@@ -312,7 +340,15 @@ pub fn convert(job: &Job, opts: &Options, disk: usize, progress: &dyn Progress) 
                 .into_par_iter()
                 .map(|i| {
                     let off = i * chunk;
-                    process_chunk(&image, &pool, source_path, off, chunk.min(size - off), cs, compress_limit)
+                    process_chunk(
+                        &image,
+                        &pool,
+                        source_path,
+                        off,
+                        chunk.min(size - off),
+                        cs,
+                        compress_limit,
+                    )
                 })
                 .collect();
             match batch {
@@ -400,7 +436,8 @@ pub fn convert(job: &Job, opts: &Options, disk: usize, progress: &dyn Progress) 
             data_mib_per_second: mib(info.allocated_bytes) / copy_seconds.max(1e-9),
         },
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Usage(format!("internal: {e}")))?;
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Usage(format!("internal: {e}")))?;
     crate::output::write_atomic(&manifest::manifest_path(&job.output), &json)?;
     progress.event(Event::Finished { disk });
     Ok(manifest)
@@ -418,7 +455,10 @@ fn refuse_output_over_source(output: &Path, image: &VmdkImage) -> Result<()> {
     sources.extend(info.parent_chain.iter().cloned());
     for s in sources {
         if std::fs::canonicalize(&s).is_ok_and(|c| c == out) {
-            return Err(Error::Usage(format!("{}: output would overwrite a source file", output.display())));
+            return Err(Error::Usage(format!(
+                "{}: output would overwrite a source file",
+                output.display()
+            )));
         }
     }
     Ok(())
@@ -427,10 +467,16 @@ fn refuse_output_over_source(output: &Path, image: &VmdkImage) -> Result<()> {
 /// Converts several disks concurrently, at most `parallel_disks` at a time, all
 /// sharing the current rayon pool for their chunks; one failing disk does not stop
 /// the others. Results come back in job order.
-pub fn convert_all(jobs: &[Job], opts: &Options, parallel_disks: usize, progress: &dyn Progress) -> Vec<Result<Manifest>> {
+pub fn convert_all(
+    jobs: &[Job],
+    opts: &Options,
+    parallel_disks: usize,
+    progress: &dyn Progress,
+) -> Vec<Result<Manifest>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Manifest>>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<Result<Manifest>>>> =
+        Mutex::new((0..jobs.len()).map(|_| None).collect());
     std::thread::scope(|s| {
         for _ in 0..parallel_disks.clamp(1, jobs.len().max(1)) {
             s.spawn(|| loop {

@@ -10,9 +10,9 @@ pub mod vmdk;
 
 pub use error::{Error, ErrorKind, Result};
 pub mod blkhash;
-pub mod output;
-pub mod qcow2;
 pub mod convert;
 pub mod manifest;
+pub mod output;
+pub mod qcow2;
 pub mod raw;
 pub mod verify;

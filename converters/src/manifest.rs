@@ -97,14 +97,19 @@ pub struct Timing {
 
 /// Where the manifest of `output` lives.
 pub fn manifest_path(output: &Path) -> PathBuf {
-    let mut name = output.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = output
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".manifest.json");
     output.with_file_name(name)
 }
 
 impl Manifest {
     pub fn load(path: &Path) -> crate::Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| crate::Error::io(path, "reading the manifest", e))?;
-        serde_json::from_slice(&bytes).map_err(|e| crate::Error::invalid(path, format!("manifest: {e}")))
+        let bytes =
+            std::fs::read(path).map_err(|e| crate::Error::io(path, "reading the manifest", e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| crate::Error::invalid(path, format!("manifest: {e}")))
     }
 }

@@ -19,7 +19,10 @@ pub struct PartialFile {
 
 /// The temporary name used while `final_path` is being written.
 pub fn partial_path(final_path: &Path) -> PathBuf {
-    let name = final_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     final_path.with_file_name(format!(".{name}.v2k-partial"))
 }
 
@@ -28,7 +31,10 @@ impl PartialFile {
     /// `final_path` exists unless `overwrite`, and when another process is writing it.
     pub fn create(final_path: &Path, overwrite: bool) -> Result<Self> {
         if final_path.file_name().is_none() {
-            return Err(Error::Usage(format!("{}: output path names no file", final_path.display())));
+            return Err(Error::Usage(format!(
+                "{}: output path names no file",
+                final_path.display()
+            )));
         }
         if !overwrite && final_path.exists() {
             return Err(Error::Usage(format!(
@@ -52,9 +58,12 @@ impl PartialFile {
                     final_path.display()
                 )));
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&tmp_path, "locking the temporary output", e)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(&tmp_path, "locking the temporary output", e))
+            }
         }
-        file.set_len(0).map_err(|e| Error::io(&tmp_path, "truncating the temporary output", e))?;
+        file.set_len(0)
+            .map_err(|e| Error::io(&tmp_path, "truncating the temporary output", e))?;
         Ok(PartialFile {
             final_path: final_path.to_path_buf(),
             tmp_path,
@@ -77,9 +86,15 @@ impl PartialFile {
     /// fsync, rename to the final name, fsync the directory.
     pub fn commit(mut self) -> Result<()> {
         let file = self.file.take().expect("file is present until commit");
-        file.sync_all().map_err(|e| Error::io(&self.tmp_path, "syncing the output", e))?;
-        std::fs::rename(&self.tmp_path, &self.final_path)
-            .map_err(|e| Error::io(&self.final_path, "renaming the finished output into place", e))?;
+        file.sync_all()
+            .map_err(|e| Error::io(&self.tmp_path, "syncing the output", e))?;
+        std::fs::rename(&self.tmp_path, &self.final_path).map_err(|e| {
+            Error::io(
+                &self.final_path,
+                "renaming the finished output into place",
+                e,
+            )
+        })?;
         drop(file);
         sync_dir(&self.final_path)
     }
@@ -109,7 +124,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let p = PartialFile::create(path, true)?;
     use std::io::Write;
     let mut f = p.file();
-    f.write_all(bytes).map_err(|e| Error::io(p.tmp_path(), "writing", e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io(p.tmp_path(), "writing", e))?;
     p.commit()
 }
 

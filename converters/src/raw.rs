@@ -17,7 +17,8 @@ pub struct RawWriter<'f> {
 impl<'f> RawWriter<'f> {
     pub fn new(file: &'f File, path: &Path, size: u64) -> Result<Self> {
         // Setting the length first makes every unwritten range a hole.
-        file.set_len(size).map_err(|e| Error::io(path, "sizing the output", e))?;
+        file.set_len(size)
+            .map_err(|e| Error::io(path, "sizing the output", e))?;
         Ok(RawWriter {
             file,
             path: path.to_path_buf(),

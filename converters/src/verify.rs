@@ -86,9 +86,15 @@ pub fn hash_qcow2(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
 /// Content hash of a raw file of `size` virtual bytes.
 pub fn hash_raw(path: &Path, size: u64, progress: &dyn Fn(u64)) -> Result<String> {
     let f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
-    let len = f.metadata().map_err(|e| Error::io(path, "reading metadata of", e))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io(path, "reading metadata of", e))?
+        .len();
     if len != size {
-        return Err(Error::invalid(path, format!("raw file is {len} bytes, expected {size}")));
+        return Err(Error::invalid(
+            path,
+            format!("raw file is {len} bytes, expected {size}"),
+        ));
     }
     hash_in_windows(size, CHUNK, progress, |off, n| {
         let mut d = Vec::new();
@@ -97,7 +103,8 @@ pub fn hash_raw(path: &Path, size: u64, progress: &dyn Fn(u64)) -> Result<String
             return Ok(d);
         }
         let mut buf = vec![0u8; n as usize];
-        f.read_exact_at(&mut buf, off).map_err(|e| Error::io(path, "reading back", e))?;
+        f.read_exact_at(&mut buf, off)
+            .map_err(|e| Error::io(path, "reading back", e))?;
         blkhash::digest_blocks(&buf, &mut d);
         Ok(d)
     })
@@ -114,7 +121,12 @@ fn is_hole(f: &File, off: u64, len: u64) -> bool {
 }
 
 /// Content hash of an output file of the given format.
-pub fn hash_output(path: &Path, format: Format, size: u64, progress: &dyn Fn(u64)) -> Result<String> {
+pub fn hash_output(
+    path: &Path,
+    format: Format,
+    size: u64,
+    progress: &dyn Fn(u64),
+) -> Result<String> {
     match format {
         Format::Qcow2 => hash_qcow2(path, progress),
         Format::Raw => hash_raw(path, size, progress),

@@ -19,14 +19,22 @@ fn convert_with(src: &Path, out: &Path, opts: &Options) -> v2k_converters::manif
         source: Source::file(src),
         output: out.to_path_buf(),
     };
-    convert(&job, opts, 0, &NoProgress).unwrap_or_else(|e| panic!("converting {}: {e}", src.display()))
+    convert(&job, opts, 0, &NoProgress)
+        .unwrap_or_else(|e| panic!("converting {}: {e}", src.display()))
 }
 
 fn vmdk_from_raw(raw: &Path, dir: &Path, subformat: &str) -> PathBuf {
     let out = dir.join(format!("{subformat}.vmdk"));
     qemu_img(&[
-        "convert", "-f", "raw", "-O", "vmdk", "-o", &format!("subformat={subformat}"),
-        raw.to_str().unwrap(), out.to_str().unwrap(),
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        &format!("subformat={subformat}"),
+        raw.to_str().unwrap(),
+        out.to_str().unwrap(),
     ]);
     out
 }
@@ -39,14 +47,24 @@ fn check_round_trip(vmdk: &Path, reference: &Path, ref_raw: &Path, opts: &Option
     assert_same_disk(reference, &out, ext);
     assert!(m.hash.verified);
     assert_eq!(m.hash.output.as_deref(), Some(m.hash.source.as_str()));
-    assert_eq!(m.hash.source, blkhash_py(ref_raw), "source hash differs from the Python reference");
+    assert_eq!(
+        m.hash.source,
+        blkhash_py(ref_raw),
+        "source hash differs from the Python reference"
+    );
     std::fs::remove_file(&out).unwrap();
 }
 
 /// A raw file of the virtual disk as qemu sees it (VMDK capacity is sector-rounded).
 fn reference_raw(vmdk: &Path, dir: &Path) -> PathBuf {
     let r = dir.join("reference.raw");
-    qemu_img(&["convert", "-O", "raw", vmdk.to_str().unwrap(), r.to_str().unwrap()]);
+    qemu_img(&[
+        "convert",
+        "-O",
+        "raw",
+        vmdk.to_str().unwrap(),
+        r.to_str().unwrap(),
+    ]);
     r
 }
 
@@ -55,7 +73,13 @@ fn every_subformat_converts_to_an_identical_qcow2() {
     let t = tempfile::tempdir().unwrap();
     let raw = t.path().join("src.raw");
     write_pattern(&raw, 37 * MIB + 3 * 512, 7);
-    for sf in ["monolithicSparse", "streamOptimized", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat"] {
+    for sf in [
+        "monolithicSparse",
+        "streamOptimized",
+        "monolithicFlat",
+        "twoGbMaxExtentSparse",
+        "twoGbMaxExtentFlat",
+    ] {
         let vmdk = vmdk_from_raw(&raw, t.path(), sf);
         let reference = reference_raw(&vmdk, t.path());
         check_round_trip(&vmdk, &raw, &reference, &Options::default());
@@ -95,11 +119,22 @@ fn raw_output_is_sparse() {
     write_pattern(&raw, 64 * MIB, 3);
     let vmdk = vmdk_from_raw(&raw, t.path(), "monolithicSparse");
     let out = t.path().join("out.raw");
-    let m = convert_with(&vmdk, &out, &Options { format: Format::Raw, ..Options::default() });
+    let m = convert_with(
+        &vmdk,
+        &out,
+        &Options {
+            format: Format::Raw,
+            ..Options::default()
+        },
+    );
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(&out).unwrap();
     assert_eq!(meta.len(), 64 * MIB);
-    assert!(meta.blocks() * 512 < 40 * MIB, "raw output is not sparse: {} bytes allocated", meta.blocks() * 512);
+    assert!(
+        meta.blocks() * 512 < 40 * MIB,
+        "raw output is not sparse: {} bytes allocated",
+        meta.blocks() * 512
+    );
     assert!(m.output.data_bytes < 40 * MIB);
 }
 
@@ -134,13 +169,20 @@ fn snapshot_chain_is_consolidated_into_one_output() {
     vmdk_from_raw(&raw, d, "monolithicSparse");
     std::fs::rename(d.join("monolithicSparse.vmdk"), d.join("base.vmdk")).unwrap();
     // Two deltas, each overwriting part of the disk, with relative parent hints.
-    for (delta, parent, pattern, at) in [("snap-000001.vmdk", "base.vmdk", "0xab", "1M"), ("snap-000002.vmdk", "snap-000001.vmdk", "0xcd", "1536k")] {
-        run(Command::new("qemu-img")
-            .current_dir(d)
-            .args(["create", "-q", "-f", "vmdk", "-b", parent, "-F", "vmdk", delta]));
-        run(Command::new("qemu-io")
-            .current_dir(d)
-            .args(["-f", "vmdk", "-c", &format!("write -P {pattern} {at} 1M"), delta]));
+    for (delta, parent, pattern, at) in [
+        ("snap-000001.vmdk", "base.vmdk", "0xab", "1M"),
+        ("snap-000002.vmdk", "snap-000001.vmdk", "0xcd", "1536k"),
+    ] {
+        run(Command::new("qemu-img").current_dir(d).args([
+            "create", "-q", "-f", "vmdk", "-b", parent, "-F", "vmdk", delta,
+        ]));
+        run(Command::new("qemu-io").current_dir(d).args([
+            "-f",
+            "vmdk",
+            "-c",
+            &format!("write -P {pattern} {at} 1M"),
+            delta,
+        ]));
     }
     let top = d.join("snap-000002.vmdk");
     let info = v2k_converters::vmdk::inspect_path(&top).unwrap();
@@ -157,9 +199,13 @@ fn stream_optimized_disk_is_read_in_place_from_an_archive_member() {
     let vmdk = vmdk_from_raw(&raw, t.path(), "streamOptimized");
     // An OVA is a tar; put the disk after another member so its offset is not 0.
     std::fs::write(t.path().join("vm.ovf"), b"<Envelope/>").unwrap();
-    run(Command::new("tar")
-        .current_dir(t.path())
-        .args(["--format=ustar", "-cf", "vm.ova", "vm.ovf", "streamOptimized.vmdk"]));
+    run(Command::new("tar").current_dir(t.path()).args([
+        "--format=ustar",
+        "-cf",
+        "vm.ova",
+        "vm.ovf",
+        "streamOptimized.vmdk",
+    ]));
     let ova = t.path().join("vm.ova");
     // ustar: 512-byte header + data padded to 512 for vm.ovf, then the disk's header.
     let offset = 512 + 512 + 512;
@@ -182,7 +228,16 @@ fn empty_and_huge_sparse_disks_convert() {
     let t = tempfile::tempdir().unwrap();
     for (name, size) in [("empty", "0"), ("huge", "1T")] {
         let vmdk = t.path().join(format!("{name}.vmdk"));
-        qemu_img(&["create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse", vmdk.to_str().unwrap(), size]);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicSparse",
+            vmdk.to_str().unwrap(),
+            size,
+        ]);
         let out = t.path().join(format!("{name}.qcow2"));
         let m = convert_with(&vmdk, &out, &Options::default());
         // qemu cannot reopen the 0-byte VMDK it made; compare with an empty raw.
@@ -195,6 +250,10 @@ fn empty_and_huge_sparse_disks_convert() {
         };
         assert_same_disk(&reference, &out, "qcow2");
         assert_eq!(m.output.data_bytes, 0);
-        assert!(m.output.file_size < 4 * MIB, "{name}: {} bytes", m.output.file_size);
+        assert!(
+            m.output.file_size < 4 * MIB,
+            "{name}: {} bytes",
+            m.output.file_size
+        );
     }
 }

@@ -68,11 +68,19 @@ impl Progress for Reporter {
     fn event(&self, e: Event) {
         if self.json {
             let v = match e {
-                Event::Started { disk, virtual_size, allocated_bytes } => json!({
+                Event::Started {
+                    disk,
+                    virtual_size,
+                    allocated_bytes,
+                } => json!({
                     "type": "started", "disk": disk, "source": self.names[disk],
                     "virtual-size": virtual_size, "allocated-bytes": allocated_bytes }),
                 Event::Copied { disk, done } | Event::Verified { disk, done } => {
-                    let phase = if matches!(e, Event::Copied { .. }) { "copy" } else { "verify" };
+                    let phase = if matches!(e, Event::Copied { .. }) {
+                        "copy"
+                    } else {
+                        "verify"
+                    };
                     if let Ok(mut last) = self.last.lock() {
                         if last[disk].elapsed() < JSON_PROGRESS_INTERVAL {
                             return;
@@ -89,7 +97,9 @@ impl Progress for Reporter {
         }
         let Some((_, bars)) = &self.bars else { return };
         match e {
-            Event::Started { disk, virtual_size, .. } => {
+            Event::Started {
+                disk, virtual_size, ..
+            } => {
                 bars[disk].set_length(virtual_size);
                 bars[disk].set_message("copy");
             }
@@ -152,12 +162,18 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         verify: !args.no_verify,
         overwrite: args.force,
     };
-    let names: Vec<String> = args.sources.iter().map(|p| p.display().to_string()).collect();
+    let names: Vec<String> = args
+        .sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let bars = (!args.json && console::stderr_is_terminal()).then(|| {
         let mp = MultiProgress::new();
-        let style = ProgressStyle::with_template("{prefix:30!} {msg:6} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style = ProgressStyle::with_template(
+            "{prefix:30!} {msg:6} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
         let bars = names
             .iter()
             .map(|n| {
@@ -196,7 +212,11 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                         human(m.output.data_bytes),
                         m.timing.copy_seconds,
                         m.timing.virtual_mib_per_second,
-                        if m.hash.verified { format!("verified {}", &m.hash.source[..16]) } else { "not verified".into() },
+                        if m.hash.verified {
+                            format!("verified {}", &m.hash.source[..16])
+                        } else {
+                            "not verified".into()
+                        },
                     )?;
                 }
             }
@@ -224,5 +244,9 @@ pub fn human(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -40,12 +40,26 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         let mut o = std::io::stdout().lock();
         writeln!(o, "{}", path.display())?;
         writeln!(o, "  create type:     {}", info.create_type)?;
-        writeln!(o, "  capacity:        {} ({} bytes)", human(info.capacity), info.capacity)?;
-        writeln!(o, "  allocated:       {} ({} bytes)", human(info.allocated_bytes), info.allocated_bytes)?;
+        writeln!(
+            o,
+            "  capacity:        {} ({} bytes)",
+            human(info.capacity),
+            info.capacity
+        )?;
+        writeln!(
+            o,
+            "  allocated:       {} ({} bytes)",
+            human(info.allocated_bytes),
+            info.allocated_bytes
+        )?;
         if let Some(g) = info.grain_size {
             writeln!(o, "  grain size:      {}", human(g))?;
         }
-        writeln!(o, "  compressed:      {}", if info.compressed { "yes" } else { "no" })?;
+        writeln!(
+            o,
+            "  compressed:      {}",
+            if info.compressed { "yes" } else { "no" }
+        )?;
         if let Some(a) = &info.adapter_type {
             writeln!(o, "  adapter type:    {a}")?;
         }
@@ -53,7 +67,10 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             writeln!(o, "  CID:             {c:08x}")?;
         }
         if info.unclean_shutdown {
-            writeln!(o, "  unclean shutdown: yes (the VM was not shut down cleanly)")?;
+            writeln!(
+                o,
+                "  unclean shutdown: yes (the VM was not shut down cleanly)"
+            )?;
         }
         for (i, e) in info.extents.iter().enumerate() {
             writeln!(
@@ -63,7 +80,10 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                 serde_name(&e.access),
                 serde_name(&e.kind),
                 e.sectors,
-                e.file.as_ref().map(|f| format!(" {}", f.display())).unwrap_or_default()
+                e.file
+                    .as_ref()
+                    .map(|f| format!(" {}", f.display()))
+                    .unwrap_or_default()
             )?;
         }
         for (i, p) in info.parent_chain.iter().enumerate() {

@@ -34,16 +34,27 @@ pub struct L2Cache {
 impl Qcow2Reader {
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, "reading metadata of", e))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "reading metadata of", e))?
+            .len();
         let mut h = vec![0u8; layout::HEADER_LEN as usize];
-        let n = file.read(&mut h).map_err(|e| Error::io(path, "reading the header", e))?;
+        let n = file
+            .read(&mut h)
+            .map_err(|e| Error::io(path, "reading the header", e))?;
         let header = Header::decode(&h[..n]).map_err(|m| Error::invalid(path, m))?;
         let bad = |m: String| Error::invalid(path, m);
         if !(2..=3).contains(&header.version) {
-            return Err(bad(format!("QCOW2 version {} is not 2 or 3", header.version)));
+            return Err(bad(format!(
+                "QCOW2 version {} is not 2 or 3",
+                header.version
+            )));
         }
         if !(layout::MIN_CLUSTER_BITS..=layout::MAX_CLUSTER_BITS).contains(&header.cluster_bits) {
-            return Err(bad(format!("cluster_bits {} is outside 9..=21", header.cluster_bits)));
+            return Err(bad(format!(
+                "cluster_bits {} is outside 9..=21",
+                header.cluster_bits
+            )));
         }
         if header.backing_file_offset != 0 {
             return Err(bad("has a backing file".into()));
@@ -52,13 +63,19 @@ impl Qcow2Reader {
             return Err(bad("is encrypted".into()));
         }
         if header.incompatible_features != 0 {
-            return Err(bad(format!("has incompatible features {:#x}", header.incompatible_features)));
+            return Err(bad(format!(
+                "has incompatible features {:#x}",
+                header.incompatible_features
+            )));
         }
         let cs = 1u64 << header.cluster_bits;
         let need = layout::l1_entries(header.size, header.cluster_bits);
         let l1n = u64::from(header.l1_size);
         if l1n < need || l1n > MAX_L1_ENTRIES {
-            return Err(bad(format!("L1 size {l1n} does not fit a {}-byte disk", header.size)));
+            return Err(bad(format!(
+                "L1 size {l1n} does not fit a {}-byte disk",
+                header.size
+            )));
         }
         let l1_end = header
             .l1_table_offset
@@ -103,13 +120,19 @@ impl Qcow2Reader {
             cache.table.clear();
             if l1e != 0 {
                 if l1e + self.cs > self.file_len {
-                    return Err(Error::invalid(&self.path, format!("L1 entry {i} points past the end of the file")));
+                    return Err(Error::invalid(
+                        &self.path,
+                        format!("L1 entry {i} points past the end of the file"),
+                    ));
                 }
                 let mut raw = vec![0u8; self.cs as usize];
                 self.file
                     .read_exact_at(&mut raw, l1e)
                     .map_err(|e| Error::io(&self.path, "reading an L2 table", e))?;
-                cache.table.extend(raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))));
+                cache.table.extend(
+                    raw.chunks_exact(8)
+                        .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8]))),
+                );
             }
             cache.index = Some(i);
         }
@@ -158,9 +181,13 @@ impl Qcow2Reader {
                 let mut full = vec![0u8; cs];
                 let mut d = Decompress::new_with_window_bits(false, 12);
                 let st = d.decompress(&cbuf, &mut full, FlushDecompress::Finish);
-                let ok = matches!(st, Ok(Status::StreamEnd | Status::Ok | Status::BufError)) && d.total_out() == cs as u64;
+                let ok = matches!(st, Ok(Status::StreamEnd | Status::Ok | Status::BufError))
+                    && d.total_out() == cs as u64;
                 if !ok {
-                    return Err(Error::invalid(&self.path, format!("compressed cluster {g} does not inflate to one cluster")));
+                    return Err(Error::invalid(
+                        &self.path,
+                        format!("compressed cluster {g} does not inflate to one cluster"),
+                    ));
                 }
                 out.copy_from_slice(&full[..out.len()]);
             } else {
@@ -169,7 +196,10 @@ impl Qcow2Reader {
                     out.fill(0);
                 } else {
                     if host + out.len() as u64 > self.file_len {
-                        return Err(Error::invalid(&self.path, format!("cluster {g} points past the end of the file")));
+                        return Err(Error::invalid(
+                            &self.path,
+                            format!("cluster {g} points past the end of the file"),
+                        ));
                     }
                     self.file
                         .read_exact_at(out, host)

@@ -108,7 +108,11 @@ impl<'f> Qcow2Writer<'f> {
     }
 
     fn reserved(&self, w: u64) -> u64 {
-        if w == 0 { 1 } else { w * self.rb }
+        if w == 0 {
+            1
+        } else {
+            w * self.rb
+        }
     }
 
     fn flush_window(&mut self) -> Result<()> {
@@ -189,7 +193,7 @@ impl<'f> Qcow2Writer<'f> {
             table.extend_from_slice(&e.to_be_bytes());
         }
         self.write_at(host * self.cs, &table, "writing an L2 table")?;
-        self.l1[i as usize] = host * self.cs | OFLAG_COPIED;
+        self.l1[i as usize] = (host * self.cs) | OFLAG_COPIED;
         self.stats.l2_tables += 1;
         Ok(())
     }
@@ -217,11 +221,15 @@ impl<'f> Qcow2Writer<'f> {
             let g = first + i as u64;
             self.check_order(g)?;
             let host = self.alloc_one()?;
-            self.set_l2(g, host * self.cs | OFLAG_COPIED)?;
+            self.set_l2(g, (host * self.cs) | OFLAG_COPIED)?;
             match group {
                 Some(_) if host == prev + 1 => {}
                 Some((h, start)) => {
-                    self.write_at(h * self.cs, &data[start * cs..i * cs], "writing data clusters")?;
+                    self.write_at(
+                        h * self.cs,
+                        &data[start * cs..i * cs],
+                        "writing data clusters",
+                    )?;
                     group = Some((host, i));
                 }
                 None => group = Some((host, i)),
@@ -245,7 +253,10 @@ impl<'f> Qcow2Writer<'f> {
     pub fn write_compressed(&mut self, g: u64, blob: &[u8]) -> Result<()> {
         let len = blob.len() as u64;
         if len == 0 || len > self.max_compressed_len() as u64 {
-            return Err(Error::invalid(&self.path, "internal: compressed cluster size out of range"));
+            return Err(Error::invalid(
+                &self.path,
+                "internal: compressed cluster size out of range",
+            ));
         }
         self.check_order(g)?;
         let cs = self.cs;
@@ -257,7 +268,7 @@ impl<'f> Qcow2Writer<'f> {
                 if self.cpos + len <= (c + 1) * cs {
                     self.rc[rci] += 1;
                     at = Some(self.cpos);
-                } else if self.next == c + 1 && (c + 1) % self.rb != 0 {
+                } else if self.next == c + 1 && !(c + 1).is_multiple_of(self.rb) {
                     let c2 = self.alloc_one()?;
                     debug_assert_eq!(c2, c + 1);
                     self.rc[rci] += 1;
@@ -270,7 +281,11 @@ impl<'f> Qcow2Writer<'f> {
             None => self.alloc_one()? * cs,
         };
         self.write_at(at, blob, "writing a compressed cluster")?;
-        self.cpos = if (at + len) % cs == 0 { 0 } else { at + len };
+        self.cpos = if (at + len).is_multiple_of(cs) {
+            0
+        } else {
+            at + len
+        };
         let sectors = ((at + len - 1) >> 9) - (at >> 9);
         let entry = OFLAG_COMPRESSED | (sectors << layout::compressed_shift(self.bits)) | at;
         self.set_l2(g, entry)?;
@@ -285,7 +300,11 @@ impl<'f> Qcow2Writer<'f> {
         let cs = self.cs;
         // A zero-size disk has no L1 table; QEMU writes offset 0 for it too.
         let l1_clusters = (self.l1.len() as u64 * 8).div_ceil(cs);
-        let l1_at = if l1_clusters == 0 { 0 } else { self.alloc_contiguous(l1_clusters)? * cs };
+        let l1_at = if l1_clusters == 0 {
+            0
+        } else {
+            self.alloc_contiguous(l1_clusters)? * cs
+        };
         let rt_clusters = ((self.win + 2) * 8).div_ceil(cs);
         let rt_at = self.alloc_contiguous(rt_clusters)? * cs;
         let windows = self.win + 1;

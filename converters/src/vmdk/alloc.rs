@@ -66,7 +66,8 @@ impl ChunkMap {
         if start >= end {
             return false;
         }
-        (start / GRANULE..=(end - 1) / GRANULE).any(|g| self.bits[(g / 64) as usize] & (1 << (g % 64)) != 0)
+        (start / GRANULE..=(end - 1) / GRANULE)
+            .any(|g| self.bits[(g / 64) as usize] & (1 << (g % 64)) != 0)
     }
 
     pub fn union_with(&mut self, other: &ChunkMap) {
@@ -114,7 +115,9 @@ pub fn walk_sparse<R: Read + Seek + ?Sized>(
         .ok_or("grain directory offset overflows")?;
     let gd_bytes = gd_entries * 4;
     if gd_start == 0 || gd_start.checked_add(gd_bytes).is_none_or(|e| e > file_len) {
-        return Err(format!("grain directory at sector {gd_offset} lies outside the file"));
+        return Err(format!(
+            "grain directory at sector {gd_offset} lies outside the file"
+        ));
     }
     let gt_bytes = per_gt * 4;
     let zero_gte_allowed = hdr.flags & FLAG_ZEROED_GRAIN_GTE != 0;
@@ -166,13 +169,21 @@ pub fn walk_sparse<R: Read + Seek + ?Sized>(
                     let lba = u64::from_le_bytes(m[0..8].try_into().unwrap_or([0; 8]));
                     let size = u64::from(u32::from_le_bytes(m[8..12].try_into().unwrap_or([0; 4])));
                     if lba != virt / SECTOR {
-                        return Err(format!("grain {grain_index}: marker says LBA {lba}, its table slot says {}", virt / SECTOR));
+                        return Err(format!(
+                            "grain {grain_index}: marker says LBA {lba}, its table slot says {}",
+                            virt / SECTOR
+                        ));
                     }
                     if size == 0 || size > 2 * grain {
-                        return Err(format!("grain {grain_index}: compressed length {size} is outside 1..={}", 2 * grain));
+                        return Err(format!(
+                            "grain {grain_index}: compressed length {size} is outside 1..={}",
+                            2 * grain
+                        ));
                     }
                     if at + MARKER_LEN + size > file_len {
-                        return Err(format!("grain {grain_index}: compressed data runs past the end of the file"));
+                        return Err(format!(
+                            "grain {grain_index}: compressed data runs past the end of the file"
+                        ));
                     }
                 } else if at + grain > file_len {
                     // The last grain of a disk whose size is not grain-aligned may be
@@ -190,8 +201,14 @@ pub fn walk_sparse<R: Read + Seek + ?Sized>(
         gd_index += n as u64;
     }
     gt_sectors_seen.sort_unstable();
-    if let Some(w) = gt_sectors_seen.windows(2).find(|w| u64::from(w[1]) * SECTOR < u64::from(w[0]) * SECTOR + gt_bytes) {
-        return Err(format!("grain tables at sectors {} and {} overlap (aliased tables)", w[0], w[1]));
+    if let Some(w) = gt_sectors_seen
+        .windows(2)
+        .find(|w| u64::from(w[1]) * SECTOR < u64::from(w[0]) * SECTOR + gt_bytes)
+    {
+        return Err(format!(
+            "grain tables at sectors {} and {} overlap (aliased tables)",
+            w[0], w[1]
+        ));
     }
     Ok(allocated)
 }

@@ -142,13 +142,23 @@ fn decode(bytes: &[u8]) -> Result<String, DescriptorError> {
         Ok(s) => Ok(s.to_owned()),
         Err(e) => {
             let lower = String::from_utf8_lossy(bytes).to_ascii_lowercase();
-            let single_byte = ["encoding=\"windows-125", "encoding=\"iso-8859-", "encoding=\"latin1"]
-                .iter()
-                .any(|p| lower.replace(' ', "").contains(p));
+            let single_byte = [
+                "encoding=\"windows-125",
+                "encoding=\"iso-8859-",
+                "encoding=\"latin1",
+            ]
+            .iter()
+            .any(|p| lower.replace(' ', "").contains(p));
             if single_byte {
                 Ok(bytes.iter().map(|&b| char::from(b)).collect())
             } else {
-                Err(err(None, format!("not valid UTF-8 (byte {}) and no single-byte encoding declared", e.valid_up_to())))
+                Err(err(
+                    None,
+                    format!(
+                        "not valid UTF-8 (byte {}) and no single-byte encoding declared",
+                        e.valid_up_to()
+                    ),
+                ))
             }
         }
     }
@@ -156,11 +166,14 @@ fn decode(bytes: &[u8]) -> Result<String, DescriptorError> {
 
 fn unquote(v: &str) -> &str {
     let v = v.trim();
-    v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v)
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
 }
 
 fn parse_hex_u32(v: &str, line: usize, key: &str) -> Result<u32, DescriptorError> {
-    u32::from_str_radix(unquote(v), 16).map_err(|_| err(Some(line), format!("{key} is not a 32-bit hex number")))
+    u32::from_str_radix(unquote(v), 16)
+        .map_err(|_| err(Some(line), format!("{key} is not a 32-bit hex number")))
 }
 
 /// Parses a descriptor. Descriptors are padded with NULs to whole sectors (embedded
@@ -168,7 +181,10 @@ fn parse_hex_u32(v: &str, line: usize, key: &str) -> Result<u32, DescriptorError
 /// refused.
 pub fn parse(raw: &[u8]) -> Result<Descriptor, DescriptorError> {
     if raw.len() > MAX_DESCRIPTOR_BYTES {
-        return Err(err(None, format!("larger than {MAX_DESCRIPTOR_BYTES} bytes")));
+        return Err(err(
+            None,
+            format!("larger than {MAX_DESCRIPTOR_BYTES} bytes"),
+        ));
     }
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     if raw[end..].iter().any(|&b| b != 0) {
@@ -240,12 +256,20 @@ fn parse_extent(line: &str, n: usize) -> Result<Extent, DescriptorError> {
         Some("NOACCESS") => Access::Noaccess,
         _ => return Err(err(Some(n), "extent access is not RW, RDONLY or NOACCESS")),
     };
-    let size = words.next().ok_or_else(|| err(Some(n), "extent has no size"))?;
-    let sectors: u64 = size
-        .parse()
-        .map_err(|_| err(Some(n), format!("extent size {size:?} is not a sector count")))?;
-    let kind_word = words.next().ok_or_else(|| err(Some(n), "extent has no type"))?;
-    let kind = ExtentKind::parse(kind_word).ok_or_else(|| err(Some(n), format!("unknown extent type {kind_word:?}")))?;
+    let size = words
+        .next()
+        .ok_or_else(|| err(Some(n), "extent has no size"))?;
+    let sectors: u64 = size.parse().map_err(|_| {
+        err(
+            Some(n),
+            format!("extent size {size:?} is not a sector count"),
+        )
+    })?;
+    let kind_word = words
+        .next()
+        .ok_or_else(|| err(Some(n), "extent has no type"))?;
+    let kind = ExtentKind::parse(kind_word)
+        .ok_or_else(|| err(Some(n), format!("unknown extent type {kind_word:?}")))?;
     if words.next().is_some() {
         return Err(err(Some(n), "unexpected words before the extent file name"));
     }
@@ -253,14 +277,20 @@ fn parse_extent(line: &str, n: usize) -> Result<Extent, DescriptorError> {
         None => (None, 0),
         Some(r) => {
             let r = &r[1..];
-            let close = r.find('"').ok_or_else(|| err(Some(n), "unterminated extent file name"))?;
+            let close = r
+                .find('"')
+                .ok_or_else(|| err(Some(n), "unterminated extent file name"))?;
             let name = &r[..close];
             let tail = r[close + 1..].trim();
             let offset = if tail.is_empty() {
                 0
             } else {
-                tail.parse()
-                    .map_err(|_| err(Some(n), format!("extent offset {tail:?} is not a sector count")))?
+                tail.parse().map_err(|_| {
+                    err(
+                        Some(n),
+                        format!("extent offset {tail:?} is not a sector count"),
+                    )
+                })?
             };
             (Some(name.to_owned()), offset)
         }
@@ -324,21 +354,37 @@ mod tests {
         assert_eq!(e.line, Some(2));
         let e = parse(b"createType=\"vmfs\"\nRW 99999999999999999999 VMFS \"x\"\n").unwrap_err();
         assert_eq!(e.line, Some(2));
-        let big = format!("createType=\"vmfs\"\nRW {} VMFS \"x\"\nRW {} VMFS \"y\"\n", u64::MAX / 2, u64::MAX / 2 + 10);
-        assert!(parse(big.as_bytes()).unwrap_err().message.contains("overflow"));
+        let big = format!(
+            "createType=\"vmfs\"\nRW {} VMFS \"x\"\nRW {} VMFS \"y\"\n",
+            u64::MAX / 2,
+            u64::MAX / 2 + 10
+        );
+        assert!(parse(big.as_bytes())
+            .unwrap_err()
+            .message
+            .contains("overflow"));
     }
 
     #[test]
     fn rejects_nul_bytes_oversize_and_bad_utf8() {
-        assert!(parse(b"createType=\"vmfs\"\0\nRW 8 ZERO\n").unwrap_err().message.contains("NUL"));
+        assert!(parse(b"createType=\"vmfs\"\0\nRW 8 ZERO\n")
+            .unwrap_err()
+            .message
+            .contains("NUL"));
         let huge = vec![b'#'; MAX_DESCRIPTOR_BYTES + 1];
         assert!(parse(&huge).unwrap_err().message.contains("larger"));
-        assert!(parse(b"createType=\"vmfs\xff\"\n").unwrap_err().message.contains("UTF-8"));
+        assert!(parse(b"createType=\"vmfs\xff\"\n")
+            .unwrap_err()
+            .message
+            .contains("UTF-8"));
     }
 
     #[test]
     fn decodes_latin1_when_declared() {
-        let d = parse(b"encoding=\"windows-1252\"\ncreateType=\"vmfs\"\nRW 8 VMFS \"caf\xe9-flat.vmdk\"\n").unwrap();
+        let d = parse(
+            b"encoding=\"windows-1252\"\ncreateType=\"vmfs\"\nRW 8 VMFS \"caf\xe9-flat.vmdk\"\n",
+        )
+        .unwrap();
         assert_eq!(d.extents[0].file.as_deref(), Some("caf\u{e9}-flat.vmdk"));
     }
 

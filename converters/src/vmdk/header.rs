@@ -82,7 +82,8 @@ pub fn sniff(first: &[u8]) -> Magic {
             return Magic::Qcow2;
         }
     }
-    if first.len() >= 8 && u64::from_le_bytes(first[..8].try_into().unwrap_or([0; 8])) == 0xcafe_babe
+    if first.len() >= 8
+        && u64::from_le_bytes(first[..8].try_into().unwrap_or([0; 8])) == 0xcafe_babe
     {
         return Magic::SeSparse;
     }
@@ -147,7 +148,11 @@ impl SparseHeader {
     /// Decodes and checks a 512-byte header. `file_len` bounds every offset.
     pub fn parse(bytes: &[u8], file_len: u64) -> Result<Self, HeaderError> {
         if bytes.len() < SECTOR as usize {
-            return Err(bad("length", bytes.len() as u64, "shorter than one 512-byte sector"));
+            return Err(bad(
+                "length",
+                bytes.len() as u64,
+                "shorter than one 512-byte sector",
+            ));
         }
         let magic = le32(bytes, 0);
         if magic != MAGIC {
@@ -155,7 +160,11 @@ impl SparseHeader {
         }
         let version = le32(bytes, 4);
         if !(1..=3).contains(&version) {
-            return Err(bad("version", u64::from(version), "only versions 1 to 3 exist"));
+            return Err(bad(
+                "version",
+                u64::from(version),
+                "only versions 1 to 3 exist",
+            ));
         }
         let flags = le32(bytes, 8);
         let capacity_sectors = le64(bytes, 12);
@@ -174,42 +183,80 @@ impl SparseHeader {
             return Err(bad("grainSize", grain_sectors, "not a power of two"));
         }
         if !(MIN_GRAIN_SECTORS..=MAX_GRAIN_SECTORS).contains(&grain_sectors) {
-            return Err(bad("grainSize", grain_sectors, "outside 8..=4096 sectors (4 KiB..2 MiB)"));
+            return Err(bad(
+                "grainSize",
+                grain_sectors,
+                "outside 8..=4096 sectors (4 KiB..2 MiB)",
+            ));
         }
         if gtes_per_gt == 0 || gtes_per_gt > MAX_GTES_PER_GT {
-            return Err(bad("numGTEsPerGT", u64::from(gtes_per_gt), "outside 1..=512"));
+            return Err(bad(
+                "numGTEsPerGT",
+                u64::from(gtes_per_gt),
+                "outside 1..=512",
+            ));
         }
         let grains = capacity_sectors.div_ceil(grain_sectors);
         let gd_entries = grains.div_ceil(u64::from(gtes_per_gt));
         if gd_entries > MAX_GD_ENTRIES {
-            return Err(bad("capacity", capacity_sectors, "needs more than 32 Mi grain directory entries"));
+            return Err(bad(
+                "capacity",
+                capacity_sectors,
+                "needs more than 32 Mi grain directory entries",
+            ));
         }
         let compressed = match compress_algorithm {
             COMPRESS_NONE => false,
             COMPRESS_DEFLATE => true,
-            other => return Err(bad("compressAlgorithm", u64::from(other), "only 0 (none) and 1 (deflate) exist")),
+            other => {
+                return Err(bad(
+                    "compressAlgorithm",
+                    u64::from(other),
+                    "only 0 (none) and 1 (deflate) exist",
+                ))
+            }
         };
         if compressed != (flags & FLAG_COMPRESSED != 0) {
-            return Err(bad("flags", u64::from(flags), "compressed-grains flag disagrees with compressAlgorithm"));
+            return Err(bad(
+                "flags",
+                u64::from(flags),
+                "compressed-grains flag disagrees with compressAlgorithm",
+            ));
         }
         if compressed && flags & FLAG_MARKERS == 0 {
             // Compressed grains without markers exist in no VMware product and the
             // reader cannot delimit them.
-            return Err(bad("flags", u64::from(flags), "compressed grains without markers"));
+            return Err(bad(
+                "flags",
+                u64::from(flags),
+                "compressed grains without markers",
+            ));
         }
         let file_sectors = file_len / SECTOR;
         if descriptor_offset != 0 || descriptor_sectors != 0 {
             if descriptor_sectors > MAX_DESCRIPTOR_SECTORS {
-                return Err(bad("descriptorSize", descriptor_sectors, "larger than 1 MiB"));
+                return Err(bad(
+                    "descriptorSize",
+                    descriptor_sectors,
+                    "larger than 1 MiB",
+                ));
             }
             if descriptor_offset == 0 {
-                return Err(bad("descriptorOffset", 0, "zero while descriptorSize is not"));
+                return Err(bad(
+                    "descriptorOffset",
+                    0,
+                    "zero while descriptorSize is not",
+                ));
             }
             let end = descriptor_offset
                 .checked_add(descriptor_sectors)
                 .ok_or_else(|| bad("descriptorOffset", descriptor_offset, "overflows"))?;
             if end > file_sectors {
-                return Err(bad("descriptorOffset", descriptor_offset, "descriptor lies past the end of the file"));
+                return Err(bad(
+                    "descriptorOffset",
+                    descriptor_offset,
+                    "descriptor lies past the end of the file",
+                ));
             }
         }
         if gd_offset != GD_AT_END {
@@ -224,10 +271,18 @@ impl SparseHeader {
                 .checked_add(gd_sectors)
                 .ok_or_else(|| bad("gdOffset", gd_offset, "overflows"))?;
             if end > file_sectors {
-                return Err(bad("gdOffset", gd_offset, "grain directory lies past the end of the file"));
+                return Err(bad(
+                    "gdOffset",
+                    gd_offset,
+                    "grain directory lies past the end of the file",
+                ));
             }
         } else if !compressed && flags & FLAG_MARKERS == 0 {
-            return Err(bad("gdOffset", gd_offset, "directory-in-footer marker on a non-stream image"));
+            return Err(bad(
+                "gdOffset",
+                gd_offset,
+                "directory-in-footer marker on a non-stream image",
+            ));
         }
         Ok(SparseHeader {
             version,
@@ -310,14 +365,22 @@ pub(crate) mod tests {
     #[test]
     fn rejects_grain_sizes_zero_one_odd_and_huge() {
         for g in [0u64, 1, 3, 100, 1 << 40, 8192] {
-            assert_eq!(field_of(&with(20, &g.to_le_bytes())), "grainSize", "grain {g}");
+            assert_eq!(
+                field_of(&with(20, &g.to_le_bytes())),
+                "grainSize",
+                "grain {g}"
+            );
         }
     }
 
     #[test]
     fn rejects_grain_table_lengths_zero_513_and_max() {
         for n in [0u32, 513, u32::MAX] {
-            assert_eq!(field_of(&with(44, &n.to_le_bytes())), "numGTEsPerGT", "gtes {n}");
+            assert_eq!(
+                field_of(&with(44, &n.to_le_bytes())),
+                "numGTEsPerGT",
+                "gtes {n}"
+            );
         }
     }
 
@@ -325,18 +388,30 @@ pub(crate) mod tests {
     fn rejects_directory_past_end_of_file_or_in_header() {
         assert_eq!(field_of(&with(56, &(1u64 << 40).to_le_bytes())), "gdOffset");
         assert_eq!(field_of(&with(56, &0u64.to_le_bytes())), "gdOffset");
-        assert_eq!(field_of(&with(56, &(u64::MAX - 1).to_le_bytes())), "gdOffset");
+        assert_eq!(
+            field_of(&with(56, &(u64::MAX - 1).to_le_bytes())),
+            "gdOffset"
+        );
     }
 
     #[test]
     fn rejects_descriptor_past_end_or_too_large() {
-        assert_eq!(field_of(&with(28, &(u64::MAX - 2).to_le_bytes())), "descriptorOffset");
-        assert_eq!(field_of(&with(36, &4096u64.to_le_bytes())), "descriptorSize");
+        assert_eq!(
+            field_of(&with(28, &(u64::MAX - 2).to_le_bytes())),
+            "descriptorOffset"
+        );
+        assert_eq!(
+            field_of(&with(36, &4096u64.to_le_bytes())),
+            "descriptorSize"
+        );
     }
 
     #[test]
     fn rejects_unknown_compression_and_contradicting_flags() {
-        assert_eq!(field_of(&with(77, &7u16.to_le_bytes())), "compressAlgorithm");
+        assert_eq!(
+            field_of(&with(77, &7u16.to_le_bytes())),
+            "compressAlgorithm"
+        );
         // compressAlgorithm deflate but the compressed flag clear.
         assert_eq!(field_of(&with(77, &1u16.to_le_bytes())), "flags");
     }
@@ -345,7 +420,10 @@ pub(crate) mod tests {
     fn rejects_bad_magic_version_and_short_input() {
         assert_eq!(field_of(&with(0, b"XDMV")), "magic");
         assert_eq!(field_of(&with(4, &9u32.to_le_bytes())), "version");
-        assert_eq!(SparseHeader::parse(&[0u8; 100], LEN).unwrap_err().field, "length");
+        assert_eq!(
+            SparseHeader::parse(&[0u8; 100], LEN).unwrap_err().field,
+            "length"
+        );
     }
 
     #[test]

@@ -99,7 +99,10 @@ impl Seek for FileSlice {
                 self.pos = p;
                 Ok(p)
             }
-            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the slice")),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the slice",
+            )),
         }
     }
 }
@@ -181,9 +184,15 @@ impl VmdkImage {
         let mut map = top.map.clone();
         let mut parent_chain = Vec::new();
         let mut allocated = top.allocated;
-        if top.parent_cid.is_some_and(|c| c != descriptor::NO_PARENT_CID) {
+        if top
+            .parent_cid
+            .is_some_and(|c| c != descriptor::NO_PARENT_CID)
+        {
             if source.range.is_some() {
-                return Err(Error::unsupported(&source.path, "a delta (snapshot) disk inside an archive"));
+                return Err(Error::unsupported(
+                    &source.path,
+                    "a delta (snapshot) disk inside an archive",
+                ));
             }
             let mut seen = HashSet::new();
             seen.insert(canonical(&source.path)?);
@@ -192,16 +201,26 @@ impl VmdkImage {
             let mut child_hint = top.parent_hint.clone();
             loop {
                 if parent_chain.len() >= MAX_CHAIN_DEPTH {
-                    return Err(Error::invalid(&source.path, format!("snapshot chain deeper than {MAX_CHAIN_DEPTH}")));
+                    return Err(Error::invalid(
+                        &source.path,
+                        format!("snapshot chain deeper than {MAX_CHAIN_DEPTH}"),
+                    ));
                 }
-                let hint = child_hint
-                    .as_deref()
-                    .ok_or_else(|| Error::invalid(&child_path, "delta disk (parentCID set) without parentFileNameHint"))?;
+                let hint = child_hint.as_deref().ok_or_else(|| {
+                    Error::invalid(
+                        &child_path,
+                        "delta disk (parentCID set) without parentFileNameHint",
+                    )
+                })?;
                 let dir = child_path.parent().unwrap_or(Path::new("."));
-                let parent = paths::resolve_inside(dir, hint)
-                    .map_err(|m| Error::invalid(&child_path, format!("parentFileNameHint refused: {m}")))?;
+                let parent = paths::resolve_inside(dir, hint).map_err(|m| {
+                    Error::invalid(&child_path, format!("parentFileNameHint refused: {m}"))
+                })?;
                 if !seen.insert(canonical(&parent)?) {
-                    return Err(Error::invalid(&child_path, format!("snapshot chain loops back to {}", parent.display())));
+                    return Err(Error::invalid(
+                        &child_path,
+                        format!("snapshot chain loops back to {}", parent.display()),
+                    ));
                 }
                 let layer = analyse_layer(&Source::file(&parent))?;
                 if layer.cid != child_parent_cid {
@@ -218,12 +237,18 @@ impl VmdkImage {
                 if layer.capacity != top.capacity {
                     return Err(Error::invalid(
                         &parent,
-                        format!("capacity {} differs from the delta's {}", layer.capacity, top.capacity),
+                        format!(
+                            "capacity {} differs from the delta's {}",
+                            layer.capacity, top.capacity
+                        ),
                     ));
                 }
                 map.union_with(&layer.map);
                 parent_chain.push(parent.clone());
-                if !layer.parent_cid.is_some_and(|c| c != descriptor::NO_PARENT_CID) {
+                if layer
+                    .parent_cid
+                    .is_none_or(|c| c == descriptor::NO_PARENT_CID)
+                {
                     break;
                 }
                 child_path = parent;
@@ -272,14 +297,17 @@ impl VmdkImage {
         if let Some(r) = src.range {
             let f = File::open(&src.path).map_err(|e| Error::io(&src.path, what, e))?;
             let slice = BufReader::new(FileSlice::new(f, r.offset, r.len));
-            let reader = vmdk::VmdkReader::open(slice).map_err(|e| Error::vmdk(&src.path, what, e))?;
+            let reader =
+                vmdk::VmdkReader::open(slice).map_err(|e| Error::vmdk(&src.path, what, e))?;
             return Ok(Box::new(reader));
         }
         if self.info.parent_chain.is_empty() {
-            let reader = vmdk::VmdkFileReader::open_path(&src.path).map_err(|e| Error::vmdk(&src.path, what, e))?;
+            let reader = vmdk::VmdkFileReader::open_path(&src.path)
+                .map_err(|e| Error::vmdk(&src.path, what, e))?;
             Ok(Box::new(reader))
         } else {
-            let reader = vmdk::VmdkChainReader::open(&src.path).map_err(|e| Error::vmdk(&src.path, what, e))?;
+            let reader = vmdk::VmdkChainReader::open(&src.path)
+                .map_err(|e| Error::vmdk(&src.path, what, e))?;
             Ok(Box::new(reader))
         }
     }
@@ -297,18 +325,32 @@ fn canonical(p: &Path) -> Result<PathBuf> {
 fn open_bytes(source: &Source) -> Result<(Box<dyn ReadSeek>, u64)> {
     let path = &source.path;
     let f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
-    let meta = f.metadata().map_err(|e| Error::io(path, "reading metadata of", e))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io(path, "reading metadata of", e))?;
     if !meta.is_file() {
         return Err(Error::invalid(path, "not a regular file"));
     }
     match source.range {
         None => Ok((Box::new(BufReader::new(f)), meta.len())),
         Some(r) => {
-            let end = r.offset.checked_add(r.len).ok_or_else(|| Error::invalid(path, "byte range overflows"))?;
+            let end = r
+                .offset
+                .checked_add(r.len)
+                .ok_or_else(|| Error::invalid(path, "byte range overflows"))?;
             if end > meta.len() {
-                return Err(Error::invalid(path, format!("member range {}+{} lies past the end of the file", r.offset, r.len)));
+                return Err(Error::invalid(
+                    path,
+                    format!(
+                        "member range {}+{} lies past the end of the file",
+                        r.offset, r.len
+                    ),
+                ));
             }
-            Ok((Box::new(BufReader::new(FileSlice::new(f, r.offset, r.len))), r.len))
+            Ok((
+                Box::new(BufReader::new(FileSlice::new(f, r.offset, r.len))),
+                r.len,
+            ))
         }
     }
 }
@@ -322,7 +364,8 @@ fn analyse_layer(source: &Source) -> Result<Layer> {
     let path = &source.path;
     let (mut r, len) = open_bytes(source)?;
     let mut first = vec![0u8; len.min(SECTOR) as usize];
-    read_exact_at(&mut *r, 0, &mut first).map_err(|e| Error::io(path, "reading the first sector", e))?;
+    read_exact_at(&mut *r, 0, &mut first)
+        .map_err(|e| Error::io(path, "reading the first sector", e))?;
     match header::sniff(&first) {
         Magic::Vmdk4 => analyse_sparse_file(path, &mut *r, len),
         Magic::Text => {
@@ -361,7 +404,11 @@ fn analyse_layer(source: &Source) -> Result<Layer> {
 
 /// Header (and footer) of a hosted sparse extent, checked. Returns the header and
 /// the grain directory's sector.
-fn checked_sparse_header(path: &Path, r: &mut dyn ReadSeek, len: u64) -> Result<(SparseHeader, u64)> {
+fn checked_sparse_header(
+    path: &Path,
+    r: &mut dyn ReadSeek,
+    len: u64,
+) -> Result<(SparseHeader, u64)> {
     let mut h = [0u8; SECTOR as usize];
     read_exact_at(r, 0, &mut h).map_err(|e| Error::io(path, "reading the sparse header", e))?;
     let hdr = SparseHeader::parse(&h, len).map_err(|e| Error::invalid(path, e.to_string()))?;
@@ -370,19 +417,35 @@ fn checked_sparse_header(path: &Path, r: &mut dyn ReadSeek, len: u64) -> Result<
         // streamOptimized: the real header is the footer, 1024 bytes before the end,
         // followed by the end-of-stream marker.
         if len < 3 * SECTOR {
-            return Err(Error::invalid(path, "streamOptimized file too short for its footer"));
+            return Err(Error::invalid(
+                path,
+                "streamOptimized file too short for its footer",
+            ));
         }
         let mut tail = [0u8; 2 * SECTOR as usize];
-        read_exact_at(r, len - 2 * SECTOR, &mut tail).map_err(|e| Error::io(path, "reading the footer", e))?;
-        let footer = SparseHeader::parse(&tail[..512], len).map_err(|e| Error::invalid(path, format!("footer: {e}")))?;
+        read_exact_at(r, len - 2 * SECTOR, &mut tail)
+            .map_err(|e| Error::io(path, "reading the footer", e))?;
+        let footer = SparseHeader::parse(&tail[..512], len)
+            .map_err(|e| Error::invalid(path, format!("footer: {e}")))?;
         if footer.gd_offset == header::GD_AT_END {
-            return Err(Error::invalid(path, "footer does not give the grain directory offset"));
+            return Err(Error::invalid(
+                path,
+                "footer does not give the grain directory offset",
+            ));
         }
-        if footer.capacity_sectors != hdr.capacity_sectors || footer.grain_sectors != hdr.grain_sectors {
-            return Err(Error::invalid(path, "footer contradicts the header (capacity or grain size)"));
+        if footer.capacity_sectors != hdr.capacity_sectors
+            || footer.grain_sectors != hdr.grain_sectors
+        {
+            return Err(Error::invalid(
+                path,
+                "footer contradicts the header (capacity or grain size)",
+            ));
         }
         if tail[512..528].iter().any(|&b| b != 0) {
-            return Err(Error::invalid(path, "missing end-of-stream marker after the footer"));
+            return Err(Error::invalid(
+                path,
+                "missing end-of-stream marker after the footer",
+            ));
         }
         gd = footer.gd_offset;
     }
@@ -403,15 +466,24 @@ fn analyse_sparse_file(path: &Path, r: &mut dyn ReadSeek, len: u64) -> Result<La
     if let Some(d) = &desc {
         if let Some(c) = d.capacity_bytes().filter(|_| !d.extents.is_empty()) {
             if c != capacity {
-                return Err(Error::invalid(path, format!("descriptor extents total {c} bytes but the header says {capacity}")));
+                return Err(Error::invalid(
+                    path,
+                    format!("descriptor extents total {c} bytes but the header says {capacity}"),
+                ));
             }
         }
     }
     let mut map = ChunkMap::empty(capacity);
-    let allocated = alloc::walk_sparse(r, &hdr, gd, len, 0, &mut map).map_err(|m| Error::invalid(path, m))?;
+    let allocated =
+        alloc::walk_sparse(r, &hdr, gd, len, 0, &mut map).map_err(|m| Error::invalid(path, m))?;
     let desc = desc.unwrap_or_default();
     let create_type = if desc.create_type.is_empty() {
-        if hdr.compressed { "streamOptimized" } else { "monolithicSparse" }.to_owned()
+        if hdr.compressed {
+            "streamOptimized"
+        } else {
+            "monolithicSparse"
+        }
+        .to_owned()
     } else {
         desc.create_type
     };
@@ -433,7 +505,10 @@ fn analyse_sparse_file(path: &Path, r: &mut dyn ReadSeek, len: u64) -> Result<La
 
 fn analyse_descriptor_file(path: &Path, len: u64) -> Result<Layer> {
     if len > descriptor::MAX_DESCRIPTOR_BYTES as u64 {
-        return Err(Error::invalid(path, format!("descriptor is {len} bytes, more than the 1 MiB limit")));
+        return Err(Error::invalid(
+            path,
+            format!("descriptor is {len} bytes, more than the 1 MiB limit"),
+        ));
     }
     let raw = std::fs::read(path).map_err(|e| Error::io(path, "reading the descriptor", e))?;
     let desc = descriptor::parse(&raw).map_err(|e| Error::invalid(path, e.to_string()))?;
@@ -479,7 +554,9 @@ fn analyse_descriptor_file(path: &Path, len: u64) -> Result<Layer> {
         match (e.kind, &file) {
             (ExtentKind::Zero, _) => {}
             (ExtentKind::Flat | ExtentKind::Vmfs, Some(f)) => {
-                let flen = std::fs::metadata(f).map_err(|err| Error::io(f, "reading metadata of", err))?.len();
+                let flen = std::fs::metadata(f)
+                    .map_err(|err| Error::io(f, "reading metadata of", err))?
+                    .len();
                 let need = e
                     .offset
                     .checked_add(e.sectors)
@@ -497,18 +574,23 @@ fn analyse_descriptor_file(path: &Path, len: u64) -> Result<Layer> {
             (ExtentKind::Sparse | ExtentKind::VmfsSparse, Some(f)) => {
                 let (mut r, flen) = open_bytes(&Source::file(f))?;
                 let mut first = [0u8; 4];
-                read_exact_at(&mut *r, 0, &mut first).map_err(|err| Error::io(f, "reading the first sector", err))?;
+                read_exact_at(&mut *r, 0, &mut first)
+                    .map_err(|err| Error::io(f, "reading the first sector", err))?;
                 if header::sniff(&first) == Magic::Vmdk4 {
                     let (hdr, gd) = checked_sparse_header(f, &mut *r, flen)?;
                     if hdr.capacity_sectors != e.sectors {
                         return Err(Error::invalid(
                             f,
-                            format!("sparse extent holds {} sectors but descriptor line {n} says {}", hdr.capacity_sectors, e.sectors),
+                            format!(
+                                "sparse extent holds {} sectors but descriptor line {n} says {}",
+                                hdr.capacity_sectors, e.sectors
+                            ),
                         ));
                     }
                     grain_size.get_or_insert(hdr.grain_bytes());
                     unclean |= hdr.unclean_shutdown;
-                    allocated += alloc::walk_sparse(&mut *r, &hdr, gd, flen, base, &mut map).map_err(|m| Error::invalid(f, m))?;
+                    allocated += alloc::walk_sparse(&mut *r, &hdr, gd, flen, base, &mut map)
+                        .map_err(|m| Error::invalid(f, m))?;
                 } else {
                     map.mark(base, bytes);
                     allocated += bytes;

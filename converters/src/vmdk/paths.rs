@@ -20,7 +20,9 @@ pub fn resolve_inside(dir: &Path, name: &str) -> Result<PathBuf, String> {
         return Err(format!("file name {name:?} contains NUL"));
     }
     if name.contains('\\') {
-        return Err(format!("file name {name:?} contains a backslash (a Windows path?)"));
+        return Err(format!(
+            "file name {name:?} contains a backslash (a Windows path?)"
+        ));
     }
     if name.contains("://") || name.starts_with("file:") {
         return Err(format!("file name {name:?} is a URL"));
@@ -37,7 +39,10 @@ pub fn resolve_inside(dir: &Path, name: &str) -> Result<PathBuf, String> {
                     .map_err(|e| format!("{name:?}: {}: {e}", current.display()))?;
                 let ft = meta.file_type();
                 if ft.is_symlink() {
-                    return Err(format!("{name:?}: {} is a symbolic link", current.display()));
+                    return Err(format!(
+                        "{name:?}: {} is a symbolic link",
+                        current.display()
+                    ));
                 }
             }
             Component::CurDir => {}
@@ -86,15 +91,30 @@ mod tests {
     fn accepts_plain_and_nested_names() {
         let t = setup();
         let dir = t.path().join("vm");
-        assert_eq!(resolve_inside(&dir, "disk-flat.vmdk").unwrap(), dir.join("disk-flat.vmdk"));
-        assert_eq!(resolve_inside(&dir, "./sub/inner.vmdk").unwrap(), dir.join("sub/inner.vmdk"));
+        assert_eq!(
+            resolve_inside(&dir, "disk-flat.vmdk").unwrap(),
+            dir.join("disk-flat.vmdk")
+        );
+        assert_eq!(
+            resolve_inside(&dir, "./sub/inner.vmdk").unwrap(),
+            dir.join("sub/inner.vmdk")
+        );
     }
 
     #[test]
     fn rejects_extent_path_outside_descriptor_dir() {
         let t = setup();
         let dir = t.path().join("vm");
-        for bad in ["../secret", "sub/../../secret", "/etc/passwd", "/dev/sda", "/proc/self/fd/0", "a\\b", "file:///etc/shadow", "http://x/y"] {
+        for bad in [
+            "../secret",
+            "sub/../../secret",
+            "/etc/passwd",
+            "/dev/sda",
+            "/proc/self/fd/0",
+            "a\\b",
+            "file:///etc/shadow",
+            "http://x/y",
+        ] {
             assert!(resolve_inside(&dir, bad).is_err(), "{bad} was accepted");
         }
     }
@@ -105,17 +125,27 @@ mod tests {
         let dir = t.path().join("vm");
         symlink(t.path().join("secret"), dir.join("link.vmdk")).unwrap();
         symlink(t.path(), dir.join("up")).unwrap();
-        assert!(resolve_inside(&dir, "link.vmdk").unwrap_err().contains("symbolic link"));
-        assert!(resolve_inside(&dir, "up/secret").unwrap_err().contains("symbolic link"));
+        assert!(resolve_inside(&dir, "link.vmdk")
+            .unwrap_err()
+            .contains("symbolic link"));
+        assert!(resolve_inside(&dir, "up/secret")
+            .unwrap_err()
+            .contains("symbolic link"));
     }
 
     #[test]
     fn rejects_directory_and_fifo() {
         let t = setup();
         let dir = t.path().join("vm");
-        assert!(resolve_inside(&dir, "sub").unwrap_err().contains("directory"));
+        assert!(resolve_inside(&dir, "sub")
+            .unwrap_err()
+            .contains("directory"));
         let fifo = dir.join("pipe");
-        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
         assert!(resolve_inside(&dir, "pipe").unwrap_err().contains("FIFO"));
     }
 }

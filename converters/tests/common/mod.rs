@@ -13,12 +13,17 @@ pub fn require(tool: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{tool} is required by this test (run scripts/setup.sh)");
+    assert!(
+        found,
+        "{tool} is required by this test (run scripts/setup.sh)"
+    );
 }
 
 /// Runs a command and panics with its stderr when it fails.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -39,7 +44,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -47,7 +52,7 @@ impl Rng {
     }
     pub fn fill(&mut self, buf: &mut [u8]) {
         for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
+            let v = self.next_u64().to_le_bytes();
             c.copy_from_slice(&v[..c.len()]);
         }
     }
@@ -64,7 +69,7 @@ pub fn write_pattern(path: &Path, size: u64, seed: u64) {
     let mut off = 0u64;
     let mut kind = 0;
     while off < size {
-        let len = (200_000 + rng.next() % 400_000).min(size - off);
+        let len = (200_000 + rng.next_u64() % 400_000).min(size - off);
         let mut buf = vec![0u8; len as usize];
         match kind % 3 {
             0 => rng.fill(&mut buf),
@@ -88,13 +93,19 @@ pub fn write_pattern(path: &Path, size: u64, seed: u64) {
 /// The Python reference implementation of v2k-blkhash-sha256 over a raw file.
 pub fn blkhash_py(raw: &Path) -> String {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/blkhash.py");
-    run(Command::new("python3").arg(script).arg(raw)).trim().to_owned()
+    run(Command::new("python3").arg(script).arg(raw))
+        .trim()
+        .to_owned()
 }
 
 /// `qemu-img check` passes and `qemu-img compare` says `a` and `b` are identical.
 pub fn assert_same_disk(reference: &Path, output: &Path, output_format: &str) {
     if output_format == "qcow2" {
-        let out = Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(output).output().unwrap();
+        let out = Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(output)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "qemu-img check {} failed:\n{}{}",
