@@ -19,12 +19,12 @@
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
+use std::collections::BTreeMap;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use flate2::{Compress, Compression, FlushCompress, Status};
-use rayon::prelude::*;
 
 use crate::blkhash::{self, BlockDigest, Hasher};
 use crate::error::{Error, Result};
@@ -45,6 +45,59 @@ const READER_CHUNK_BUDGET: u32 = 4096;
 const COMPRESS_LEVEL: u32 = 6;
 /// QEMU inflates compressed clusters with a 4 KiB window (windowBits 12).
 const COMPRESS_WINDOW_BITS: u8 = 12;
+
+/// Virtual bytes between two copy-progress events.
+const PROGRESS_STEP: u64 = 16 << 20;
+
+/// Receives the next finished chunk. Called from a rayon worker (a caller running
+/// inside the pool), it keeps executing pool tasks while it waits, so that a pool of
+/// one thread cannot deadlock; elsewhere it simply blocks.
+fn receive<T>(rx: &Receiver<T>) -> Option<T> {
+    loop {
+        if rayon::current_thread_index().is_none() {
+            return rx.recv().ok();
+        }
+        match rx.recv_timeout(std::time::Duration::ZERO) {
+            Ok(x) => return Some(x),
+            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Timeout) => {
+                if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            }
+        }
+    }
+}
+
+/// Chunk buffers handed back by the writer for reuse, so that steady state does no
+/// allocation (and no page faults on fresh memory) per chunk.
+#[derive(Default)]
+struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// A zeroed-or-reused buffer of `len` bytes whose bytes from `keep` on are zero.
+    fn take(&self, len: usize, keep: usize) -> Vec<u8> {
+        let reused = self.free.lock().ok().and_then(|mut f| f.pop());
+        match reused {
+            Some(mut b) => {
+                b.resize(len, 0);
+                b[keep..].fill(0);
+                b
+            }
+            None => vec![0u8; len],
+        }
+    }
+
+    fn put(&self, b: Vec<u8>) {
+        if b.capacity() > 0 {
+            if let Ok(mut f) = self.free.lock() {
+                f.push(b);
+            }
+        }
+    }
+}
 
 /// How to convert.
 #[derive(Debug, Clone)]
@@ -184,9 +237,11 @@ fn deflate(cluster: &[u8], limit: usize) -> Option<Vec<u8>> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn process_chunk(
     image: &VmdkImage,
     pool: &ReaderPool,
+    buffers: &BufferPool,
     source: &Path,
     offset: u64,
     len: u64,
@@ -204,7 +259,7 @@ fn process_chunk(
         });
     }
     let padded = len.div_ceil(cs) * cs;
-    let mut data = vec![0u8; padded as usize];
+    let mut data = buffers.take(padded as usize, len as usize);
     pool.with(|r| {
         r.seek(SeekFrom::Start(offset))?;
         r.read_exact(&mut data[..len as usize])
@@ -315,69 +370,72 @@ pub fn convert(
     let source_path = job.source.path.as_path();
 
     let mut hasher = Hasher::new();
-    let (stats, data_bytes) = std::thread::scope(|s| -> Result<_> {
-        let (tx, rx) = sync_channel::<Vec<Chunk>>(1);
-        let writer = s.spawn(move || -> Result<_> {
-            for batch in rx {
-                for c in &batch {
-                    sink.write(c, cs)?;
-                }
-            }
-            Ok(match sink {
-                Sink::Qcow2(w) => {
-                    let st = w.finish()?;
-                    let data = (st.data_clusters + st.compressed_clusters) * cs;
-                    (Some(st), data.min(size))
-                }
-                Sink::Raw(w) => (None, w.finish()),
-            })
-        });
-        let mut start = 0;
-        let mut failure = None;
-        while start < chunks {
-            let end = (start + window).min(chunks);
-            let batch: Result<Vec<Chunk>> = (start..end)
-                .into_par_iter()
-                .map(|i| {
+    let buffers = BufferPool::default();
+    // Chunks being read or waiting to be written: enough to keep every worker busy
+    // while the writer catches up, and the bound on the data held in memory.
+    let max_in_flight = window;
+    let (tx, rx) = channel::<(u64, Result<Chunk>)>();
+    let mut pending: BTreeMap<u64, Chunk> = BTreeMap::new();
+    let mut failure: Option<Error> = None;
+    let mut next_spawn = 0u64;
+    let mut next_write = 0u64;
+    let mut last_progress = 0u64;
+    rayon::in_place_scope(|scope| {
+        while next_write < chunks && failure.is_none() {
+            while next_spawn < chunks && next_spawn - next_write < max_in_flight {
+                let i = next_spawn;
+                let tx = tx.clone();
+                let (image, pool, buffers) = (&image, &pool, &buffers);
+                scope.spawn(move |_| {
                     let off = i * chunk;
-                    process_chunk(
-                        &image,
-                        &pool,
-                        source_path,
-                        off,
-                        chunk.min(size - off),
-                        cs,
-                        compress_limit,
-                    )
-                })
-                .collect();
-            match batch {
-                Ok(b) => {
-                    for c in &b {
-                        hasher.update(&c.digests);
-                    }
-                    if tx.send(b).is_err() {
-                        break; // the writer failed; its error is returned below
-                    }
+                    let r = process_chunk(image, pool, buffers, source_path, off, chunk.min(size - off), cs, compress_limit);
+                    let _ = tx.send((i, r));
+                });
+                next_spawn += 1;
+            }
+            let (i, r) = match receive(&rx) {
+                Some(x) => x,
+                None => break,
+            };
+            match r {
+                Ok(c) => {
+                    pending.insert(i, c);
                 }
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             }
-            progress.event(Event::Copied {
-                disk,
-                done: (end * chunk).min(size),
-            });
-            start = end;
+            // Write every chunk that is next in disk order.
+            while let Some(c) = pending.remove(&next_write) {
+                hasher.update(&c.digests);
+                if let Err(e) = sink.write(&c, cs) {
+                    failure = Some(e);
+                    break;
+                }
+                buffers.put(c.data);
+                next_write += 1;
+            }
+            let done = (next_write * chunk).min(size);
+            if done - last_progress >= PROGRESS_STEP || next_write == chunks {
+                progress.event(Event::Copied { disk, done });
+                last_progress = done;
+            }
         }
-        drop(tx);
-        let written = writer.join().map_err(|_| poisoned())?;
-        if let Some(e) = failure {
-            return Err(e);
+        // Leaving the scope waits for chunks still in flight; their results are dropped.
+    });
+    drop(rx);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let (stats, data_bytes) = match sink {
+        Sink::Qcow2(w) => {
+            let st = w.finish()?;
+            let data = (st.data_clusters + st.compressed_clusters) * cs;
+            (Some(st), data.min(size))
         }
-        written
-    })?;
+        Sink::Raw(w) => (None, w.finish()),
+    };
     let source_hash = hasher.finish(size);
     let copy_seconds = started.elapsed().as_secs_f64();
 
