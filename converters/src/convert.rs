@@ -17,9 +17,9 @@
 //! The output is written under a temporary name, read back and hashed
 //! independently (unless verification is off), and only then renamed into place.
 
+use std::collections::BTreeMap;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
-use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -388,7 +388,16 @@ pub fn convert(
                 let (image, pool, buffers) = (&image, &pool, &buffers);
                 scope.spawn(move |_| {
                     let off = i * chunk;
-                    let r = process_chunk(image, pool, buffers, source_path, off, chunk.min(size - off), cs, compress_limit);
+                    let r = process_chunk(
+                        image,
+                        pool,
+                        buffers,
+                        source_path,
+                        off,
+                        chunk.min(size - off),
+                        cs,
+                        compress_limit,
+                    );
                     let _ = tx.send((i, r));
                 });
                 next_spawn += 1;

@@ -1,0 +1,687 @@
+//! The VM model: what every later stage (convert, inject, validate) knows about a
+//! source VM, the same whichever file it came from (VMX, OVF or OVA).
+//!
+//! It is a schema: serialised with kebab-case fields, optional and empty fields left
+//! out, and a `schema-version` that changes whenever a field changes meaning or is
+//! removed (adding an optional field does not bump it). docs/vm-model.md documents
+//! every field. Disks say exactly where their bytes are ([`DiskLocation`]), so the
+//! converter never has to re-derive a path from a VMware file.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this schema; see docs/vm-model.md for what each version changed.
+pub const SCHEMA_VERSION: u32 = 1;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// One virtual machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Vm {
+    pub schema_version: u32,
+    /// Display name (VMX `displayName`, OVF `VirtualSystem/Name` or `ovf:id`).
+    pub name: String,
+    pub source: Source,
+    /// SMBIOS UUID in canonical lowercase 8-4-4-4-12 form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bios_uuid: Option<String>,
+    pub guest_os: GuestOs,
+    pub firmware: Firmware,
+    pub cpu: Cpu,
+    pub memory_mib: u64,
+    /// VMware virtual hardware version (`virtualHW.version`, `vmx-NN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<Controller>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<Disk>,
+    /// CD-ROM and floppy drives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removable: Vec<Removable>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<Nic>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serial_ports: Vec<Port>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parallel_ports: Vec<Port>,
+    #[serde(default, skip_serializing_if = "Usb::is_empty")]
+    pub usb: Usb,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pci_passthrough: Vec<PciDevice>,
+    /// A virtual TPM is configured (`vtpm.present`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tpm: bool,
+    /// Changed block tracking (`ctkEnabled`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cbt: bool,
+    /// `disk.EnableUUID`: the guest sees stable SCSI serials.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub disk_enable_uuid: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<Snapshot>,
+    /// Pre-flight findings, most severe first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concerns: Vec<Concern>,
+}
+
+/// Where the description came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Source {
+    pub kind: SourceKind,
+    /// The .vmx, .ovf or .ova file, absolute.
+    pub path: PathBuf,
+    /// For an OVF or OVA: whether a manifest was present and verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ManifestStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    Vmx,
+    Ovf,
+    Ova,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ManifestStatus {
+    /// Every file named by the OVF was in the manifest and matched.
+    Verified,
+    /// There was no manifest to check.
+    Absent,
+    /// Verification was turned off (`--no-verify-manifest`).
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GuestOs {
+    /// VMware's guest id (`guestOS` / `vmw:osType`), e.g. `ubuntu-64`, `windows2019srv-64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub family: OsFamily,
+    /// OVF `OperatingSystemSection` CIM id (e.g. 94 Ubuntu 64-bit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cim_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OsFamily {
+    Linux,
+    Windows,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Firmware {
+    pub kind: FirmwareKind,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secure_boot: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirmwareKind {
+    Bios,
+    Efi,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Cpu {
+    /// Total virtual CPUs.
+    pub count: u32,
+    pub cores_per_socket: u32,
+}
+
+/// A storage controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Controller {
+    pub bus: BusKind,
+    /// Index of this controller among those of its bus kind (`scsi1` is 1).
+    pub index: u32,
+    pub model: ControllerModel,
+    /// The model string as VMware wrote it, when it was not one we know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_model: Option<String>,
+    /// SCSI bus sharing (`scsiN.sharedBus`: virtual / physical).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_bus: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusKind {
+    Ide,
+    Scsi,
+    Sata,
+    Nvme,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ControllerModel {
+    Pvscsi,
+    Lsilogic,
+    Lsisas1068,
+    Buslogic,
+    Ahci,
+    Nvme,
+    Ide,
+    Unknown,
+}
+
+/// Where a device sits: bus kind, controller index, unit on that controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Slot {
+    pub bus: BusKind,
+    pub controller: u32,
+    pub unit: u32,
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bus = match self.bus {
+            BusKind::Ide => "ide",
+            BusKind::Scsi => "scsi",
+            BusKind::Sata => "sata",
+            BusKind::Nvme => "nvme",
+        };
+        write!(f, "{bus}{}:{}", self.controller, self.unit)
+    }
+}
+
+/// A virtual disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Disk {
+    /// Stable id inside this VM: the slot (`scsi0:1`) for a VMX, the OVF `diskId`
+    /// otherwise.
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<Slot>,
+    /// Virtual size in bytes; `None` when it could not be learnt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    /// OVF `ovf:populatedSize` or the VMDK's allocated bytes, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub populated_size: Option<u64>,
+    pub location: DiskLocation,
+    /// What the bytes at `location` are: the VMDK `createType` (e.g.
+    /// `streamOptimized`, `monolithicSparse`, `vmfs`) or the OVF format URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    pub mode: DiskMode,
+    #[serde(default, skip_serializing_if = "Sharing::is_none")]
+    pub sharing: Sharing,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdm: Option<RdmKind>,
+    /// Parent disks of a snapshot delta, nearest first, as named by the VMDK.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<PathBuf>,
+}
+
+/// Where a disk's bytes are. The converter reads exactly this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DiskLocation {
+    /// A file on the host, absolute, already checked to lie inside the VM's directory
+    /// with no symlink on the way, and to be a regular file. For a VMDK this is the
+    /// descriptor (or monolithic file); its extents are resolved by the converter.
+    #[serde(rename_all = "kebab-case")]
+    File {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compression: Option<Compression>,
+    },
+    /// An OVF file split into chunks (`disk.vmdk.000000000`, ...), each a checked
+    /// file, to be read one after the other in this order.
+    #[serde(rename_all = "kebab-case")]
+    FileChunks {
+        paths: Vec<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compression: Option<Compression>,
+    },
+    /// A file inside an OVA (tar) archive, read in place: the bytes of `chunks`,
+    /// each `size` bytes at `offset` in `archive`, one after the other.
+    #[serde(rename_all = "kebab-case")]
+    OvaMember {
+        archive: PathBuf,
+        /// The OVF `href` this came from (the member name, or the chunk stem).
+        name: String,
+        chunks: Vec<ArchiveChunk>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        compression: Option<Compression>,
+    },
+    /// A raw host device (VMX `rawDisk`, `/dev/...`): not copied.
+    #[serde(rename_all = "kebab-case")]
+    HostDevice { path: String },
+    /// The file named by the VM does not exist.
+    #[serde(rename_all = "kebab-case")]
+    Missing { reference: String },
+    /// The file name was refused (absolute, `..`, a symlink, a device...); nothing
+    /// was read from it.
+    #[serde(rename_all = "kebab-case")]
+    Refused { reference: String, reason: String },
+}
+
+impl DiskLocation {
+    /// Whether a converter can read this disk at all.
+    pub fn is_readable(&self) -> bool {
+        matches!(
+            self,
+            DiskLocation::File { .. }
+                | DiskLocation::FileChunks { .. }
+                | DiskLocation::OvaMember { .. }
+        )
+    }
+}
+
+/// One tar member holding (part of) a disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ArchiveChunk {
+    /// The member name in the archive.
+    pub member: String,
+    /// Byte offset of the member's data in the archive file.
+    pub offset: u64,
+    /// Number of data bytes.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    /// The stored bytes are one gzip stream (OVF `ovf:compression="gzip"`).
+    Gzip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskMode {
+    Persistent,
+    Nonpersistent,
+    Undoable,
+    IndependentPersistent,
+    IndependentNonpersistent,
+}
+
+impl DiskMode {
+    /// The kebab-case name used in JSON and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskMode::Persistent => "persistent",
+            DiskMode::Nonpersistent => "nonpersistent",
+            DiskMode::Undoable => "undoable",
+            DiskMode::IndependentPersistent => "independent-persistent",
+            DiskMode::IndependentNonpersistent => "independent-nonpersistent",
+        }
+    }
+
+    pub fn is_independent(self) -> bool {
+        matches!(
+            self,
+            DiskMode::IndependentPersistent | DiskMode::IndependentNonpersistent
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sharing {
+    #[default]
+    None,
+    MultiWriter,
+}
+
+impl Sharing {
+    fn is_none(&self) -> bool {
+        *self == Sharing::None
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RdmKind {
+    /// Virtual compatibility mode (`vmfsRawDeviceMap`).
+    Virtual,
+    /// Physical compatibility mode (`vmfsPassthroughRawDeviceMap`).
+    Physical,
+    /// A Workstation raw disk (`rawDisk`, `fullDevice`, `partitionedDevice`).
+    RawDisk,
+}
+
+/// A CD-ROM or floppy drive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Removable {
+    pub kind: RemovableKind,
+    /// The slot of a CD-ROM; floppies have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<Slot>,
+    pub backing: RemovableBacking,
+    /// Image file or host device as the VM names it (not resolved: not copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub start_connected: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemovableKind {
+    Cdrom,
+    Floppy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemovableBacking {
+    Image,
+    HostDevice,
+    Passthrough,
+    None,
+}
+
+/// A network adapter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Nic {
+    pub index: u32,
+    pub model: NicModel,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_model: Option<String>,
+    /// Lowercase colon-separated MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    pub address_type: AddressType,
+    /// Port group / network name (VMX `networkName`, OVF `Connection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Workstation/Fusion connection type (bridged, nat, hostonly, custom).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dvs: Option<DvsPort>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub start_connected: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NicModel {
+    Vmxnet3,
+    Vmxnet2,
+    Vmxnet,
+    E1000,
+    E1000e,
+    Vlance,
+    Sriov,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AddressType {
+    Generated,
+    Static,
+    /// Assigned by vCenter.
+    Vpx,
+    Unknown,
+}
+
+/// A distributed virtual switch port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DvsPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub portgroup_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_id: Option<String>,
+}
+
+/// A serial or parallel port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Port {
+    pub index: u32,
+    /// `file`, `device`, `pipe`, `network`, `thinprint`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backing: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Usb {
+    /// USB controllers: `uhci`, `ehci`, `xhci`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<String>,
+    /// Passed-through host USB devices (VMX `usb:N`, OVF none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+}
+
+impl Usb {
+    pub fn is_empty(&self) -> bool {
+        self.controllers.is_empty() && self.devices.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PciDevice {
+    pub index: u32,
+    /// Host PCI address or device id as VMware recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// An SR-IOV virtual function (`pciPassthruN.pfId` set).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sriov: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Snapshot {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub current: bool,
+}
+
+/// A pre-flight finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Concern {
+    /// Stable id (docs/inspect.md lists them all); tools match on this.
+    pub id: String,
+    pub severity: Severity,
+    /// What it is about (`scsi0:1`, `ethernet0`), when it is about one device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// One line for a human.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Severity {
+    // Order matters: sorting puts critical first.
+    Critical,
+    Warning,
+    Info,
+}
+
+impl Vm {
+    /// A VM with nothing known yet, to be filled by a reader.
+    pub(crate) fn empty(kind: SourceKind, path: PathBuf) -> Vm {
+        Vm {
+            schema_version: SCHEMA_VERSION,
+            name: String::new(),
+            source: Source {
+                kind,
+                path,
+                manifest: None,
+            },
+            bios_uuid: None,
+            guest_os: GuestOs {
+                id: None,
+                family: OsFamily::Other,
+                cim_id: None,
+                description: None,
+            },
+            firmware: Firmware {
+                kind: FirmwareKind::Bios,
+                secure_boot: false,
+            },
+            cpu: Cpu {
+                count: 1,
+                cores_per_socket: 1,
+            },
+            memory_mib: 0,
+            hardware_version: None,
+            controllers: Vec::new(),
+            disks: Vec::new(),
+            removable: Vec::new(),
+            nics: Vec::new(),
+            serial_ports: Vec::new(),
+            parallel_ports: Vec::new(),
+            usb: Usb::default(),
+            pci_passthrough: Vec::new(),
+            tpm: false,
+            cbt: false,
+            disk_enable_uuid: false,
+            snapshots: Vec::new(),
+            concerns: Vec::new(),
+        }
+    }
+
+    /// Whether any concern is critical (the `inspect` exit code).
+    pub fn has_critical(&self) -> bool {
+        self.concerns
+            .iter()
+            .any(|c| c.severity == Severity::Critical)
+    }
+}
+
+/// Guest family from a VMware guest id.
+pub fn os_family(guest_id: &str) -> OsFamily {
+    let g = guest_id.to_ascii_lowercase();
+    // "longhorn" is VMware's id for Windows Server 2008.
+    if g.starts_with("win") || g.starts_with("longhorn") {
+        OsFamily::Windows
+    } else if [
+        "linux",
+        "ubuntu",
+        "debian",
+        "rhel",
+        "centos",
+        "sles",
+        "suse",
+        "opensuse",
+        "oracle",
+        "fedora",
+        "asianux",
+        "mandrake",
+        "mandriva",
+        "redhat",
+        "turbolinux",
+        "coreos",
+        "photon",
+        "amazonlinux",
+        "almalinux",
+        "rockylinux",
+        "other26xlinux",
+        "other3xlinux",
+        "other4xlinux",
+        "other5xlinux",
+        "other6xlinux",
+        "otherlinux",
+        "miraclelinux",
+        "nld",
+        "sjds",
+        "vmwarephoton",
+        "crxpod",
+    ]
+    .iter()
+    .any(|p| g.starts_with(p))
+    {
+        OsFamily::Linux
+    } else {
+        OsFamily::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialises_kebab_case_with_version_and_omits_empty_fields() {
+        let vm = Vm::empty(SourceKind::Vmx, PathBuf::from("/x/a.vmx"));
+        let v = serde_json::to_value(&vm).unwrap();
+        assert_eq!(v["schema-version"], 1);
+        assert_eq!(v["source"]["kind"], "vmx");
+        assert_eq!(v["memory-mib"], 0);
+        assert!(v.get("disks").is_none());
+        assert!(v.get("tpm").is_none());
+        assert!(v.get("bios-uuid").is_none());
+    }
+
+    #[test]
+    fn disk_location_is_tagged_by_kind_and_round_trips() {
+        let loc = DiskLocation::OvaMember {
+            archive: "/a/b.ova".into(),
+            name: "disk1.vmdk".into(),
+            chunks: vec![ArchiveChunk {
+                member: "disk1.vmdk".into(),
+                offset: 1536,
+                size: 4096,
+            }],
+            compression: Some(Compression::Gzip),
+        };
+        let v = serde_json::to_value(&loc).unwrap();
+        assert_eq!(v["kind"], "ova-member");
+        assert_eq!(v["chunks"][0]["offset"], 1536);
+        assert_eq!(v["compression"], "gzip");
+        let back: DiskLocation = serde_json::from_value(v).unwrap();
+        assert_eq!(back, loc);
+    }
+
+    #[test]
+    fn classifies_guest_families() {
+        assert_eq!(os_family("windows2019srv-64"), OsFamily::Windows);
+        assert_eq!(os_family("ubuntu-64"), OsFamily::Linux);
+        assert_eq!(os_family("rhel9_64Guest"), OsFamily::Linux);
+        assert_eq!(os_family("other26xLinux64Guest"), OsFamily::Linux);
+        assert_eq!(os_family("freebsd12-64"), OsFamily::Other);
+    }
+
+    #[test]
+    fn severity_sorts_critical_first() {
+        let mut s = vec![Severity::Info, Severity::Critical, Severity::Warning];
+        s.sort();
+        assert_eq!(
+            s,
+            vec![Severity::Critical, Severity::Warning, Severity::Info]
+        );
+    }
+}

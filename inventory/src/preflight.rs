@@ -1,0 +1,488 @@
+//! Pre-flight concerns: what in a VM will not migrate cleanly, each with a stable id
+//! (tools match on it; docs/inspect.md lists them all), a severity and one line for a
+//! human. Severities follow what a fleet migration needs (FIELD-NOTES §3): critical
+//! means the VM cannot be converted as it is; warning means it converts but something
+//! is lost or needs a decision; info is worth knowing.
+
+use crate::model::*;
+
+/// Every concern id this module can raise, with its severity, for docs and tests.
+pub const CONCERNS: &[(&str, Severity)] = &[
+    ("disk-missing", Severity::Critical),
+    ("disk-path-refused", Severity::Critical),
+    ("disk-unreadable", Severity::Critical),
+    ("disk-rdm", Severity::Critical),
+    ("disk-zero-capacity", Severity::Critical),
+    ("pci-passthrough", Severity::Critical),
+    ("guest-os-unsupported", Severity::Critical),
+    ("disk-capacity-unknown", Severity::Warning),
+    ("disk-shared", Severity::Warning),
+    ("scsi-bus-sharing", Severity::Warning),
+    ("disk-independent", Severity::Warning),
+    ("snapshots-present", Severity::Warning),
+    ("sriov", Severity::Warning),
+    ("usb-device", Severity::Warning),
+    ("tpm", Severity::Warning),
+    ("secure-boot", Severity::Warning),
+    ("nvme-controller", Severity::Warning),
+    ("controller-unknown", Severity::Warning),
+    ("nic-unknown-model", Severity::Warning),
+    ("guest-os-unknown", Severity::Warning),
+    ("manifest-absent", Severity::Warning),
+    ("manifest-skipped", Severity::Warning),
+    ("vmx-invalid-text", Severity::Warning),
+    ("snapshot-metadata-unreadable", Severity::Warning),
+    ("cbt-enabled", Severity::Info),
+    ("usb-controller", Severity::Info),
+    ("serial-port", Severity::Info),
+    ("parallel-port", Severity::Info),
+    ("cdrom-host-device", Severity::Info),
+    ("nic-static-mac", Severity::Info),
+];
+
+fn severity(id: &str) -> Severity {
+    CONCERNS
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, s)| *s)
+        .unwrap_or(Severity::Warning)
+}
+
+fn add(vm: &mut Vm, id: &str, subject: Option<String>, message: String) {
+    vm.concerns.push(Concern {
+        id: id.to_string(),
+        severity: severity(id),
+        subject,
+        message,
+    });
+}
+
+/// Adds every concern about `vm` (keeping those its reader already added), then sorts
+/// them most severe first. Calling it twice does not duplicate anything.
+pub fn assess(vm: &mut Vm) {
+    let mut found: Vec<(&str, Option<String>, String)> = Vec::new();
+    let mut push =
+        |id: &'static str, subject: Option<String>, msg: String| found.push((id, subject, msg));
+
+    for d in &vm.disks {
+        let s = Some(d.id.clone());
+        match &d.location {
+            DiskLocation::Missing { reference } if reference.is_empty() => {
+                push("disk-missing", s.clone(), "disk has no file name".into())
+            }
+            DiskLocation::Missing { reference } => push(
+                "disk-missing",
+                s.clone(),
+                format!("disk file {reference:?} does not exist"),
+            ),
+            DiskLocation::Refused { reference, reason } => push(
+                "disk-path-refused",
+                s.clone(),
+                format!("disk file {reference:?} refused ({reason}); copy it beside the VM file"),
+            ),
+            _ => {}
+        }
+        if let Some(kind) = d.rdm {
+            push(
+                "disk-rdm",
+                s.clone(),
+                format!(
+                    "raw device mapping ({}): the LUN is not a file and is not copied",
+                    match kind {
+                        RdmKind::Virtual => "virtual mode",
+                        RdmKind::Physical => "physical mode",
+                        RdmKind::RawDisk => "raw disk",
+                    }
+                ),
+            );
+        } else if matches!(d.location, DiskLocation::HostDevice { .. }) {
+            push(
+                "disk-rdm",
+                s.clone(),
+                "disk is a raw host device: not copied".into(),
+            );
+        }
+        let unreadable = vm
+            .concerns
+            .iter()
+            .any(|c| c.id == "disk-unreadable" && c.subject == s);
+        match d.capacity {
+            Some(0) => push(
+                "disk-zero-capacity",
+                s.clone(),
+                "disk capacity is 0 bytes".into(),
+            ),
+            None if d.location.is_readable() && !unreadable => push(
+                "disk-capacity-unknown",
+                s.clone(),
+                "disk capacity could not be determined".into(),
+            ),
+            _ => {}
+        }
+        if d.sharing == Sharing::MultiWriter {
+            push(
+                "disk-shared",
+                s.clone(),
+                "multi-writer disk shared with other VMs (clustering)".into(),
+            );
+        }
+        if d.mode.is_independent() {
+            push(
+                "disk-independent",
+                s.clone(),
+                format!("{} disk: not covered by snapshots or CBT", d.mode.as_str()),
+            );
+        }
+    }
+    let deltas = vm
+        .disks
+        .iter()
+        .filter(|d| !d.parents.is_empty() || is_delta_name(&d.location))
+        .count();
+    if !vm.snapshots.is_empty() || deltas > 0 {
+        push(
+            "snapshots-present",
+            None,
+            format!(
+                "{} snapshot(s), {deltas} disk(s) on a delta: the chain is flattened to the current state",
+                vm.snapshots.len()
+            ),
+        );
+    }
+    for c in &vm.controllers {
+        let subj = Some(format!("{:?}{}", c.bus, c.index).to_ascii_lowercase());
+        if c.model == ControllerModel::Unknown {
+            push(
+                "controller-unknown",
+                subj.clone(),
+                format!(
+                    "unknown controller model {:?}",
+                    c.raw_model.as_deref().unwrap_or("")
+                ),
+            );
+        }
+        if c.bus == BusKind::Nvme {
+            push(
+                "nvme-controller",
+                subj.clone(),
+                "NVMe controller: the guest must boot from virtio after conversion".into(),
+            );
+        }
+        if let Some(sb) = &c.shared_bus {
+            push(
+                "scsi-bus-sharing",
+                subj,
+                format!("SCSI bus sharing {sb:?} (clustered disks)"),
+            );
+        }
+    }
+    for n in &vm.nics {
+        let subj = Some(format!("ethernet{}", n.index));
+        if n.model == NicModel::Unknown {
+            push(
+                "nic-unknown-model",
+                subj.clone(),
+                format!(
+                    "unknown NIC model {:?}",
+                    n.raw_model.as_deref().unwrap_or("")
+                ),
+            );
+        }
+        if n.model == NicModel::Sriov {
+            push(
+                "sriov",
+                subj.clone(),
+                "SR-IOV adapter: needs a matching host VF on KVM".into(),
+            );
+        }
+        if n.address_type == AddressType::Static {
+            push(
+                "nic-static-mac",
+                subj,
+                format!("static MAC {} is kept", n.mac.as_deref().unwrap_or("?")),
+            );
+        }
+    }
+    for p in &vm.pci_passthrough {
+        let subj = Some(format!("pciPassthru{}", p.index));
+        if p.sriov {
+            push(
+                "sriov",
+                subj,
+                "SR-IOV virtual function: needs a matching host VF on KVM".into(),
+            );
+        } else {
+            push(
+                "pci-passthrough",
+                subj,
+                format!(
+                    "PCI device {} passed through: tied to the ESXi host",
+                    p.id.as_deref().unwrap_or("?")
+                ),
+            );
+        }
+    }
+    for d in &vm.usb.devices {
+        push(
+            "usb-device",
+            Some(d.clone()),
+            "host USB device attached: not carried over".into(),
+        );
+    }
+    if !vm.usb.controllers.is_empty() {
+        push(
+            "usb-controller",
+            None,
+            format!("USB controller(s) {}", vm.usb.controllers.join(", ")),
+        );
+    }
+    if vm.tpm {
+        push(
+            "tpm",
+            None,
+            "virtual TPM: its secrets (BitLocker, measured boot) are not migrated".into(),
+        );
+    }
+    if vm.firmware.secure_boot {
+        push(
+            "secure-boot",
+            None,
+            "UEFI secure boot: the target needs OVMF with secure-boot variables".into(),
+        );
+    }
+    if vm.cbt {
+        push(
+            "cbt-enabled",
+            None,
+            "changed block tracking enabled (usable for warm migration later)".into(),
+        );
+    }
+    for p in &vm.serial_ports {
+        push(
+            "serial-port",
+            Some(format!("serial{}", p.index)),
+            format!(
+                "serial port backed by {}: not carried over",
+                p.backing.as_deref().unwrap_or("?")
+            ),
+        );
+    }
+    for p in &vm.parallel_ports {
+        push(
+            "parallel-port",
+            Some(format!("parallel{}", p.index)),
+            "parallel port: not carried over".into(),
+        );
+    }
+    for r in &vm.removable {
+        if matches!(
+            r.backing,
+            RemovableBacking::HostDevice | RemovableBacking::Passthrough
+        ) {
+            push(
+                "cdrom-host-device",
+                r.slot.map(|s| s.to_string()),
+                format!(
+                    "{} uses a host device: dropped",
+                    if r.kind == RemovableKind::Floppy {
+                        "floppy"
+                    } else {
+                        "CD-ROM"
+                    }
+                ),
+            );
+        }
+    }
+    match vm.guest_os.family {
+        OsFamily::Windows => push(
+            "guest-os-unsupported",
+            None,
+            format!(
+                "{} guest: the driver injector cannot convert Windows yet",
+                vm.guest_os.id.as_deref().unwrap_or("Windows")
+            ),
+        ),
+        OsFamily::Other => push(
+            "guest-os-unknown",
+            None,
+            format!(
+                "guest OS {:?} is not one the injector knows",
+                vm.guest_os
+                    .id
+                    .as_deref()
+                    .or(vm.guest_os.description.as_deref())
+                    .unwrap_or("unset")
+            ),
+        ),
+        OsFamily::Linux => {}
+    }
+    match vm.source.manifest {
+        Some(ManifestStatus::Absent) => push(
+            "manifest-absent",
+            None,
+            "no manifest: package integrity not checked".into(),
+        ),
+        Some(ManifestStatus::Skipped) => push(
+            "manifest-skipped",
+            None,
+            "manifest verification turned off".into(),
+        ),
+        _ => {}
+    }
+    for (id, subject, message) in found {
+        if !vm
+            .concerns
+            .iter()
+            .any(|c| c.id == id && c.subject == subject)
+        {
+            add(vm, id, subject, message);
+        }
+    }
+    vm.concerns
+        .sort_by(|a, b| a.severity.cmp(&b.severity).then_with(|| a.id.cmp(&b.id)));
+}
+
+/// `name-000001.vmdk`: the name VMware gives a snapshot delta, so a delta is seen even
+/// when its descriptor could not be read.
+fn is_delta_name(l: &DiskLocation) -> bool {
+    let DiskLocation::File { path, .. } = l else {
+        return false;
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.strip_suffix(".vmdk")
+        .and_then(|stem| stem.rsplit_once('-'))
+        .is_some_and(|(_, n)| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm() -> Vm {
+        let mut vm = Vm::empty(SourceKind::Vmx, "/x/a.vmx".into());
+        vm.guest_os.family = OsFamily::Linux;
+        vm
+    }
+
+    fn disk(location: DiskLocation, capacity: Option<u64>) -> Disk {
+        Disk {
+            id: "scsi0:0".into(),
+            slot: None,
+            capacity,
+            populated_size: None,
+            location,
+            format: None,
+            mode: DiskMode::Persistent,
+            sharing: Sharing::None,
+            rdm: None,
+            parents: vec![],
+        }
+    }
+
+    fn ids(vm: &Vm) -> Vec<&str> {
+        vm.concerns.iter().map(|c| c.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_plain_linux_vm_has_no_concerns() {
+        let mut v = vm();
+        v.disks.push(disk(
+            DiskLocation::File {
+                path: "/x/a.vmdk".into(),
+                compression: None,
+            },
+            Some(1 << 30),
+        ));
+        assess(&mut v);
+        assert!(v.concerns.is_empty(), "{:?}", v.concerns);
+        assert!(!v.has_critical());
+    }
+
+    #[test]
+    fn missing_and_zero_capacity_disks_are_critical() {
+        let mut v = vm();
+        v.disks.push(disk(
+            DiskLocation::Missing {
+                reference: "gone.vmdk".into(),
+            },
+            None,
+        ));
+        let mut z = disk(
+            DiskLocation::File {
+                path: "/x/z.vmdk".into(),
+                compression: None,
+            },
+            Some(0),
+        );
+        z.id = "scsi0:1".into();
+        v.disks.push(z);
+        assess(&mut v);
+        assert_eq!(ids(&v), vec!["disk-missing", "disk-zero-capacity"]);
+        assert!(v.has_critical());
+    }
+
+    #[test]
+    fn windows_is_critical_until_the_injector_supports_it() {
+        let mut v = vm();
+        v.guest_os.family = OsFamily::Windows;
+        assess(&mut v);
+        assert_eq!(v.concerns[0].id, "guest-os-unsupported");
+        assert_eq!(v.concerns[0].severity, Severity::Critical);
+    }
+
+    #[test]
+    fn sorts_critical_first_and_does_not_duplicate_on_reassessment() {
+        let mut v = vm();
+        v.cbt = true;
+        v.tpm = true;
+        v.pci_passthrough.push(PciDevice {
+            index: 0,
+            id: None,
+            sriov: false,
+        });
+        assess(&mut v);
+        assess(&mut v);
+        assert_eq!(ids(&v), vec!["pci-passthrough", "tpm", "cbt-enabled"]);
+    }
+
+    #[test]
+    fn every_concern_id_is_documented_in_docs_inspect_md_with_its_severity() {
+        let doc = include_str!("../../docs/inspect.md");
+        for (id, sev) in CONCERNS {
+            let row = format!("| `{id}` | {} |", format!("{sev:?}").to_ascii_lowercase());
+            assert!(doc.contains(&row), "docs/inspect.md lacks {row}");
+        }
+    }
+
+    #[test]
+    fn every_raised_id_is_in_the_documented_table() {
+        let mut v = vm();
+        v.guest_os.family = OsFamily::Other;
+        v.cbt = true;
+        v.tpm = true;
+        v.firmware.secure_boot = true;
+        v.usb.controllers.push("xhci".into());
+        v.usb.devices.push("usb:2".into());
+        v.source.manifest = Some(ManifestStatus::Absent);
+        let mut d = disk(
+            DiskLocation::HostDevice {
+                path: "/dev/sdb".into(),
+            },
+            None,
+        );
+        d.sharing = Sharing::MultiWriter;
+        d.mode = DiskMode::IndependentPersistent;
+        v.disks.push(d);
+        assess(&mut v);
+        for c in &v.concerns {
+            assert!(
+                CONCERNS.iter().any(|(i, s)| *i == c.id && *s == c.severity),
+                "{}",
+                c.id
+            );
+        }
+    }
+}
