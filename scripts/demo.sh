@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The demo: builds (or reuses from cache) the debian-classic test guest — a real
-# Debian 12 VM in ESXi shape: PVSCSI, VMXNET3, two disks — then shows what v2k sees
-# in it (`v2k inspect`, `v2k info`) and converts its disks to verified QCOW2.
-# Until the injector and validator land (issues 5 and 6), conversion is where the
-# demo ends. Needs root (apt, loop devices to build the guest).
+# Debian 12 VM in ESXi shape: PVSCSI, VMXNET3, two disks — shows what v2k sees in it,
+# then migrates it to KVM with `v2k migrate`: convert, inject, boot (TCG here, user
+# networking with restrict=on: nothing leaves this machine), check, report. Ends with
+# the path of the report. Needs root (apt, loop devices, libvirtd).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,25 +14,17 @@ V2K=$PWD/target/release/v2k
 
 echo "== building (or reusing) the debian-classic guest; the first build takes a few minutes" >&2
 FIX=$(bash tests/fixtures/build.sh debian-classic)
-SRC=$FIX/vmx-sparse
+VMX=$FIX/vmx-sparse/debian-classic.vmx
 OUT=${V2K_DEMO_OUT:-$PWD/out/demo}
-mkdir -p "$OUT"
 
-echo "== v2k inspect $SRC" >&2
+echo "== v2k inspect $VMX" >&2
 status=0
-"$V2K" inspect "$SRC" || status=$?
-# 1 means "a critical pre-flight concern": shown, but not a failure of the demo.
+"$V2K" inspect "$VMX" || status=$?
+# 1 means "a critical pre-flight concern": shown, and migrate will refuse it.
 [ "$status" -le 1 ] || exit "$status"
 
-echo "== v2k info" >&2
-"$V2K" info "$SRC"/*.vmdk
-
-echo "== v2k convert" >&2
-"$V2K" convert "$SRC"/*.vmdk -o "$OUT" --force
-
-echo "== checking the outputs with qemu-img" >&2
-for q in "$OUT"/*.qcow2; do
-    qemu-img check -q "$q"
-done
-echo "demo done: converted disks and their manifests are in $OUT" >&2
-ls -l "$OUT"
+echo "== v2k migrate (several minutes under TCG)" >&2
+status=0
+"$V2K" migrate "$VMX" --out "$OUT" --backend libvirt || status=$?
+echo "report: $OUT/report.html" >&2
+exit "$status"

@@ -32,7 +32,7 @@ fi
 BPO_PKGS=(qemu-system-x86 qemu-utils qemu-block-extra)
 # Everything else, from bookworm.
 PKGS=(
-    build-essential pkg-config ca-certificates time python3 jq xz-utils
+    build-essential pkg-config ca-certificates time python3 jq xz-utils bc
     # converters: reference tools for differential tests
     # fixtures: guest builders
     debootstrap grub-pc-bin grub2-common parted e2fsprogs lvm2 dosfstools
@@ -45,6 +45,8 @@ PKGS=(
     chromium
     # benchmarks: the peer
     virt-v2v libnbd-bin hyperfine
+    # virt-v2v's -o local/-o disk output runs through nbdkit (not a dependency of it)
+    nbdkit
 )
 
 missing() {

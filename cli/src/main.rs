@@ -23,6 +23,9 @@ enum Command {
     Convert(commands::convert::Args),
     Info(commands::info::Args),
     Inspect(commands::inspect::Args),
+    Migrate(commands::migrate::Args),
+    Inject(commands::inject::Args),
+    Wave(commands::wave::Args),
 }
 
 fn main() {
@@ -43,6 +46,9 @@ fn main() {
         Command::Convert(args) => commands::convert::exec(args),
         Command::Info(args) => commands::info::exec(args),
         Command::Inspect(args) => commands::inspect::exec(args),
+        Command::Migrate(args) => commands::migrate::exec(args),
+        Command::Inject(args) => commands::inject::exec(args),
+        Command::Wave(args) => commands::wave::exec(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

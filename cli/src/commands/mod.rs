@@ -2,4 +2,7 @@
 
 pub mod convert;
 pub mod info;
+pub mod inject;
 pub mod inspect;
+pub mod migrate;
+pub mod wave;

@@ -1,0 +1,176 @@
+//! `v2k migrate SOURCE --out DIR`: one VM from VMware to a validated KVM VM, with a
+//! report. The pipeline itself lives in the `v2k-migrate` library (shared with the
+//! wave runner); this file only maps arguments and prints.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+use v2k_drivers_injector::{Accel, DiskBus, NetworkMap};
+use v2k_migrate::{migrate, Event, Options};
+use v2k_validator::Backend;
+
+use crate::{console, exit};
+
+/// Migrate one VM (VMX, OVF or OVA): inspect, convert, inject, validate, report
+#[derive(clap::Args)]
+#[command(
+    long_about = "Migrate one VM (VMX, OVF or OVA): inspect, convert, inject, validate, report.\n\n\
+    Writes into --out: vm.json, disks/*.qcow2 (+ manifests), conversion-log.json, domain.xml, \
+    qemu-cmdline.json, run-qemu.sh, validation/ (serial log, screenshot), report.json and \
+    report.html. A rerun skips stages whose outputs still verify by content hash. \
+    Exit status: 0 migrated and validated (or migrated, with --no-validate), 1 migrated but \
+    validation failed, 2 error."
+)]
+pub struct Args {
+    /// The VM: a .vmx, .ovf or .ova
+    source: PathBuf,
+    /// Run directory for every output and the report
+    #[arg(long)]
+    out: PathBuf,
+    /// Which VM of a multi-VM OVF
+    #[arg(long)]
+    vm_name: Option<String>,
+    /// Compress the QCOW2 disks
+    #[arg(long)]
+    compress: bool,
+    /// Target disk bus
+    #[arg(long, value_enum, default_value_t = BusArg::Virtio)]
+    disk_bus: BusArg,
+    /// VMware network NAME to TARGET: network:LIBVIRT_NET, bridge:BRIDGE or user
+    #[arg(long = "network-map", value_name = "NAME=TARGET")]
+    network_map: Vec<String>,
+    /// Accelerator (default: KVM when usable, else TCG with a warning)
+    #[arg(long, value_enum)]
+    accel: Option<AccelArg>,
+    /// Keep the first-boot agent in the guest after it reported
+    #[arg(long)]
+    keep_agent: bool,
+    /// Do not boot the result
+    #[arg(long)]
+    no_validate: bool,
+    /// Validation backend: libvirt (by --connect URI) or qemu (direct)
+    #[arg(long, value_enum, default_value_t = BackendArg::Libvirt)]
+    backend: BackendArg,
+    /// libvirt URI for validation and --define
+    #[arg(long, default_value = "qemu:///system")]
+    connect: String,
+    /// Seconds allowed from power-on to the agent's report
+    #[arg(long, default_value_t = 300)]
+    boot_timeout: u64,
+    /// Keep what the validation boot wrote to the disks (default: an overlay, thrown away)
+    #[arg(long)]
+    keep_changes: bool,
+    /// Define the domain in libvirt (not started)
+    #[arg(long)]
+    define: bool,
+    /// Accept an OVA whose manifest is missing or does not list every file
+    #[arg(long)]
+    no_verify_manifest: bool,
+    /// JSON Lines on stdout: stage events and the final report summary
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BusArg {
+    Virtio,
+    Scsi,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccelArg {
+    Kvm,
+    Tcg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BackendArg {
+    Libvirt,
+    Qemu,
+}
+
+pub fn exec(args: Args) -> anyhow::Result<i32> {
+    let mut map = NetworkMap::default();
+    for m in &args.network_map {
+        map.0
+            .push(v2k_drivers_injector::NetworkMap::parse_entry(m)?);
+    }
+    let opts = Options {
+        source: args.source.clone(),
+        out: args.out.clone(),
+        vm_name: args.vm_name.clone(),
+        compress: args.compress,
+        disk_bus: match args.disk_bus {
+            BusArg::Virtio => DiskBus::VirtioBlk,
+            BusArg::Scsi => DiskBus::VirtioScsi,
+        },
+        network_map: map,
+        accel: args.accel.map(|a| match a {
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Tcg => Accel::Tcg,
+        }),
+        keep_agent: args.keep_agent,
+        validate: !args.no_validate,
+        backend: match args.backend {
+            BackendArg::Libvirt => Backend::Libvirt {
+                uri: args.connect.clone(),
+            },
+            BackendArg::Qemu => Backend::Qemu,
+        },
+        boot_timeout: Duration::from_secs(args.boot_timeout),
+        keep_changes: args.keep_changes,
+        define: args.define.then(|| args.connect.clone()),
+        verify_manifest: !args.no_verify_manifest,
+    };
+    let json_mode = args.json;
+    let progress = move |e: Event| match e {
+        Event::Stage { name, status } => {
+            if json_mode {
+                let _ =
+                    console::emit_json(&json!({"type": "stage", "stage": name, "status": status}));
+            } else {
+                eprintln!("v2k: {name}: {status}");
+            }
+        }
+        Event::Message(m) => {
+            if json_mode {
+                let _ = console::emit_json(&json!({"type": "message", "message": m}));
+            } else {
+                eprintln!("v2k:   {m}");
+            }
+        }
+    };
+    let outcome = migrate(&opts, &progress)
+        .with_context(|| format!("migrating {}", args.source.display()))?;
+    let r = &outcome.report;
+    let html = outcome.report_dir.join("report.html");
+    if json_mode {
+        console::emit_json(&json!({
+            "type": "migrated", "vm": r.vm, "result": r.result,
+            "report": outcome.report_dir.join("report.json"), "report-html": html,
+            "checks": r.validation.as_ref().map(|v| &v.checks),
+        }))?;
+    } else {
+        use std::io::Write;
+        let mut o = std::io::stdout().lock();
+        writeln!(o, "{}: {}", r.vm, r.result)?;
+        if let Some(v) = &r.validation {
+            for c in &v.checks {
+                writeln!(
+                    o,
+                    "  {:6} {:16} {}",
+                    if c.passed { "pass" } else { "FAIL" },
+                    c.id,
+                    c.reason
+                )?;
+            }
+        }
+        writeln!(o, "report: {}", html.display())?;
+    }
+    Ok(match outcome.exit_code() {
+        0 => exit::OK,
+        _ => exit::FINDINGS,
+    })
+}

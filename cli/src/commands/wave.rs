@@ -1,0 +1,484 @@
+//! `v2k wave check|run|status|report`: batch migration waves from a YAML plan. The
+//! plan, the runner, the journal and the reports live in the `v2k-waves` library
+//! (docs/waves.md); this file maps arguments and prints: data and JSON Lines to
+//! stdout, progress bars (on a terminal) and logs to stderr.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::json;
+use v2k_waves::{journal::VmStatus, plan, RunEvent, RunOptions};
+
+use crate::{console, exit};
+
+/// Run migration waves from a YAML plan
+#[derive(clap::Args)]
+#[command(
+    long_about = "Run migration waves from a YAML plan (docs/waves.md).\n\n\
+    Exit status: 0 every VM migrated (and validated where asked), 1 some VMs failed or \
+    were not run, 2 plan error or fatal error."
+)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Check a plan: schema, references, and each VM's pre-flight concerns
+    Check {
+        plan: PathBuf,
+        /// One JSON object on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a plan, or resume its interrupted run
+    Run {
+        plan: PathBuf,
+        /// Run only this wave
+        #[arg(long)]
+        wave: Option<String>,
+        /// Check and show what would run, run nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// On resume, migrate again the VMs that failed
+        #[arg(long)]
+        retry_failed: bool,
+        /// JSON Lines events on stdout (the default when stdout is not a terminal)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the state of a run from its journal
+    Status {
+        run_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the wave reports of a run again from its journal
+    Report { run_dir: PathBuf },
+}
+
+pub fn exec(args: Args) -> anyhow::Result<i32> {
+    match args.command {
+        Sub::Check { plan, json } => check(plan, json),
+        Sub::Run {
+            plan,
+            wave,
+            dry_run,
+            retry_failed,
+            json,
+        } => run(plan, wave, dry_run, retry_failed, json),
+        Sub::Status { run_dir, json } => status(run_dir, json),
+        Sub::Report { run_dir } => report(run_dir),
+    }
+}
+
+/// Loads and checks a plan; plan errors print with line numbers and end with 2.
+fn load(
+    path: &std::path::Path,
+) -> anyhow::Result<Result<(plan::Plan, v2k_waves::CheckReport), Vec<plan::Problem>>> {
+    let p = match plan::load(path) {
+        Ok(p) => p,
+        Err(v2k_waves::Error::Plan(problems)) => return Ok(Err(problems)),
+        Err(e) => return Err(e).with_context(|| format!("reading plan {}", path.display())),
+    };
+    let c = v2k_waves::check(&p);
+    Ok(Ok((p, c)))
+}
+
+fn print_problems(path: &std::path::Path, problems: &[plan::Problem]) {
+    for p in problems {
+        match p.line {
+            Some(l) => eprintln!("v2k: error: {}:{l}: {}", path.display(), p.message),
+            None => eprintln!("v2k: error: {}: {}", path.display(), p.message),
+        }
+    }
+}
+
+fn check(path: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
+    let (p, c) = match load(&path)? {
+        Ok(x) => x,
+        Err(problems) => {
+            if json_mode {
+                console::emit_json(&json!({"type": "check", "problems": problems, "vms": []}))?;
+            }
+            print_problems(&path, &problems);
+            return Ok(exit::ERROR);
+        }
+    };
+    if json_mode {
+        console::emit_json(
+            &json!({"type": "check", "run-dir": p.run_dir, "problems": c.problems, "vms": c.vms}),
+        )?;
+    } else {
+        print_problems(&path, &c.problems);
+        let mut o = std::io::stdout().lock();
+        writeln!(
+            o,
+            "{:12} {:24} {:5} {:>9}  concerns",
+            "WAVE", "VM", "DISKS", "EST MiB"
+        )?;
+        for v in &c.vms {
+            let concerns = v
+                .concerns
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{}:{}",
+                        x["severity"].as_str().unwrap_or(""),
+                        x["id"].as_str().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            writeln!(
+                o,
+                "{:12} {:24} {:5} {:>9}  {}",
+                v.wave,
+                v.name,
+                v.disks,
+                v.estimated_bytes >> 20,
+                concerns
+            )?;
+            for n in &v.unmapped_networks {
+                writeln!(
+                    o,
+                    "{:12} {:24} network {n:?} is not in the network map: isolated user networking",
+                    "", ""
+                )?;
+            }
+            if let Some(e) = &v.error {
+                writeln!(o, "{:12} {:24} WILL FAIL: {e}", "", "")?;
+            }
+        }
+    }
+    Ok(c.exit_code())
+}
+
+fn run(
+    path: PathBuf,
+    wave: Option<String>,
+    dry_run: bool,
+    retry_failed: bool,
+    json_flag: bool,
+) -> anyhow::Result<i32> {
+    let json_mode = json_flag || !std::io::stdout().is_terminal();
+    let (p, c) = match load(&path)? {
+        Ok(x) => x,
+        Err(problems) => {
+            print_problems(&path, &problems);
+            return Ok(exit::ERROR);
+        }
+    };
+    if !c.problems.is_empty() {
+        print_problems(&path, &c.problems);
+        return Ok(exit::ERROR);
+    }
+    if dry_run {
+        for w in p
+            .waves
+            .iter()
+            .filter(|w| wave.as_ref().is_none_or(|n| n == &w.name))
+        {
+            for v in &w.vms {
+                let ck = c.vm(&v.name);
+                let line = json!({
+                    "type": "plan-vm", "wave": w.name, "vm": v.name, "source": v.source, "out": v.out,
+                    "validate": v.validate, "disks": ck.map(|x| x.disks), "error": ck.and_then(|x| x.error.clone()),
+                });
+                if json_mode {
+                    console::emit_json(&line)?;
+                } else {
+                    println!(
+                        "{:12} {:24} -> {}{}",
+                        w.name,
+                        v.name,
+                        v.out.display(),
+                        if v.validate { "" } else { " (no validation)" }
+                    );
+                }
+            }
+        }
+        if !json_mode {
+            println!("run directory: {}", p.run_dir.display());
+        }
+        return Ok(exit::OK);
+    }
+    let bars = (!json_mode || json_flag) && std::io::stderr().is_terminal();
+    let ui = Ui::new(bars);
+    let events = |e: RunEvent| ui.event(e, json_mode);
+    let opts = RunOptions { wave, retry_failed };
+    let summary = match v2k_waves::run(&p, &c, &opts, &events) {
+        Ok(s) => s,
+        Err(v2k_waves::Error::Plan(problems)) => {
+            print_problems(&path, &problems);
+            return Ok(exit::ERROR);
+        }
+        Err(e) => return Err(e).with_context(|| format!("running {}", path.display())),
+    };
+    ui.clear();
+    if json_mode {
+        console::emit_json(
+            &json!({"type": "run-finished", "exit-code": summary.exit_code, "run-dir": p.run_dir}),
+        )?;
+    } else {
+        let mut o = std::io::stdout().lock();
+        for w in &summary.waves {
+            let s = &w.summary;
+            writeln!(
+                o,
+                "wave {}: {} migrated ({} validated), {} failed, {} not run",
+                w.wave, s.migrated, s.validated, s.failed, s.not_run
+            )?;
+            for v in &w.vms {
+                writeln!(
+                    o,
+                    "  {:24} {:10} {}",
+                    v.name,
+                    v.status,
+                    v.reason.as_deref().or(v.result.as_deref()).unwrap_or("")
+                )?;
+            }
+            writeln!(
+                o,
+                "  report: {}",
+                p.run_dir.join(&w.wave).join("wave-report.html").display()
+            )?;
+        }
+    }
+    Ok(summary.exit_code)
+}
+
+fn status(run_dir: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
+    let records = v2k_waves::journal::read(&run_dir)
+        .with_context(|| format!("reading the journal of {}", run_dir.display()))?;
+    if records.is_empty() {
+        anyhow::bail!(
+            "{}: no journal (not a wave run directory)",
+            run_dir.display()
+        );
+    }
+    let live = v2k_waves::journal::is_locked(&run_dir);
+    let finished = records.iter().rev().find_map(|r| match (&r.entry, live) {
+        (v2k_waves::journal::Entry::RunFinished { exit_code }, false) => Some(*exit_code),
+        _ => None,
+    });
+    let state = if live {
+        "running"
+    } else if finished.is_some() {
+        "finished"
+    } else {
+        "interrupted"
+    };
+    let mut worst = exit::OK;
+    let mut o = std::io::stdout().lock();
+    if !json_mode {
+        writeln!(o, "run {}: {state}", run_dir.display())?;
+    }
+    for w in v2k_waves::report::wave_names(&records) {
+        let r = v2k_waves::report::build(&records, &w, live);
+        if r.summary.failed + r.summary.not_run > 0 {
+            worst = exit::FINDINGS;
+        }
+        if json_mode {
+            drop(o);
+            console::emit_json(
+                &json!({"type": "wave-status", "run": state, "wave": r.wave, "summary": r.summary,
+                "vms": r.vms.iter().map(|v| json!({"vm": v.name, "status": v.status, "result": v.result, "reason": v.reason, "attempts": v.attempts})).collect::<Vec<_>>()}),
+            )?;
+            o = std::io::stdout().lock();
+        } else {
+            let s = &r.summary;
+            writeln!(
+                o,
+                "wave {}: {} migrated, {} failed, {} not run, {} pending",
+                r.wave, s.migrated, s.failed, s.not_run, s.pending
+            )?;
+            for v in &r.vms {
+                let last = v
+                    .stages
+                    .last()
+                    .map(|s| format!("{} {}", s.stage, s.status))
+                    .unwrap_or_default();
+                writeln!(
+                    o,
+                    "  {:24} {:12} {}",
+                    v.name,
+                    v.status,
+                    v.reason.clone().unwrap_or(last)
+                )?;
+            }
+        }
+    }
+    Ok(if state == "finished" {
+        worst
+    } else {
+        exit::FINDINGS
+    })
+}
+
+fn report(run_dir: PathBuf) -> anyhow::Result<i32> {
+    let records = v2k_waves::journal::read(&run_dir)
+        .with_context(|| format!("reading the journal of {}", run_dir.display()))?;
+    if records.is_empty() {
+        anyhow::bail!(
+            "{}: no journal (not a wave run directory)",
+            run_dir.display()
+        );
+    }
+    let live = v2k_waves::journal::is_locked(&run_dir);
+    let mut worst = exit::OK;
+    for w in v2k_waves::report::wave_names(&records) {
+        let r = v2k_waves::report::build(&records, &w, live);
+        if r.summary.failed + r.summary.not_run + r.summary.pending > 0 {
+            worst = exit::FINDINGS;
+        }
+        let html = v2k_waves::report::write(&run_dir, &r)
+            .with_context(|| format!("writing the report of wave {w}"))?;
+        println!("{}", html.display());
+    }
+    Ok(worst)
+}
+
+/// The run's display: a bar per running VM on a terminal, JSON Lines on stdout when
+/// asked, plain lines on stderr otherwise.
+struct Ui {
+    multi: Option<MultiProgress>,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Ui {
+    fn new(bars: bool) -> Ui {
+        Ui {
+            multi: bars.then(MultiProgress::new),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(m) = &self.multi {
+            let _ = m.clear();
+        }
+    }
+
+    fn line(&self, s: String) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(s);
+            }
+            None => eprintln!("{s}"),
+        }
+    }
+
+    fn bar(&self, vm: &str, msg: String, done: bool) {
+        let Some(m) = &self.multi else { return };
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        let b = bars.entry(vm.to_string()).or_insert_with(|| {
+            let b = m.add(ProgressBar::new_spinner());
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:24} {elapsed:>5} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            b.set_prefix(vm.to_string());
+            b.enable_steady_tick(std::time::Duration::from_millis(200));
+            b
+        });
+        if done {
+            b.finish_with_message(msg);
+        } else {
+            b.set_message(msg);
+        }
+    }
+
+    fn event(&self, e: RunEvent, json_mode: bool) {
+        let j = match &e {
+            RunEvent::WaveStarted { wave, vms } => {
+                json!({"type": "wave-started", "wave": wave, "vms": vms})
+            }
+            RunEvent::VmStarted { wave, vm, attempt } => {
+                json!({"type": "vm-started", "wave": wave, "vm": vm, "attempt": attempt})
+            }
+            RunEvent::Stage {
+                wave,
+                vm,
+                stage,
+                status,
+            } => json!({"type": "stage", "wave": wave, "vm": vm, "stage": stage, "status": status}),
+            RunEvent::Message { vm, text } => json!({"type": "message", "vm": vm, "message": text}),
+            RunEvent::VmVerified { wave, vm } => {
+                json!({"type": "vm-verified", "wave": wave, "vm": vm})
+            }
+            RunEvent::VmFinished {
+                wave,
+                vm,
+                status,
+                result,
+                reason,
+                seconds,
+            } => {
+                json!({"type": "vm-finished", "wave": wave, "vm": vm, "status": status, "result": result, "reason": reason, "seconds": seconds})
+            }
+            RunEvent::VmNotRun { wave, vm, reason } => {
+                json!({"type": "vm-not-run", "wave": wave, "vm": vm, "reason": reason})
+            }
+            RunEvent::WaveFinished { wave, report, html } => {
+                json!({"type": "wave-finished", "wave": wave, "summary": report.summary, "report-html": html, "overhead-seconds": report.overhead_seconds})
+            }
+        };
+        if json_mode {
+            let _ = console::emit_json(&j);
+        }
+        if json_mode && self.multi.is_none() {
+            return;
+        }
+        match e {
+            RunEvent::WaveStarted { wave, vms } => {
+                self.line(format!("v2k: wave {wave}: {vms} VM(s)"))
+            }
+            RunEvent::VmStarted { vm, attempt, .. } => {
+                self.bar(&vm, format!("started (attempt {attempt})"), false)
+            }
+            RunEvent::Stage {
+                vm, stage, status, ..
+            } => self.bar(&vm, format!("{stage}: {status}"), false),
+            RunEvent::Message { vm, text } => {
+                if self.multi.is_none() {
+                    eprintln!("v2k: {vm}:   {text}");
+                }
+            }
+            RunEvent::VmVerified { vm, .. } => {
+                self.line(format!("v2k: {vm}: finished earlier, re-verified, skipped"))
+            }
+            RunEvent::VmFinished {
+                vm,
+                status,
+                result,
+                reason,
+                seconds,
+                ..
+            } => {
+                let what = match status {
+                    VmStatus::Migrated => format!(
+                        "migrated ({}) in {seconds:.0} s",
+                        result.unwrap_or_default()
+                    ),
+                    VmStatus::Failed => format!("FAILED: {}", reason.unwrap_or_default()),
+                };
+                self.bar(&vm, what.clone(), true);
+                if self.multi.is_none() {
+                    eprintln!("v2k: {vm}: {what}");
+                }
+            }
+            RunEvent::VmNotRun { vm, reason, .. } => {
+                self.line(format!("v2k: {vm}: not run: {reason}"))
+            }
+            RunEvent::WaveFinished { wave, html, .. } => {
+                self.line(format!("v2k: wave {wave} finished: {}", html.display()))
+            }
+        }
+    }
+}

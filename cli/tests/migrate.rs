@@ -1,0 +1,225 @@
+//! End-to-end tests of `v2k migrate` on the real `debian-classic` guest (built or
+//! reused by tests/fixtures): every export form, both validation backends, the report
+//! rendered in headless Chromium, and a killed run resumed. Guests boot under QEMU
+//! (TCG here) with user networking and `restrict=on`. A missing prerequisite fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use v2k_fixtures::{build, Variant};
+
+const V2K: &str = env!("CARGO_BIN_EXE_v2k");
+
+fn migrate(src: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(V2K)
+        .arg("migrate")
+        .arg(src)
+        .arg("--out")
+        .arg(out)
+        .args(["--json", "--boot-timeout", "400"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn report(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("report.json")).expect("report.json")).unwrap()
+}
+
+fn assert_validated(o: &Output, out: &Path, backend: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let r = report(out);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "exit code; stderr: {stderr}\nreport: {r:#}"
+    );
+    assert_eq!(r["result"], "validated");
+    let v = &r["validation"];
+    assert_eq!(v["backend"]["kind"], backend);
+    let checks = v["checks"].as_array().unwrap();
+    let ids: Vec<&str> = checks.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    for want in [
+        "agent-report",
+        "root-rw",
+        "mounts",
+        "nic:ens192",
+        "failed-units",
+    ] {
+        assert!(ids.contains(&want), "missing check {want}: {ids:?}");
+    }
+    assert!(checks.iter().all(|c| c["passed"] == true), "{checks:#?}");
+    let mounts = checks.iter().find(|c| c["id"] == "mounts").unwrap();
+    assert!(
+        mounts["reason"].as_str().unwrap().contains("/data"),
+        "{mounts}"
+    );
+    let nic = &v["evidence"]["agent"]["nics"][0];
+    assert_eq!(nic["name"], "ens192");
+    assert!(
+        nic["ipv4"][0].as_str().unwrap().starts_with("10.0.2."),
+        "{nic}"
+    );
+    let shot = PathBuf::from(v["evidence"]["screenshot"].as_str().expect("a screenshot"));
+    assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("data:image/png;base64,"),
+        "screenshot not embedded"
+    );
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http"),
+        "external asset in report.html"
+    );
+    // The migrated disks were not written by the validation boot.
+    for d in r["disks"].as_array().unwrap() {
+        let path = d["output"]["path"].as_str().unwrap();
+        let info = Command::new("qemu-img")
+            .args(["check", path])
+            .output()
+            .unwrap();
+        assert!(
+            info.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&info.stdout)
+        );
+    }
+}
+
+/// Renders report.html in headless Chromium and checks the page is not blank: the
+/// screenshot of the rendered page must hold more than one colour's worth of data.
+fn assert_renders(out: &Path) {
+    let png = out.join("rendered.png");
+    let profile = tempfile::tempdir().unwrap();
+    let st = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1200,1600",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", out.join("report.html").display()))
+        .output()
+        .expect("chromium is required (scripts/setup.sh)");
+    assert!(
+        png.exists(),
+        "chromium made no screenshot: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    // A blank 1200×1600 page compresses to a few KiB; text, tables and the console
+    // screenshot make it far larger.
+    let len = std::fs::metadata(&png).unwrap().len();
+    assert!(len > 40_000, "rendered report looks blank ({len} bytes)");
+}
+
+#[test]
+fn migrate_vmx_sparse_through_libvirt_validates_and_reports() {
+    let f = build(Variant::DebianClassic).unwrap_or_else(|e| panic!("fixture: {e}"));
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("run");
+    let o = migrate(&f.vmx_sparse.vmx, &out, &["--backend", "libvirt"]);
+    assert_validated(&o, &out, "libvirt");
+    assert_renders(&out);
+    // The validation domain is gone (it was transient).
+    let list = Command::new("virsh")
+        .args(["-q", "list", "--all", "--name"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("v2k-validate-"));
+}
+
+#[test]
+fn migrate_ova_through_direct_qemu_validates_and_a_rerun_reuses_every_stage() {
+    let f = build(Variant::DebianClassic).unwrap_or_else(|e| panic!("fixture: {e}"));
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("run");
+    let o = migrate(&f.ova, &out, &["--backend", "qemu"]);
+    assert_validated(&o, &out, "qemu");
+    let o = migrate(&f.ova, &out, &["--backend", "qemu", "--no-validate"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = report(&out);
+    let status = |name: &str| {
+        r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status("convert"), "reused");
+    assert_eq!(status("inject"), "reused");
+    assert_eq!(r["result"], "not-validated");
+}
+
+#[test]
+fn a_killed_migration_resumes_without_redoing_finished_stages() {
+    let f = build(Variant::DebianClassic).unwrap_or_else(|e| panic!("fixture: {e}"));
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("run");
+    let mut child = Command::new(V2K)
+        .arg("migrate")
+        .arg(&f.vmx_flat.vmx)
+        .arg("--out")
+        .arg(&out)
+        .arg("--no-validate")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the conversion is recorded, while the injector works.
+    let state = out.join("state.json");
+    let start = std::time::Instant::now();
+    loop {
+        let converted = std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"converted\""));
+        if converted {
+            std::thread::sleep(Duration::from_secs(5));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "conversion never finished"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "migrate ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = migrate(&f.vmx_flat.vmx, &out, &["--no-validate"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = report(&out);
+    let stages = r["stages"].as_array().unwrap();
+    let convert = stages.iter().find(|s| s["name"] == "convert").unwrap();
+    let inject = stages.iter().find(|s| s["name"] == "inject").unwrap();
+    // Killed mid-inject, the disks match neither record and are converted again;
+    // killed after inject finished, both stages are reused. Either is correct, but
+    // inject must have been finished by the rerun and the result must be whole.
+    assert!(["done", "reused"].contains(&inject["status"].as_str().unwrap()));
+    if inject["status"] == "reused" {
+        assert_eq!(convert["status"], "reused");
+    }
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("conversion-log.json")).unwrap()).unwrap();
+    assert!(!log["changes"].as_array().unwrap().is_empty() || log["status"] == "already-converted");
+}

@@ -1,0 +1,144 @@
+//! The first-boot validation agent: a systemd oneshot unit and a POSIX sh script that,
+//! once the converted guest is up, write ONE line to the first serial port:
+//!
+//! ```text
+//! V2K-AGENT {"v":1,"ok":true,"boot":true,"root-rw":true,"mounts":[{"target":"/data","ok":true}],
+//!            "nics":[{"name":"ens192","mac":"00:50:56:3a:c1:01","ipv4":["10.0.2.15/24"]}],
+//!            "failed-units":[],"uptime":21.4}
+//! ```
+//!
+//! (on one line). `ok` is true when root is read-write and every fstab mount is present.
+//! After a report with `ok` true the agent disables and deletes itself, unless installed
+//! with keep; otherwise it stays and reports again on the next boot. The format is
+//! documented in docs/inject.md.
+
+/// The report line starts with this, then one space, then the JSON object.
+pub const LINE_PREFIX: &str = "V2K-AGENT";
+pub const SCRIPT_PATH: &str = "/usr/local/sbin/v2k-agent";
+pub const UNIT_PATH: &str = "/etc/systemd/system/v2k-agent.service";
+pub const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/v2k-agent.service";
+
+/// The unit: after the network is online (bounded by the script's own wait), once.
+pub fn unit() -> String {
+    format!(
+        "# Installed by v2k inject: reports the converted guest's state on ttyS0 once.\n\
+         [Unit]\n\
+         Description=v2k first-boot validation agent\n\
+         Wants=network-online.target\n\
+         After=network-online.target local-fs.target remote-fs.target\n\
+         ConditionPathExists={SCRIPT_PATH}\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         ExecStart={SCRIPT_PATH}\n\
+         TimeoutStartSec=180\n\
+         StandardOutput=journal\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
+}
+
+/// The script; `keep` leaves it installed after a successful report.
+pub fn script(keep: bool) -> String {
+    SCRIPT.replace("@KEEP@", if keep { "1" } else { "0" })
+}
+
+// POSIX sh only (dash on Debian, bash elsewhere); every value put into the JSON goes
+// through esc(), which drops quotes, backslashes and control characters, since names
+// of units and interfaces come from the guest.
+const SCRIPT: &str = r#"#!/bin/sh
+# v2k first-boot validation agent, installed by `v2k inject`. Writes one line
+# "V2K-AGENT {json}" to /dev/ttyS0, then removes itself after a successful report.
+KEEP=@KEEP@
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+esc() { printf '%s' "$1" | tr -d '"\\' | tr -d '\000-\037'; }
+
+# Bounded wait (30 s) for an IPv4 address on any interface but lo.
+i=0
+while [ $i -lt 60 ]; do
+    if ip -o -4 addr show scope global 2>/dev/null | grep -q inet; then break; fi
+    sleep 0.5; i=$((i + 1))
+done
+
+root_rw=false
+if awk '$2 == "/" { split($4, o, ","); for (k in o) if (o[k] == "rw") f = 1 } END { exit !f }' /proc/mounts; then
+    root_rw=true
+fi
+
+ok=$root_rw
+mounts=
+sep=
+while read -r spec target fstype opts rest; do
+    case "$spec" in ''|'#'*) continue ;; esac
+    case "$fstype" in swap|none) continue ;; esac
+    case "$target" in /|none|'') continue ;; esac
+    case ",$opts," in *,noauto,*) continue ;; esac
+    if mountpoint -q "$target" 2>/dev/null; then m=true; else m=false; ok=false; fi
+    mounts="$mounts$sep{\"target\":\"$(esc "$target")\",\"ok\":$m}"
+    sep=,
+done < /etc/fstab
+
+nics=
+sep=
+for d in /sys/class/net/*; do
+    n=${d##*/}
+    [ "$n" = lo ] && continue
+    mac=$(cat "$d/address" 2>/dev/null)
+    addrs=
+    asep=
+    for a in $(ip -o -4 addr show dev "$n" 2>/dev/null | awk '{print $4}'); do
+        addrs="$addrs$asep\"$(esc "$a")\""
+        asep=,
+    done
+    nics="$nics$sep{\"name\":\"$(esc "$n")\",\"mac\":\"$(esc "$mac")\",\"ipv4\":[$addrs]}"
+    sep=,
+done
+
+failed=
+sep=
+for u in $(systemctl --failed --plain --no-legend 2>/dev/null | awk '{print $1}'); do
+    failed="$failed$sep\"$(esc "$u")\""
+    sep=,
+done
+up=$(cut -d' ' -f1 /proc/uptime)
+
+line="V2K-AGENT {\"v\":1,\"ok\":$ok,\"boot\":true,\"root-rw\":$root_rw,\"mounts\":[$mounts],\"nics\":[$nics],\"failed-units\":[$failed],\"uptime\":$up}"
+echo "$line"
+printf '%s\r\n' "$line" > /dev/ttyS0 2>/dev/null
+mkdir -p /var/lib/v2k && printf '%s\n' "$line" > /var/lib/v2k/agent-report.txt
+
+if [ "$ok" = true ] && [ "$KEEP" = 0 ]; then
+    systemctl disable v2k-agent.service >/dev/null 2>&1
+    rm -f /etc/systemd/system/multi-user.target.wants/v2k-agent.service \
+          /etc/systemd/system/v2k-agent.service /usr/local/sbin/v2k-agent
+fi
+exit 0
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_carries_the_keep_flag_and_prefix() {
+        assert!(script(true).contains("KEEP=1\n"));
+        assert!(script(false).contains("KEEP=0\n"));
+        assert!(script(false).contains(&format!("line=\"{LINE_PREFIX} {{")));
+        assert!(unit().contains(&format!("ExecStart={SCRIPT_PATH}")));
+    }
+
+    #[test]
+    fn script_is_valid_posix_sh() {
+        // dash -n parses without running; skip only when no POSIX shell exists at all.
+        let dir = std::env::temp_dir().join(format!("v2k-agent-{}", std::process::id()));
+        std::fs::write(&dir, script(false)).unwrap();
+        let st = std::process::Command::new("sh")
+            .arg("-n")
+            .arg(&dir)
+            .status()
+            .unwrap();
+        let _ = std::fs::remove_file(&dir);
+        assert!(st.success());
+    }
+}

@@ -1,0 +1,197 @@
+//! The libguestfs appliance: one handle over the converted disks, launched with the
+//! chosen accelerator, with every call's error turned into ours. Guest filesystems are
+//! only ever mounted inside this appliance, never by the host kernel (SECURITY.md).
+
+use std::path::{Path, PathBuf};
+
+use guestfs::{AddDriveOptArgs, Handle};
+
+use crate::accel::Accel;
+use crate::error::{Error, Result};
+
+/// Appliance memory in MiB: dracut and zstd-compressed initramfs builds run inside it,
+/// and libguestfs' default (1280 on x86) is enough for them with a margin.
+const APPLIANCE_MEMORY_MIB: i32 = 1536;
+
+/// Under TCG about one launch in 40 aborts at start (FIELD-NOTES §8): retry once.
+const LAUNCH_ATTEMPTS: u32 = 2;
+
+/// An open, launched appliance over the converted disks.
+pub struct Appliance {
+    pub(crate) g: Handle,
+    pub disks: Vec<PathBuf>,
+}
+
+/// Extracts libguestfs' own message from its error (the binding offers only `Debug`).
+pub(crate) fn gerr(call: impl Into<String>) -> impl FnOnce(guestfs::Error) -> Error {
+    let call = call.into();
+    move |e| Error::Guestfs {
+        call,
+        message: message_of(&e),
+    }
+}
+
+fn message_of(e: &guestfs::Error) -> String {
+    let dbg = format!("{e:?}");
+    // APIError { operation: "mount", message: "...", errno: 5 }
+    if let Some(start) = dbg.find("message: \"") {
+        let rest = &dbg[start + 10..];
+        if let Some(end) = rest.rfind("\", errno") {
+            return rest[..end].replace("\\\"", "\"").replace("\\n", " ");
+        }
+    }
+    dbg
+}
+
+impl Appliance {
+    /// Creates a handle over `disks` (QCOW2, read-write) and launches it.
+    pub fn launch(disks: &[PathBuf], accel: Accel, readonly: bool) -> Result<Appliance> {
+        let mut last = None;
+        for _ in 0..LAUNCH_ATTEMPTS {
+            match Self::try_launch(disks, accel, readonly) {
+                Ok(a) => return Ok(a),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn try_launch(disks: &[PathBuf], accel: Accel, readonly: bool) -> Result<Appliance> {
+        let g = Handle::create().map_err(gerr("create"))?;
+        // The direct backend needs no libvirt daemon; force_tcg keeps it off a KVM that
+        // would hang. Explicit environment settings of the user win.
+        if std::env::var_os("LIBGUESTFS_BACKEND").is_none() {
+            g.set_backend("direct").map_err(gerr("set_backend"))?;
+        }
+        if accel == Accel::Tcg && std::env::var_os("LIBGUESTFS_BACKEND_SETTINGS").is_none() {
+            g.set_backend_settings(&["force_tcg"])
+                .map_err(gerr("set_backend_settings"))?;
+        }
+        g.set_memsize(APPLIANCE_MEMORY_MIB)
+            .map_err(gerr("set_memsize"))?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as i32;
+        g.set_smp(cpus).map_err(gerr("set_smp"))?;
+        for d in disks {
+            let name = path_str(d)?;
+            g.add_drive(
+                name,
+                AddDriveOptArgs {
+                    readonly: Some(readonly),
+                    // Never probe: a guest-controlled raw image could claim any format.
+                    format: Some("qcow2"),
+                    iface: None,
+                    name: None,
+                    label: None,
+                    protocol: None,
+                    server: None,
+                    username: None,
+                    secret: None,
+                    cachemode: Some("unsafe"),
+                    discard: None,
+                    copyonread: None,
+                },
+            )
+            .map_err(|e| Error::Disk {
+                path: d.clone(),
+                message: message_of(&e),
+            })?;
+        }
+        g.launch().map_err(gerr("launch"))?;
+        Ok(Appliance {
+            g,
+            disks: disks.to_vec(),
+        })
+    }
+
+    /// Unmounts, syncs and shuts the appliance down so every write reaches the disks.
+    pub fn close(self) -> Result<()> {
+        let _ = self.g.umount_all();
+        self.g.sync().map_err(gerr("sync"))?;
+        self.g.shutdown().map_err(gerr("shutdown"))?;
+        Ok(())
+    }
+
+    // Thin wrappers naming the guest path in errors.
+
+    pub fn exists(&self, p: &str) -> Result<bool> {
+        self.g.exists(p).map_err(gerr(format!("exists {p}")))
+    }
+
+    pub fn is_file(&self, p: &str) -> Result<bool> {
+        self.g
+            .is_file(
+                p,
+                guestfs::IsFileOptArgs {
+                    followsymlinks: Some(true),
+                },
+            )
+            .map_err(gerr(format!("is_file {p}")))
+    }
+
+    pub fn is_dir(&self, p: &str) -> Result<bool> {
+        self.g
+            .is_dir(
+                p,
+                guestfs::IsDirOptArgs {
+                    followsymlinks: None,
+                },
+            )
+            .map_err(gerr(format!("is_dir {p}")))
+    }
+
+    /// Reads a guest text file, lossily: config files are read for editing, never
+    /// executed, and a stray byte must not abort a conversion.
+    pub fn read(&self, p: &str) -> Result<String> {
+        let b = self.g.read_file(p).map_err(gerr(format!("reading {p}")))?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
+    }
+
+    /// Reads a file if it exists (following symlinks inside the guest only).
+    pub fn read_opt(&self, p: &str) -> Result<Option<String>> {
+        if self.is_file(p)? {
+            Ok(Some(self.read(p)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn write(&self, p: &str, content: &str) -> Result<()> {
+        self.g
+            .write(p, content.as_bytes())
+            .map_err(gerr(format!("writing {p}")))
+    }
+
+    pub fn ls(&self, dir: &str) -> Result<Vec<String>> {
+        if !self.is_dir(dir)? {
+            return Ok(Vec::new());
+        }
+        self.g.ls(dir).map_err(gerr(format!("listing {dir}")))
+    }
+
+    pub fn glob(&self, pattern: &str) -> Result<Vec<String>> {
+        self.g
+            .glob_expand(
+                pattern,
+                guestfs::GlobExpandOptArgs {
+                    directoryslash: None,
+                },
+            )
+            .map_err(gerr(format!("glob {pattern}")))
+    }
+
+    /// Runs a guest program (chrooted into the guest root, with /dev, /proc and /sys
+    /// bound by the daemon). `what` names it in errors.
+    pub fn command(&self, what: &str, argv: &[&str]) -> Result<String> {
+        self.g.command(argv).map_err(|e| Error::GuestTool {
+            what: what.to_string(),
+            message: message_of(&e),
+        })
+    }
+}
+
+pub(crate) fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().ok_or_else(|| Error::Disk {
+        path: p.to_path_buf(),
+        message: "path is not valid UTF-8".into(),
+    })
+}

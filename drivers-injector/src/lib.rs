@@ -1,0 +1,201 @@
+//! Moves a converted Linux guest from VMware's devices (PVSCSI, VMXNET3) to virtio, and
+//! defines its KVM target.
+//!
+//! [`inject`] opens the converted QCOW2 disks (never the VMware source) in a libguestfs
+//! appliance, inspects the guest ([`inspect::Inspection`]), refuses what it cannot
+//! convert before changing anything, then makes the changes of [`linux`] and returns a
+//! [`log::ConversionLog`]. [`target`] turns the VM model into libvirt domain XML and a
+//! QEMU command line. [`agent`] is the first-boot validation agent installed in the
+//! guest. docs/inject.md is the user guide and schema reference.
+
+pub mod accel;
+pub mod agent;
+pub mod appliance;
+pub mod edit;
+pub mod error;
+pub mod inspect;
+pub mod linux;
+pub mod log;
+pub mod target;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use v2k_inventory::model::{DiskLocation, Vm};
+
+pub use accel::Accel;
+pub use edit::DiskBus;
+pub use error::{Error, ErrorKind, Result};
+pub use log::{ConversionLog, Status};
+pub use target::{NetTarget, NetworkMap, QemuOptions, Target};
+
+/// What to inject.
+#[derive(Debug, Clone)]
+pub struct InjectOptions {
+    /// The VM model (MACs of the NICs, names for the log).
+    pub vm: Vm,
+    /// The converted QCOW2 disks, in the VM's disk order. Modified in place.
+    pub disks: Vec<PathBuf>,
+    pub bus: DiskBus,
+    /// Leave the first-boot agent installed after it reported.
+    pub keep_agent: bool,
+    pub accel: Accel,
+}
+
+/// QCOW2 header bytes read to check a disk (fields up to `incompatible_features`).
+const QCOW2_HEADER_LEN: usize = 80;
+/// QCOW2 v3 incompatible feature bit 2: an external data file.
+const QCOW2_INCOMPAT_DATA_FILE: u64 = 1 << 2;
+
+/// Checks a disk is a standalone QCOW2 file and not one of the VM's source files.
+pub fn check_disk(path: &Path, vm: &Vm) -> Result<()> {
+    let bad = |message: String| Error::Disk {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    let canon = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+    for d in &vm.disks {
+        let sources: Vec<&PathBuf> = match &d.location {
+            DiskLocation::File { path, .. } => vec![path],
+            DiskLocation::FileChunks { paths, .. } => paths.iter().collect(),
+            DiskLocation::OvaMember { archive, .. } => vec![archive],
+            _ => Vec::new(),
+        };
+        if sources
+            .iter()
+            .any(|s| std::fs::canonicalize(s).is_ok_and(|c| c == canon))
+        {
+            return Err(bad(format!(
+                "this is the VMware source of disk {}: inject edits converted copies only",
+                d.id
+            )));
+        }
+    }
+    let mut hdr = [0u8; QCOW2_HEADER_LEN];
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let n = f.read(&mut hdr).map_err(|e| Error::io(path, e))?;
+    let be32 = |o: usize| u32::from_be_bytes(hdr[o..o + 4].try_into().expect("4 bytes"));
+    let be64 = |o: usize| u64::from_be_bytes(hdr[o..o + 8].try_into().expect("8 bytes"));
+    if n < 72 || &hdr[..4] != b"QFI\xfb" {
+        return Err(bad(
+            "not a QCOW2 image (convert it with `v2k convert` first)".into(),
+        ));
+    }
+    if be64(8) != 0 {
+        return Err(bad(
+            "QCOW2 with a backing file: refused (it could name any host file)".into(),
+        ));
+    }
+    if be32(4) >= 3 && n >= QCOW2_HEADER_LEN && be64(72) & QCOW2_INCOMPAT_DATA_FILE != 0 {
+        return Err(bad("QCOW2 with an external data file: refused".into()));
+    }
+    Ok(())
+}
+
+/// Converts the guest on `opts.disks` for KVM. `progress` receives one-line messages
+/// for a human (stderr). Refusals happen before the first write.
+pub fn inject(opts: &InjectOptions, progress: &mut dyn FnMut(&str)) -> Result<ConversionLog> {
+    if opts.disks.is_empty() {
+        return Err(Error::Input("no disk given".into()));
+    }
+    for d in &opts.disks {
+        check_disk(d, &opts.vm)?;
+    }
+    if opts.vm.guest_os.family == v2k_inventory::model::OsFamily::Windows {
+        return Err(Error::Refused(
+            "the VM model says this is a Windows guest: Windows conversion is not supported \
+             yet; nothing was changed"
+                .into(),
+        ));
+    }
+    let started = Instant::now();
+    progress(&format!(
+        "launching the libguestfs appliance ({}) over {} disk(s)",
+        opts.accel.as_str(),
+        opts.disks.len()
+    ));
+    let mut timings = log::Timings::default();
+    let mut lap = Instant::now();
+    let mut split = move || {
+        let s = lap.elapsed().as_secs_f64();
+        lap = Instant::now();
+        s
+    };
+    let app = appliance::Appliance::launch(&opts.disks, opts.accel, false)?;
+    timings.launch = split();
+    progress(&format!(
+        "inspecting the guest (launch took {:.1} s)",
+        timings.launch
+    ));
+    let (root, mounts, rel) = inspect::mount_root(&app)?;
+    let insp = inspect::inspect(&app, &root, mounts, &rel)?;
+    timings.inspect = split();
+    linux::check(&insp, opts.bus)?;
+    let macs: Vec<String> = opts
+        .vm
+        .nics
+        .iter()
+        .filter_map(|n| n.mac.clone())
+        .filter(|m| edit::is_mac(m))
+        .map(|m| m.to_lowercase())
+        .collect();
+    let (pins, mut warnings) = linux::plan_pins(&macs, &insp.configured_nics);
+    progress(&format!(
+        "converting {} {}.{} ({} kernel(s), {:?})",
+        insp.distro,
+        insp.major_version,
+        insp.minor_version,
+        insp.kernels.len(),
+        insp.initramfs_tool
+    ));
+    let plan = linux::Plan {
+        bus: opts.bus,
+        keep_agent: opts.keep_agent,
+        pins: &pins,
+    };
+    let outcome = linux::apply(&app, &insp, &plan)?;
+    timings.changes = split();
+    progress(&format!(
+        "syncing and closing the appliance (inspection {:.1} s, changes {:.1} s)",
+        timings.inspect, timings.changes
+    ));
+    app.close()?;
+    timings.close = split();
+    warnings.extend(outcome.warnings);
+    let status = if outcome.changes.is_empty() {
+        Status::AlreadyConverted
+    } else {
+        Status::Converted
+    };
+    Ok(ConversionLog {
+        schema_version: log::LOG_SCHEMA_VERSION,
+        kind: "conversion-log".into(),
+        tool: format!("v2k inject {}", env!("CARGO_PKG_VERSION")),
+        vm: opts.vm.name.clone(),
+        disks: opts.disks.iter().map(|d| d.display().to_string()).collect(),
+        disk_bus: match opts.bus {
+            DiskBus::VirtioBlk => "virtio-blk",
+            DiskBus::VirtioScsi => "virtio-scsi",
+        }
+        .into(),
+        accel: opts.accel.as_str().into(),
+        status,
+        inspection: insp,
+        changes: outcome.changes,
+        unchanged: outcome.unchanged,
+        warnings,
+        nic_names: pins,
+        agent: log::AgentInfo {
+            installed: true,
+            keep: opts.keep_agent,
+            line_prefix: agent::LINE_PREFIX.into(),
+        },
+        seconds: started.elapsed().as_secs_f64(),
+        timings,
+    })
+}

@@ -1,0 +1,197 @@
+//! Boots a converted VM on a KVM validation host and judges it from inside.
+//!
+//! [`validate`] takes the KVM [`Target`] that `v2k inject` defined, boots it on an
+//! overlay of each disk (so the migrated disks are never written, unless
+//! `keep_changes`), through libvirt or QEMU directly, waits for the first-boot agent's
+//! report on the serial console, takes a screenshot of the console, shuts the guest
+//! down, and returns each [`Check`] with its reason plus the evidence (serial log,
+//! screenshot, boot time). Guest networking stays what the target says; targets made
+//! for tests use QEMU user networking with `restrict=on`.
+
+pub mod agent;
+pub mod checks;
+pub mod libvirt;
+pub mod png;
+pub mod qemu;
+pub mod qmp;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+pub use v2k_drivers_injector::{Accel, Target};
+
+pub use agent::AgentReport;
+pub use checks::{Check, Expectations};
+
+/// Where the validation boot runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Backend {
+    /// A libvirt daemon, by URI (`qemu:///system`, `qemu+ssh://host/system`).
+    Libvirt { uri: String },
+    /// `qemu-system-x86_64` started directly on this machine.
+    Qemu,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub backend: Backend,
+    /// Time allowed from start to the agent's report.
+    pub boot_timeout: Duration,
+    /// Boot the disks themselves instead of throw-away overlays.
+    pub keep_changes: bool,
+    /// Where the serial log, screenshot and overlays go.
+    pub work_dir: PathBuf,
+}
+
+/// What was observed during the boot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Evidence {
+    pub serial_log: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screenshot: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentReport>,
+    /// Seconds from start to the agent's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_seconds: Option<f64>,
+    pub timed_out: bool,
+    /// The hypervisor ended before the report (its own message, or the guest's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_early: Option<String>,
+    /// The guest powered off when asked (ACPI), rather than being killed.
+    pub clean_shutdown: bool,
+    /// What the console showed that explains a failure (initramfs alert, panic…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<String>,
+}
+
+/// The result of one validation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Validation {
+    pub backend: Backend,
+    pub accel: Accel,
+    pub passed: bool,
+    pub checks: Vec<Check>,
+    pub evidence: Evidence,
+    pub total_seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tool(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Runs a tool and returns its stdout, or an error with its stderr.
+pub(crate) fn run_tool(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().map_err(io(format!("running {cmd:?}")))?;
+    if !out.status.success() {
+        return Err(Error::Tool(format!(
+            "{:?} failed: {}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates throw-away QCOW2 overlays of `disks` in `dir`.
+pub(crate) fn overlays(disks: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        let base = std::fs::canonicalize(d).map_err(io(format!("resolving {}", d.display())))?;
+        let o = dir.join(format!("overlay-{i}.qcow2"));
+        let _ = std::fs::remove_file(&o);
+        run_tool(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&base)
+                .arg(&o),
+        )?;
+        out.push(o);
+    }
+    Ok(out)
+}
+
+/// Boots `target` and judges it against `expect`.
+pub fn validate(target: &Target, expect: &Expectations, opts: &Options) -> Result<Validation> {
+    let start = std::time::Instant::now();
+    std::fs::create_dir_all(&opts.work_dir)
+        .map_err(io(format!("creating {}", opts.work_dir.display())))?;
+    let mut t = target.clone();
+    let overlay_files = if opts.keep_changes {
+        Vec::new()
+    } else {
+        let o = overlays(&target.disks, &opts.work_dir)?;
+        t.disks = o.clone();
+        o
+    };
+    let evidence = match &opts.backend {
+        Backend::Qemu => qemu::boot(&t, opts),
+        Backend::Libvirt { uri } => libvirt::boot(&t, uri, opts),
+    };
+    for o in &overlay_files {
+        let _ = std::fs::remove_file(o);
+    }
+    let evidence = evidence?;
+    let checks = checks::judge(expect, &evidence, opts.boot_timeout);
+    Ok(Validation {
+        backend: opts.backend.clone(),
+        accel: target.accel,
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+        evidence,
+        total_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// What the serial console says went wrong, when the agent never reported.
+pub fn diagnose(serial: &str) -> Option<String> {
+    const SIGNS: &[(&str, &str)] = &[
+        ("ALERT!", "the initramfs did not find the root filesystem"),
+        (
+            "does not exist.  Dropping to a shell",
+            "the initramfs did not find the root filesystem",
+        ),
+        ("Kernel panic", "kernel panic"),
+        (
+            "Could not boot",
+            "dracut could not boot the root filesystem",
+        ),
+        (
+            "dracut-initqueue timeout",
+            "dracut timed out waiting for the root device",
+        ),
+        ("You are in emergency mode", "systemd emergency mode"),
+        (
+            "Give root password for maintenance",
+            "systemd emergency mode",
+        ),
+        ("No bootable device", "the firmware found no bootable disk"),
+        ("error: no such device", "GRUB did not find its root"),
+    ];
+    SIGNS.iter().find_map(|(sign, meaning)| {
+        let line = serial.lines().find(|l| l.contains(sign))?;
+        let line: String = line.chars().filter(|c| !c.is_control()).take(200).collect();
+        Some(format!("{meaning}: \"{}\"", line.trim()))
+    })
+}

@@ -1,0 +1,138 @@
+//! The libvirt backend: a transient domain (`virsh create`) from the target's own
+//! domain XML, renamed for the validation, with the serial console logged to a file
+//! by virtlogd; `virsh screenshot` and `virsh shutdown` for the rest.
+//!
+//! With a remote URI (`qemu+ssh://host/system`) the disks, overlays and the log file
+//! are paths on the remote host: the work directory must be shared with it.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use v2k_drivers_injector::target::domain_xml;
+use v2k_drivers_injector::Target;
+
+use crate::qemu::{Tail, SHUTDOWN_TIMEOUT};
+use crate::{agent, diagnose, io, png, run_tool, Error, Evidence, Options, Result};
+
+const POLL: Duration = Duration::from_millis(500);
+
+fn virsh(uri: &str) -> Command {
+    let mut c = Command::new("virsh");
+    c.args(["-q", "-c", uri]);
+    c
+}
+
+fn running(uri: &str, name: &str) -> bool {
+    virsh(uri)
+        .args(["domstate", name])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "running")
+        .unwrap_or(false)
+}
+
+fn wait_gone(uri: &str, name: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if !running(uri, name) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    false
+}
+
+/// The validation domain's XML: the target's, with a unique name, no UUID (so it
+/// cannot clash with a defined domain of the same VM) and the console logged.
+pub fn validation_xml(t: &Target, name: &str, serial_log: &Path) -> Result<String> {
+    let mut tt = t.clone();
+    tt.uuid = None;
+    tt.name = name.to_string();
+    let xml = domain_xml(&tt);
+    let from = "<serial type='pty'>\n";
+    if !xml.contains(from) {
+        return Err(Error::Tool("target XML has no serial console".into()));
+    }
+    let log = quick_escape(&serial_log.to_string_lossy());
+    Ok(xml.replacen(
+        from,
+        &format!("{from}      <log file='{log}' append='off'/>\n"),
+        1,
+    ))
+}
+
+fn quick_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
+    let w = &opts.work_dir;
+    let serial = w.join("serial.log");
+    let shot = w.join("screenshot.png");
+    let _ = std::fs::remove_file(&serial);
+    let _ = std::fs::remove_file(&shot);
+    let name = format!("v2k-validate-{}-{}", t.safe_name(), std::process::id());
+    let xml_path = w.join("validation-domain.xml");
+    std::fs::write(&xml_path, validation_xml(t, &name, &serial)?)
+        .map_err(io("writing the validation domain XML"))?;
+    let start = Instant::now();
+    run_tool(virsh(uri).arg("create").arg(&xml_path))?;
+
+    let mut ev = Evidence {
+        serial_log: serial.clone(),
+        ..Evidence::default()
+    };
+    let mut tail = Tail::new();
+    let mut polls = 0u32;
+    loop {
+        tail.poll(&serial);
+        if let Some(r) = agent::find_report(&tail.text) {
+            ev.boot_seconds = Some(start.elapsed().as_secs_f64());
+            ev.agent = Some(r);
+            break;
+        }
+        polls += 1;
+        if polls.is_multiple_of(4) && !running(uri, &name) {
+            ev.ended_early = Some("the domain stopped".into());
+            break;
+        }
+        if start.elapsed() > opts.boot_timeout {
+            ev.timed_out = true;
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    if ev.ended_early.is_none() {
+        let raw = w.join("screenshot.raw");
+        if run_tool(virsh(uri).args(["screenshot", &name]).arg(&raw)).is_ok() {
+            if let Ok(bytes) = std::fs::read(&raw) {
+                let png = if bytes.starts_with(b"\x89PNG") {
+                    Some(bytes)
+                } else {
+                    png::ppm_to_png(&bytes)
+                };
+                if let Some(p) = png {
+                    if std::fs::write(&shot, p).is_ok() {
+                        ev.screenshot = Some(shot.clone());
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&raw);
+        }
+        if ev.agent.is_some() {
+            let _ = run_tool(virsh(uri).args(["shutdown", &name]));
+            ev.clean_shutdown = wait_gone(uri, &name, SHUTDOWN_TIMEOUT);
+        }
+    }
+    // A transient domain disappears when it stops; destroy whatever is left.
+    let _ = virsh(uri).args(["destroy", &name]).output();
+    tail.poll(&serial);
+    if ev.agent.is_none() {
+        ev.diagnosis = diagnose(&tail.text);
+    }
+    Ok(ev)
+}

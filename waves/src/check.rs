@@ -1,0 +1,224 @@
+//! Everything a plan refers to, checked before anything runs: every VM source exists,
+//! every hook program is an executable file, every bridge in the network map exists on
+//! this host; and each VM read through `v2k_inventory::load` for its pre-flight
+//! concerns, its disk count (for `limits.disks`) and an estimate of the bytes it
+//! will write (for the free-space check). Reference problems are plan errors; a VM
+//! whose description cannot be read or carries a critical concern is reported, and
+//! fails when it runs, without stopping the others.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use v2k_drivers_injector::target::NetTarget;
+use v2k_inventory::model::{DiskLocation, Severity};
+
+use crate::plan::{line_of, Plan, Problem};
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CheckReport {
+    /// Plan errors: when any, nothing may run.
+    pub problems: Vec<Problem>,
+    pub vms: Vec<VmCheck>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VmCheck {
+    pub wave: String,
+    pub name: String,
+    pub source: PathBuf,
+    pub out: PathBuf,
+    pub disks: usize,
+    /// Bytes the VM's outputs may take: the sum of its source disks' allocated bytes.
+    pub estimated_bytes: u64,
+    pub concerns: Vec<serde_json::Value>,
+    /// VMware networks of its NICs that the network map does not name (they get
+    /// isolated user networking).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmapped_networks: Vec<String>,
+    /// Why the VM will fail, when it is already known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl CheckReport {
+    /// 0 all clear, 1 some VM will fail, 2 plan error.
+    pub fn exit_code(&self) -> i32 {
+        if !self.problems.is_empty() {
+            crate::EXIT_ERROR
+        } else if self.vms.iter().any(|v| v.error.is_some()) {
+            crate::EXIT_FAILED
+        } else {
+            crate::EXIT_OK
+        }
+    }
+
+    pub fn vm(&self, name: &str) -> Option<&VmCheck> {
+        self.vms.iter().find(|v| v.name == name)
+    }
+}
+
+/// Checks `plan`'s references and reads every VM.
+pub fn check(plan: &Plan) -> CheckReport {
+    let mut problems = Vec::new();
+    let base = plan.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    for (name, t) in &plan.network_map.0 {
+        if let NetTarget::Bridge(b) = t {
+            if !Path::new("/sys/class/net").join(b).exists() {
+                problems.push(Problem {
+                    line: line_of(&plan.text, name),
+                    message: format!("networks: {name:?} maps to bridge {b:?}, which does not exist on this host"),
+                });
+            }
+        }
+    }
+    let mut vms = Vec::new();
+    for w in &plan.waves {
+        for v in &w.vms {
+            if !v.source.is_file() {
+                problems.push(Problem {
+                    line: v.line,
+                    message: format!(
+                        "VM {}: source {} does not exist or is not a file",
+                        v.name,
+                        v.source.display()
+                    ),
+                });
+            }
+            for (which, h) in [("pre", &v.pre), ("post", &v.post)] {
+                if let Some(h) = h {
+                    if crate::hooks::resolve_program(&h.command[0], &base).is_none() {
+                        problems.push(Problem {
+                            line: line_of(&plan.text, &h.command[0]).or(v.line),
+                            message: format!(
+                                "VM {}: {which} hook {:?} is not an executable file",
+                                v.name, h.command[0]
+                            ),
+                        });
+                    }
+                }
+            }
+            let mut c = VmCheck {
+                wave: w.name.clone(),
+                name: v.name.clone(),
+                source: v.source.clone(),
+                out: v.out.clone(),
+                disks: 0,
+                estimated_bytes: 0,
+                concerns: Vec::new(),
+                unmapped_networks: Vec::new(),
+                error: None,
+            };
+            if v.source.is_file() {
+                let opts = v2k_inventory::Options {
+                    verify_manifest: v.verify_manifest,
+                };
+                match v2k_inventory::load(&v.source, &opts) {
+                    Err(e) => c.error = Some(format!("cannot be read: {e}")),
+                    Ok(list) => {
+                        let vm = match &v.ovf_vm {
+                            Some(n) => list.into_iter().find(|x| &x.name == n),
+                            None if list.len() == 1 => list.into_iter().next(),
+                            None => {
+                                c.error = Some(format!(
+                                    "describes {} VMs; choose one with `ovf-vm:`",
+                                    list.len()
+                                ));
+                                None
+                            }
+                        };
+                        match vm {
+                            None if c.error.is_none() => {
+                                c.error = Some("the named OVF VM is not in the file".into())
+                            }
+                            None => {}
+                            Some(vm) => {
+                                c.disks = vm.disks.len();
+                                c.estimated_bytes = vm.disks.iter().map(estimate).sum();
+                                c.concerns = vm
+                                    .concerns
+                                    .iter()
+                                    .map(|x| serde_json::to_value(x).unwrap_or_default())
+                                    .collect();
+                                let crit: Vec<String> = vm
+                                    .concerns
+                                    .iter()
+                                    .filter(|x| x.severity == Severity::Critical)
+                                    .map(|x| format!("{} ({})", x.id, x.message))
+                                    .collect();
+                                if !crit.is_empty() {
+                                    c.error = Some(format!(
+                                        "critical pre-flight concerns: {}",
+                                        crit.join("; ")
+                                    ));
+                                }
+                                for n in vm.nics.iter().filter_map(|n| n.network.as_ref()) {
+                                    if !plan.network_map.0.iter().any(|(k, _)| k == n)
+                                        && !c.unmapped_networks.contains(n)
+                                    {
+                                        c.unmapped_networks.push(n.clone());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            vms.push(c);
+        }
+    }
+    CheckReport { problems, vms }
+}
+
+/// What a disk's output may take: its allocated bytes when known, else the size of
+/// its file, else its capacity.
+fn estimate(d: &v2k_inventory::model::Disk) -> u64 {
+    if let Some(p) = d.populated_size {
+        return p;
+    }
+    match &d.location {
+        DiskLocation::File { path, .. } => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        _ => d.capacity.unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_sources_and_hooks_are_plan_errors_with_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let text = "version: 1\nwaves:\n  - name: w\n    vms:\n      - source: nothere.vmx\n        hooks:\n          pre: { command: [./nohook.sh] }\n";
+        let p = crate::plan::parse(text, &d.path().join("p.yaml")).unwrap();
+        let r = check(&p);
+        assert_eq!(r.exit_code(), crate::EXIT_ERROR);
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.line == Some(5) && p.message.contains("does not exist")),
+            "{:?}",
+            r.problems
+        );
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.line == Some(7) && p.message.contains("not an executable")),
+            "{:?}",
+            r.problems
+        );
+    }
+
+    #[test]
+    fn an_unreadable_vm_is_a_vm_error_not_a_plan_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("bad.vmx"), b"\x00\x01 not a vmx").unwrap();
+        let text = "version: 1\nwaves:\n  - name: w\n    vms:\n      - source: bad.vmx\n";
+        let p = crate::plan::parse(text, &d.path().join("p.yaml")).unwrap();
+        let r = check(&p);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert!(r.vms[0].error.is_some(), "{:?}", r.vms[0]);
+        assert_eq!(r.exit_code(), crate::EXIT_FAILED);
+    }
+}

@@ -1,0 +1,692 @@
+//! The wave plan: its YAML schema (version 1, kebab-case keys, unknown keys refused
+//! with their line number) and its resolution into a [`Plan`] whose paths are
+//! absolute, whose per-VM settings are the defaults with the VM's overrides applied,
+//! and whose every VM has its own output directory. docs/waves.md documents it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::Digest;
+use v2k_drivers_injector::{Accel, DiskBus, NetworkMap};
+use v2k_validator::Backend;
+
+use crate::{Error, Result};
+
+/// The plan schema version this build reads.
+pub const SCHEMA_VERSION: u32 = 1;
+/// A plan larger than this is not a plan someone wrote by hand; refuse before parsing.
+pub const MAX_PLAN_BYTES: u64 = 4 << 20;
+/// Default wall-clock limit of a hook: long enough for a snapshot or a DNS change.
+pub const DEFAULT_HOOK_TIMEOUT_S: u64 = 600;
+/// Default seconds from power-on to the agent's report (as `v2k migrate`).
+pub const DEFAULT_BOOT_TIMEOUT_S: u64 = 300;
+
+/// One thing wrong with a plan, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+pub fn format_problems(p: &[Problem]) -> String {
+    p.iter()
+        .map(|p| match p.line {
+            Some(l) => format!("line {l}: {}", p.message),
+            None => p.message.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---- the file as written -------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PlanFile {
+    pub version: u32,
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub defaults: Settings,
+    /// VMware network or port group → `network:NAME`, `bridge:NAME` or `user`.
+    #[serde(default)]
+    pub networks: BTreeMap<String, String>,
+    #[serde(default)]
+    pub storage: Vec<StorageFile>,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub failure_policy: FailurePolicyFile,
+    pub waves: Vec<WaveFile>,
+}
+
+/// Settings a VM can take from `defaults` or override.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    pub disk_bus: Option<BusName>,
+    pub compress: Option<bool>,
+    pub validate: Option<bool>,
+    pub boot_timeout: Option<u64>,
+    pub backend: Option<BackendName>,
+    pub connect: Option<String>,
+    pub accel: Option<AccelName>,
+    pub verify_manifest: Option<bool>,
+    pub hooks: Option<HooksFile>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusName {
+    Virtio,
+    Scsi,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendName {
+    Libvirt,
+    Qemu,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccelName {
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HooksFile {
+    pub pre: Option<HookFile>,
+    pub post: Option<HookFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HookFile {
+    /// argv: the program, then its arguments. No shell unless you name one.
+    pub command: Vec<String>,
+    /// Seconds.
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StorageFile {
+    pub source: PathBuf,
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsFile {
+    pub vms: Option<usize>,
+    pub disks: Option<usize>,
+    pub per_datastore: Option<usize>,
+    /// Bytes kept free on the output file system beyond a VM's estimate.
+    pub free_space_margin_mib: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FailurePolicyFile {
+    /// Stop the wave (and the run) after this many failed VMs; absent: continue.
+    pub stop_after: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WaveFile {
+    pub name: String,
+    pub stop_after: Option<u32>,
+    pub vms: Vec<VmFile>,
+}
+
+/// One VM; every field but `source` optional. (Written out rather than flattened:
+/// serde cannot refuse unknown keys through `flatten`.)
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VmFile {
+    pub source: PathBuf,
+    pub name: Option<String>,
+    /// Which VM of a multi-VM OVF.
+    pub ovf_vm: Option<String>,
+    pub disk_bus: Option<BusName>,
+    pub compress: Option<bool>,
+    pub validate: Option<bool>,
+    pub boot_timeout: Option<u64>,
+    pub backend: Option<BackendName>,
+    pub connect: Option<String>,
+    pub accel: Option<AccelName>,
+    pub verify_manifest: Option<bool>,
+    pub hooks: Option<HooksFile>,
+}
+
+impl VmFile {
+    fn settings(&self) -> Settings {
+        Settings {
+            disk_bus: self.disk_bus,
+            compress: self.compress,
+            validate: self.validate,
+            boot_timeout: self.boot_timeout,
+            backend: self.backend,
+            connect: self.connect.clone(),
+            accel: self.accel,
+            verify_manifest: self.verify_manifest,
+            hooks: self.hooks.clone(),
+        }
+    }
+}
+
+// ---- the resolved plan ---------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The plan file, absolute.
+    pub path: PathBuf,
+    /// SHA-256 of the plan's bytes: a resumed run must run the same plan.
+    pub hash: String,
+    pub run_dir: PathBuf,
+    pub network_map: NetworkMap,
+    pub limits: Limits,
+    pub waves: Vec<Wave>,
+    /// The YAML text, to find lines for later problems.
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub vms: usize,
+    pub disks: usize,
+    pub per_datastore: usize,
+    pub free_space_margin: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Wave {
+    pub name: String,
+    pub stop_after: Option<u32>,
+    pub vms: Vec<VmPlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmPlan {
+    pub name: String,
+    pub source: PathBuf,
+    pub ovf_vm: Option<String>,
+    /// The VM's private run directory for `v2k-migrate` (disks, state.json, report).
+    pub out: PathBuf,
+    /// The source datastore or directory, for `limits.per-datastore`.
+    pub datastore: PathBuf,
+    pub disk_bus: DiskBus,
+    pub compress: bool,
+    pub validate: bool,
+    pub boot_timeout: Duration,
+    pub backend: Backend,
+    pub accel: Option<Accel>,
+    pub verify_manifest: bool,
+    pub pre: Option<Hook>,
+    pub post: Option<Hook>,
+    /// Line of the VM's entry in the plan.
+    pub line: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hook {
+    pub command: Vec<String>,
+    pub timeout_s: u64,
+}
+
+impl VmPlan {
+    /// The options `v2k_migrate::migrate` runs this VM with.
+    pub fn migrate_options(&self, network_map: &NetworkMap) -> v2k_migrate::Options {
+        v2k_migrate::Options {
+            source: self.source.clone(),
+            out: self.out.clone(),
+            vm_name: self.ovf_vm.clone(),
+            compress: self.compress,
+            disk_bus: self.disk_bus,
+            network_map: network_map.clone(),
+            accel: self.accel,
+            keep_agent: false,
+            validate: self.validate,
+            backend: self.backend.clone(),
+            boot_timeout: self.boot_timeout,
+            keep_changes: false,
+            define: None,
+            verify_manifest: self.verify_manifest,
+        }
+    }
+}
+
+/// The line of the first occurrence of `needle` in `text` (1-based), for problems
+/// found after parsing, when serde no longer knows where a value came from.
+pub fn line_of(text: &str, needle: &str) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+/// The line of the `n`th (0-based) `- source:` entry, for VM problems.
+fn line_of_nth(text: &str, key: &str, n: usize) -> Option<usize> {
+    // Only under `waves:`: `storage:` entries have `source:` keys too.
+    let start = text
+        .lines()
+        .position(|l| l.starts_with("waves:"))
+        .unwrap_or(0);
+    text.lines()
+        .enumerate()
+        .skip(start)
+        .filter(|(_, l)| {
+            let t = l.trim_start().trim_start_matches("- ").trim_start();
+            t.starts_with(key)
+        })
+        .nth(n)
+        .map(|(i, _)| i + 1)
+}
+
+/// Reads and resolves a plan file. Only the schema and the plan's own consistency
+/// are checked here; [`crate::check`] checks what the plan refers to.
+pub fn load(path: &Path) -> Result<Plan> {
+    let path =
+        std::path::absolute(path).map_err(crate::io(format!("resolving {}", path.display())))?;
+    let meta =
+        std::fs::metadata(&path).map_err(crate::io(format!("reading {}", path.display())))?;
+    if meta.len() > MAX_PLAN_BYTES {
+        return Err(Error::Plan(vec![Problem {
+            line: None,
+            message: format!("{}: larger than {MAX_PLAN_BYTES} bytes", path.display()),
+        }]));
+    }
+    let text =
+        std::fs::read_to_string(&path).map_err(crate::io(format!("reading {}", path.display())))?;
+    parse(&text, &path)
+}
+
+/// Parses plan text; `path` anchors relative paths (its directory) and names the
+/// default run directory.
+pub fn parse(text: &str, path: &Path) -> Result<Plan> {
+    let file: PlanFile = serde_norway::from_str(text).map_err(|e| {
+        let line = e.location().map(|l| l.line());
+        // serde_norway appends " at line L column C"; the line goes in front instead.
+        let msg = e.to_string();
+        let msg = match msg.rfind(" at line ") {
+            Some(i) if line.is_some() => msg[..i].to_string(),
+            _ => msg,
+        };
+        Error::Plan(vec![Problem { line, message: msg }])
+    })?;
+    resolve(file, text, path)
+}
+
+fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
+    let mut problems = Vec::new();
+    let mut bad = |line: Option<usize>, message: String| problems.push(Problem { line, message });
+    let base = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+
+    if f.version != SCHEMA_VERSION {
+        bad(
+            line_of(text, "version"),
+            format!(
+                "version {} is not supported (this v2k reads version {SCHEMA_VERSION})",
+                f.version
+            ),
+        );
+    }
+    let mut network_map = NetworkMap::default();
+    for (name, target) in &f.networks {
+        match NetworkMap::parse_entry(&format!("{name}={target}")) {
+            Ok(e) => network_map.0.push(e),
+            Err(e) => bad(line_of(text, target), format!("networks: {e}")),
+        }
+    }
+    let storage: Vec<(PathBuf, PathBuf)> = f
+        .storage
+        .iter()
+        .map(|s| (abs(&s.source), abs(&s.output)))
+        .collect();
+    let zero = |v: Option<usize>, key: &str, bad: &mut dyn FnMut(Option<usize>, String)| match v {
+        Some(0) => {
+            bad(
+                line_of(text, key),
+                format!("limits.{key} must be at least 1"),
+            );
+            1
+        }
+        Some(n) => n,
+        None => usize::MAX,
+    };
+    let limits = Limits {
+        vms: match f.limits.vms {
+            None => 1,
+            v => zero(v, "vms", &mut bad),
+        },
+        disks: zero(f.limits.disks, "disks", &mut bad),
+        per_datastore: zero(f.limits.per_datastore, "per-datastore", &mut bad),
+        free_space_margin: f.limits.free_space_margin_mib.unwrap_or(1024) << 20,
+    };
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plan".into());
+    let run_dir = f
+        .run_dir
+        .as_deref()
+        .map(abs)
+        .unwrap_or_else(|| base.join(format!("{stem}.run")));
+
+    if f.waves.is_empty() {
+        bad(line_of(text, "waves"), "waves: the plan has no wave".into());
+    }
+    let mut wave_names = BTreeSet::new();
+    let mut vm_names = BTreeSet::new();
+    let mut waves = Vec::new();
+    let mut vm_index = 0usize;
+    for w in &f.waves {
+        if !valid_name(&w.name) {
+            bad(
+                line_of(text, &w.name),
+                format!("wave name {:?}: use letters, digits, . _ -", w.name),
+            );
+        }
+        if !wave_names.insert(w.name.clone()) {
+            bad(
+                line_of(text, &w.name),
+                format!("wave {:?} appears twice", w.name),
+            );
+        }
+        if w.vms.is_empty() {
+            bad(
+                line_of(text, &w.name),
+                format!("wave {:?} has no VM", w.name),
+            );
+        }
+        let mut vms = Vec::new();
+        for v in &w.vms {
+            let line = line_of_nth(text, "source:", vm_index);
+            vm_index += 1;
+            let source = abs(&v.source);
+            let name = v.name.clone().unwrap_or_else(|| {
+                source
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            if !valid_name(&name) {
+                bad(
+                    line,
+                    format!("VM name {name:?}: use letters, digits, . _ - (set `name:`)"),
+                );
+            }
+            if !vm_names.insert(name.clone()) {
+                bad(
+                    line,
+                    format!("VM name {name:?} appears twice; give one a `name:`"),
+                );
+            }
+            let s = merge(&f.defaults, &v.settings());
+            let (datastore, out) = match storage
+                .iter()
+                .filter(|(src, _)| source.starts_with(src))
+                .max_by_key(|(src, _)| src.as_os_str().len())
+            {
+                Some((src, o)) => (src.clone(), o.join(&name)),
+                None => (
+                    source.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                    run_dir.join("vms").join(&name).join("out"),
+                ),
+            };
+            let hook =
+                |h: &Option<HookFile>, which: &str, bad: &mut dyn FnMut(Option<usize>, String)| {
+                    h.as_ref().and_then(|h| {
+                        if h.command.is_empty() || h.command[0].is_empty() {
+                            bad(line, format!("VM {name}: {which} hook: `command` is empty"));
+                            return None;
+                        }
+                        if h.timeout == Some(0) {
+                            bad(
+                                line_of(text, "timeout"),
+                                format!("VM {name}: {which} hook: timeout must be at least 1 s"),
+                            );
+                        }
+                        Some(Hook {
+                            command: h.command.clone(),
+                            timeout_s: h.timeout.unwrap_or(DEFAULT_HOOK_TIMEOUT_S).max(1),
+                        })
+                    })
+                };
+            let hooks = s.hooks.clone().unwrap_or_default();
+            let pre = hook(&hooks.pre, "pre", &mut bad);
+            let post = hook(&hooks.post, "post", &mut bad);
+            let connect = s.connect.clone().unwrap_or_else(|| "qemu:///system".into());
+            vms.push(VmPlan {
+                name,
+                source,
+                ovf_vm: v.ovf_vm.clone(),
+                out,
+                datastore,
+                disk_bus: match s.disk_bus {
+                    Some(BusName::Scsi) => DiskBus::VirtioScsi,
+                    _ => DiskBus::VirtioBlk,
+                },
+                compress: s.compress.unwrap_or(false),
+                validate: s.validate.unwrap_or(true),
+                boot_timeout: Duration::from_secs(s.boot_timeout.unwrap_or(DEFAULT_BOOT_TIMEOUT_S)),
+                backend: match s.backend {
+                    Some(BackendName::Qemu) => Backend::Qemu,
+                    _ => Backend::Libvirt { uri: connect },
+                },
+                accel: s.accel.map(|a| match a {
+                    AccelName::Kvm => Accel::Kvm,
+                    AccelName::Tcg => Accel::Tcg,
+                }),
+                verify_manifest: s.verify_manifest.unwrap_or(true),
+                pre,
+                post,
+                line,
+            });
+        }
+        waves.push(Wave {
+            name: w.name.clone(),
+            stop_after: w.stop_after.or(f.failure_policy.stop_after),
+            vms,
+        });
+    }
+    let mut outs = BTreeSet::new();
+    for v in waves.iter().flat_map(|w| &w.vms) {
+        if !outs.insert(v.out.clone()) {
+            bad(
+                v.line,
+                format!(
+                    "VM {}: output directory {} is shared with another VM",
+                    v.name,
+                    v.out.display()
+                ),
+            );
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Plan(problems));
+    }
+    let hash = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+    Ok(Plan {
+        path: path.to_path_buf(),
+        hash,
+        run_dir,
+        network_map,
+        limits,
+        waves,
+        text: text.to_string(),
+    })
+}
+
+/// A VM's settings: its own where given, else the plan's defaults.
+fn merge(d: &Settings, v: &Settings) -> Settings {
+    Settings {
+        disk_bus: v.disk_bus.or(d.disk_bus),
+        compress: v.compress.or(d.compress),
+        validate: v.validate.or(d.validate),
+        boot_timeout: v.boot_timeout.or(d.boot_timeout),
+        backend: v.backend.or(d.backend),
+        connect: v.connect.clone().or_else(|| d.connect.clone()),
+        accel: v.accel.or(d.accel),
+        verify_manifest: v.verify_manifest.or(d.verify_manifest),
+        hooks: match (&v.hooks, &d.hooks) {
+            (Some(vh), Some(dh)) => Some(HooksFile {
+                pre: vh.pre.clone().or_else(|| dh.pre.clone()),
+                post: vh.post.clone().or_else(|| dh.post.clone()),
+            }),
+            (vh, dh) => vh.clone().or_else(|| dh.clone()),
+        },
+    }
+}
+
+/// Names become directory and file names: keep them plain.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_err(text: &str) -> Vec<Problem> {
+        match parse(text, Path::new("/plans/p.yaml")) {
+            Err(Error::Plan(p)) => p,
+            other => panic!("expected a plan error, got {other:?}"),
+        }
+    }
+
+    const GOOD: &str = "\
+version: 1
+defaults:
+  validate: false
+  backend: qemu
+  hooks:
+    pre: { command: [/bin/true], timeout: 5 }
+networks:
+  VM Network: network:default
+  DMZ: bridge:br0
+storage:
+  - source: /vmfs/ds1
+    output: /srv/kvm/ds1
+limits:
+  vms: 2
+  disks: 3
+waves:
+  - name: first
+    vms:
+      - source: /vmfs/ds1/web/web.vmx
+      - source: ../other/db.ova
+        name: db
+        validate: true
+        disk-bus: scsi
+";
+
+    #[test]
+    fn resolves_defaults_overrides_storage_and_networks() {
+        let p = parse(GOOD, Path::new("/plans/p.yaml")).unwrap();
+        assert_eq!(p.run_dir, PathBuf::from("/plans/p.run"));
+        assert_eq!(p.limits.vms, 2);
+        assert_eq!(p.limits.disks, 3);
+        assert_eq!(p.limits.per_datastore, usize::MAX);
+        assert_eq!(p.network_map.0.len(), 2);
+        let w = &p.waves[0];
+        assert_eq!(w.vms[0].name, "web");
+        assert_eq!(w.vms[0].out, PathBuf::from("/srv/kvm/ds1/web"));
+        assert_eq!(w.vms[0].datastore, PathBuf::from("/vmfs/ds1"));
+        assert!(!w.vms[0].validate);
+        assert_eq!(w.vms[0].pre.as_ref().unwrap().timeout_s, 5);
+        assert_eq!(w.vms[1].source, PathBuf::from("/plans/../other/db.ova"));
+        assert_eq!(w.vms[1].out, PathBuf::from("/plans/p.run/vms/db/out"));
+        assert!(w.vms[1].validate);
+        assert_eq!(w.vms[1].disk_bus, DiskBus::VirtioScsi);
+        assert_eq!(w.vms[1].backend, Backend::Qemu);
+        assert_eq!(w.vms[1].line, Some(20));
+    }
+
+    #[test]
+    fn rejects_an_unknown_key_with_its_line_number() {
+        let text = GOOD.replace("        disk-bus: scsi", "        disk-buss: scsi");
+        let p = parse_err(&text);
+        assert_eq!(p[0].line, Some(23), "{p:?}");
+        assert!(p[0].message.contains("unknown field `disk-buss`"), "{p:?}");
+    }
+
+    #[test]
+    fn rejects_an_unknown_top_level_key_with_its_line_number() {
+        let p = parse_err("version: 1\nwaves: []\nlimtis: {vms: 2}\n");
+        assert_eq!(p[0].line, Some(3), "{p:?}");
+        assert!(p[0].message.contains("limtis"), "{p:?}");
+    }
+
+    #[test]
+    fn rejects_a_bad_enum_value_with_its_line_number() {
+        let text = GOOD.replace("backend: qemu", "backend: vbox");
+        let p = parse_err(&text);
+        assert_eq!(p[0].line, Some(4), "{p:?}");
+    }
+
+    #[test]
+    fn rejects_a_bad_network_target_with_its_line_number() {
+        let text = GOOD.replace("bridge:br0", "bridge:br0;rm");
+        let p = parse_err(&text);
+        assert_eq!(p[0].line, Some(9), "{p:?}");
+        assert!(p[0].message.starts_with("networks:"), "{p:?}");
+    }
+
+    #[test]
+    fn rejects_duplicate_vm_names_and_unsupported_versions() {
+        let text = GOOD
+            .replace("version: 1", "version: 7")
+            .replace("name: db", "name: web");
+        let p = parse_err(&text);
+        assert!(
+            p.iter()
+                .any(|p| p.line == Some(1) && p.message.contains("version 7")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|p| p.line == Some(20) && p.message.contains("appears twice")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn rejects_zero_limits_and_empty_hooks() {
+        let text = GOOD
+            .replace("vms: 2", "vms: 0")
+            .replace("[/bin/true]", "[]");
+        let p = parse_err(&text);
+        assert!(p.iter().any(|p| p.message.contains("limits.vms")), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.message.contains("`command` is empty")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_required_key_is_reported() {
+        let p = parse_err("version: 1\n");
+        assert!(p[0].message.contains("waves"), "{p:?}");
+    }
+}

@@ -1,0 +1,611 @@
+//! Per-wave cutover reports, built from the journal alone (plus each VM's own
+//! `report.json`): `RUN_DIR/WAVE/wave-report.json` (schema version 1),
+//! `wave-report.html` (self-contained: inline CSS, console thumbnails as `data:` URIs,
+//! relative links to each VM's `report.html`) and `junit.xml` (one testcase per VM).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::hooks::HookResult;
+use crate::journal::{Entry, Record, VmStatus};
+use crate::{io, Result};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Summary {
+    pub total: usize,
+    pub migrated: usize,
+    pub validated: usize,
+    pub failed: usize,
+    pub not_run: usize,
+    /// Not finished: running now, or interrupted.
+    pub pending: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct WaveReport {
+    pub schema_version: u32,
+    pub wave: String,
+    pub summary: Summary,
+    pub wall_seconds: f64,
+    /// The runner's own time (journal, scheduling, checks, reports).
+    pub overhead_seconds: f64,
+    pub vms: Vec<VmReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VmReport {
+    pub name: String,
+    pub source: PathBuf,
+    pub out: PathBuf,
+    /// `migrated`, `failed`, `not-run`, `pending` (not started), `running` or
+    /// `interrupted`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub attempts: u32,
+    /// Skipped on resume after its disks were re-verified.
+    pub reverified: bool,
+    pub seconds: f64,
+    pub migrate_seconds: f64,
+    /// Allocated source bytes read.
+    pub bytes: u64,
+    pub mib_per_second: f64,
+    pub concerns: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub screenshot: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_html: Option<PathBuf>,
+    pub hooks: Vec<HookResult>,
+    /// Every stage event, in order, across attempts.
+    pub stages: Vec<StageEvent>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StageEvent {
+    pub stage: String,
+    pub status: String,
+}
+
+/// The state of `wave` as the journal tells it. `live`: a runner holds the journal
+/// now (unfinished VMs are `running`, else `interrupted`).
+pub fn build(records: &[Record], wave: &str, live: bool) -> WaveReport {
+    let mut vms: BTreeMap<String, VmReport> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut wall = 0.0;
+    let mut overhead = 0.0;
+    let blank = |name: &str, source: PathBuf, out: PathBuf| VmReport {
+        name: name.into(),
+        source,
+        out,
+        status: "pending".into(),
+        result: None,
+        reason: None,
+        attempts: 0,
+        reverified: false,
+        seconds: 0.0,
+        migrate_seconds: 0.0,
+        bytes: 0,
+        mib_per_second: 0.0,
+        concerns: Vec::new(),
+        validation: None,
+        screenshot: None,
+        report_html: None,
+        hooks: Vec::new(),
+        stages: Vec::new(),
+    };
+    for r in records {
+        match &r.entry {
+            Entry::RunStarted { waves, .. } => {
+                for w in waves.iter().filter(|w| w.name == wave) {
+                    for v in &w.vms {
+                        order.push(v.name.clone());
+                        vms.insert(
+                            v.name.clone(),
+                            blank(&v.name, v.source.clone(), v.out.clone()),
+                        );
+                    }
+                }
+            }
+            Entry::VmStarted {
+                wave: w,
+                vm,
+                attempt,
+                ..
+            } if w == wave => {
+                if let Some(x) = vms.get_mut(vm) {
+                    x.status = if live { "running" } else { "interrupted" }.into();
+                    x.attempts = *attempt;
+                    x.reason = None;
+                    x.reverified = false;
+                }
+            }
+            Entry::Stage {
+                wave: w,
+                vm,
+                stage,
+                status,
+            } if w == wave => {
+                if let Some(x) = vms.get_mut(vm) {
+                    x.stages.push(StageEvent {
+                        stage: stage.clone(),
+                        status: status.clone(),
+                    });
+                }
+            }
+            Entry::Hook {
+                wave: w,
+                vm,
+                result,
+            } if w == wave => {
+                if let Some(x) = vms.get_mut(vm) {
+                    x.hooks.push(result.clone());
+                }
+            }
+            Entry::VmVerified { wave: w, vm } if w == wave => {
+                if let Some(x) = vms.get_mut(vm) {
+                    x.reverified = true;
+                }
+            }
+            Entry::VmFinished {
+                wave: w,
+                vm,
+                status,
+                result,
+                reason,
+                seconds,
+                migrate_seconds,
+                bytes,
+                ..
+            } if w == wave => {
+                if let Some(x) = vms.get_mut(vm) {
+                    x.status = match status {
+                        VmStatus::Migrated => "migrated",
+                        VmStatus::Failed => "failed",
+                    }
+                    .into();
+                    x.result = result.clone();
+                    x.reason = reason.clone();
+                    x.seconds = *seconds;
+                    x.migrate_seconds = *migrate_seconds;
+                    x.bytes = *bytes;
+                    x.mib_per_second = if *migrate_seconds > 0.0 {
+                        *bytes as f64 / 1048576.0 / migrate_seconds
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            Entry::VmNotRun {
+                wave: w,
+                vm,
+                reason,
+            } if w == wave => {
+                if let Some(x) = vms.get_mut(vm) {
+                    x.status = "not-run".into();
+                    x.reason = Some(reason.clone());
+                }
+            }
+            Entry::WaveFinished {
+                wave: w,
+                wall_seconds,
+                overhead_seconds,
+                ..
+            } if w == wave => {
+                wall += wall_seconds;
+                overhead += overhead_seconds;
+            }
+            _ => {}
+        }
+    }
+    let mut list = Vec::new();
+    let mut s = Summary::default();
+    for name in order {
+        let Some(mut v) = vms.remove(&name) else {
+            continue;
+        };
+        if let Ok(b) = std::fs::read(v.out.join("report.json")) {
+            if let Ok(r) = serde_json::from_slice::<Value>(&b) {
+                v.concerns = r["concerns"].as_array().cloned().unwrap_or_default();
+                if !r["validation"].is_null() {
+                    v.screenshot = r["validation"]["evidence"]["screenshot"]
+                        .as_str()
+                        .map(PathBuf::from);
+                    v.validation = Some(serde_json::json!({
+                        "passed": r["validation"]["passed"], "checks": r["validation"]["checks"],
+                    }));
+                }
+                if v.out.join("report.html").is_file() {
+                    v.report_html = Some(v.out.join("report.html"));
+                }
+            }
+        }
+        s.total += 1;
+        match v.status.as_str() {
+            "migrated" => {
+                s.migrated += 1;
+                if v.result.as_deref() == Some("validated") {
+                    s.validated += 1;
+                }
+            }
+            "failed" => s.failed += 1,
+            "not-run" => s.not_run += 1,
+            _ => s.pending += 1,
+        }
+        list.push(v);
+    }
+    WaveReport {
+        schema_version: SCHEMA_VERSION,
+        wave: wave.into(),
+        summary: s,
+        wall_seconds: wall,
+        overhead_seconds: overhead,
+        vms: list,
+    }
+}
+
+/// The waves the journal knows, in plan order.
+pub fn wave_names(records: &[Record]) -> Vec<String> {
+    records
+        .iter()
+        .find_map(|r| match &r.entry {
+            Entry::RunStarted { waves, .. } => Some(waves.iter().map(|w| w.name.clone()).collect()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Writes the three files into `RUN_DIR/WAVE/`; returns the HTML's path.
+pub fn write(run_dir: &Path, r: &WaveReport) -> Result<PathBuf> {
+    let dir = run_dir.join(&r.wave);
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let w = |name: &str, b: &[u8]| -> Result<()> {
+        v2k_converters::output::write_atomic(&dir.join(name), b)
+            .map_err(|e| crate::Error::Run(format!("writing {name}: {e}")))
+    };
+    w(
+        "wave-report.json",
+        &serde_json::to_vec_pretty(r).unwrap_or_default(),
+    )?;
+    w("junit.xml", junit(r).as_bytes())?;
+    w("wave-report.html", html(r, &dir).as_bytes())?;
+    Ok(dir.join("wave-report.html"))
+}
+
+fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            // XML 1.0 forbids most control characters even escaped.
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => o.push('\u{fffd}'),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// JUnit XML: a testsuite per wave, a testcase per VM; a failed VM is a `<failure>`
+/// with its reason, a VM not run is `<skipped>`.
+pub fn junit(r: &WaveReport) -> String {
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        x,
+        "<testsuites name=\"v2k\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+        r.summary.total,
+        r.summary.failed + r.summary.pending,
+        r.summary.not_run
+    );
+    let _ = writeln!(
+        x,
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.1}\">",
+        esc(&r.wave),
+        r.summary.total,
+        r.summary.failed + r.summary.pending,
+        r.summary.not_run,
+        r.wall_seconds
+    );
+    for v in &r.vms {
+        let _ = write!(
+            x,
+            "    <testcase classname=\"v2k.wave.{}\" name=\"{}\" time=\"{:.1}\"",
+            esc(&r.wave),
+            esc(&v.name),
+            v.seconds
+        );
+        let reason = v.reason.clone().unwrap_or_default();
+        match v.status.as_str() {
+            "migrated" => x.push_str("/>\n"),
+            "not-run" => {
+                let _ = writeln!(
+                    x,
+                    ">\n      <skipped message=\"{}\"/>\n    </testcase>",
+                    esc(&reason)
+                );
+            }
+            s => {
+                let msg = if s == "failed" {
+                    reason
+                } else {
+                    format!("{s}: the VM did not finish")
+                };
+                let _ = writeln!(
+                    x,
+                    ">\n      <failure message=\"{0}\">{0}</failure>\n    </testcase>",
+                    esc(&msg)
+                );
+            }
+        }
+    }
+    x.push_str("  </testsuite>\n</testsuites>\n");
+    x
+}
+
+/// A path relative to `from` when under the same root, for links that survive
+/// copying the run directory.
+fn rel(p: &Path, from: &Path) -> String {
+    let a: Vec<_> = p.components().collect();
+    let b: Vec<_> = from.components().collect();
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common <= 1 {
+        return p.display().to_string();
+    }
+    let mut s = "../".repeat(b.len() - common);
+    s.push_str(
+        &a[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/"),
+    );
+    s
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}", b as f64 / 1048576.0)
+}
+
+/// Console screenshots bigger than this are not embedded (a thumbnail of a VGA
+/// console PNG is far smaller; a huge one would bloat the page).
+const MAX_THUMBNAIL_BYTES: u64 = 4 << 20;
+
+pub fn html(r: &WaveReport, dir: &Path) -> String {
+    let s = &r.summary;
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>v2k wave {w}</title><style>\
+body{{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;width:100%}}\
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}th{{background:#f3f3f3}}\
+.migrated{{background:#e6f6e6}}.failed{{background:#fbe3e3}}.not-run,.pending,.interrupted,.running{{background:#fff5d6}}\
+.cards span{{display:inline-block;margin-right:1.5em;font-size:1.3em}}img{{width:160px;border:1px solid #999}}\
+ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overflow:auto;margin:0;font-size:12px}}\
+</style></head><body>\n<h1>Wave {w}</h1>\n<p class=\"cards\"><span>{t} VMs</span><span>{m} migrated</span>\
+<span>{va} validated</span><span>{f} failed</span><span>{n} not run</span><span>{p} pending</span></p>\n\
+<p>Wall time {wall:.1} s; runner overhead {oh:.2} s.</p>\n<table>\n<tr><th>VM</th><th>status</th><th>time</th>\
+<th>data moved</th><th>throughput</th><th>concerns</th><th>validation</th><th>console</th><th>hooks</th></tr>\n",
+        w = esc(&r.wave),
+        t = s.total,
+        m = s.migrated,
+        va = s.validated,
+        f = s.failed,
+        n = s.not_run,
+        p = s.pending,
+        wall = r.wall_seconds,
+        oh = r.overhead_seconds
+    );
+    for v in &r.vms {
+        let name = match &v.report_html {
+            Some(p) => format!("<a href=\"{}\">{}</a>", esc(&rel(p, dir)), esc(&v.name)),
+            None => esc(&v.name),
+        };
+        let mut status = esc(&v.status);
+        if let Some(res) = &v.result {
+            let _ = write!(status, "<br>{}", esc(res));
+        }
+        if v.reverified {
+            status.push_str("<br>(re-verified on resume)");
+        }
+        if let Some(why) = &v.reason {
+            let _ = write!(status, "<br><small>{}</small>", esc(why));
+        }
+        let concerns = v
+            .concerns
+            .iter()
+            .map(|c| {
+                format!(
+                    "<li>{} {}: {}</li>",
+                    esc(c["severity"].as_str().unwrap_or("")),
+                    esc(c["id"].as_str().unwrap_or("")),
+                    esc(c["message"].as_str().unwrap_or(""))
+                )
+            })
+            .collect::<String>();
+        let validation = match &v.validation {
+            None => "not validated".to_string(),
+            Some(val) => val["checks"]
+                .as_array()
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| {
+                            format!(
+                                "<li>{} {}: {}</li>",
+                                if c["passed"] == true { "pass" } else { "FAIL" },
+                                esc(c["id"].as_str().unwrap_or("")),
+                                esc(c["reason"].as_str().unwrap_or(""))
+                            )
+                        })
+                        .collect::<String>()
+                })
+                .unwrap_or_default(),
+        };
+        let thumb = v
+            .screenshot
+            .as_ref()
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() <= MAX_THUMBNAIL_BYTES))
+            .and_then(|p| std::fs::read(p).ok())
+            .filter(|b| b.starts_with(b"\x89PNG"))
+            .map(|b| {
+                format!(
+                    "<img alt=\"console of {}\" src=\"data:image/png;base64,{}\">",
+                    esc(&v.name),
+                    v2k_validator::report::base64(&b)
+                )
+            })
+            .unwrap_or_default();
+        let hooks = v
+            .hooks
+            .iter()
+            .map(|hk| {
+                format!(
+                    "<li>{} {} ({:.1} s)<pre>{}</pre></li>",
+                    esc(&hk.hook),
+                    if hk.ok() {
+                        "ok".to_string()
+                    } else {
+                        esc(&hk.reason())
+                    },
+                    hk.seconds,
+                    esc(&hk.output)
+                )
+            })
+            .collect::<String>();
+        let _ = writeln!(
+            h,
+            "<tr class=\"{cls}\"><td>{name}<br><small>{src}</small></td><td>{status}</td><td>{secs:.1} s</td><td>{mb} MiB</td>\
+<td>{tp:.1} MiB/s</td><td><ul>{concerns}</ul></td><td><ul>{validation}</ul></td><td>{thumb}</td><td><ul>{hooks}</ul></td></tr>",
+            cls = esc(&v.status),
+            src = esc(&v.source.display().to_string()),
+            secs = v.seconds,
+            mb = mib(v.bytes),
+            tp = v.mib_per_second,
+        );
+    }
+    h.push_str("</table>\n</body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{VmInfo, WaveInfo};
+
+    fn records() -> Vec<Record> {
+        let rec = |entry| Record { time: 0.0, entry };
+        vec![
+            rec(Entry::RunStarted {
+                schema_version: 1,
+                plan: "/p.yaml".into(),
+                plan_hash: "h".into(),
+                waves: vec![WaveInfo {
+                    name: "w1".into(),
+                    vms: ["good", "bad<1>", "later"]
+                        .iter()
+                        .map(|n| VmInfo {
+                            name: n.to_string(),
+                            source: format!("/s/{n}.vmx").into(),
+                            out: format!("/nonexistent/{n}").into(),
+                            validate: true,
+                            disks: 1,
+                        })
+                        .collect(),
+                }],
+            }),
+            rec(Entry::VmStarted {
+                wave: "w1".into(),
+                vm: "good".into(),
+                attempt: 1,
+                out: "/o".into(),
+            }),
+            rec(Entry::VmStarted {
+                wave: "w1".into(),
+                vm: "bad<1>".into(),
+                attempt: 1,
+                out: "/o".into(),
+            }),
+            rec(Entry::VmFinished {
+                wave: "w1".into(),
+                vm: "bad<1>".into(),
+                status: VmStatus::Failed,
+                result: None,
+                reason: Some("disk \"a\" & missing".into()),
+                seconds: 1.0,
+                migrate_seconds: 1.0,
+                bytes: 0,
+                report: None,
+            }),
+            rec(Entry::VmFinished {
+                wave: "w1".into(),
+                vm: "good".into(),
+                status: VmStatus::Migrated,
+                result: Some("validated".into()),
+                reason: None,
+                seconds: 10.0,
+                migrate_seconds: 8.0,
+                bytes: 8 << 20,
+                report: None,
+            }),
+        ]
+    }
+
+    #[test]
+    fn builds_counts_and_statuses_from_the_journal() {
+        let r = build(&records(), "w1", false);
+        assert_eq!(r.summary.total, 3);
+        assert_eq!(r.summary.migrated, 1);
+        assert_eq!(r.summary.validated, 1);
+        assert_eq!(r.summary.failed, 1);
+        assert_eq!(r.summary.pending, 1);
+        assert_eq!(r.vms[0].mib_per_second, 1.0);
+        assert_eq!(r.vms[2].status, "pending");
+    }
+
+    #[test]
+    fn junit_has_one_testcase_per_vm_with_escaped_reasons() {
+        let x = junit(&build(&records(), "w1", false));
+        assert_eq!(x.matches("<testcase ").count(), 3);
+        assert!(x.contains("name=\"bad&lt;1&gt;\""), "{x}");
+        assert!(
+            x.contains("<failure message=\"disk &quot;a&quot; &amp; missing\">"),
+            "{x}"
+        );
+        assert!(x.contains("failures=\"2\""), "{x}");
+    }
+
+    #[test]
+    fn html_is_self_contained_and_escaped() {
+        let h = html(&build(&records(), "w1", false), Path::new("/r/w1"));
+        assert!(!h.contains("http://") && !h.contains("https://"));
+        assert!(h.contains("bad&lt;1&gt;"));
+        assert!(h.contains("1 migrated"));
+    }
+
+    #[test]
+    fn links_are_relative_to_the_report() {
+        assert_eq!(
+            rel(Path::new("/r/vms/a/out/report.html"), Path::new("/r/w1")),
+            "../vms/a/out/report.html"
+        );
+        assert_eq!(
+            rel(Path::new("/srv/a/report.html"), Path::new("/r/w1")),
+            "/srv/a/report.html"
+        );
+    }
+}

@@ -1,0 +1,711 @@
+//! The wave runner: the waves in order, the VMs of a wave in parallel (one std thread
+//! each) within the plan's limits, every VM through `v2k_migrate::migrate` in its own
+//! output directory. Every state change is journalled first ([`crate::journal`]); a
+//! VM's success marker (`RUN_DIR/vms/NAME/done.json`) is written last.
+//!
+//! Resuming (the same plan on a run directory that has a journal): a VM journalled as
+//! migrated whose marker exists and whose disks still hash to the record in its
+//! `state.json` is skipped; a VM that was running is migrated again in the same
+//! directory, where `migrate` reuses every stage whose outputs still verify; a VM
+//! that failed keeps its result unless `retry_failed` is asked.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::check::CheckReport;
+use crate::hooks::{self, HookResult};
+use crate::journal::{Entry, Journal, Record, VmInfo, VmStatus, WaveInfo};
+use crate::plan::{Plan, VmPlan};
+use crate::{io, report, Error, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Run only this wave.
+    pub wave: Option<String>,
+    /// Migrate again VMs that failed in an earlier, interrupted run.
+    pub retry_failed: bool,
+}
+
+/// What the runner reports as it goes (the CLI draws bars or prints JSON Lines).
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    WaveStarted {
+        wave: String,
+        vms: usize,
+    },
+    VmStarted {
+        wave: String,
+        vm: String,
+        attempt: u32,
+    },
+    Stage {
+        wave: String,
+        vm: String,
+        stage: String,
+        status: String,
+    },
+    Message {
+        vm: String,
+        text: String,
+    },
+    VmVerified {
+        wave: String,
+        vm: String,
+    },
+    VmFinished {
+        wave: String,
+        vm: String,
+        status: VmStatus,
+        result: Option<String>,
+        reason: Option<String>,
+        seconds: f64,
+    },
+    VmNotRun {
+        wave: String,
+        vm: String,
+        reason: String,
+    },
+    WaveFinished {
+        wave: String,
+        report: report::WaveReport,
+        html: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub exit_code: i32,
+    pub waves: Vec<report::WaveReport>,
+}
+
+/// The runner's own time, summed over threads, in nanoseconds.
+struct Overhead(AtomicU64);
+
+impl Overhead {
+    fn add(&self, d: Duration) {
+        self.0.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+    fn take(&self) -> f64 {
+        self.0.swap(0, Ordering::Relaxed) as f64 / 1e9
+    }
+}
+
+/// Where the runner keeps a VM's own files (hook logs, success marker).
+pub fn vm_dir(run_dir: &Path, vm: &str) -> PathBuf {
+    run_dir.join("vms").join(vm)
+}
+
+pub fn marker_path(run_dir: &Path, vm: &str) -> PathBuf {
+    vm_dir(run_dir, vm).join("done.json")
+}
+
+/// What an earlier (interrupted) run left, per VM.
+#[derive(Default, Clone)]
+struct Prior {
+    attempts: u32,
+    finished: Option<VmStatus>,
+    pre_hook_done: bool,
+}
+
+fn prior_state(records: &[Record]) -> BTreeMap<String, Prior> {
+    let mut m: BTreeMap<String, Prior> = BTreeMap::new();
+    for r in records {
+        match &r.entry {
+            Entry::VmStarted { vm, attempt, .. } => {
+                let p = m.entry(vm.clone()).or_default();
+                p.attempts = p.attempts.max(*attempt);
+                p.finished = None;
+            }
+            Entry::Hook { vm, result, .. } if result.hook == "pre" && result.ok() => {
+                m.entry(vm.clone()).or_default().pre_hook_done = true;
+            }
+            Entry::VmFinished { vm, status, .. } => {
+                m.entry(vm.clone()).or_default().finished = Some(*status)
+            }
+            _ => {}
+        }
+    }
+    m
+}
+
+/// Runs (or resumes) `plan`. `checks` is [`crate::check`]'s report, which must have
+/// no problems.
+pub fn run(
+    plan: &Plan,
+    checks: &CheckReport,
+    opts: &RunOptions,
+    events: &(dyn Fn(RunEvent) + Sync),
+) -> Result<RunSummary> {
+    if !checks.problems.is_empty() {
+        return Err(Error::Plan(checks.problems.clone()));
+    }
+    if let Some(w) = &opts.wave {
+        if !plan.waves.iter().any(|x| &x.name == w) {
+            return Err(Error::Run(format!("the plan has no wave named {w:?}")));
+        }
+    }
+    let overhead = Overhead(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let (journal, records) = Journal::open(&plan.run_dir)?;
+    match records.iter().find_map(|r| match &r.entry {
+        Entry::RunStarted { plan_hash, .. } => Some(plan_hash.clone()),
+        _ => None,
+    }) {
+        Some(h) if h != plan.hash => {
+            return Err(Error::Run(format!(
+                "{} holds a run of a different plan (the plan changed since); use another run-dir",
+                plan.run_dir.display()
+            )))
+        }
+        Some(_) => journal.append(Entry::RunResumed {
+            plan_hash: plan.hash.clone(),
+        })?,
+        None => journal.append(Entry::RunStarted {
+            schema_version: crate::journal::SCHEMA_VERSION,
+            plan: plan.path.clone(),
+            plan_hash: plan.hash.clone(),
+            waves: plan
+                .waves
+                .iter()
+                .map(|w| WaveInfo {
+                    name: w.name.clone(),
+                    vms: w
+                        .vms
+                        .iter()
+                        .map(|v| VmInfo {
+                            name: v.name.clone(),
+                            source: v.source.clone(),
+                            out: v.out.clone(),
+                            validate: v.validate,
+                            disks: checks.vm(&v.name).map_or(0, |c| c.disks),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })?,
+    }
+    let prior = prior_state(&records);
+    overhead.add(t0.elapsed());
+
+    let mut summaries = Vec::new();
+    let mut stopped: Option<String> = None;
+    let mut any_bad = false;
+    for wave in &plan.waves {
+        if opts.wave.as_ref().is_some_and(|w| w != &wave.name) {
+            continue;
+        }
+        let tw = Instant::now();
+        let t = Instant::now();
+        journal.append(Entry::WaveStarted {
+            wave: wave.name.clone(),
+        })?;
+        events(RunEvent::WaveStarted {
+            wave: wave.name.clone(),
+            vms: wave.vms.len(),
+        });
+        let mut failed = 0u32;
+        let mut queue: VecDeque<&VmPlan> = VecDeque::new();
+        for v in &wave.vms {
+            let p = prior.get(&v.name).cloned().unwrap_or_default();
+            if let Some(reason) = &stopped {
+                journal.append(Entry::VmNotRun {
+                    wave: wave.name.clone(),
+                    vm: v.name.clone(),
+                    reason: reason.clone(),
+                })?;
+                events(RunEvent::VmNotRun {
+                    wave: wave.name.clone(),
+                    vm: v.name.clone(),
+                    reason: reason.clone(),
+                });
+                continue;
+            }
+            match p.finished {
+                // Journalled as migrated and its disks still hash to their record: done.
+                // A missing marker means the crash fell between the `vm-finished`
+                // record and the marker, where nothing else happens: write it now.
+                Some(VmStatus::Migrated) if reverify(&v.out).is_ok() => {
+                    journal.append(Entry::VmVerified {
+                        wave: wave.name.clone(),
+                        vm: v.name.clone(),
+                    })?;
+                    let m = marker_path(&plan.run_dir, &v.name);
+                    if !m.is_file() {
+                        let body =
+                            serde_json::json!({"vm": v.name, "reverified": true}).to_string();
+                        v2k_converters::output::write_atomic(&m, body.as_bytes()).map_err(|e| {
+                            Error::Run(format!("writing the success marker of {}: {e}", v.name))
+                        })?;
+                    }
+                    events(RunEvent::VmVerified {
+                        wave: wave.name.clone(),
+                        vm: v.name.clone(),
+                    });
+                }
+                Some(VmStatus::Failed) if !opts.retry_failed => failed += 1,
+                _ => queue.push_back(v),
+            }
+        }
+        overhead.add(t.elapsed());
+        let limits = plan.limits;
+        let (tx, rx) = mpsc::channel::<(String, usize, PathBuf, u64, VmStatus)>();
+        std::thread::scope(|s| -> Result<()> {
+            let mut running: Vec<(String, usize, PathBuf, u64)> = Vec::new();
+            let mut stop = wave.stop_after.is_some_and(|n| failed >= n);
+            loop {
+                let t = Instant::now();
+                if stop {
+                    while let Some(v) = queue.pop_front() {
+                        let reason = format!(
+                            "wave {} stopped after {failed} failure(s) (failure-policy)",
+                            wave.name
+                        );
+                        journal.append(Entry::VmNotRun {
+                            wave: wave.name.clone(),
+                            vm: v.name.clone(),
+                            reason: reason.clone(),
+                        })?;
+                        events(RunEvent::VmNotRun {
+                            wave: wave.name.clone(),
+                            vm: v.name.clone(),
+                            reason,
+                        });
+                    }
+                }
+                // Start every queued VM that fits, in plan order (a VM that does not
+                // fit does not hold back a smaller one behind it).
+                let mut i = 0;
+                while i < queue.len() && running.len() < limits.vms {
+                    let v = queue[i];
+                    let disks = checks.vm(&v.name).map_or(1, |c| c.disks.max(1));
+                    let disks_used: usize = running.iter().map(|r| r.1).sum();
+                    let same_ds = running.iter().filter(|r| r.2 == v.datastore).count();
+                    let fits = (running.is_empty() || disks_used + disks <= limits.disks)
+                        && same_ds < limits.per_datastore;
+                    if !fits {
+                        i += 1;
+                        continue;
+                    }
+                    queue.remove(i);
+                    let est = checks.vm(&v.name).map_or(0, |c| c.estimated_bytes);
+                    let reserved: u64 = running.iter().map(|r| r.3).sum();
+                    running.push((v.name.clone(), disks, v.datastore.clone(), est));
+                    let attempt = prior.get(&v.name).map_or(0, |p| p.attempts) + 1;
+                    let pre_done = prior.get(&v.name).is_some_and(|p| p.pre_hook_done);
+                    let tx = tx.clone();
+                    let (journal, overhead, wave_name) = (&journal, &overhead, &wave.name);
+                    s.spawn(move || {
+                        let st = run_vm(
+                            plan, wave_name, v, attempt, pre_done, est, reserved, journal,
+                            overhead, events,
+                        )
+                        .unwrap_or_else(|e| {
+                            events(RunEvent::Message {
+                                vm: v.name.clone(),
+                                text: format!("runner error: {e}"),
+                            });
+                            VmStatus::Failed
+                        });
+                        let _ = tx.send((v.name.clone(), disks, v.datastore.clone(), est, st));
+                    });
+                }
+                overhead.add(t.elapsed());
+                if running.is_empty() {
+                    break;
+                }
+                let Ok((name, _, _, _, st)) = rx.recv() else {
+                    break;
+                };
+                running.retain(|r| r.0 != name);
+                if st == VmStatus::Failed {
+                    failed += 1;
+                    if wave.stop_after.is_some_and(|n| failed >= n) {
+                        stop = true;
+                    }
+                }
+            }
+            if stop {
+                stopped = Some(format!(
+                    "an earlier wave ({}) was stopped by its failure policy",
+                    wave.name
+                ));
+            }
+            Ok(())
+        })?;
+        let t = Instant::now();
+        let records = crate::journal::read(&plan.run_dir)?;
+        let mut rep = report::build(&records, &wave.name, false);
+        let oh = overhead.take() + t.elapsed().as_secs_f64();
+        journal.append(Entry::WaveFinished {
+            wave: wave.name.clone(),
+            migrated: rep.summary.migrated,
+            failed: rep.summary.failed,
+            not_run: rep.summary.not_run,
+            overhead_seconds: oh,
+            wall_seconds: tw.elapsed().as_secs_f64(),
+        })?;
+        rep.overhead_seconds = oh;
+        rep.wall_seconds = tw.elapsed().as_secs_f64();
+        let html = report::write(&plan.run_dir, &rep)?;
+        any_bad |= rep.summary.failed + rep.summary.not_run > 0;
+        events(RunEvent::WaveFinished {
+            wave: wave.name.clone(),
+            report: rep.clone(),
+            html,
+        });
+        summaries.push(rep);
+    }
+    let exit_code = if any_bad {
+        crate::EXIT_FAILED
+    } else {
+        crate::EXIT_OK
+    };
+    journal.append(Entry::RunFinished { exit_code })?;
+    Ok(RunSummary {
+        exit_code,
+        waves: summaries,
+    })
+}
+
+/// One VM: free space, pre hook, migrate, post hook, journal, marker.
+#[allow(clippy::too_many_arguments)]
+fn run_vm(
+    plan: &Plan,
+    wave: &str,
+    v: &VmPlan,
+    attempt: u32,
+    pre_done: bool,
+    estimate: u64,
+    reserved: u64,
+    journal: &Journal,
+    overhead: &Overhead,
+    events: &(dyn Fn(RunEvent) + Sync),
+) -> Result<VmStatus> {
+    let start = Instant::now();
+    let mut outside = Duration::ZERO; // time in migrate and hooks: not the runner's
+    let base = plan.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let dir = vm_dir(&plan.run_dir, &v.name);
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    journal.append(Entry::VmStarted {
+        wave: wave.into(),
+        vm: v.name.clone(),
+        attempt,
+        out: v.out.clone(),
+    })?;
+    events(RunEvent::VmStarted {
+        wave: wave.into(),
+        vm: v.name.clone(),
+        attempt,
+    });
+    let finish = |status: VmStatus,
+                  result: Option<String>,
+                  reason: Option<String>,
+                  migrate_s: f64,
+                  bytes: u64,
+                  report: Option<PathBuf>,
+                  outside: Duration|
+     -> Result<VmStatus> {
+        let t = Instant::now();
+        let seconds = start.elapsed().as_secs_f64();
+        journal.append(Entry::VmFinished {
+            wave: wave.into(),
+            vm: v.name.clone(),
+            status,
+            result: result.clone(),
+            reason: reason.clone(),
+            seconds,
+            migrate_seconds: migrate_s,
+            bytes,
+            report,
+        })?;
+        if status == VmStatus::Migrated {
+            // The success marker, last: what a resumed run trusts (with the hashes).
+            let m = serde_json::json!({"vm": v.name, "attempt": attempt, "result": result});
+            v2k_converters::output::write_atomic(
+                &marker_path(&plan.run_dir, &v.name),
+                m.to_string().as_bytes(),
+            )
+            .map_err(|e| Error::Run(format!("writing the success marker of {}: {e}", v.name)))?;
+        }
+        events(RunEvent::VmFinished {
+            wave: wave.into(),
+            vm: v.name.clone(),
+            status,
+            result,
+            reason,
+            seconds,
+        });
+        overhead.add(start.elapsed().saturating_sub(outside).min(start.elapsed()));
+        let _ = t;
+        Ok(status)
+    };
+    // Free space: this VM's estimate plus what the VMs already running may still write.
+    if let Some((have, fs)) = free_space(&v.out) {
+        let need = estimate
+            .saturating_add(reserved)
+            .saturating_add(plan.limits.free_space_margin);
+        if have < need {
+            let reason = format!(
+                "not enough free space on {}: {} MiB available, {} MiB needed (this VM, the running ones, and the margin)",
+                fs.display(),
+                have >> 20,
+                need >> 20
+            );
+            return finish(VmStatus::Failed, None, Some(reason), 0.0, 0, None, outside);
+        }
+    }
+    let mut env: Vec<(&str, String)> = vec![
+        ("V2K_WAVE", wave.into()),
+        ("V2K_VM_NAME", v.name.clone()),
+        ("V2K_VM_SOURCE", v.source.display().to_string()),
+        ("V2K_OUT_DIR", v.out.display().to_string()),
+        ("V2K_RUN_DIR", plan.run_dir.display().to_string()),
+        ("V2K_ATTEMPT", attempt.to_string()),
+    ];
+    let run_hook =
+        |which: &str, h: &crate::plan::Hook, env: &[(&str, String)]| -> Result<HookResult> {
+            let mut env = env.to_vec();
+            env.push(("V2K_HOOK", which.into()));
+            let r = hooks::run(
+                which,
+                h,
+                &base,
+                &env,
+                &dir.join(format!("{which}-hook.log")),
+            )?;
+            journal.append(Entry::Hook {
+                wave: wave.into(),
+                vm: v.name.clone(),
+                result: r.clone(),
+            })?;
+            Ok(r)
+        };
+    if let (Some(h), false) = (&v.pre, pre_done) {
+        let t = Instant::now();
+        let r = run_hook("pre", h, &env)?;
+        outside += t.elapsed();
+        if !r.ok() {
+            return finish(
+                VmStatus::Failed,
+                None,
+                Some(r.reason()),
+                0.0,
+                0,
+                None,
+                outside,
+            );
+        }
+    }
+    let opts = v.migrate_options(&plan.network_map);
+    let progress = |e: v2k_migrate::Event| match e {
+        v2k_migrate::Event::Stage { name, status } => {
+            let t = Instant::now();
+            let _ = journal.append(Entry::Stage {
+                wave: wave.into(),
+                vm: v.name.clone(),
+                stage: name.into(),
+                status: status.into(),
+            });
+            overhead.add(t.elapsed());
+            events(RunEvent::Stage {
+                wave: wave.into(),
+                vm: v.name.clone(),
+                stage: name.into(),
+                status: status.into(),
+            });
+        }
+        v2k_migrate::Event::Message(m) => events(RunEvent::Message {
+            vm: v.name.clone(),
+            text: m,
+        }),
+    };
+    let t = Instant::now();
+    let outcome = v2k_migrate::migrate(&opts, &progress);
+    let migrate_s = t.elapsed().as_secs_f64();
+    outside += t.elapsed();
+    let (mut status, result, mut reason, bytes, report) = match outcome {
+        Ok(o) => {
+            let bytes = o
+                .report
+                .disks
+                .iter()
+                .map(|d| d["source"]["allocated-bytes"].as_u64().unwrap_or(0))
+                .sum();
+            let rj = Some(o.report_dir.join("report.json"));
+            if o.exit_code() == 0 {
+                (
+                    VmStatus::Migrated,
+                    Some(o.report.result.clone()),
+                    None,
+                    bytes,
+                    rj,
+                )
+            } else {
+                let why: Vec<String> = o
+                    .report
+                    .validation
+                    .iter()
+                    .flat_map(|v| {
+                        v.checks
+                            .iter()
+                            .filter(|c| !c.passed)
+                            .map(|c| format!("{}: {}", c.id, c.reason))
+                    })
+                    .collect();
+                (
+                    VmStatus::Failed,
+                    Some(o.report.result.clone()),
+                    Some(format!("validation failed: {}", why.join("; "))),
+                    bytes,
+                    rj,
+                )
+            }
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            (VmStatus::Failed, None, Some(msg), 0, None)
+        }
+    };
+    if let Some(h) = &v.post {
+        env.push((
+            "V2K_RESULT",
+            result.clone().unwrap_or_else(|| "failed".into()),
+        ));
+        env.push(("V2K_REASON", reason.clone().unwrap_or_default()));
+        env.push((
+            "V2K_REPORT",
+            report
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ));
+        let t = Instant::now();
+        let r = run_hook("post", h, &env)?;
+        outside += t.elapsed();
+        if !r.ok() && status == VmStatus::Migrated {
+            status = VmStatus::Failed;
+            reason = Some(r.reason());
+        }
+    }
+    finish(status, result, reason, migrate_s, bytes, report, outside)
+}
+
+/// Bytes available to an unprivileged writer on the file system that will hold
+/// `path` (its nearest existing ancestor), and that ancestor.
+fn free_space(path: &Path) -> Option<(u64, PathBuf)> {
+    let mut p = path.to_path_buf();
+    while !p.exists() {
+        p = p.parent()?.to_path_buf();
+    }
+    let s = rustix::fs::statvfs(&p).ok()?;
+    Some((s.f_bavail.saturating_mul(s.f_frsize), p))
+}
+
+/// Re-verifies a finished VM: its report exists and every disk still hashes to the
+/// `injected` record of its `state.json` (the hash `migrate` itself trusts).
+pub fn reverify(out: &Path) -> Result<(), String> {
+    let read = |name: &str| -> Result<Value, String> {
+        let b = std::fs::read(out.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        serde_json::from_slice(&b).map_err(|e| format!("{name}: {e}"))
+    };
+    let state = read("state.json")?;
+    let rep = read("report.json")?;
+    let want: Vec<&str> = state["injected"]
+        .as_array()
+        .ok_or("state.json: no injected record")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let disks = rep["disks"].as_array().ok_or("report.json: no disks")?;
+    if want.len() != disks.len() {
+        return Err("disk count differs from state.json".into());
+    }
+    for (d, w) in disks.iter().zip(want) {
+        let path = PathBuf::from(
+            d["output"]["path"]
+                .as_str()
+                .ok_or("report.json: disk without a path")?,
+        );
+        let size = d["source"]["virtual-size"]
+            .as_u64()
+            .ok_or("report.json: disk without a size")?;
+        let h = v2k_converters::verify::hash_output(
+            &path,
+            v2k_converters::convert::Format::Qcow2,
+            size,
+            &|_| {},
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        if h != w {
+            return Err(format!(
+                "{}: content hash changed since it was migrated",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prior_state_sees_interrupted_and_finished_vms() {
+        let rec = |entry| Record { time: 0.0, entry };
+        let r = vec![
+            rec(Entry::VmStarted {
+                wave: "w".into(),
+                vm: "a".into(),
+                attempt: 1,
+                out: "/o/a".into(),
+            }),
+            rec(Entry::VmStarted {
+                wave: "w".into(),
+                vm: "b".into(),
+                attempt: 1,
+                out: "/o/b".into(),
+            }),
+            rec(Entry::VmFinished {
+                wave: "w".into(),
+                vm: "a".into(),
+                status: VmStatus::Migrated,
+                result: None,
+                reason: None,
+                seconds: 1.0,
+                migrate_seconds: 1.0,
+                bytes: 0,
+                report: None,
+            }),
+        ];
+        let p = prior_state(&r);
+        assert_eq!(p["a"].finished, Some(VmStatus::Migrated));
+        assert_eq!(p["b"].finished, None);
+        assert_eq!(p["b"].attempts, 1);
+    }
+
+    #[test]
+    fn reverify_refuses_a_vm_without_records() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(reverify(d.path()).is_err());
+    }
+
+    #[test]
+    fn free_space_looks_at_the_nearest_existing_ancestor() {
+        let d = tempfile::tempdir().unwrap();
+        let (n, p) = free_space(&d.path().join("a/b/c")).unwrap();
+        assert!(n > 0);
+        assert_eq!(p, d.path());
+    }
+}
