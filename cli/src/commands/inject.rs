@@ -57,13 +57,13 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum BusArg {
+pub(crate) enum BusArg {
     Virtio,
     Scsi,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum AccelArg {
+pub(crate) enum AccelArg {
     Kvm,
     Tcg,
 }

@@ -11,6 +11,7 @@ use v2k_drivers_injector::{Accel, DiskBus, NetworkMap};
 use v2k_migrate::{migrate, Event, Options};
 use v2k_validator::Backend;
 
+use super::inject::{AccelArg, BusArg};
 use crate::{console, exit};
 
 /// Migrate one VM (VMX, OVF or OVA): inspect, convert, inject, validate, report
@@ -71,18 +72,6 @@ pub struct Args {
     /// JSON Lines on stdout: stage events and the final report summary
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum BusArg {
-    Virtio,
-    Scsi,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum AccelArg {
-    Kvm,
-    Tcg,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
