@@ -6,13 +6,16 @@
 # under TCG for debian-classic).
 #
 #   usage: scripts/bench-migrate.sh [--runs N]       (as root; uses the cached fixture)
+#   V2K=/path/to/v2k selects the binary (default: built from this checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=3
 [ "${1:-}" = "--runs" ] && RUNS=$2
 export LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg
-cargo build --release --locked -p v2k-cli >&2
-V2K=$PWD/target/release/v2k
+if [ -z "${V2K:-}" ]; then
+    cargo build --release --locked -p v2k-cli >&2
+    V2K=${CARGO_TARGET_DIR:-$PWD/target}/release/v2k
+fi
 FIX=$(bash tests/fixtures/build.sh debian-classic)
 VMX=$FIX/vmx-sparse/debian-classic.vmx
 WORK=${V2K_BENCH_DIR:-/var/tmp/v2k-bench-migrate}

@@ -1,6 +1,7 @@
-//! End-to-end tests of `v2k migrate` on the real `debian-classic` guest (built or
-//! reused by tests/fixtures): every export form, both validation backends, the report
-//! rendered in headless Chromium, and a killed run resumed. Guests boot under QEMU
+//! End-to-end tests of `v2k migrate` on the real fixture guests (built or reused by
+//! tests/fixtures): both variants (`debian-classic`, `debian-dracut-lvm`) in every
+//! export form (VMX + monolithicSparse, VMX + ESXi flat, OVA), both validation
+//! backends, the report rendered in headless Chromium, and a killed run resumed. Guests boot under QEMU
 //! (TCG here) with user networking and `restrict=on`. A missing prerequisite fails.
 
 use std::path::{Path, PathBuf};
@@ -201,13 +202,9 @@ fn a_killed_migration_resumes_without_redoing_finished_stages() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let o = migrate(&f.vmx_flat.vmx, &out, &["--no-validate"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    // The rerun also validates: debian-classic's VMX + flat form, booted and checked.
+    let o = migrate(&f.vmx_flat.vmx, &out, &["--backend", "qemu"]);
+    assert_validated(&o, &out, "qemu");
     let r = report(&out);
     let stages = r["stages"].as_array().unwrap();
     let convert = stages.iter().find(|s| s["name"] == "convert").unwrap();
@@ -222,4 +219,41 @@ fn a_killed_migration_resumes_without_redoing_finished_stages() {
     let log: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("conversion-log.json")).unwrap()).unwrap();
     assert!(!log["changes"].as_array().unwrap().is_empty() || log["status"] == "already-converted");
+}
+
+/// debian-dracut-lvm: root on LVM, dracut host-only initramfs, systemd-networkd.
+fn migrate_dracut_lvm(form: fn(&v2k_fixtures::Fixture) -> PathBuf, backend: &str) {
+    let f = build(Variant::DebianDracutLvm).unwrap_or_else(|e| panic!("fixture: {e}"));
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("run");
+    let o = migrate(&form(&f), &out, &["--backend", backend]);
+    assert_validated(&o, &out, backend);
+    let log: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("conversion-log.json")).unwrap()).unwrap();
+    assert!(
+        log["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["step"] == "initramfs"
+                && c["command"]
+                    .as_str()
+                    .is_some_and(|x| x.starts_with("dracut "))),
+        "the initramfs was not rebuilt by dracut: {log:#}"
+    );
+}
+
+#[test]
+fn migrate_dracut_lvm_vmx_sparse_through_libvirt_validates() {
+    migrate_dracut_lvm(|f| f.vmx_sparse.vmx.clone(), "libvirt");
+}
+
+#[test]
+fn migrate_dracut_lvm_vmx_flat_through_direct_qemu_validates() {
+    migrate_dracut_lvm(|f| f.vmx_flat.vmx.clone(), "qemu");
+}
+
+#[test]
+fn migrate_dracut_lvm_ova_through_direct_qemu_validates() {
+    migrate_dracut_lvm(|f| f.ova.clone(), "qemu");
 }

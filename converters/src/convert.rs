@@ -46,6 +46,56 @@ const COMPRESS_LEVEL: u32 = 6;
 /// QEMU inflates compressed clusters with a 4 KiB window (windowBits 12).
 const COMPRESS_WINDOW_BITS: u8 = 12;
 
+/// Chunks written between two writeback kicks (64 MiB of virtual disk at 1 MiB chunks).
+const WRITEBACK_CHUNKS: u64 = 64;
+
+/// Flushes the output in the background while it is being written, so that the
+/// fsync before the rename finds little left to write (otherwise the whole disk is
+/// flushed at the end, in series with everything else). The writer kicks it every
+/// [`WRITEBACK_CHUNKS`] chunks without waiting; a kick while a flush is running is
+/// dropped. Only a head start: errors are ignored here, the final fsync decides.
+struct Flusher {
+    kick: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(f: &std::fs::File) -> Flusher {
+        let Ok(f) = f.try_clone() else {
+            return Flusher {
+                kick: None,
+                thread: None,
+            };
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("v2k-flush".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    let _ = f.sync_data();
+                }
+            })
+            .ok();
+        Flusher {
+            kick: thread.as_ref().map(|_| tx),
+            thread,
+        }
+    }
+
+    fn kick(&self) {
+        if let Some(k) = &self.kick {
+            let _ = k.try_send(());
+        }
+    }
+
+    fn stop(mut self) {
+        self.kick = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Virtual bytes between two copy-progress events.
 const PROGRESS_STEP: u64 = 16 << 20;
 
@@ -380,6 +430,7 @@ pub fn convert(
     let mut next_spawn = 0u64;
     let mut next_write = 0u64;
     let mut last_progress = 0u64;
+    let flusher = Flusher::start(out.file());
     rayon::in_place_scope(|scope| {
         while next_write < chunks && failure.is_none() {
             while next_spawn < chunks && next_spawn - next_write < max_in_flight {
@@ -424,6 +475,9 @@ pub fn convert(
                 }
                 buffers.put(c.data);
                 next_write += 1;
+                if next_write.is_multiple_of(WRITEBACK_CHUNKS) {
+                    flusher.kick();
+                }
             }
             let done = (next_write * chunk).min(size);
             if done - last_progress >= PROGRESS_STEP || next_write == chunks {
@@ -434,6 +488,7 @@ pub fn convert(
         // Leaving the scope waits for chunks still in flight; their results are dropped.
     });
     drop(rx);
+    flusher.stop();
     if let Some(e) = failure {
         return Err(e);
     }

@@ -1,6 +1,7 @@
 //! Hashing an output by reading it back from its file, in parallel and in bounded
-//! memory: windows of chunks are hashed by the rayon pool, and their block digests
-//! are folded in disk order before the next window starts.
+//! memory: windows of chunks (256 MiB of virtual disk) are hashed by the rayon pool,
+//! each worker reusing one buffer, and their block digests are folded in disk order
+//! before the next window starts.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -32,27 +33,34 @@ impl Format {
     }
 }
 
-/// Chunks in flight per window: enough to keep every worker busy.
-fn window_chunks() -> u64 {
-    (rayon::current_num_threads() as u64 * 4).max(4)
+/// Virtual bytes hashed between two folds. Only block digests (32 B per 64 KiB) are
+/// kept across a window, so it can be large: the pool idles only at its end.
+const WINDOW_BYTES: u64 = 256 << 20;
+
+/// Per-worker state reused across chunks: a read buffer and the L2 table cache, so
+/// that no chunk allocates (fresh zeroed pages fault in one by one) or re-reads a table.
+#[derive(Default)]
+struct Scratch {
+    buf: Vec<u8>,
+    l2: L2Cache,
 }
 
-/// Runs `digest(offset, len)` over the disk in windows and folds the results.
+/// Runs `digest(scratch, offset, len)` over the disk in windows and folds the results.
 fn hash_in_windows<F>(size: u64, chunk: u64, progress: &dyn Fn(u64), digest: F) -> Result<String>
 where
-    F: Fn(u64, u64) -> Result<Vec<BlockDigest>> + Sync,
+    F: Fn(&mut Scratch, u64, u64) -> Result<Vec<BlockDigest>> + Sync,
 {
     let chunks = size.div_ceil(chunk);
-    let win = window_chunks();
+    let win = (WINDOW_BYTES / chunk).max(rayon::current_num_threads() as u64 * 4);
     let mut hasher = Hasher::new();
     let mut start = 0;
     while start < chunks {
         let end = (start + win).min(chunks);
         let parts: Vec<Result<Vec<BlockDigest>>> = (start..end)
             .into_par_iter()
-            .map(|i| {
+            .map_init(Scratch::default, |s, i| {
                 let off = i * chunk;
-                digest(off, chunk.min(size - off))
+                digest(s, off, chunk.min(size - off))
             })
             .collect();
         for p in parts {
@@ -69,16 +77,15 @@ pub fn hash_qcow2(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
     let r = Qcow2Reader::open(path)?;
     let chunk = CHUNK.max(r.cluster_size());
     let cs = r.cluster_size();
-    hash_in_windows(r.size(), chunk, progress, |off, len| {
-        let mut cache = L2Cache::default();
+    hash_in_windows(r.size(), chunk, progress, |s, off, len| {
         let mut d = Vec::with_capacity(len.div_ceil(blkhash::BLOCK as u64) as usize);
-        if r.is_unallocated(off, len, &mut cache)? {
+        if r.is_unallocated(off, len, &mut s.l2)? {
             blkhash::digest_zeros(len, &mut d);
             return Ok(d);
         }
-        let mut buf = vec![0u8; len.div_ceil(cs) as usize * cs as usize];
-        r.read_at(off, &mut buf, &mut cache)?;
-        blkhash::digest_blocks(&buf[..len as usize], &mut d);
+        s.buf.resize(len.div_ceil(cs) as usize * cs as usize, 0);
+        r.read_at(off, &mut s.buf, &mut s.l2)?;
+        blkhash::digest_blocks(&s.buf[..len as usize], &mut d);
         Ok(d)
     })
 }
@@ -96,16 +103,16 @@ pub fn hash_raw(path: &Path, size: u64, progress: &dyn Fn(u64)) -> Result<String
             format!("raw file is {len} bytes, expected {size}"),
         ));
     }
-    hash_in_windows(size, CHUNK, progress, |off, n| {
+    hash_in_windows(size, CHUNK, progress, |s, off, n| {
         let mut d = Vec::new();
         if is_hole(&f, off, n) {
             blkhash::digest_zeros(n, &mut d);
             return Ok(d);
         }
-        let mut buf = vec![0u8; n as usize];
-        f.read_exact_at(&mut buf, off)
+        s.buf.resize(n as usize, 0);
+        f.read_exact_at(&mut s.buf, off)
             .map_err(|e| Error::io(path, "reading back", e))?;
-        blkhash::digest_blocks(&buf, &mut d);
+        blkhash::digest_blocks(&s.buf, &mut d);
         Ok(d)
     })
 }

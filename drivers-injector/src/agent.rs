@@ -9,11 +9,15 @@
 //!
 //! (on one line). `ok` is true when root is read-write and every fstab mount is present.
 //! After a report with `ok` true the agent disables and deletes itself, unless installed
-//! with keep; otherwise it stays and reports again on the next boot. The format is
-//! documented in docs/inject.md.
+//! with keep; otherwise it stays and reports again on the next boot. In a validation
+//! boot (the fw_cfg entry [`POWEROFF_FW_CFG`] is present) it then powers the guest
+//! off. The format is documented in docs/inject.md.
 
 /// The report line starts with this, then one space, then the JSON object.
 pub const LINE_PREFIX: &str = "V2K-AGENT";
+/// The QEMU fw_cfg entry a validation boot sets: power off this many seconds after
+/// the report.
+pub const POWEROFF_FW_CFG: &str = "opt/org.v2k/poweroff-after";
 pub const SCRIPT_PATH: &str = "/usr/local/sbin/v2k-agent";
 pub const UNIT_PATH: &str = "/etc/systemd/system/v2k-agent.service";
 pub const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/v2k-agent.service";
@@ -113,6 +117,18 @@ if [ "$ok" = true ] && [ "$KEEP" = 0 ]; then
     rm -f /etc/systemd/system/multi-user.target.wants/v2k-agent.service \
           /etc/systemd/system/v2k-agent.service /usr/local/sbin/v2k-agent
 fi
+
+# A validation boot by v2k's validator carries a QEMU fw_cfg entry asking for a
+# power-off N seconds after the report (time for the console screenshot). It makes
+# the shutdown clean on guests that ignore ACPI (no logind); without the entry, as
+# on every production boot, nothing happens here.
+poweroff=/sys/firmware/qemu_fw_cfg/by_name/opt/org.v2k/poweroff-after/raw
+[ -e "$poweroff" ] || modprobe qemu_fw_cfg 2>/dev/null
+if [ -r "$poweroff" ]; then
+    delay=$(tr -cd 0-9 < "$poweroff" | cut -c1-3)
+    sleep "${delay:-5}"
+    systemctl --no-block poweroff
+fi
 exit 0
 "#;
 
@@ -126,6 +142,7 @@ mod tests {
         assert!(script(false).contains("KEEP=0\n"));
         assert!(script(false).contains(&format!("line=\"{LINE_PREFIX} {{")));
         assert!(unit().contains(&format!("ExecStart={SCRIPT_PATH}")));
+        assert!(script(false).contains(&format!("/by_name/{POWEROFF_FW_CFG}/raw")));
     }
 
     #[test]

@@ -189,6 +189,78 @@ impl Appliance {
     }
 }
 
+/// What one program of [`Appliance::run_together`] did.
+#[derive(Debug)]
+pub struct JobOutcome {
+    /// Exit status 0.
+    pub ok: bool,
+    /// Its stdout and stderr, interleaved (kept for error messages).
+    pub output: String,
+    /// Its own duration, measured inside the guest.
+    pub seconds: f64,
+}
+
+/// The shell that runs a batch: each job in the background, its output, exit status
+/// and start/end times in files of a private directory under the guest's /tmp.
+const TOGETHER_PROLOGUE: &str = r#"d=$(mktemp -d /tmp/v2k-jobs.XXXXXX) || exit 90
+echo "$d"
+job() { n=$1; shift; s=$(date +%s.%N); "$@" >"$d/$n.out" 2>&1 </dev/null; rc=$?; echo "$rc $s $(date +%s.%N)" >"$d/$n.rc"; }
+"#;
+
+impl Appliance {
+    /// Runs guest programs at the same time and waits for all of them. Used for the
+    /// slow, independent steps (initramfs rebuilds, GRUB regeneration, package
+    /// removal): under TCG each costs tens of seconds, and the appliance has a CPU per
+    /// host core. They run in ONE chrooted shell, because the daemon unbinds /dev,
+    /// /proc and /sys when a command returns, which a program left running in the
+    /// background would lose. Errors of the batch itself (no shell, no /tmp) are
+    /// errors; each program's failure is reported in its [`JobOutcome`].
+    pub fn run_together(&self, what: &str, jobs: &[Vec<String>]) -> Result<Vec<JobOutcome>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut script = TOGETHER_PROLOGUE.to_string();
+        for (i, argv) in jobs.iter().enumerate() {
+            let words: Vec<String> = argv.iter().map(|w| crate::target::sh_quote(w)).collect();
+            script.push_str(&format!("job {i} {} &\n", words.join(" ")));
+        }
+        script.push_str("wait\n");
+        let out = self.command(what, &["sh", "-c", &script])?;
+        let dir = out.lines().next().unwrap_or("").trim().to_string();
+        if !dir.starts_with("/tmp/v2k-jobs.") || dir.contains("..") {
+            return Err(Error::GuestTool {
+                what: what.to_string(),
+                message: format!("unexpected output of the job shell: {out:?}"),
+            });
+        }
+        let mut results = Vec::new();
+        for i in 0..jobs.len() {
+            let rc = self.read_opt(&format!("{dir}/{i}.rc"))?.unwrap_or_default();
+            let output = self
+                .read_opt(&format!("{dir}/{i}.out"))?
+                .unwrap_or_default();
+            let mut f = rc.split_whitespace();
+            let code = f.next().and_then(|c| c.parse::<i32>().ok());
+            let start = f.next().and_then(|t| t.parse::<f64>().ok());
+            let end = f.next().and_then(|t| t.parse::<f64>().ok());
+            results.push(JobOutcome {
+                ok: code == Some(0),
+                output: if code.is_none() {
+                    format!("{output}(no exit status recorded)")
+                } else {
+                    output
+                },
+                seconds: match (start, end) {
+                    (Some(s), Some(e)) if e >= s => e - s,
+                    _ => 0.0,
+                },
+            });
+        }
+        self.g.rm_rf(&dir).map_err(gerr(format!("rm -rf {dir}")))?;
+        Ok(results)
+    }
+}
+
 pub(crate) fn path_str(p: &Path) -> Result<&str> {
     p.to_str().ok_or_else(|| Error::Disk {
         path: p.to_path_buf(),

@@ -240,6 +240,149 @@ pub fn ensure_modules(text: &str, modules: &[&str]) -> String {
     out
 }
 
+/// Hosts whose package repositories serve only VMware guests (VMware Tools, VMware's
+/// builds of open-vm-tools): after the move they fail or pull VMware drivers back in.
+pub const VMWARE_REPO_HOSTS: [&str; 2] = ["packages.vmware.com", "packages-prod.broadcom.com"];
+
+/// Modules that only VMware's own Tools installer builds (out of tree, under
+/// `/lib/modules/<v>/misc`, `updates` or `extra`); the in-kernel vmw_* drivers are
+/// harmless on KVM. Its `vsock.ko` is left out: blacklisting that name would also
+/// stop the in-kernel vsock core that virtio-vsock needs.
+pub const VMWARE_ONLY_MODULES: [&str; 6] =
+    ["vmxnet", "vmhgfs", "vmmemctl", "vmblock", "vmsync", "vmci"];
+
+/// Prefix of a line v2k disabled, kept so that the change can be read and undone.
+pub const DISABLED_MARK: &str = "# Disabled by v2k inject (VMware-only repository): ";
+
+fn names_vmware_host(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    VMWARE_REPO_HOSTS.iter().any(|h| l.contains(h))
+}
+
+/// apt one-line sources (`sources.list`, `*.list`): active `deb`/`deb-src` lines that
+/// name a VMware host are commented out.
+pub fn disable_vmware_apt_lines(text: &str) -> String {
+    map_lines(text, |line| {
+        let t = line.trim_start();
+        let active = t.starts_with("deb ") || t.starts_with("deb-src ") || t.starts_with("deb\t");
+        if active && names_vmware_host(t) {
+            format!("{DISABLED_MARK}{line}")
+        } else {
+            line.to_string()
+        }
+    })
+}
+
+/// apt deb822 sources (`*.sources`): a stanza whose `URIs:` names a VMware host gets
+/// `Enabled: no` (an existing `Enabled:` field is set to `no`).
+pub fn disable_vmware_deb822(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<String> = Vec::with_capacity(lines.len() + 2);
+    let mut i = 0;
+    while i < lines.len() {
+        // One stanza: up to the next blank line.
+        let start = i;
+        while i < lines.len() && !lines[i].trim().is_empty() {
+            i += 1;
+        }
+        let stanza = &lines[start..i];
+        let field = |l: &str, name: &str| {
+            l.split_once(':')
+                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        };
+        let vmware = stanza
+            .iter()
+            .any(|l| field(l, "URIs") && names_vmware_host(l));
+        if vmware {
+            let mut has_enabled = false;
+            for l in stanza {
+                if field(l, "Enabled") {
+                    has_enabled = true;
+                    out.push("Enabled: no".into());
+                } else {
+                    out.push(l.to_string());
+                }
+            }
+            if !has_enabled {
+                out.push("Enabled: no".into());
+            }
+        } else {
+            out.extend(stanza.iter().map(|l| l.to_string()));
+        }
+        // The blank separator lines.
+        while i < lines.len() && lines[i].trim().is_empty() {
+            out.push(lines[i].to_string());
+            i += 1;
+        }
+    }
+    let mut s = out.join("\n");
+    if text.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+/// yum/dnf/zypper `.repo` files (INI): a section whose `baseurl`, `mirrorlist` or
+/// `metalink` names a VMware host gets `enabled=0`.
+pub fn disable_vmware_ini_repos(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    // Sections as [start, end) line ranges; the header is lines[start].
+    let mut sections = Vec::new();
+    for (n, l) in lines.iter().enumerate() {
+        if l.trim_start().starts_with('[') {
+            if let Some(last) = sections.last_mut() {
+                let (_, end): &mut (usize, usize) = last;
+                *end = n;
+            }
+            sections.push((n, lines.len()));
+        }
+    }
+    let key_of = |l: &str| {
+        l.split_once('=')
+            .map(|(k, _)| k.trim().to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    // Insertions are done back to front so earlier indexes stay valid.
+    for &(start, end) in sections.iter().rev() {
+        let body = &lines[start + 1..end];
+        let vmware = body.iter().any(|l| {
+            matches!(key_of(l).as_str(), "baseurl" | "mirrorlist" | "metalink")
+                && names_vmware_host(l)
+        });
+        if !vmware {
+            continue;
+        }
+        let mut found = false;
+        for (k, l) in body.iter().enumerate() {
+            if key_of(l) == "enabled" {
+                out[start + 1 + k] = "enabled=0".into();
+                found = true;
+            }
+        }
+        if !found {
+            out.insert(start + 1, "enabled=0".into());
+        }
+    }
+    let mut s = out.join("\n");
+    if text.ends_with('\n') {
+        s.push('\n');
+    }
+    s
+}
+
+/// The modprobe configuration that keeps VMware-only modules from loading.
+pub fn vmware_module_blacklist(modules: &[String]) -> String {
+    let mut s = String::from(
+        "# Written by v2k inject: VMware-only drivers (built by VMware Tools) are not\n\
+         # loaded on KVM. Delete this file to undo.\n",
+    );
+    for m in modules {
+        s.push_str(&format!("blacklist {m}\n"));
+    }
+    s
+}
+
 /// A `KEY=value` from a shell-style file (initramfs.conf, selinux/config, ifcfg), with
 /// quotes removed; the last assignment wins, as in the shell.
 pub fn shell_var(text: &str, key: &str) -> Option<String> {
@@ -526,6 +669,47 @@ mod tests {
         ] {
             assert!(!is_safe_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn disables_vmware_apt_lines_only() {
+        let t = "deb http://deb.debian.org/debian bookworm main\n\
+                 deb https://packages.vmware.com/tools/releases/latest/ubuntu jammy main\n\
+                 # deb https://packages.vmware.com/old main\n";
+        let d = disable_vmware_apt_lines(t);
+        assert!(d.starts_with("deb http://deb.debian.org/debian bookworm main\n"));
+        assert!(d.contains(&format!(
+            "{DISABLED_MARK}deb https://packages.vmware.com/tools"
+        )));
+        assert!(d.contains("\n# deb https://packages.vmware.com/old main\n"));
+        assert_eq!(disable_vmware_apt_lines(&d), d, "idempotent");
+    }
+
+    #[test]
+    fn disables_vmware_deb822_stanzas_only() {
+        let t = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n\n\
+                 Types: deb\nURIs: https://packages.vmware.com/tools\nSuites: jammy\nEnabled: yes\n\n\
+                 Types: deb\nURIs: https://packages-prod.broadcom.com/tools\nSuites: jammy\n";
+        let d = disable_vmware_deb822(t);
+        let stanzas: Vec<&str> = d.split("\n\n").collect();
+        assert_eq!(stanzas.len(), 3, "{d}");
+        assert!(!stanzas[0].contains("Enabled"));
+        assert!(stanzas[1].contains("Enabled: no") && !stanzas[1].contains("yes"));
+        assert!(stanzas[2].trim_end().ends_with("Enabled: no"), "{d}");
+        assert_eq!(disable_vmware_deb822(&d), d, "idempotent");
+    }
+
+    #[test]
+    fn disables_vmware_yum_sections_only() {
+        let t = "[base]\nbaseurl=http://mirror.centos.org/x\nenabled=1\n\n\
+                 [vmware-tools]\nname=VMware Tools\nbaseurl=https://packages.vmware.com/tools/esx/6.0/rhel7/x86_64\nenabled=1\n\n\
+                 [vmw2]\nbaseurl=https://packages.vmware.com/x\n";
+        let d = disable_vmware_ini_repos(t);
+        assert!(d.starts_with("[base]\nbaseurl=http://mirror.centos.org/x\nenabled=1\n"));
+        assert!(d.contains("x86_64\nenabled=0\n"), "{d}");
+        assert!(d.contains("[vmw2]\nenabled=0\nbaseurl="), "{d}");
+        assert_eq!(disable_vmware_ini_repos(&d), d, "idempotent");
+        assert_eq!(disable_vmware_ini_repos(""), "");
     }
 
     #[test]

@@ -229,7 +229,6 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
         .read_opt(MARKER)?
         .and_then(|t| serde_json::from_str(&t).ok());
 
-    remove_vmware_tools(app, insp, &mut out)?;
     pin_nics(app, plan.pins, &mut out)?;
 
     // Block device names for the target bus.
@@ -250,14 +249,43 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
         })?;
     }
 
-    let rebuilt = rebuild_initramfs(app, insp, old_marker.as_ref(), &mut out)?;
-    regenerate_grub(
+    disable_vmware_repos_and_drivers(app, &mut out)?;
+
+    // The three slow steps run inside the guest at the same time (they touch
+    // different files): package removal, initramfs rebuilds, GRUB regeneration.
+    let tools = plan_tools_removal(insp, &mut out);
+    let initramfs = plan_initramfs(app, insp, old_marker.as_ref(), &mut out)?;
+    let grub = plan_grub(
         app,
         insp,
         bus,
-        grub_default_changed || !rebuilt.is_empty(),
-        &mut out,
+        grub_default_changed || !initramfs.is_empty(),
     )?;
+    let mut jobs: Vec<Vec<String>> = Vec::new();
+    if let Some((argv, _)) = &tools {
+        jobs.push(argv.clone());
+    }
+    jobs.extend(initramfs.iter().map(|p| p.argv.clone()));
+    if let Some(argv) = grub.as_ref().and_then(|g| g.argv.clone()) {
+        jobs.push(argv);
+    }
+    let mut results = app
+        .run_together("running the guest's own tools", &jobs)?
+        .into_iter();
+    if let Some((argv, pkgs)) = tools {
+        finish_tools_removal(&argv, &pkgs, results.next(), &mut out);
+    }
+    disable_tool_units(app, &mut out)?;
+    let rebuilt_results: Vec<_> = results.by_ref().take(initramfs.len()).collect();
+    let rebuilt = finish_initramfs(app, initramfs, rebuilt_results, &mut out)?;
+    if let Some(g) = grub {
+        let r = if g.argv.is_some() {
+            results.next()
+        } else {
+            None
+        };
+        finish_grub(app, g, r, bus, &mut out)?;
+    }
 
     let agent_installed = install_agent(app, plan.keep_agent, old_marker.as_ref(), &mut out)?;
 
@@ -299,48 +327,112 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
     Ok(out)
 }
 
-fn remove_vmware_tools(app: &Appliance, insp: &Inspection, out: &mut Outcome) -> Result<()> {
-    let pkgs: Vec<&str> = insp
+/// The package removal command for the guest's VMware Tools packages, if any.
+fn plan_tools_removal(insp: &Inspection, out: &mut Outcome) -> Option<(Vec<String>, Vec<String>)> {
+    let pkgs: Vec<String> = insp
         .vmware_tools
         .iter()
         .filter(|p| !p.starts_with('/'))
-        .map(String::as_str)
+        .cloned()
         .collect();
-    if !pkgs.is_empty() {
-        let (what, mut argv): (&str, Vec<&str>) = match insp.package_format.as_str() {
-            "deb" => ("dpkg --purge", vec!["dpkg", "--purge", "--force-depends"]),
-            "rpm" => ("rpm -e --nodeps", vec!["rpm", "-e", "--nodeps"]),
-            other => {
-                out.warnings.push(format!(
-                    "VMware Tools packages {} not removed: package format {other:?} unknown",
-                    pkgs.join(" ")
-                ));
-                (other, Vec::new())
-            }
-        };
-        if !argv.is_empty() {
-            argv.extend(&pkgs);
-            // Offline: maintainer scripts see no running systemd and skip service calls.
-            let t0 = std::time::Instant::now();
-            match app.command(what, &argv) {
-                Ok(_) => out.changes.push(Change {
-                    step: "vmware-tools".into(),
-                    file: pkgs.join(" "),
-                    action: "purged".into(),
-                    before: format!("installed: {}", pkgs.join(" ")),
-                    after: "removed".into(),
-                    command: Some(argv.join(" ")),
-                    seconds: Some(t0.elapsed().as_secs_f64()),
-                }),
-                Err(e) => out.warnings.push(format!(
-                    "removing VMware Tools failed ({e}); disabling its units instead"
-                )),
+    if pkgs.is_empty() {
+        out.same("vmware-tools", "no VMware Tools package installed");
+        return None;
+    }
+    // Offline: maintainer scripts see no running systemd and skip service calls.
+    let mut argv: Vec<String> = match insp.package_format.as_str() {
+        "deb" => vec!["dpkg".into(), "--purge".into(), "--force-depends".into()],
+        "rpm" => vec!["rpm".into(), "-e".into(), "--nodeps".into()],
+        other => {
+            out.warnings.push(format!(
+                "VMware Tools packages {} not removed: package format {other:?} unknown",
+                pkgs.join(" ")
+            ));
+            return None;
+        }
+    };
+    argv.extend(pkgs.iter().cloned());
+    Some((argv, pkgs))
+}
+
+/// VMware-only package repositories disabled (apt, yum/dnf, zypper) and VMware-only
+/// out-of-tree drivers blacklisted; each file changed is recorded.
+fn disable_vmware_repos_and_drivers(app: &Appliance, out: &mut Outcome) -> Result<()> {
+    let mut apt_lines = vec!["/etc/apt/sources.list".to_string()];
+    apt_lines.extend(app.glob("/etc/apt/sources.list.d/*.list")?);
+    for f in apt_lines {
+        edit_file(app, out, "vmware-repo", &f, edit::disable_vmware_apt_lines)?;
+    }
+    for f in app.glob("/etc/apt/sources.list.d/*.sources")? {
+        edit_file(app, out, "vmware-repo", &f, edit::disable_vmware_deb822)?;
+    }
+    let mut ini = app.glob("/etc/yum.repos.d/*.repo")?;
+    ini.extend(app.glob("/etc/zypp/repos.d/*.repo")?);
+    for f in ini {
+        edit_file(app, out, "vmware-repo", &f, edit::disable_vmware_ini_repos)?;
+    }
+    let mut found = Vec::new();
+    for dir in ["misc", "updates", "extra"] {
+        for f in app.glob(&format!("/lib/modules/*/{dir}/*.ko*"))? {
+            let name = f.rsplit('/').next().unwrap_or("");
+            let module = name.split(".ko").next().unwrap_or("");
+            if edit::VMWARE_ONLY_MODULES.contains(&module) && !found.iter().any(|m| m == module) {
+                found.push(module.to_string());
             }
         }
-    } else {
-        out.same("vmware-tools", "no VMware Tools package installed");
     }
-    // Whatever is left (a tarball install, a failed purge): at least not started.
+    if found.is_empty() {
+        out.same("vmware-drivers", "no VMware-only driver installed");
+    } else {
+        found.sort();
+        put(
+            app,
+            out,
+            "vmware-drivers",
+            "/etc/modprobe.d/v2k-vmware-blacklist.conf",
+            &edit::vmware_module_blacklist(&found),
+        )?;
+    }
+    Ok(())
+}
+
+/// The last lines of a program's output, for a message.
+fn tail_of(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(8)..].join(" | ")
+}
+
+fn finish_tools_removal(
+    argv: &[String],
+    pkgs: &[String],
+    result: Option<crate::appliance::JobOutcome>,
+    out: &mut Outcome,
+) {
+    match result {
+        Some(r) if r.ok => out.changes.push(Change {
+            step: "vmware-tools".into(),
+            file: pkgs.join(" "),
+            action: "purged".into(),
+            before: format!("installed: {}", pkgs.join(" ")),
+            after: "removed".into(),
+            command: Some(argv.join(" ")),
+            seconds: Some(r.seconds),
+        }),
+        Some(r) => out.warnings.push(format!(
+            "removing VMware Tools failed ({}: {}); disabling its units instead",
+            argv.join(" "),
+            tail_of(&r.output)
+        )),
+        None => out.warnings.push(format!(
+            "removing VMware Tools did not run ({}); disabling its units instead",
+            argv.join(" ")
+        )),
+    }
+}
+
+/// Whatever is left of VMware Tools (a tarball install, a failed purge): at least
+/// not started.
+fn disable_tool_units(app: &Appliance, out: &mut Outcome) -> Result<()> {
     for unit in [
         "open-vm-tools.service",
         "vmtoolsd.service",
@@ -408,14 +500,23 @@ fn stat_of(app: &Appliance, path: &str) -> Result<(i64, i64)> {
     Ok((st.st_size, st.st_mtime_sec))
 }
 
-/// Rebuilds the initramfs of every kernel that has one, unless the marker shows our
-/// own rebuild is still in place. Returns the rebuilt images with their new stat.
-fn rebuild_initramfs(
+/// One initramfs to rebuild: the image, its size before, the guest command.
+struct InitramfsJob {
+    img: String,
+    version: String,
+    size_before: i64,
+    argv: Vec<String>,
+}
+
+/// Prepares the rebuild of the initramfs of every kernel that has one (module list
+/// edited, old image backed up), unless the marker shows our own rebuild is still in
+/// place. The rebuilds themselves run in [`apply`]'s batch.
+fn plan_initramfs(
     app: &Appliance,
     insp: &Inspection,
     marker: Option<&Marker>,
     out: &mut Outcome,
-) -> Result<Vec<(String, i64, i64)>> {
+) -> Result<Vec<InitramfsJob>> {
     let Some(tool) = insp.initramfs_tool else {
         out.same(
             "initramfs",
@@ -439,7 +540,7 @@ fn rebuild_initramfs(
             )?;
         }
     }
-    let mut rebuilt = Vec::new();
+    let mut jobs = Vec::new();
     for k in &insp.kernels {
         let Some(img) = &k.initramfs else { continue };
         if !k
@@ -494,60 +595,114 @@ fn rebuild_initramfs(
                 vec!["mkinitrd", "-m", &drivers, "-k", &k.image, "-i", img]
             }
         };
-        let t0 = std::time::Instant::now();
-        app.command(&format!("rebuilding the initramfs of {v}"), &argv)?;
-        let after = stat_of(app, img)?;
+        jobs.push(InitramfsJob {
+            img: img.clone(),
+            version: v.to_string(),
+            size_before: now.0,
+            argv: argv.iter().map(|w| w.to_string()).collect(),
+        });
+    }
+    Ok(jobs)
+}
+
+/// Records the rebuilds; a failed one is an error (the guest would not boot on
+/// virtio). Returns the rebuilt images with their new stat, for the marker.
+fn finish_initramfs(
+    app: &Appliance,
+    jobs: Vec<InitramfsJob>,
+    results: Vec<crate::appliance::JobOutcome>,
+    out: &mut Outcome,
+) -> Result<Vec<(String, i64, i64)>> {
+    let mut rebuilt = Vec::new();
+    let drivers = INITRAMFS_MODULES.join(" ");
+    let mut results = results.into_iter();
+    for j in jobs {
+        let what = format!("rebuilding the initramfs of {}", j.version);
+        let r = results.next().ok_or_else(|| Error::GuestTool {
+            what: what.clone(),
+            message: "did not run".into(),
+        })?;
+        if !r.ok {
+            return Err(Error::GuestTool {
+                what,
+                message: format!("{} failed: {}", j.argv.join(" "), tail_of(&r.output)),
+            });
+        }
+        let after = stat_of(app, &j.img)?;
         out.changes.push(Change {
             step: "initramfs".into(),
-            file: img.clone(),
+            file: j.img.clone(),
             action: "rebuilt".into(),
-            before: format!("{} bytes", now.0),
+            before: format!("{} bytes", j.size_before),
             after: format!("{} bytes, with {}", after.0, drivers),
-            command: Some(argv.join(" ")),
-            seconds: Some(t0.elapsed().as_secs_f64()),
+            command: Some(j.argv.join(" ")),
+            seconds: Some(r.seconds),
         });
-        rebuilt.push((img.clone(), after.0, after.1));
+        rebuilt.push((j.img, after.0, after.1));
     }
     Ok(rebuilt)
 }
 
-fn regenerate_grub(
+/// The GRUB configuration to regenerate (or edit): its path, its text before, and
+/// the guest's own command, when regeneration is needed and possible.
+struct GrubJob {
+    cfg: String,
+    old: String,
+    argv: Option<Vec<String>>,
+}
+
+fn plan_grub(
     app: &Appliance,
     insp: &Inspection,
     bus: DiskBus,
     inputs_changed: bool,
-    out: &mut Outcome,
-) -> Result<()> {
+) -> Result<Option<GrubJob>> {
     let Some(cfg) = insp.bootloader.config.clone() else {
-        return Ok(());
+        return Ok(None);
     };
     let old = app.read(&cfg)?;
     let stale = edit::rename_in_grub_cfg(&old, bus) != old;
-    let mut command = None;
-    let t0 = std::time::Instant::now();
+    let mut argv = None;
     if (inputs_changed || stale) && insp.bootloader.kind != "grub-legacy" {
         if let Some(tool) = &insp.bootloader.mkconfig {
-            let argv: Vec<&str> = if tool == "update-grub" {
-                vec!["update-grub"]
+            argv = Some(if tool == "update-grub" {
+                vec!["update-grub".to_string()]
             } else {
-                vec![tool.as_str(), "-o", cfg.as_str()]
-            };
-            match app.command("regenerating the GRUB configuration", &argv) {
-                Ok(_) => {
-                    command = Some(argv.join(" "));
-                    // grub-probe saw the appliance kernel's names, which its async SCSI
-                    // scan may have swapped (seen here: root=/dev/sdb1 for drive 0).
-                    let map = appliance_disk_map(app)?;
-                    let generated = app.read(&cfg)?;
-                    let fixed = edit::translate_appliance_names(&generated, &map);
-                    if fixed != generated {
-                        app.write(&cfg, &fixed)?;
-                    }
-                }
-                Err(e) => out.warnings.push(format!(
-                    "{e}; the existing {cfg} is edited in place instead"
-                )),
+                vec![tool.clone(), "-o".into(), cfg.clone()]
+            });
+        }
+    }
+    Ok(Some(GrubJob { cfg, old, argv }))
+}
+
+fn finish_grub(
+    app: &Appliance,
+    job: GrubJob,
+    result: Option<crate::appliance::JobOutcome>,
+    bus: DiskBus,
+    out: &mut Outcome,
+) -> Result<()> {
+    let GrubJob { cfg, old, argv } = job;
+    let mut command = None;
+    let mut seconds = None;
+    if let (Some(argv), Some(r)) = (argv, result) {
+        if r.ok {
+            command = Some(argv.join(" "));
+            seconds = Some(r.seconds);
+            // grub-probe saw the appliance kernel's names, which its async SCSI
+            // scan may have swapped (seen here: root=/dev/sdb1 for drive 0).
+            let map = appliance_disk_map(app)?;
+            let generated = app.read(&cfg)?;
+            let fixed = edit::translate_appliance_names(&generated, &map);
+            if fixed != generated {
+                app.write(&cfg, &fixed)?;
             }
+        } else {
+            out.warnings.push(format!(
+                "regenerating the GRUB configuration failed ({}: {}); the existing {cfg} is edited in place instead",
+                argv.join(" "),
+                tail_of(&r.output)
+            ));
         }
     }
     // grub-mkconfig ran in the appliance, where the guest's first disk is /dev/sda:
@@ -570,7 +725,7 @@ fn regenerate_grub(
             .into(),
             before,
             after,
-            seconds: command.as_ref().map(|_| t0.elapsed().as_secs_f64()),
+            seconds,
             command,
         });
     } else {

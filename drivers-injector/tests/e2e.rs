@@ -206,6 +206,19 @@ fn end_to_end(variant: Variant, negative_control: bool) {
         ));
     }
 
+    if variant == Variant::DebianClassic {
+        // What a guest that once ran VMware's own Tools carries: its apt repository and
+        // an out-of-tree driver (root is /dev/sda1 on the first disk).
+        guestfish(
+            &disks[0],
+            "run\n\
+             mount /dev/sda1 /\n\
+             write /etc/apt/sources.list.d/vmware-tools.list \"deb https://packages.vmware.com/tools/releases/latest/ubuntu jammy main\\n\"\n\
+             mkdir-p /lib/modules/0.0.0-v2k-test/misc\n\
+             touch /lib/modules/0.0.0-v2k-test/misc/vmxnet.ko\n",
+        );
+    }
+
     let t0 = Instant::now();
     let log = inject(&opts(&vm, &disks), &mut |m| say(m)).expect("inject");
     say(&format!(
@@ -217,6 +230,21 @@ fn end_to_end(variant: Variant, negative_control: bool) {
     let steps: Vec<&str> = log.changes.iter().map(|c| c.step.as_str()).collect();
     for want in ["initramfs", "nic-pin", "vmware-tools", "agent", "marker"] {
         assert!(steps.contains(&want), "no {want} change in {steps:?}");
+    }
+    if variant == Variant::DebianClassic {
+        let repo = log
+            .changes
+            .iter()
+            .find(|c| c.file == "/etc/apt/sources.list.d/vmware-tools.list")
+            .unwrap_or_else(|| panic!("VMware repository not disabled: {:#?}", log.changes));
+        assert_eq!(repo.step, "vmware-repo");
+        assert!(repo.after.contains("Disabled by v2k"), "{repo:?}");
+        let drv = log
+            .changes
+            .iter()
+            .find(|c| c.step == "vmware-drivers")
+            .unwrap_or_else(|| panic!("VMware driver not blacklisted: {:#?}", log.changes));
+        assert!(drv.after.contains("blacklist vmxnet"), "{drv:?}");
     }
     assert!(log
         .inspection
@@ -342,6 +370,31 @@ fn refuses_a_damaged_filesystem_without_changing_the_guest() {
     );
 }
 
+/// Runs a guestfish script on one qcow2 disk (no inspection, nothing mounted first).
+fn guestfish(disk: &Path, script: &str) {
+    let mut gf = Command::new("guestfish");
+    // guestfish reads these from the environment; without force_tcg it would try the
+    // KVM that hangs on hosts without vmx/svm (FIELD-NOTES §1).
+    gf.env("LIBGUESTFS_BACKEND", "direct");
+    if accel() == Accel::Tcg {
+        gf.env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
+    }
+    let mut child = gf
+        .args(["--format=qcow2", "-a"])
+        .arg(disk)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("guestfish (libguestfs-tools)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "guestfish script failed");
+}
+
 #[test]
 fn refuses_an_unknown_distribution() {
     prerequisites();
@@ -366,30 +419,7 @@ fn refuses_an_unknown_distribution() {
         write /etc/fstab \"/dev/sda1 / ext4 defaults 0 1\\n\"\n\
         write /etc/hostname \"plan42\\n\"\n\
         touch /bin/sh\n";
-    let mut gf = Command::new("guestfish");
-    // guestfish reads these from the environment; without force_tcg it would try the
-    // KVM that hangs on hosts without vmx/svm (FIELD-NOTES §1).
-    gf.env("LIBGUESTFS_BACKEND", "direct");
-    if accel() == Accel::Tcg {
-        gf.env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
-    }
-    let mut child = gf
-        .args(["--format=qcow2", "-a"])
-        .arg(&disk)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("guestfish (libguestfs-tools)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "guestfish failed to build the disk"
-    );
+    guestfish(&disk, script);
     let err = inject(&opts(&vm_stub(), &[disk]), &mut say).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
     let msg = err.to_string();

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use v2k_drivers_injector::target::domain_xml;
 use v2k_drivers_injector::Target;
 
-use crate::qemu::{Tail, SHUTDOWN_TIMEOUT};
+use v2k_drivers_injector::agent::POWEROFF_FW_CFG;
+
+use crate::qemu::{Tail, AGENT_POWEROFF_AFTER, SHUTDOWN_TIMEOUT};
 use crate::{agent, diagnose, io, png, run_tool, Error, Evidence, Options, Result};
 
 const POLL: Duration = Duration::from_millis(500);
@@ -54,11 +56,23 @@ pub fn validation_xml(t: &Target, name: &str, serial_log: &Path) -> Result<Strin
         return Err(Error::Tool("target XML has no serial console".into()));
     }
     let log = quick_escape(&serial_log.to_string_lossy());
-    Ok(xml.replacen(
+    let xml = xml.replacen(
         from,
         &format!("{from}      <log file='{log}' append='off'/>\n"),
         1,
-    ))
+    );
+    // The agent's power-off request for a validation boot (see qemu::AGENT_POWEROFF_AFTER).
+    let fw_cfg = format!(
+        "  <sysinfo type='fwcfg'>\n    <entry name='{POWEROFF_FW_CFG}'>{AGENT_POWEROFF_AFTER}</entry>\n  </sysinfo>\n</domain>"
+    );
+    match xml.rfind("</domain>") {
+        Some(at) => Ok(format!(
+            "{}{fw_cfg}{}",
+            &xml[..at],
+            &xml[at + "</domain>".len()..]
+        )),
+        None => Err(Error::Tool("target XML has no </domain>".into())),
+    }
 }
 
 fn quick_escape(s: &str) -> String {
@@ -88,6 +102,7 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
     };
     let mut tail = Tail::new();
     let mut polls = 0u32;
+    let mut stopped = false;
     loop {
         tail.poll(&serial);
         if let Some(r) = agent::find_report(&tail.text) {
@@ -97,6 +112,15 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
         }
         polls += 1;
         if polls.is_multiple_of(4) && !running(uri, &name) {
+            // The guest may have reported and powered off between the two looks.
+            tail.poll(&serial);
+            if let Some(r) = agent::find_report(&tail.text) {
+                ev.boot_seconds = Some(start.elapsed().as_secs_f64());
+                ev.agent = Some(r);
+                ev.clean_shutdown = true;
+                stopped = true;
+                break;
+            }
             ev.ended_early = Some("the domain stopped".into());
             break;
         }
@@ -106,7 +130,7 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
         }
         std::thread::sleep(POLL);
     }
-    if ev.ended_early.is_none() {
+    if ev.ended_early.is_none() && !stopped {
         let raw = w.join("screenshot.raw");
         if run_tool(virsh(uri).args(["screenshot", &name]).arg(&raw)).is_ok() {
             if let Ok(bytes) = std::fs::read(&raw) {
@@ -135,4 +159,66 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
         ev.diagnosis = diagnose(&tail.text);
     }
     Ok(ev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use v2k_drivers_injector::target::TargetNic;
+    use v2k_drivers_injector::{Accel, NetTarget};
+
+    fn target() -> Target {
+        Target {
+            name: "web01".into(),
+            uuid: Some("564d0000-0000-0000-0000-000000000001".into()),
+            memory_mib: 1024,
+            vcpus: 2,
+            sockets: 1,
+            cores: 2,
+            efi: false,
+            secure_boot: false,
+            machine: "pc".into(),
+            accel: Accel::Tcg,
+            disk_bus: "virtio-blk".into(),
+            disks: vec!["/var/lib/v2k/web01/disk0.qcow2".into()],
+            nics: vec![TargetNic {
+                mac: "00:50:56:3a:c1:01".into(),
+                vmware_network: Some("VM Network".into()),
+                target: NetTarget::User,
+            }],
+        }
+    }
+
+    #[test]
+    fn validation_domain_logs_the_console_asks_for_poweroff_and_is_schema_valid() {
+        let t = tempfile::tempdir().unwrap();
+        let log = t.path().join("serial & log.txt");
+        let xml = validation_xml(&target(), "v2k-validate-web01-1", &log).unwrap();
+        assert!(xml.contains("<name>v2k-validate-web01-1</name>"), "{xml}");
+        assert!(!xml.contains("<uuid>"), "{xml}");
+        assert!(
+            xml.contains("serial &amp; log.txt' append='off'/>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(&format!(
+                "<entry name='{POWEROFF_FW_CFG}'>{AGENT_POWEROFF_AFTER}</entry>"
+            )),
+            "{xml}"
+        );
+        assert!(xml.trim_end().ends_with("</domain>"), "{xml}");
+        // The schema check needs libvirt's tools (scripts/setup.sh installs them).
+        let path = t.path().join("d.xml");
+        std::fs::write(&path, &xml).unwrap();
+        let o = Command::new("virt-xml-validate")
+            .arg(&path)
+            .arg("domain")
+            .output()
+            .expect("virt-xml-validate (libvirt-clients, scripts/setup.sh)");
+        assert!(
+            o.status.success(),
+            "{}\n{xml}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use v2k_drivers_injector::agent::POWEROFF_FW_CFG;
 use v2k_drivers_injector::target::{qemu_argv, QemuOptions, OVMF_VARS, OVMF_VARS_SECBOOT};
 use v2k_drivers_injector::Target;
 
@@ -16,6 +17,10 @@ use crate::{agent, diagnose, io, Evidence, Options, Result};
 
 /// Time the guest gets to power off after the ACPI request.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Seconds the guest's agent waits after its report before it powers the guest off
+/// itself (the validator's fw_cfg entry, see `v2k_drivers_injector::agent`): time for
+/// the screenshot. Guests that honour ACPI are already off by then.
+pub const AGENT_POWEROFF_AFTER: u32 = 3;
 /// Serial output kept in memory for matching (the file keeps everything).
 const MAX_SERIAL_KEPT: usize = 8 << 20;
 const POLL: Duration = Duration::from_millis(500);
@@ -98,6 +103,8 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
         format!("unix:{},server=on,wait=off", qmp_sock.display()),
         "-device".to_string(),
         "VGA".to_string(),
+        "-fw_cfg".to_string(),
+        format!("name={POWEROFF_FW_CFG},string={AGENT_POWEROFF_AFTER}"),
     ]);
     let stderr_path = w.join("qemu.stderr");
     let stderr = std::fs::File::create(&stderr_path).map_err(io("creating qemu.stderr"))?;
@@ -115,6 +122,7 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
         ..Evidence::default()
     };
     let mut tail = Tail::new();
+    let mut exited = false;
     loop {
         tail.poll(&serial);
         if let Some(r) = agent::find_report(&tail.text) {
@@ -123,6 +131,15 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
+            // The guest may have reported and powered off between the two looks.
+            tail.poll(&serial);
+            if let Some(r) = agent::find_report(&tail.text) {
+                ev.boot_seconds = Some(start.elapsed().as_secs_f64());
+                ev.agent = Some(r);
+                ev.clean_shutdown = status.success();
+                exited = true;
+                break;
+            }
             let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             ev.ended_early = Some(format!("QEMU exited ({status}): {}", err.trim()));
             break;
@@ -134,7 +151,7 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
         std::thread::sleep(POLL);
     }
 
-    if ev.ended_early.is_none() {
+    if ev.ended_early.is_none() && !exited {
         match Qmp::connect(&qmp_sock, Duration::from_secs(10)) {
             Ok(mut qmp) => {
                 let arg = json!({ "filename": shot.to_string_lossy(), "format": "png" });
@@ -151,7 +168,12 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
                     let _ = qmp.execute("quit", json!({}));
                 }
             }
-            Err(_) => ev.clean_shutdown = false,
+            // No QMP: the guest may already have powered itself off (the agent does).
+            Err(_) => {
+                ev.clean_shutdown = ev.agent.is_some()
+                    && wait_exit(&mut child, Duration::from_secs(1))
+                    && matches!(child.try_wait(), Ok(Some(s)) if s.success());
+            }
         }
         if !wait_exit(&mut child, Duration::from_secs(5)) {
             let _ = child.kill();

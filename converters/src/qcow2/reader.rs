@@ -161,13 +161,45 @@ impl Qcow2Reader {
     }
 
     /// Fills `buf` with the virtual disk's bytes at `offset` (cluster-aligned).
+    /// Clusters that lie back to back in the file are read with one `pread`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8], cache: &mut L2Cache) -> Result<()> {
         let cs = self.cs as usize;
         debug_assert_eq!(offset % self.cs, 0);
         let mut cbuf = Vec::new();
-        for (k, out) in buf.chunks_mut(cs).enumerate() {
+        // A pending run of plain data clusters: (first index in buf, host offset, bytes).
+        let mut run: Option<(usize, u64, usize)> = None;
+        let clusters = buf.len().div_ceil(cs);
+        for k in 0..clusters {
             let g = offset / self.cs + k as u64;
             let e = self.l2_entry(g, cache)?;
+            let lo = k * cs;
+            let hi = (lo + cs).min(buf.len());
+            let host = e & OFFSET_MASK;
+            let plain = e & OFLAG_COMPRESSED == 0 && host != 0 && e & OFLAG_ZERO == 0;
+            if plain {
+                if host + (hi - lo) as u64 > self.file_len {
+                    return Err(Error::invalid(
+                        &self.path,
+                        format!("cluster {g} points past the end of the file"),
+                    ));
+                }
+                match &mut run {
+                    Some((start, h, len)) if *h + *len as u64 == host && *start + *len == lo => {
+                        *len += hi - lo;
+                    }
+                    _ => {
+                        if let Some(r) = run.take() {
+                            self.read_run(buf, r)?;
+                        }
+                        run = Some((lo, host, hi - lo));
+                    }
+                }
+                continue;
+            }
+            if let Some(r) = run.take() {
+                self.read_run(buf, r)?;
+            }
+            let out = &mut buf[lo..hi];
             if e & OFLAG_COMPRESSED != 0 {
                 let shift = layout::compressed_shift(self.header.cluster_bits);
                 let host = e & ((1u64 << shift) - 1);
@@ -191,22 +223,18 @@ impl Qcow2Reader {
                 }
                 out.copy_from_slice(&full[..out.len()]);
             } else {
-                let host = e & OFFSET_MASK;
-                if host == 0 || e & OFLAG_ZERO != 0 {
-                    out.fill(0);
-                } else {
-                    if host + out.len() as u64 > self.file_len {
-                        return Err(Error::invalid(
-                            &self.path,
-                            format!("cluster {g} points past the end of the file"),
-                        ));
-                    }
-                    self.file
-                        .read_exact_at(out, host)
-                        .map_err(|err| Error::io(&self.path, "reading a data cluster", err))?;
-                }
+                out.fill(0);
             }
         }
+        if let Some(r) = run.take() {
+            self.read_run(buf, r)?;
+        }
         Ok(())
+    }
+
+    fn read_run(&self, buf: &mut [u8], (start, host, len): (usize, u64, usize)) -> Result<()> {
+        self.file
+            .read_exact_at(&mut buf[start..start + len], host)
+            .map_err(|err| Error::io(&self.path, "reading a data cluster", err))
     }
 }
