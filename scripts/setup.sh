@@ -47,6 +47,8 @@ PKGS=(
     virt-v2v libnbd-bin hyperfine
     # virt-v2v's -o local/-o disk output runs through nbdkit (not a dependency of it)
     nbdkit
+    # windows: NTFS inside the appliance, hivexregedit and virt-inspector for the tests
+    ntfs-3g libwin-hivex-perl guestfs-tools
 )
 
 missing() {

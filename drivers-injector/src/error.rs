@@ -33,6 +33,23 @@ pub enum Error {
     Guestfs { call: String, message: String },
     #[error("in the guest, {what}: {message}")]
     GuestTool { what: String, message: String },
+    /// A Windows registry hive that cannot be read (damaged, truncated, not a hive).
+    #[error("registry hive {path}: {message}")]
+    Hive { path: String, message: String },
+    /// The virtio-win source has no driver the Windows guest needs.
+    #[error(
+        "virtio-win {}: no {driver} driver for {windows} (looked for {looked_for})",
+        source_path.display()
+    )]
+    MissingDriver {
+        source_path: PathBuf,
+        driver: String,
+        windows: String,
+        looked_for: String,
+    },
+    /// The virtio-win source itself is unusable.
+    #[error("virtio-win {}: {message}", path.display())]
+    VirtioWin { path: PathBuf, message: String },
     #[error("{path}")]
     Io {
         path: PathBuf,
@@ -45,7 +62,12 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Refused(_) => ErrorKind::Refused,
-            Error::Disk { .. } | Error::Input(_) => ErrorKind::Input,
+            // A damaged hive is found while reading, before any write.
+            Error::Hive { .. } => ErrorKind::Refused,
+            Error::Disk { .. }
+            | Error::Input(_)
+            | Error::MissingDriver { .. }
+            | Error::VirtioWin { .. } => ErrorKind::Input,
             Error::Guestfs { .. } | Error::GuestTool { .. } => ErrorKind::Guest,
             Error::Io { .. } => ErrorKind::Io,
         }

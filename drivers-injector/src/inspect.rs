@@ -256,7 +256,8 @@ pub fn mount_root(app: &Appliance) -> Result<(String, Vec<Mount>, OsRelease)> {
     let (root, rel) = match roots.len() {
         0 if windows => {
             return Err(Error::Refused(
-                "Windows guest: Windows conversion is not supported yet (a later issue);                  nothing was changed"
+                "Windows directory without its registry hives (System32\\config\\SYSTEM and \
+                 SOFTWARE): not a convertible Windows install; nothing was changed"
                     .into(),
             ))
         }

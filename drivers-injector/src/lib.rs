@@ -1,12 +1,13 @@
-//! Moves a converted Linux guest from VMware's devices (PVSCSI, VMXNET3) to virtio, and
-//! defines its KVM target.
+//! Moves a converted Linux or Windows guest from VMware's devices (PVSCSI, VMXNET3) to
+//! virtio, and defines its KVM target.
 //!
 //! [`inject`] opens the converted QCOW2 disks (never the VMware source) in a libguestfs
 //! appliance, inspects the guest ([`inspect::Inspection`]), refuses what it cannot
-//! convert before changing anything, then makes the changes of [`linux`] and returns a
-//! [`log::ConversionLog`]. [`target`] turns the VM model into libvirt domain XML and a
-//! QEMU command line. [`agent`] is the first-boot validation agent installed in the
-//! guest. docs/inject.md is the user guide and schema reference.
+//! convert before changing anything, then makes the changes of [`linux`] (or of
+//! [`windows`] for a Windows guest, with [`inject_with`]'s virtio-win source) and
+//! returns a [`log::ConversionLog`]. [`target`] turns the VM model into libvirt domain
+//! XML and a QEMU command line. [`agent`] is the first-boot validation agent installed
+//! in the guest. docs/inject.md and docs/windows.md are the user guides.
 
 pub mod accel;
 pub mod agent;
@@ -17,6 +18,7 @@ pub mod inspect;
 pub mod linux;
 pub mod log;
 pub mod target;
+pub mod windows;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -98,20 +100,37 @@ pub fn check_disk(path: &Path, vm: &Vm) -> Result<()> {
 }
 
 /// Converts the guest on `opts.disks` for KVM. `progress` receives one-line messages
-/// for a human (stderr). Refusals happen before the first write.
+/// for a human (stderr). Refusals happen before the first write. A Windows guest takes
+/// its drivers from `$VIRTIO_WIN` ([`inject_with`] takes them from anywhere).
 pub fn inject(opts: &InjectOptions, progress: &mut dyn FnMut(&str)) -> Result<ConversionLog> {
+    inject_with(opts, &windows::Options::from_env(), progress).map(|i| i.log)
+}
+
+/// What [`inject_with`] did: the conversion log, and for a Windows guest the
+/// Windows report (`windows.json`: inspection, drivers, every registry value set).
+#[derive(Debug)]
+pub struct Injected {
+    pub log: ConversionLog,
+    pub windows: Option<windows::Report>,
+}
+
+/// [`inject`] with explicit Windows settings (the `--virtio-win` source).
+pub fn inject_with(
+    opts: &InjectOptions,
+    win: &windows::Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Injected> {
     if opts.disks.is_empty() {
         return Err(Error::Input("no disk given".into()));
     }
     for d in &opts.disks {
         check_disk(d, &opts.vm)?;
     }
-    if opts.vm.guest_os.family == v2k_inventory::model::OsFamily::Windows {
-        return Err(Error::Refused(
-            "the VM model says this is a Windows guest: Windows conversion is not supported \
-             yet; nothing was changed"
-                .into(),
-        ));
+    // Without drivers a Windows guest cannot be converted: say so before launching.
+    if opts.vm.guest_os.family == v2k_inventory::model::OsFamily::Windows
+        && win.virtio_win.is_none()
+    {
+        return Err(windows::no_source_error());
     }
     let started = Instant::now();
     progress(&format!(
@@ -132,10 +151,6 @@ pub fn inject(opts: &InjectOptions, progress: &mut dyn FnMut(&str)) -> Result<Co
         "inspecting the guest (launch took {:.1} s)",
         timings.launch
     ));
-    let (root, mounts, rel) = inspect::mount_root(&app)?;
-    let insp = inspect::inspect(&app, &root, mounts, &rel)?;
-    timings.inspect = split();
-    linux::check(&insp, opts.bus)?;
     let macs: Vec<String> = opts
         .vm
         .nics
@@ -144,6 +159,72 @@ pub fn inject(opts: &InjectOptions, progress: &mut dyn FnMut(&str)) -> Result<Co
         .filter(|m| edit::is_mac(m))
         .map(|m| m.to_lowercase())
         .collect();
+    let scan = windows::inspect::scan(&app)?;
+    if scan.windows.len() > 1 {
+        let list: Vec<&str> = scan.windows.iter().map(|w| w.root.as_str()).collect();
+        return Err(Error::Refused(format!(
+            "{} Windows installations found ({}): multi-boot guests are not converted",
+            list.len(),
+            list.join(", ")
+        )));
+    }
+    if let Some(loc) = scan.windows.first() {
+        let out = windows::convert(&app, loc, &scan.bitlocker, opts.bus, &macs, win, progress)?;
+        // Windows inspection and changes share one mount sequence: timed together.
+        timings.changes = split();
+        progress("syncing and closing the appliance");
+        app.close()?;
+        timings.close = split();
+        let status = if out.changes.is_empty() {
+            Status::AlreadyConverted
+        } else {
+            Status::Converted
+        };
+        let log = ConversionLog {
+            schema_version: log::LOG_SCHEMA_VERSION,
+            kind: "conversion-log".into(),
+            tool: format!("v2k inject {}", env!("CARGO_PKG_VERSION")),
+            vm: opts.vm.name.clone(),
+            disks: opts.disks.iter().map(|d| d.display().to_string()).collect(),
+            disk_bus: match opts.bus {
+                DiskBus::VirtioBlk => "virtio-blk",
+                DiskBus::VirtioScsi => "virtio-scsi",
+            }
+            .into(),
+            accel: opts.accel.as_str().into(),
+            status,
+            inspection: out.inspection,
+            changes: out.changes,
+            unchanged: out.unchanged,
+            warnings: out.warnings,
+            nic_names: Vec::new(),
+            agent: log::AgentInfo {
+                installed: true,
+                keep: false,
+                line_prefix: agent::LINE_PREFIX.into(),
+            },
+            seconds: started.elapsed().as_secs_f64(),
+            timings,
+        };
+        return Ok(Injected {
+            log,
+            windows: Some(out.report),
+        });
+    }
+    let (root, mounts, rel) = match inspect::mount_root(&app) {
+        // A BitLocker volume is unreadable: it may well hold the missing OS.
+        Err(Error::Refused(m)) if !scan.bitlocker.is_empty() => {
+            return Err(Error::Refused(format!(
+                "{m}; BitLocker-encrypted volume(s) {} cannot be read offline: decrypt \
+                 them on the source first",
+                scan.bitlocker.join(", ")
+            )))
+        }
+        other => other?,
+    };
+    let insp = inspect::inspect(&app, &root, mounts, &rel)?;
+    timings.inspect = split();
+    linux::check(&insp, opts.bus)?;
     let (pins, mut warnings) = linux::plan_pins(&macs, &insp.configured_nics);
     progress(&format!(
         "converting {} {}.{} ({} kernel(s), {:?})",
@@ -172,7 +253,7 @@ pub fn inject(opts: &InjectOptions, progress: &mut dyn FnMut(&str)) -> Result<Co
     } else {
         Status::Converted
     };
-    Ok(ConversionLog {
+    let log = ConversionLog {
         schema_version: log::LOG_SCHEMA_VERSION,
         kind: "conversion-log".into(),
         tool: format!("v2k inject {}", env!("CARGO_PKG_VERSION")),
@@ -197,5 +278,6 @@ pub fn inject(opts: &InjectOptions, progress: &mut dyn FnMut(&str)) -> Result<Co
         },
         seconds: started.elapsed().as_secs_f64(),
         timings,
-    })
+    };
+    Ok(Injected { log, windows: None })
 }

@@ -24,9 +24,10 @@ use crate::{console, exit};
     Edits the converted QCOW2 disks in place inside a libguestfs appliance (never the VMware \
     source): virtio drivers in every initramfs, sdX→vdX device names, each NIC's VMware-era \
     name pinned to its MAC, VMware Tools removed, a first-boot agent that reports on the \
-    serial port. Writes conversion-log.json, conversion-log.txt, domain.xml, \
-    qemu-cmdline.json and qemu-cmdline.sh into --out. Exit status: 0 converted (or already \
-    converted), 2 refused, failed, or a usage error."
+    serial port; for Windows guests, the virtio drivers from --virtio-win (docs/windows.md). \
+    Writes conversion-log.json, conversion-log.txt, domain.xml, qemu-cmdline.json and \
+    qemu-cmdline.sh (and windows.json for a Windows guest) into --out. Exit status: 0 \
+    converted (or already converted), 2 refused, failed, or a usage error."
 )]
 pub struct Args {
     /// The VM: a VM model JSON (`v2k inspect --json` line), or a .vmx/.ovf/.ova
@@ -48,6 +49,9 @@ pub struct Args {
     /// Keep the first-boot agent installed after it reported
     #[arg(long)]
     keep_agent: bool,
+    /// virtio-win driver directory for Windows guests (default: $VIRTIO_WIN)
+    #[arg(long, value_name = "PATH")]
+    virtio_win: Option<PathBuf>,
     /// Accelerator for the appliance and the target (default: KVM when usable)
     #[arg(long, value_enum)]
     accel: Option<AccelArg>,
@@ -177,14 +181,18 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         keep_agent: args.keep_agent,
         accel,
     };
+    let mut win = v2k_drivers_injector::windows::Options::from_env();
+    if args.virtio_win.is_some() {
+        win.virtio_win = args.virtio_win.clone();
+    }
     let quiet = args.json;
-    let result = v2k_drivers_injector::inject(&opts, &mut |msg| {
+    let result = v2k_drivers_injector::inject_with(&opts, &win, &mut |msg| {
         if !quiet || console::stderr_is_terminal() {
             eprintln!("v2k: {msg}");
         }
     });
-    let log = match result {
-        Ok(log) => log,
+    let (log, windows) = match result {
+        Ok(i) => (i.log, i.windows),
         Err(e) => {
             let kind = match e.kind() {
                 ErrorKind::Refused => "refused",
@@ -201,7 +209,16 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             return Ok(exit::ERROR);
         }
     };
-    write_outputs(&out, &log, &target)?;
+    // A Windows guest's own clock setting decides the RTC; Hyper-V enlightenments too.
+    let features = match &windows {
+        Some(w) => target::GuestFeatures::windows(w.inspection.rtc_utc),
+        None => target::GuestFeatures::default(),
+    };
+    if let Some(w) = &windows {
+        let text = serde_json::to_string_pretty(w)? + "\n";
+        write_atomic(&out.join("windows.json"), text.as_bytes(), 0o644)?;
+    }
+    write_outputs(&out, &log, &target, &features)?;
     if args.json {
         let mut v = serde_json::to_value(&log)?;
         v["type"] = json!("conversion-log");
@@ -221,7 +238,12 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
-fn write_outputs(out: &Path, log: &ConversionLog, target: &Target) -> anyhow::Result<()> {
+fn write_outputs(
+    out: &Path,
+    log: &ConversionLog,
+    target: &Target,
+    features: &target::GuestFeatures,
+) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(log)? + "\n";
     write_atomic(&out.join("conversion-log.json"), text.as_bytes(), 0o644)?;
     write_atomic(
@@ -231,14 +253,14 @@ fn write_outputs(out: &Path, log: &ConversionLog, target: &Target) -> anyhow::Re
     )?;
     write_atomic(
         &out.join("domain.xml"),
-        target::domain_xml(target).as_bytes(),
+        target::domain_xml_with(target, features).as_bytes(),
         0o644,
     )?;
     let mut q = QemuOptions::default();
     if target.efi {
         q.efi_vars = Some(out.join(format!("{}_VARS.fd", target.safe_name())));
     }
-    let argv = target::qemu_argv(target, &q);
+    let argv = target::qemu_argv_with(target, &q, features);
     write_atomic(
         &out.join("qemu-cmdline.json"),
         (serde_json::to_string_pretty(&argv)? + "\n").as_bytes(),

@@ -48,6 +48,9 @@ pub struct Args {
     /// Keep the first-boot agent in the guest after it reported
     #[arg(long)]
     keep_agent: bool,
+    /// virtio-win driver directory for Windows guests (default: $VIRTIO_WIN)
+    #[arg(long, value_name = "PATH")]
+    virtio_win: Option<PathBuf>,
     /// Do not boot the result
     #[arg(long)]
     no_validate: bool,
@@ -81,6 +84,13 @@ enum BackendArg {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<i32> {
+    if let Some(vw) = &args.virtio_win {
+        // The pipeline library reads the Windows driver source from $VIRTIO_WIN. This
+        // runs first in the subcommand, before any thread exists, so setting the
+        // process environment here races with nothing.
+        let vw = std::path::absolute(vw).with_context(|| format!("resolving {}", vw.display()))?;
+        std::env::set_var(v2k_drivers_injector::windows::VIRTIO_WIN_ENV, vw);
+    }
     let mut map = NetworkMap::default();
     for m in &args.network_map {
         map.0
