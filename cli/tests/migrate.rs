@@ -144,6 +144,24 @@ fn migrate_ova_through_direct_qemu_validates_and_a_rerun_reuses_every_stage() {
     let out = t.path().join("run");
     let o = migrate(&f.ova, &out, &["--backend", "qemu"]);
     assert_validated(&o, &out, "qemu");
+    // --json carries each disk's copy progress, ending with the whole disk done.
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for disk in 0..2 {
+        let p: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["type"] == "disk-progress" && e["disk"] == disk)
+            .collect();
+        assert!(p.iter().any(|e| e["phase"] == "copy"), "disk {disk}: {p:?}");
+        let last = p
+            .last()
+            .unwrap_or_else(|| panic!("no progress for disk {disk}"));
+        assert_eq!(last["phase"], "done");
+        assert_eq!(last["done"], last["total"]);
+        assert!(last["total"].as_u64().unwrap() > 0);
+    }
     let o = migrate(&f.ova, &out, &["--backend", "qemu", "--no-validate"]);
     assert_eq!(
         o.status.code(),

@@ -184,6 +184,12 @@ fn a_wave_of_three_two_at_a_time_migrates_the_good_vms_and_fails_the_broken_one(
         .iter()
         .any(|e| e["type"] == "vm-finished" && e["vm"] == "broken" && e["status"] == "failed"));
     assert_eq!(events.last().unwrap()["type"], "run-finished");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "disk-progress" && e["vm"] == "dracut" && e["phase"] == "done"),
+        "no per-disk progress events"
+    );
 
     let r = assert_results(&run, "validated");
     let c = vm(&r, "classic");

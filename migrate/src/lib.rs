@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use v2k_converters::convert::{self as conv, Format, Job, NoProgress};
+use v2k_converters::convert::{self as conv, Format, Job};
 use v2k_converters::vmdk::{ByteRange, Source};
 use v2k_drivers_injector::{self as injector, Accel, DiskBus, InjectOptions, NetworkMap, Target};
 use v2k_inventory::model::{DiskLocation, Severity, Vm};
@@ -53,6 +53,80 @@ pub enum Event {
         status: &'static str,
     },
     Message(String),
+    /// Copy or read-back progress of one disk (`disk` in VM order): `phase` is `copy`,
+    /// `verify` or `done`; `done` and `total` are virtual bytes.
+    Disk {
+        disk: usize,
+        phase: &'static str,
+        done: u64,
+        total: u64,
+    },
+}
+
+/// Carries the converter's progress (reported from its worker threads) to the thread
+/// that runs `migrate`, whose callback need not be `Sync`.
+struct ChannelProgress {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<Event>>,
+    totals: std::sync::Mutex<Vec<u64>>,
+}
+
+impl conv::Progress for ChannelProgress {
+    fn event(&self, e: conv::Event) {
+        let total_of = |disk: usize| {
+            self.totals
+                .lock()
+                .map(|t| t.get(disk).copied().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        let ev = match e {
+            conv::Event::Started {
+                disk, virtual_size, ..
+            } => {
+                if let Ok(mut t) = self.totals.lock() {
+                    if t.len() <= disk {
+                        t.resize(disk + 1, 0);
+                    }
+                    t[disk] = virtual_size;
+                }
+                Event::Disk {
+                    disk,
+                    phase: "copy",
+                    done: 0,
+                    total: virtual_size,
+                }
+            }
+            conv::Event::Copied { disk, done } => Event::Disk {
+                disk,
+                phase: "copy",
+                done,
+                total: total_of(disk),
+            },
+            conv::Event::Verifying { disk } => Event::Disk {
+                disk,
+                phase: "verify",
+                done: 0,
+                total: total_of(disk),
+            },
+            conv::Event::Verified { disk, done } => Event::Disk {
+                disk,
+                phase: "verify",
+                done,
+                total: total_of(disk),
+            },
+            conv::Event::Finished { disk } => {
+                let total = total_of(disk);
+                Event::Disk {
+                    disk,
+                    phase: "done",
+                    done: total,
+                    total,
+                }
+            }
+        };
+        if let Ok(tx) = self.tx.lock() {
+            let _ = tx.send(ev);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -338,7 +412,25 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
             overwrite: true,
             ..conv::Options::default()
         };
-        let results = conv::convert_all(&jobs, &copts, jobs.len().min(4), &NoProgress);
+        // The conversion runs on its own thread; its progress comes back here.
+        let (tx, rx) = std::sync::mpsc::channel::<Event>();
+        let sink = ChannelProgress {
+            tx: std::sync::Mutex::new(tx),
+            totals: std::sync::Mutex::new(Vec::new()),
+        };
+        let jobs_ref = &jobs;
+        let copts_ref = &copts;
+        let results = std::thread::scope(|s| {
+            let worker = s.spawn(move || {
+                conv::convert_all(jobs_ref, copts_ref, jobs_ref.len().min(4), &sink)
+            });
+            // Ends when the worker drops the sink (its sender) on return.
+            for e in rx {
+                progress(e);
+            }
+            worker.join()
+        })
+        .map_err(|_| Error::Input("internal: the conversion thread panicked".into()))?;
         for r in results {
             manifests.push(serde_json::to_value(r?).unwrap_or_default());
         }
@@ -534,4 +626,60 @@ fn safe_file_name(id: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conv::Progress;
+
+    #[test]
+    fn converter_progress_arrives_as_disk_events_with_their_totals() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = ChannelProgress {
+            tx: std::sync::Mutex::new(tx),
+            totals: std::sync::Mutex::new(Vec::new()),
+        };
+        // Reported from another thread, as the converter's workers do.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                sink.event(conv::Event::Started {
+                    disk: 1,
+                    virtual_size: 4 << 20,
+                    allocated_bytes: 1 << 20,
+                });
+                sink.event(conv::Event::Copied {
+                    disk: 1,
+                    done: 2 << 20,
+                });
+                sink.event(conv::Event::Verified {
+                    disk: 1,
+                    done: 4 << 20,
+                });
+                sink.event(conv::Event::Finished { disk: 1 });
+            });
+        });
+        drop(sink);
+        let got: Vec<(usize, &str, u64, u64)> = rx
+            .iter()
+            .map(|e| match e {
+                Event::Disk {
+                    disk,
+                    phase,
+                    done,
+                    total,
+                } => (disk, phase, done, total),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "copy", 0, 4 << 20),
+                (1, "copy", 2 << 20, 4 << 20),
+                (1, "verify", 4 << 20, 4 << 20),
+                (1, "done", 4 << 20, 4 << 20),
+            ]
+        );
+    }
 }

@@ -53,6 +53,14 @@ pub enum RunEvent {
         vm: String,
         text: String,
     },
+    /// Copy or read-back progress of one of the VM's disks (virtual bytes).
+    Disk {
+        vm: String,
+        disk: usize,
+        phase: String,
+        done: u64,
+        total: u64,
+    },
     VmVerified {
         wave: String,
         vm: String,
@@ -522,6 +530,19 @@ fn run_vm(
         v2k_migrate::Event::Message(m) => events(RunEvent::Message {
             vm: v.name.clone(),
             text: m,
+        }),
+        // Not journalled: progress is display only, and resuming never depends on it.
+        v2k_migrate::Event::Disk {
+            disk,
+            phase,
+            done,
+            total,
+        } => events(RunEvent::Disk {
+            vm: v.name.clone(),
+            disk,
+            phase: phase.into(),
+            done,
+            total,
         }),
     };
     let t = Instant::now();

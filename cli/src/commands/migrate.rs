@@ -140,6 +140,21 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                 eprintln!("v2k:   {m}");
             }
         }
+        // Copy progress: JSON Lines only (the converter reports every 16 MiB); on a
+        // terminal the stage lines say enough for one VM.
+        Event::Disk {
+            disk,
+            phase,
+            done,
+            total,
+        } => {
+            if json_mode {
+                let _ = console::emit_json(&json!({
+                    "type": "disk-progress", "disk": disk, "phase": phase,
+                    "done": done, "total": total
+                }));
+            }
+        }
     };
     let outcome = migrate(&opts, &progress)
         .with_context(|| format!("migrating {}", args.source.display()))?;

@@ -394,6 +394,43 @@ impl Ui {
         }
     }
 
+    /// A bar per disk, under its VM's line: copy, then read-back, then done.
+    fn disk_bar(&self, vm: &str, disk: usize, phase: &str, done: u64, total: u64) {
+        let Some(m) = &self.multi else { return };
+        let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
+        let key = format!("{vm}\u{0}{disk}");
+        if !bars.contains_key(&key) {
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "  {prefix:22} [{bar:30}] {bytes:>10}/{total_bytes:10} {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_prefix(format!("{vm} disk {disk}"));
+            // Below the VM's line and its earlier disks.
+            let above = (0..disk)
+                .rev()
+                .find_map(|d| bars.get(&format!("{vm}\u{0}{d}")))
+                .or_else(|| bars.get(vm));
+            let b = match above {
+                Some(parent) => m.insert_after(parent, b),
+                None => m.add(b),
+            };
+            bars.insert(key.clone(), b);
+        }
+        if let Some(b) = bars.get(&key) {
+            b.set_length(total);
+            b.set_position(done.min(total));
+            if phase == "done" {
+                b.finish_with_message("converted");
+            } else {
+                b.set_message(phase.to_string());
+            }
+        }
+    }
+
     fn event(&self, e: RunEvent, json_mode: bool) {
         let j = match &e {
             RunEvent::WaveStarted { wave, vms } => {
@@ -409,6 +446,15 @@ impl Ui {
                 status,
             } => json!({"type": "stage", "wave": wave, "vm": vm, "stage": stage, "status": status}),
             RunEvent::Message { vm, text } => json!({"type": "message", "vm": vm, "message": text}),
+            RunEvent::Disk {
+                vm,
+                disk,
+                phase,
+                done,
+                total,
+            } => {
+                json!({"type": "disk-progress", "vm": vm, "disk": disk, "phase": phase, "done": done, "total": total})
+            }
             RunEvent::VmVerified { wave, vm } => {
                 json!({"type": "vm-verified", "wave": wave, "vm": vm})
             }
@@ -450,6 +496,13 @@ impl Ui {
                     eprintln!("v2k: {vm}:   {text}");
                 }
             }
+            RunEvent::Disk {
+                vm,
+                disk,
+                phase,
+                done,
+                total,
+            } => self.disk_bar(&vm, disk, &phase, done, total),
             RunEvent::VmVerified { vm, .. } => {
                 self.line(format!("v2k: {vm}: finished earlier, re-verified, skipped"))
             }
