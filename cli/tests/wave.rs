@@ -147,8 +147,9 @@ fn assert_results(run: &Path, classic_result: &str) -> Value {
     r
 }
 
-#[test]
-fn a_wave_of_three_two_at_a_time_migrates_the_good_vms_and_fails_the_broken_one() {
+/// Both fixture guests (built or reused) and the broken VM in one plan; returns the
+/// test's directory, the plan and the run directory it names.
+fn wave_of_three(validate_classic: bool) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let classic = build(Variant::DebianClassic).unwrap_or_else(|e| panic!("fixture: {e}"));
     let dracut = build(Variant::DebianDracutLvm).unwrap_or_else(|e| panic!("fixture: {e}"));
     let t = tempfile::tempdir().unwrap();
@@ -158,9 +159,15 @@ fn a_wave_of_three_two_at_a_time_migrates_the_good_vms_and_fails_the_broken_one(
         &classic.vmx_sparse.vmx,
         &dracut.vmx_sparse.vmx,
         &broken,
-        true,
+        validate_classic,
     );
     let run = t.path().join("run");
+    (t, p, run)
+}
+
+#[test]
+fn a_wave_of_three_two_at_a_time_migrates_the_good_vms_and_fails_the_broken_one() {
+    let (t, p, run) = wave_of_three(true);
 
     let o = v2k(&["wave", "check", "--json"], &p);
     assert_eq!(
@@ -229,18 +236,7 @@ fn a_wave_of_three_two_at_a_time_migrates_the_good_vms_and_fails_the_broken_one(
 
 #[test]
 fn a_wave_killed_mid_run_resumes_without_redoing_finished_work() {
-    let classic = build(Variant::DebianClassic).unwrap_or_else(|e| panic!("fixture: {e}"));
-    let dracut = build(Variant::DebianDracutLvm).unwrap_or_else(|e| panic!("fixture: {e}"));
-    let t = tempfile::tempdir().unwrap();
-    let broken = broken_vmx(t.path(), &classic.vmx_sparse.vmx);
-    let p = plan(
-        t.path(),
-        &classic.vmx_sparse.vmx,
-        &dracut.vmx_sparse.vmx,
-        &broken,
-        false,
-    );
-    let run = t.path().join("run");
+    let (_t, p, run) = wave_of_three(false);
 
     let mut child = Command::new(V2K)
         .args(["wave", "run", "--json"])

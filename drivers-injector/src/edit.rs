@@ -41,6 +41,16 @@ pub enum DiskBus {
     VirtioScsi,
 }
 
+impl DiskBus {
+    /// The name used in logs, markers and targets: `virtio-blk` or `virtio-scsi`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskBus::VirtioBlk => "virtio-blk",
+            DiskBus::VirtioScsi => "virtio-scsi",
+        }
+    }
+}
+
 /// The new name of a whole-disk or partition device name (without `/dev/`), or `None`
 /// when it needs no change or is not a disk we rename.
 pub fn rename_device(name: &str, bus: DiskBus) -> Option<String> {

@@ -175,37 +175,11 @@ pub fn inject_with(
         progress("syncing and closing the appliance");
         app.close()?;
         timings.close = split();
-        let status = if out.changes.is_empty() {
-            Status::AlreadyConverted
-        } else {
-            Status::Converted
-        };
-        let log = ConversionLog {
-            schema_version: log::LOG_SCHEMA_VERSION,
-            kind: "conversion-log".into(),
-            tool: format!("v2k inject {}", env!("CARGO_PKG_VERSION")),
-            vm: opts.vm.name.clone(),
-            disks: opts.disks.iter().map(|d| d.display().to_string()).collect(),
-            disk_bus: match opts.bus {
-                DiskBus::VirtioBlk => "virtio-blk",
-                DiskBus::VirtioScsi => "virtio-scsi",
-            }
-            .into(),
-            accel: opts.accel.as_str().into(),
-            status,
-            inspection: out.inspection,
-            changes: out.changes,
-            unchanged: out.unchanged,
-            warnings: out.warnings,
-            nic_names: Vec::new(),
-            agent: log::AgentInfo {
-                installed: true,
-                keep: false,
-                line_prefix: agent::LINE_PREFIX.into(),
-            },
-            seconds: started.elapsed().as_secs_f64(),
-            timings,
-        };
+        let mut log = conversion_log(opts, out.inspection, out.changes, started, timings);
+        log.unchanged = out.unchanged;
+        log.warnings = out.warnings;
+        // The Windows first-boot service has no keep option (it ignores --keep-agent).
+        log.agent.keep = false;
         return Ok(Injected {
             log,
             windows: Some(out.report),
@@ -248,29 +222,40 @@ pub fn inject_with(
     app.close()?;
     timings.close = split();
     warnings.extend(outcome.warnings);
-    let status = if outcome.changes.is_empty() {
-        Status::AlreadyConverted
-    } else {
-        Status::Converted
-    };
-    let log = ConversionLog {
+    let mut log = conversion_log(opts, insp, outcome.changes, started, timings);
+    log.unchanged = outcome.unchanged;
+    log.warnings = warnings;
+    log.nic_names = pins;
+    Ok(Injected { log, windows: None })
+}
+
+/// The conversion log of a finished run, with the fields every guest OS shares; the
+/// caller adds what its path found (unchanged steps, warnings, pinned NIC names).
+fn conversion_log(
+    opts: &InjectOptions,
+    inspection: inspect::Inspection,
+    changes: Vec<log::Change>,
+    started: Instant,
+    timings: log::Timings,
+) -> ConversionLog {
+    ConversionLog {
         schema_version: log::LOG_SCHEMA_VERSION,
         kind: "conversion-log".into(),
         tool: format!("v2k inject {}", env!("CARGO_PKG_VERSION")),
         vm: opts.vm.name.clone(),
         disks: opts.disks.iter().map(|d| d.display().to_string()).collect(),
-        disk_bus: match opts.bus {
-            DiskBus::VirtioBlk => "virtio-blk",
-            DiskBus::VirtioScsi => "virtio-scsi",
-        }
-        .into(),
+        disk_bus: opts.bus.name().into(),
         accel: opts.accel.as_str().into(),
-        status,
-        inspection: insp,
-        changes: outcome.changes,
-        unchanged: outcome.unchanged,
-        warnings,
-        nic_names: pins,
+        status: if changes.is_empty() {
+            Status::AlreadyConverted
+        } else {
+            Status::Converted
+        },
+        inspection,
+        changes,
+        unchanged: Vec::new(),
+        warnings: Vec::new(),
+        nic_names: Vec::new(),
         agent: log::AgentInfo {
             installed: true,
             keep: opts.keep_agent,
@@ -278,6 +263,5 @@ pub fn inject_with(
         },
         seconds: started.elapsed().as_secs_f64(),
         timings,
-    };
-    Ok(Injected { log, windows: None })
+    }
 }

@@ -308,11 +308,7 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
     }
     let marker = Marker {
         tool: "v2k inject".into(),
-        disk_bus: match bus {
-            DiskBus::VirtioBlk => "virtio-blk",
-            DiskBus::VirtioScsi => "virtio-scsi",
-        }
-        .into(),
+        disk_bus: bus.name().into(),
         initramfs,
         agent_installed,
     };

@@ -147,11 +147,7 @@ impl Target {
             secure_boot: vm.firmware.secure_boot,
             machine: MACHINE.into(),
             accel,
-            disk_bus: match bus {
-                DiskBus::VirtioBlk => "virtio-blk",
-                DiskBus::VirtioScsi => "virtio-scsi",
-            }
-            .into(),
+            disk_bus: bus.name().into(),
             disks: disks.to_vec(),
             nics,
         })
