@@ -49,6 +49,10 @@ PKGS=(
     nbdkit
     # windows: NTFS inside the appliance, hivexregedit and virt-inspector for the tests
     ntfs-3g libwin-hivex-perl guestfs-tools
+    # windows: a virtio-win ISO is listed and extracted with bsdtar; the tests build ISOs
+    libarchive-tools xorriso
+    # vsphere: VMware's vCenter simulator (vcsim), built by the tests from govmomi's source
+    golang-go golang-github-vmware-govmomi-dev curl
 )
 
 missing() {

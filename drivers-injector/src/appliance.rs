@@ -3,6 +3,8 @@
 //! only ever mounted inside this appliance, never by the host kernel (SECURITY.md).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use guestfs::{AddDriveOptArgs, Handle};
 
@@ -16,6 +18,13 @@ const APPLIANCE_MEMORY_MIB: i32 = 1536;
 /// Under TCG about one launch in 40 aborts at start (FIELD-NOTES §8): retry once.
 const LAUNCH_ATTEMPTS: u32 = 2;
 
+/// How long a launch waits for another process to release a disk's image lock. A
+/// run killed while its appliance was up leaves that QEMU behind until libguestfs'
+/// recovery process notices (it polls every couple of seconds) and kills it; a rerun
+/// started at once must wait for it rather than fail on "Failed to get write lock".
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+const LOCK_POLL: Duration = Duration::from_millis(500);
+
 /// An open, launched appliance over the converted disks.
 pub struct Appliance {
     pub(crate) g: Handle,
@@ -28,6 +37,38 @@ pub(crate) fn gerr(call: impl Into<String>) -> impl FnOnce(guestfs::Error) -> Er
     move |e| Error::Guestfs {
         call,
         message: message_of(&e),
+    }
+}
+
+/// Waits until no other process holds `disk`'s QEMU image lock, probing with
+/// `qemu-img info` (which fails with "Failed to get shared \"write\" lock" while a
+/// writer has it open). Any other probe failure is left for the launch to report.
+pub(crate) fn wait_unlocked(disk: &Path, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let Ok(o) = Command::new("qemu-img")
+            .args(["info", "-f", "qcow2", "--output=json"])
+            .arg(disk)
+            .output()
+        else {
+            return Ok(());
+        };
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        if o.status.success() || !stderr.contains("lock") {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(Error::Disk {
+                path: disk.to_path_buf(),
+                message: format!(
+                    "still in use by another process after {} s (a QEMU left by an \
+                     interrupted run? `fuser` names it): {}",
+                    timeout.as_secs(),
+                    stderr.lines().next().unwrap_or_default().trim()
+                ),
+            });
+        }
+        std::thread::sleep(LOCK_POLL);
     }
 }
 
@@ -46,6 +87,9 @@ fn message_of(e: &guestfs::Error) -> String {
 impl Appliance {
     /// Creates a handle over `disks` (QCOW2, read-write) and launches it.
     pub fn launch(disks: &[PathBuf], accel: Accel, readonly: bool) -> Result<Appliance> {
+        for d in disks {
+            wait_unlocked(d, LOCK_WAIT)?;
+        }
         let mut last = None;
         for _ in 0..LAUNCH_ATTEMPTS {
             match Self::try_launch(disks, accel, readonly) {
@@ -266,4 +310,74 @@ pub(crate) fn path_str(p: &Path) -> Result<&str> {
         path: p.to_path_buf(),
         message: "path is not valid UTF-8".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Holds `disk` open for writing in a `qemu-nbd` (as an orphaned appliance would).
+    fn hold(disk: &Path, sock: &Path) -> std::process::Child {
+        let child = Command::new("qemu-nbd")
+            .args(["--persistent", "-f", "qcow2", "-k"])
+            .arg(sock)
+            .arg(disk)
+            .spawn()
+            .expect("qemu-nbd (qemu-utils) is needed by this test");
+        // qemu-nbd takes the lock as it opens the image, before its socket appears.
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "qemu-nbd never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    }
+
+    fn image(dir: &Path) -> PathBuf {
+        let disk = dir.join("d.qcow2");
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg("16M")
+            .status()
+            .expect("qemu-img");
+        assert!(st.success());
+        disk
+    }
+
+    #[test]
+    fn a_launch_waits_for_a_lock_released_meanwhile() {
+        let t = tempfile::tempdir().unwrap();
+        let disk = image(t.path());
+        let mut nbd = hold(&disk, &t.path().join("s"));
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            nbd.kill().unwrap();
+            nbd.wait().unwrap();
+        });
+        let start = Instant::now();
+        wait_unlocked(&disk, Duration::from_secs(20)).unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(1000),
+            "did not wait"
+        );
+        killer.join().unwrap();
+    }
+
+    #[test]
+    fn a_lock_held_past_the_timeout_names_the_disk() {
+        let t = tempfile::tempdir().unwrap();
+        let disk = image(t.path());
+        let mut nbd = hold(&disk, &t.path().join("s"));
+        let e = wait_unlocked(&disk, Duration::from_secs(1)).unwrap_err();
+        nbd.kill().unwrap();
+        nbd.wait().unwrap();
+        let msg = e.to_string();
+        assert!(msg.contains("d.qcow2") && msg.contains("in use"), "{msg}");
+        // Unlocked, it returns at once.
+        wait_unlocked(&disk, Duration::from_secs(1)).unwrap();
+    }
 }

@@ -433,8 +433,11 @@ pub fn inspect(
         product_name: rel.pretty_name.clone(),
         major_version,
         minor_version,
+        // /bin/sh is a symlink (to dash, bash...), which file_architecture refuses
+        // with an error line of its own on stderr: resolve it (inside the guest) first.
         arch: g
-            .file_architecture("/bin/sh")
+            .realpath("/bin/sh")
+            .and_then(|p| g.file_architecture(&p))
             .unwrap_or_else(|_| "unknown".into()),
         hostname: app
             .read_opt("/etc/hostname")?

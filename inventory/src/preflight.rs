@@ -38,6 +38,7 @@ pub const CONCERNS: &[(&str, Severity)] = &[
     ("parallel-port", Severity::Info),
     ("cdrom-host-device", Severity::Info),
     ("nic-static-mac", Severity::Info),
+    ("windows-virtio-win", Severity::Info),
 ];
 
 fn severity(id: &str) -> Severity {
@@ -55,6 +56,18 @@ fn add(vm: &mut Vm, id: &str, subject: Option<String>, message: String) {
         subject,
         message,
     });
+}
+
+/// Whether a VMware guest id names a Windows older than 7 / Server 2008 R2. VMware's ids
+/// for Windows 7 and later all start with `windows` (`windows7-64`, `windows2019srv-64`,
+/// `windows9_64Guest`); the older ones with `win` or `longhorn` (`winXPPro`,
+/// `winNetStandard` = 2003, `longhorn` / `winLonghorn` = 2008, `winVista`, `winNT`).
+/// Without an id the guest's own inspection decides (the injector refuses < 6.1).
+fn windows_before_7(id: Option<&str>) -> bool {
+    id.is_some_and(|id| {
+        let id = id.to_ascii_lowercase();
+        !id.starts_with("windows") && (id.starts_with("win") || id.starts_with("longhorn"))
+    })
 }
 
 /// Adds every concern about `vm` (keeping those its reader already added), then sorts
@@ -294,11 +307,21 @@ pub fn assess(vm: &mut Vm) {
         }
     }
     match vm.guest_os.family {
-        OsFamily::Windows => push(
+        OsFamily::Windows if windows_before_7(vm.guest_os.id.as_deref()) => push(
             "guest-os-unsupported",
             None,
             format!(
-                "{} guest: the driver injector cannot convert Windows yet",
+                "{} guest: Windows older than 7 / Server 2008 R2 is not converted (virtio-win \
+                 has no maintained drivers for it)",
+                vm.guest_os.id.as_deref().unwrap_or("Windows")
+            ),
+        ),
+        OsFamily::Windows => push(
+            "windows-virtio-win",
+            None,
+            format!(
+                "{} guest: its conversion needs the virtio-win drivers (--virtio-win DIR|ISO \
+                 or $VIRTIO_WIN)",
                 vm.guest_os.id.as_deref().unwrap_or("Windows")
             ),
         ),
@@ -425,12 +448,23 @@ mod tests {
     }
 
     #[test]
-    fn windows_is_critical_until_the_injector_supports_it() {
-        let mut v = vm();
-        v.guest_os.family = OsFamily::Windows;
-        assess(&mut v);
-        assert_eq!(v.concerns[0].id, "guest-os-unsupported");
-        assert_eq!(v.concerns[0].severity, Severity::Critical);
+    fn windows_7_and_later_convert_with_drivers_older_windows_is_critical() {
+        for (id, want, sev) in [
+            ("windows2019srv-64", "windows-virtio-win", Severity::Info),
+            ("windows7srv-64", "windows-virtio-win", Severity::Info),
+            ("windows9_64Guest", "windows-virtio-win", Severity::Info),
+            ("winXPPro", "guest-os-unsupported", Severity::Critical),
+            ("winNetStandard", "guest-os-unsupported", Severity::Critical),
+            ("longhorn-64", "guest-os-unsupported", Severity::Critical),
+            ("winNT", "guest-os-unsupported", Severity::Critical),
+        ] {
+            let mut v = vm();
+            v.guest_os.family = OsFamily::Windows;
+            v.guest_os.id = Some(id.into());
+            assess(&mut v);
+            assert_eq!(v.concerns[0].id, want, "{id}");
+            assert_eq!(v.concerns[0].severity, sev, "{id}");
+        }
     }
 
     #[test]

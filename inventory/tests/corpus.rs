@@ -88,22 +88,21 @@ fn esxi70_efi_secure_boot_pvscsi_dvs_static_mac_and_independent_disk() {
 }
 
 #[test]
-fn esxi80_windows_with_vtpm_and_nvme_is_critical() {
+fn esxi80_windows_with_vtpm_and_nvme_needs_drivers_and_decisions() {
     let vm = one("esxi80-win2022/win2022-dc01.vmx");
     assert_eq!(vm.guest_os.family, OsFamily::Windows);
     assert!(vm.tpm);
     assert_eq!(vm.disks[0].slot.unwrap().bus, BusKind::Nvme);
     assert_eq!(vm.nics[0].model, NicModel::E1000e);
     for id in [
-        "guest-os-unsupported",
+        "windows-virtio-win",
         "tpm",
         "nvme-controller",
         "usb-controller",
     ] {
         assert!(has(&vm, id), "{id}");
     }
-    assert!(vm.has_critical());
-    assert_eq!(vm.concerns[0].severity, Severity::Critical);
+    assert!(!has(&vm, "guest-os-unsupported"));
 }
 
 #[test]

@@ -43,6 +43,8 @@ pub struct Options {
     /// Define the domain in libvirt (not started) after the target is written.
     pub define: Option<String>,
     pub verify_manifest: bool,
+    /// virtio-win drivers for a Windows guest (a directory); `None` reads `$VIRTIO_WIN`.
+    pub virtio_win: Option<PathBuf>,
 }
 
 /// What `migrate` reports as it goes.
@@ -456,10 +458,21 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
     if let Some(w) = warning {
         progress(Event::Message(w));
     }
+    let windows_path = out.join("windows.json");
+    // A Windows guest's target follows its own clock setting and gets Hyper-V
+    // enlightenments; the injector's Windows report says which (kept for reruns).
+    let mut features = injector::target::GuestFeatures::default();
+    let mut windows_guest = false;
     let log: serde_json::Value = if reuse_injected {
         let b = std::fs::read(&log_path).map_err(io("reading conversion-log.json"))?;
         let v = serde_json::from_slice(&b)
             .map_err(|e| Error::Input(format!("conversion-log.json: {e}")))?;
+        if let Ok(b) = std::fs::read(&windows_path) {
+            let w: injector::windows::Report = serde_json::from_slice(&b)
+                .map_err(|e| Error::Input(format!("windows.json: {e}")))?;
+            features = injector::target::GuestFeatures::windows(w.inspection.rtc_utc);
+            windows_guest = true;
+        }
         finish(
             "inject",
             "reused",
@@ -475,7 +488,29 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
             keep_agent: opts.keep_agent,
             accel,
         };
-        let log = injector::inject(&iopts, &mut |m| progress(Event::Message(m.to_string())))?;
+        let mut wopts = injector::windows::Options::from_env();
+        if opts.virtio_win.is_some() {
+            wopts.virtio_win = opts.virtio_win.clone();
+        }
+        let done = injector::inject_with(&iopts, &wopts, &mut |m| {
+            progress(Event::Message(m.to_string()));
+        })?;
+        let log = done.log;
+        match &done.windows {
+            Some(w) => {
+                features = injector::target::GuestFeatures::windows(w.inspection.rtc_utc);
+                windows_guest = true;
+                let b = serde_json::to_vec_pretty(w).map_err(|e| Error::Input(e.to_string()))?;
+                v2k_converters::output::write_atomic(&windows_path, &b)?;
+            }
+            // A stale report of an earlier guest in this directory must not linger.
+            None => match std::fs::remove_file(&windows_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("removing a stale windows.json")(e))
+                }
+                _ => {}
+            },
+        }
         let v = serde_json::to_value(&log).map_err(|e| Error::Input(e.to_string()))?;
         let b = serde_json::to_vec_pretty(&v).map_err(|e| Error::Input(e.to_string()))?;
         v2k_converters::output::write_atomic(&log_path, &b)?;
@@ -502,10 +537,11 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
     let target = Target::from_vm(&vm, &disks, opts.disk_bus, &opts.network_map, accel)?;
     std::fs::write(
         out.join("domain.xml"),
-        injector::target::domain_xml(&target),
+        injector::target::domain_xml_with(&target, &features),
     )
     .map_err(io("writing domain.xml"))?;
-    let argv = injector::target::qemu_argv(&target, &injector::QemuOptions::default());
+    let argv =
+        injector::target::qemu_argv_with(&target, &injector::QemuOptions::default(), &features);
     std::fs::write(
         out.join("qemu-cmdline.json"),
         serde_json::to_vec_pretty(&argv).unwrap_or_default(),
@@ -539,7 +575,7 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
     // 5. validate
     let validation = if opts.validate {
         let t = stage_start("validate");
-        let expect = Expectations {
+        let mut expect = Expectations {
             mounts: log["inspection"]["mounts"]
                 .as_array()
                 .map(|m| {
@@ -556,7 +592,7 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
                     n.iter()
                         .filter_map(|x| {
                             Some(v2k_validator::checks::ExpectedNic {
-                                name: x["name"].as_str()?.into(),
+                                name: Some(x["name"].as_str()?.into()),
                                 mac: x["mac"].as_str()?.into(),
                             })
                         })
@@ -564,11 +600,24 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
                 })
                 .unwrap_or_default(),
         };
+        // Windows names its new virtio adapters itself: every NIC of the target is
+        // expected by MAC, up with an address, whatever it is called.
+        if windows_guest {
+            expect.nics = target
+                .nics
+                .iter()
+                .map(|n| v2k_validator::checks::ExpectedNic {
+                    name: None,
+                    mac: n.mac.clone(),
+                })
+                .collect();
+        }
         let vopts = v2k_validator::Options {
             backend: opts.backend.clone(),
             boot_timeout: opts.boot_timeout,
             keep_changes: opts.keep_changes,
             work_dir: out.join("validation"),
+            features,
         };
         let v = v2k_validator::validate(&target, &expect, &vopts)?;
         finish(

@@ -12,20 +12,32 @@ use crate::Evidence;
 pub struct Expectations {
     /// Mount points that must be mounted (besides `/`), e.g. `/data`.
     pub mounts: Vec<String>,
-    /// NICs that must be up with this name and MAC and hold an IPv4 address.
+    /// NICs that must be up with this MAC (and name, when one is expected) and hold
+    /// an IPv4 address.
     pub nics: Vec<ExpectedNic>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExpectedNic {
-    pub name: String,
+    /// The name the guest must give it; `None` when the guest names it itself (a
+    /// Windows adapter, "Ethernet 2"), so that only the MAC and address count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub mac: String,
+}
+
+impl ExpectedNic {
+    /// The check id: `nic:<name>`, or `nic:<mac>` for a NIC named by the guest.
+    pub fn check_id(&self) -> String {
+        format!("nic:{}", self.name.as_deref().unwrap_or(&self.mac))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub struct Check {
-    /// Stable id: `agent-report`, `root-rw`, `mounts`, `nic:<name>`, `failed-units`.
+    /// Stable id: `agent-report`, `root-rw`, `mounts`, `nic:<name>` (`nic:<mac>` when
+    /// the guest names the NIC), `failed-units`.
     /// How the guest stopped afterwards is evidence (`clean-shutdown`), not a check:
     /// a guest without an ACPI handler (no logind) is still a working guest.
     pub id: String,
@@ -39,6 +51,19 @@ fn check(id: impl Into<String>, passed: bool, reason: impl Into<String>) -> Chec
         passed,
         reason: reason.into(),
     }
+}
+
+/// MACs compared by their hex digits: Linux writes `00:50:56:aa:bb:cc`, Windows
+/// tools `00-50-56-AA-BB-CC`.
+fn same_mac(a: &str, b: &str) -> bool {
+    let hex = |s: &str| -> String {
+        s.chars()
+            .filter(char::is_ascii_hexdigit)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let (a, b) = (hex(a), hex(b));
+    a.len() == 12 && a == b
 }
 
 /// Judges the evidence. Without an agent report every guest-side check fails with
@@ -57,7 +82,7 @@ pub fn judge(expect: &Expectations, ev: &Evidence, timeout: Duration) -> Vec<Che
         out.push(check("root-rw", false, "not reported"));
         out.push(check("mounts", false, "not reported"));
         for n in &expect.nics {
-            out.push(check(format!("nic:{}", n.name), false, "not reported"));
+            out.push(check(n.check_id(), false, "not reported"));
         }
         out.push(check("failed-units", false, "not reported"));
         return out;
@@ -110,19 +135,19 @@ pub fn judge(expect: &Expectations, ev: &Evidence, timeout: Duration) -> Vec<Che
         )
     });
     for n in &expect.nics {
-        let id = format!("nic:{}", n.name);
-        let found = a.nics.iter().find(|r| r.mac.eq_ignore_ascii_case(&n.mac));
-        out.push(match found {
-            None => check(id, false, format!("no NIC with MAC {}", n.mac)),
-            Some(r) if r.name != n.name => check(
+        let id = n.check_id();
+        let found = a.nics.iter().find(|r| same_mac(&r.mac, &n.mac));
+        out.push(match (found, &n.name) {
+            (None, _) => check(id, false, format!("no NIC with MAC {}", n.mac)),
+            (Some(r), Some(want)) if &r.name != want => check(
                 id,
                 false,
-                format!("MAC {} is named {}, expected {}", n.mac, r.name, n.name),
+                format!("MAC {} is named {}, expected {want}", n.mac, r.name),
             ),
-            Some(r) if r.ipv4.is_empty() => {
+            (Some(r), _) if r.ipv4.is_empty() => {
                 check(id, false, format!("{} has no IPv4 address", r.name))
             }
-            Some(r) => check(
+            (Some(r), _) => check(
                 id,
                 true,
                 format!("{} {} has {}", r.name, r.mac, r.ipv4.join(", ")),
@@ -159,7 +184,7 @@ mod tests {
         Expectations {
             mounts: vec!["/data".into()],
             nics: vec![ExpectedNic {
-                name: "ens192".into(),
+                name: Some("ens192".into()),
                 mac: "00:50:56:aa:bb:cc".into(),
             }],
         }
@@ -184,6 +209,35 @@ mod tests {
         assert!(!by("mounts").passed && by("mounts").reason.contains("/data"));
         assert!(!by("nic:ens192").passed && by("nic:ens192").reason.contains("enp1s0"));
         assert!(!by("failed-units").passed);
+    }
+
+    #[test]
+    fn a_nic_the_guest_names_itself_is_judged_by_mac_and_address() {
+        // A Windows guest calls its new virtio adapter whatever it likes.
+        let expect = Expectations {
+            mounts: vec![],
+            nics: vec![
+                ExpectedNic {
+                    name: None,
+                    mac: "00:50:56:aa:bb:cc".into(),
+                },
+                ExpectedNic {
+                    name: None,
+                    mac: "00:50:56:aa:bb:dd".into(),
+                },
+            ],
+        };
+        let ev = evidence(
+            r#"V2K-AGENT {"v":1,"ok":true,"boot":true,"root-rw":true,"mounts":[{"target":"C:","ok":true}],"nics":[{"name":"Ethernet 2","mac":"00-50-56-AA-BB-CC","ipv4":["10.0.2.15/24"]},{"name":"Ethernet 3","mac":"00:50:56:aa:bb:dd","ipv4":[]}],"failed-units":[],"uptime":90}"#,
+        );
+        let c = judge(&expect, &ev, Duration::from_secs(60));
+        let by = |id: &str| c.iter().find(|c| c.id == id).unwrap().clone();
+        assert!(by("nic:00:50:56:aa:bb:cc").passed, "{c:?}");
+        let second = by("nic:00:50:56:aa:bb:dd");
+        assert!(
+            !second.passed && second.reason.contains("no IPv4"),
+            "{second:?}"
+        );
     }
 
     #[test]

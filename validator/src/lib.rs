@@ -21,6 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use v2k_drivers_injector::target::GuestFeatures;
 pub use v2k_drivers_injector::{Accel, Target};
 
 pub use agent::AgentReport;
@@ -45,6 +46,9 @@ pub struct Options {
     pub keep_changes: bool,
     /// Where the serial log, screenshot and overlays go.
     pub work_dir: PathBuf,
+    /// Guest features of the target (a Windows guest's RTC and Hyper-V settings), so
+    /// that the validation boot runs the VM as it will run in production.
+    pub features: GuestFeatures,
 }
 
 /// What was observed during the boot.

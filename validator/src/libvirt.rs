@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use v2k_drivers_injector::target::domain_xml;
+use v2k_drivers_injector::target::{domain_xml_with, GuestFeatures};
 use v2k_drivers_injector::Target;
 
 use v2k_drivers_injector::agent::POWEROFF_FW_CFG;
@@ -46,11 +46,16 @@ fn wait_gone(uri: &str, name: &str, limit: Duration) -> bool {
 
 /// The validation domain's XML: the target's, with a unique name, no UUID (so it
 /// cannot clash with a defined domain of the same VM) and the console logged.
-pub fn validation_xml(t: &Target, name: &str, serial_log: &Path) -> Result<String> {
+pub fn validation_xml(
+    t: &Target,
+    f: &GuestFeatures,
+    name: &str,
+    serial_log: &Path,
+) -> Result<String> {
     let mut tt = t.clone();
     tt.uuid = None;
     tt.name = name.to_string();
-    let xml = domain_xml(&tt);
+    let xml = domain_xml_with(&tt, f);
     let from = "<serial type='pty'>\n";
     if !xml.contains(from) {
         return Err(Error::Tool("target XML has no serial console".into()));
@@ -91,8 +96,11 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
     let _ = std::fs::remove_file(&shot);
     let name = format!("v2k-validate-{}-{}", t.safe_name(), std::process::id());
     let xml_path = w.join("validation-domain.xml");
-    std::fs::write(&xml_path, validation_xml(t, &name, &serial)?)
-        .map_err(io("writing the validation domain XML"))?;
+    std::fs::write(
+        &xml_path,
+        validation_xml(t, &opts.features, &name, &serial)?,
+    )
+    .map_err(io("writing the validation domain XML"))?;
     let start = Instant::now();
     run_tool(virsh(uri).arg("create").arg(&xml_path))?;
 
@@ -193,7 +201,13 @@ mod tests {
     fn validation_domain_logs_the_console_asks_for_poweroff_and_is_schema_valid() {
         let t = tempfile::tempdir().unwrap();
         let log = t.path().join("serial & log.txt");
-        let xml = validation_xml(&target(), "v2k-validate-web01-1", &log).unwrap();
+        let xml = validation_xml(
+            &target(),
+            &GuestFeatures::default(),
+            "v2k-validate-web01-1",
+            &log,
+        )
+        .unwrap();
         assert!(xml.contains("<name>v2k-validate-web01-1</name>"), "{xml}");
         assert!(!xml.contains("<uuid>"), "{xml}");
         assert!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use v2k_drivers_injector::agent::POWEROFF_FW_CFG;
-use v2k_drivers_injector::target::{qemu_argv, QemuOptions, OVMF_VARS, OVMF_VARS_SECBOOT};
+use v2k_drivers_injector::target::{qemu_argv_with, QemuOptions, OVMF_VARS, OVMF_VARS_SECBOOT};
 use v2k_drivers_injector::Target;
 
 use crate::qmp::Qmp;
@@ -97,7 +97,7 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
         snapshot: false,
         efi_vars,
     };
-    let mut argv = qemu_argv(t, &q);
+    let mut argv = qemu_argv_with(t, &q, &opts.features);
     argv.extend([
         "-qmp".to_string(),
         format!("unix:{},server=on,wait=off", qmp_sock.display()),

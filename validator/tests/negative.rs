@@ -54,7 +54,7 @@ fn unconverted_target(dir: &std::path::Path) -> (Target, Expectations) {
     let expect = Expectations {
         mounts: vec!["/data".into()],
         nics: vec![ExpectedNic {
-            name: "ens192".into(),
+            name: Some("ens192".into()),
             mac: f.mac.clone(),
         }],
     };
@@ -70,6 +70,7 @@ fn an_uninjected_guest_fails_validation_with_the_initramfs_reason() {
         boot_timeout: Duration::from_secs(150),
         keep_changes: false,
         work_dir: t.path().join("validation"),
+        features: Default::default(),
     };
     let v = validate(&target, &expect, &opts).unwrap();
     assert!(!v.passed);
@@ -95,6 +96,7 @@ fn a_boot_timeout_is_reported_not_hung() {
         boot_timeout: Duration::from_secs(3),
         keep_changes: false,
         work_dir: t.path().join("validation"),
+        features: Default::default(),
     };
     let start = Instant::now();
     let v = validate(&target, &expect, &opts).unwrap();

@@ -75,6 +75,8 @@ pub struct Settings {
     pub connect: Option<String>,
     pub accel: Option<AccelName>,
     pub verify_manifest: Option<bool>,
+    /// virtio-win driver directory for Windows guests.
+    pub virtio_win: Option<PathBuf>,
     pub hooks: Option<HooksFile>,
 }
 
@@ -164,6 +166,7 @@ pub struct VmFile {
     pub connect: Option<String>,
     pub accel: Option<AccelName>,
     pub verify_manifest: Option<bool>,
+    pub virtio_win: Option<PathBuf>,
     pub hooks: Option<HooksFile>,
 }
 
@@ -178,6 +181,7 @@ impl VmFile {
             connect: self.connect.clone(),
             accel: self.accel,
             verify_manifest: self.verify_manifest,
+            virtio_win: self.virtio_win.clone(),
             hooks: self.hooks.clone(),
         }
     }
@@ -230,6 +234,8 @@ pub struct VmPlan {
     pub backend: Backend,
     pub accel: Option<Accel>,
     pub verify_manifest: bool,
+    /// virtio-win driver directory (absolute) for a Windows guest.
+    pub virtio_win: Option<PathBuf>,
     pub pre: Option<Hook>,
     pub post: Option<Hook>,
     /// Line of the VM's entry in the plan.
@@ -260,6 +266,7 @@ impl VmPlan {
             keep_changes: false,
             define: None,
             verify_manifest: self.verify_manifest,
+            virtio_win: self.virtio_win.clone(),
         }
     }
 }
@@ -494,6 +501,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                     AccelName::Tcg => Accel::Tcg,
                 }),
                 verify_manifest: s.verify_manifest.unwrap_or(true),
+                virtio_win: s.virtio_win.as_deref().map(abs),
                 pre,
                 post,
                 line,
@@ -544,6 +552,7 @@ fn merge(d: &Settings, v: &Settings) -> Settings {
         connect: v.connect.clone().or_else(|| d.connect.clone()),
         accel: v.accel.or(d.accel),
         verify_manifest: v.verify_manifest.or(d.verify_manifest),
+        virtio_win: v.virtio_win.clone().or_else(|| d.virtio_win.clone()),
         hooks: match (&v.hooks, &d.hooks) {
             (Some(vh), Some(dh)) => Some(HooksFile {
                 pre: vh.pre.clone().or_else(|| dh.pre.clone()),
@@ -621,6 +630,29 @@ waves:
         assert_eq!(w.vms[1].disk_bus, DiskBus::VirtioScsi);
         assert_eq!(w.vms[1].backend, Backend::Qemu);
         assert_eq!(w.vms[1].line, Some(20));
+    }
+
+    #[test]
+    fn virtio_win_comes_from_defaults_or_the_vm_relative_to_the_plan() {
+        let text = GOOD
+            .replace(
+                "  validate: false\n",
+                "  validate: false\n  virtio-win: drivers/vw\n",
+            )
+            .replace(
+                "        disk-bus: scsi\n",
+                "        disk-bus: scsi\n        virtio-win: /iso/vw\n",
+            );
+        let p = parse(&text, Path::new("/plans/p.yaml")).unwrap();
+        let vms = &p.waves[0].vms;
+        assert_eq!(vms[0].virtio_win, Some(PathBuf::from("/plans/drivers/vw")));
+        assert_eq!(vms[1].virtio_win, Some(PathBuf::from("/iso/vw")));
+        let o = vms[0].migrate_options(&p.network_map);
+        assert_eq!(o.virtio_win, Some(PathBuf::from("/plans/drivers/vw")));
+        assert_eq!(
+            parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0].virtio_win,
+            None
+        );
     }
 
     #[test]

@@ -84,13 +84,12 @@ enum BackendArg {
 }
 
 pub fn exec(args: Args) -> anyhow::Result<i32> {
-    if let Some(vw) = &args.virtio_win {
-        // The pipeline library reads the Windows driver source from $VIRTIO_WIN. This
-        // runs first in the subcommand, before any thread exists, so setting the
-        // process environment here races with nothing.
-        let vw = std::path::absolute(vw).with_context(|| format!("resolving {}", vw.display()))?;
-        std::env::set_var(v2k_drivers_injector::windows::VIRTIO_WIN_ENV, vw);
-    }
+    let virtio_win = match &args.virtio_win {
+        Some(vw) => {
+            Some(std::path::absolute(vw).with_context(|| format!("resolving {}", vw.display()))?)
+        }
+        None => None,
+    };
     let mut map = NetworkMap::default();
     for m in &args.network_map {
         map.0
@@ -122,6 +121,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         keep_changes: args.keep_changes,
         define: args.define.then(|| args.connect.clone()),
         verify_manifest: !args.no_verify_manifest,
+        virtio_win,
     };
     let json_mode = args.json;
     let progress = move |e: Event| match e {

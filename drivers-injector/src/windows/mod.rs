@@ -79,7 +79,7 @@ pub struct CopiedDriver {
     /// Its folder in the guest (`C:\Windows\Drivers\VirtIO\viostor`).
     pub guest_dir: String,
     pub files: Vec<String>,
-    /// The host folder it came from.
+    /// The host folder it came from (`ISO:driver/os/arch` for an ISO source).
     pub source: String,
 }
 
@@ -516,7 +516,7 @@ pub fn convert(
             name: id.clone(),
             guest_dir: win_path(&insp, &format!("{}\\{id}", edits::DRIVER_DIR)),
             files,
-            source: d.dir.display().to_string(),
+            source: d.origin.clone(),
         });
     }
     // The boot driver also where the boot loader looks for it.
