@@ -302,3 +302,103 @@ fn migrate_dracut_lvm_vmx_flat_through_direct_qemu_validates() {
 fn migrate_dracut_lvm_ova_through_direct_qemu_validates() {
     migrate_dracut_lvm(|f| f.ova.clone(), "qemu");
 }
+
+/// Runs a command, failing the test with its stderr.
+fn run(c: &mut Command) -> Output {
+    let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+#[test]
+fn a_gzip_compressed_chunked_ova_disk_is_assembled_converted_and_cleaned_up() {
+    use std::io::Write;
+    let f = build(Variant::DebianClassic).unwrap_or_else(|e| panic!("fixture: {e}"));
+    let t = tempfile::tempdir().unwrap();
+    let x = t.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&f.ova).arg("-C").arg(&x));
+    // The reference: the disk's content hash as `v2k convert` computes it.
+    let name = "debian-classic-disk1.vmdk";
+    let reference = t.path().join("ref.qcow2");
+    run(Command::new(V2K)
+        .arg("convert")
+        .arg(x.join(name))
+        .arg("-o")
+        .arg(&reference));
+    let manifest = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let want = manifest(&t.path().join("ref.qcow2.manifest.json"))["hash"]["source"].clone();
+    assert!(want.is_string(), "{want}");
+    // ovftool --compress: the disk gzip-compressed, then split into chunks.
+    let raw = std::fs::read(x.join(name)).unwrap();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(&raw).unwrap();
+    let z = e.finish().unwrap();
+    std::fs::remove_file(x.join(name)).unwrap();
+    let chunk = z.len() / 3 + 1;
+    let mut members = vec!["debian-classic.ovf".to_string()];
+    for (i, c) in z.chunks(chunk).enumerate() {
+        let m = format!("{name}.{i:09}");
+        std::fs::write(x.join(&m), c).unwrap();
+        members.push(m);
+    }
+    members.push("debian-classic-disk2.vmdk".into());
+    let ovf_path = x.join("debian-classic.ovf");
+    let ovf = std::fs::read_to_string(&ovf_path).unwrap();
+    let old = format!(
+        "ovf:href=\"{name}\" ovf:id=\"file1\" ovf:size=\"{}\"",
+        raw.len()
+    );
+    assert!(ovf.contains(&old), "{ovf}");
+    let ovf = ovf.replace(
+        &old,
+        &format!(
+            "ovf:href=\"{name}\" ovf:id=\"file1\" ovf:size=\"{}\" ovf:compression=\"gzip\" \
+             ovf:chunkSize=\"{chunk}\"",
+            z.len()
+        ),
+    );
+    std::fs::write(&ovf_path, ovf).unwrap();
+    let sums = run(Command::new("sha256sum").args(&members).current_dir(&x));
+    let mf: String = String::from_utf8(sums.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (h, n) = l.split_once("  ").unwrap();
+            format!("SHA256({n})= {h}\n")
+        })
+        .collect();
+    std::fs::write(x.join("debian-classic.mf"), mf).unwrap();
+    members.push("debian-classic.mf".into());
+    let ova = t.path().join("compressed.ova");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&ova)
+        .arg("--format=ustar")
+        .arg("-C")
+        .arg(&x)
+        .args(&members));
+
+    let out = t.path().join("run");
+    let o = migrate(&ova, &out, &["--no-validate"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = report(&out);
+    assert_eq!(r["disks"][0]["hash"]["source"], want, "{:#}", r["disks"]);
+    assert!(
+        !out.join("staging").exists(),
+        "the staging copy outlived the conversion"
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("assembling"), "{stdout}");
+}

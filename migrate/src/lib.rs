@@ -13,6 +13,8 @@
 //! the injector (which edits the disks in place) converts again rather than trusting
 //! half-edited disks.
 
+pub mod staging;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -210,8 +212,16 @@ fn disk_hashes(disks: &[PathBuf], sizes: &[u64]) -> Option<Vec<String>> {
 /// Where a disk's bytes are, for the converter.
 fn disk_source(loc: &DiskLocation, id: &str) -> Result<Source> {
     match loc {
-        DiskLocation::File { path, compression: None } => Ok(Source::file(path)),
-        DiskLocation::OvaMember { archive, chunks, compression: None, .. } if chunks.len() == 1 => Ok(Source {
+        DiskLocation::File {
+            path,
+            compression: None,
+        } => Ok(Source::file(path)),
+        DiskLocation::OvaMember {
+            archive,
+            chunks,
+            compression: None,
+            ..
+        } if chunks.len() == 1 => Ok(Source {
             path: archive.clone(),
             range: Some(ByteRange {
                 offset: chunks[0].offset,
@@ -219,7 +229,7 @@ fn disk_source(loc: &DiskLocation, id: &str) -> Result<Source> {
             }),
         }),
         other => Err(Error::Input(format!(
-            "disk {id}: its bytes are {other:?}; chunked or gzip-compressed disks are not converted yet"
+            "disk {id}: its bytes cannot be read ({other:?})"
         ))),
     }
 }
@@ -397,17 +407,28 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
     } else {
         state = State::default();
         save_state(&state_path, &state)?;
-        let jobs = vm
-            .disks
-            .iter()
-            .zip(&disks)
-            .map(|(d, o)| {
-                Ok(Job {
-                    source: disk_source(&d.location, &d.id)?,
-                    output: o.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        // Chunked and gzip-compressed disks are assembled first (staging.rs).
+        let mut staged = Vec::new();
+        let mut jobs = Vec::new();
+        for (d, o) in vm.disks.iter().zip(&disks) {
+            let source = if staging::needs_staging(&d.location) {
+                let dest = staging::staged_path(out, &safe_file_name(&d.id));
+                progress(Event::Message(format!(
+                    "disk {}: assembling its chunked or compressed file into {}",
+                    d.id,
+                    dest.display()
+                )));
+                staging::stage(&d.location, d.capacity, &dest, &d.id)?;
+                staged.push(dest.clone());
+                Source::file(dest)
+            } else {
+                disk_source(&d.location, &d.id)?
+            };
+            jobs.push(Job {
+                source,
+                output: o.clone(),
+            });
+        }
         let copts = conv::Options {
             format: Format::Qcow2,
             compress: opts.compress,
@@ -435,6 +456,13 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
         .map_err(|_| Error::Input("internal: the conversion thread panicked".into()))?;
         for r in results {
             manifests.push(serde_json::to_value(r?).unwrap_or_default());
+        }
+        // Converted and verified: the assembled copies are no longer needed.
+        for p in &staged {
+            std::fs::remove_file(p).map_err(io(format!("removing {}", p.display())))?;
+        }
+        if !staged.is_empty() {
+            let _ = std::fs::remove_dir(out.join("staging"));
         }
         state.converted = Some(
             manifests
