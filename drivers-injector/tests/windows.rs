@@ -627,3 +627,33 @@ fn refuses_a_windows_model_without_virtio_win_before_any_launch() {
     // No appliance was launched (that takes seconds even with KVM).
     assert!(t.elapsed().as_secs() < 2, "{:?}", t.elapsed());
 }
+
+#[test]
+fn refuses_a_guest_with_two_windows_installations_naming_both() {
+    prerequisites();
+    let _g = heavy();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let a = image(
+        WindowsSpec::new(WindowsVersion::Server2019),
+        dir.path(),
+        "a.qcow2",
+    );
+    let b = image(
+        WindowsSpec::new(WindowsVersion::Windows7),
+        dir.path(),
+        "b.qcow2",
+    );
+    let tree = tree(dir.path(), &["w7", "2k19"]);
+    let before = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let mut o = opts(&vm("dual", "windows"), &a);
+    o.disks.push(b.clone());
+    let err = inject_with(&o, &win(&tree), &mut say).expect_err("must be refused");
+    assert_eq!(err.kind(), ErrorKind::Refused, "{err}");
+    let m = err.to_string();
+    assert!(m.contains("2 Windows installations"), "{m}");
+    assert!(m.contains("/dev/sda") && m.contains("/dev/sdb"), "{m}");
+    assert!(
+        (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()) == before,
+        "a disk changed although the injection was refused"
+    );
+}

@@ -103,16 +103,21 @@ pub fn scan(app: &Appliance) -> Result<Scan> {
                 app.is_file(&p).unwrap_or(false).then_some(p)
             };
             if let (Some(system_hive), Some(software_hive)) = (hive("SYSTEM"), hive("SOFTWARE")) {
-                // The first Windows found is converted; it stays mounted read-only for
-                // the inspection (one mount less under TCG).
                 out.windows.push(Located {
                     root: dev.clone(),
                     system_root: sysroot,
                     system_hive,
                     software_hive,
-                    mounted: true,
+                    mounted: false,
                 });
-                return Ok(out);
+                // Every NTFS filesystem is still looked at: a second Windows (a
+                // multi-boot guest) must be refused, not silently left unconverted.
+                // The last one scanned stays mounted read-only for the inspection when
+                // it is the only Windows (one mount less under TCG).
+                if out.windows.len() == 1 && Some(dev) == ntfs.last() {
+                    out.windows[0].mounted = true;
+                    return Ok(out);
+                }
             }
         }
         g.umount_all().map_err(gerr("umount_all"))?;
