@@ -26,6 +26,7 @@ enum Command {
     Migrate(commands::migrate::Args),
     Inject(commands::inject::Args),
     Wave(commands::wave::Args),
+    Vsphere(commands::vsphere::Args),
 }
 
 fn main() {
@@ -49,6 +50,7 @@ fn main() {
         Command::Migrate(args) => commands::migrate::exec(args),
         Command::Inject(args) => commands::inject::exec(args),
         Command::Wave(args) => commands::wave::exec(args),
+        Command::Vsphere(args) => commands::vsphere::exec(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

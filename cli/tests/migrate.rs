@@ -28,6 +28,16 @@ fn report(out: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out.join("report.json")).expect("report.json")).unwrap()
 }
 
+/// Exit code 0, or the failure with the run's stderr.
+fn assert_ok(o: &Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 fn assert_validated(o: &Output, out: &Path, backend: &str) {
     let stderr = String::from_utf8_lossy(&o.stderr);
     // A run that failed before its report says why on stderr: show it, not a bare ENOENT.
@@ -169,12 +179,7 @@ fn migrate_ova_through_direct_qemu_validates_and_a_rerun_reuses_every_stage() {
         assert!(last["total"].as_u64().unwrap() > 0);
     }
     let o = migrate(&f.ova, &out, &["--backend", "qemu", "--no-validate"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_ok(&o);
     let r = report(&out);
     let status = |name: &str| {
         r["stages"]
@@ -387,12 +392,7 @@ fn a_gzip_compressed_chunked_ova_disk_is_assembled_converted_and_cleaned_up() {
 
     let out = t.path().join("run");
     let o = migrate(&ova, &out, &["--no-validate"]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_ok(&o);
     let r = report(&out);
     assert_eq!(r["disks"][0]["hash"]["source"], want, "{:#}", r["disks"]);
     assert!(

@@ -15,4 +15,5 @@ pub mod manifest;
 pub mod output;
 pub mod qcow2;
 pub mod raw;
+pub mod stream;
 pub mod verify;

@@ -64,6 +64,12 @@ pub struct Vm {
     pub disk_enable_uuid: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<Snapshot>,
+    /// Power state when inventoried (vSphere sources only: a file does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_state: Option<PowerState>,
+    /// For a vSphere source: where the VM lives on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsphere: Option<VsphereSource>,
     /// Pre-flight findings, most severe first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub concerns: Vec<Concern>,
@@ -81,12 +87,52 @@ pub struct Source {
     pub manifest: Option<ManifestStatus>,
 }
 
+/// Where a VM read from vCenter/ESXi lives ([`Vm::vsphere`]). `Source::path` is its address
+/// without the user (`vsphere://HOST[:PORT]/DC/vm/FOLDER/NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VsphereSource {
+    /// `host[:port]` of the vCenter or ESXi the VM was read from.
+    pub server: String,
+    /// Managed object id (`vm-42`).
+    pub moref: String,
+    /// Inventory path of the datacenter (`DC0`, or `folder/DC0`): the `dcPath` of
+    /// datastore downloads.
+    pub datacenter: String,
+    /// Inventory path of the VM (`DC0/vm/folder/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_path: Option<String>,
+    /// The `.vmx` as a datastore path (`[ds] dir/name.vmx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmx_path: Option<String>,
+    /// The ESXi host running (or registered with) the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Names of the datastores the VM uses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datastores: Vec<String>,
+    /// vCenter's instance UUID of the VM (`config.instanceUuid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_uuid: Option<String>,
+}
+
+/// A VM's power state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PowerState {
+    PoweredOn,
+    PoweredOff,
+    Suspended,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SourceKind {
     Vmx,
     Ovf,
     Ova,
+    /// Read from vCenter or ESXi over the vSphere API.
+    Vsphere,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,6 +312,21 @@ pub enum DiskLocation {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         compression: Option<Compression>,
     },
+    /// A file on a vSphere datastore, read over the datastore HTTP interface
+    /// (`/folder/PATH?dcPath=DATACENTER&dsName=DATASTORE`). For a VMDK, the
+    /// descriptor; its extent is found from it.
+    #[serde(rename_all = "kebab-case")]
+    Datastore {
+        /// Datastore name (`LocalDS_0`).
+        datastore: String,
+        /// Path inside the datastore (`vm1/vm1.vmdk`).
+        path: String,
+        /// Inventory path of the datacenter (`dcPath`).
+        datacenter: String,
+        /// Thin provisioned on the datastore (`thinProvisioned`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        thin: bool,
+    },
     /// A raw host device (VMX `rawDisk`, `/dev/...`): not copied.
     #[serde(rename_all = "kebab-case")]
     HostDevice { path: String },
@@ -286,6 +347,7 @@ impl DiskLocation {
             DiskLocation::File { .. }
                 | DiskLocation::FileChunks { .. }
                 | DiskLocation::OvaMember { .. }
+                | DiskLocation::Datastore { .. }
         )
     }
 }
@@ -570,8 +632,16 @@ impl Vm {
             cbt: false,
             disk_enable_uuid: false,
             snapshots: Vec::new(),
+            power_state: None,
+            vsphere: None,
             concerns: Vec::new(),
         }
+    }
+
+    /// A VM with nothing known yet, for readers outside this crate (the vSphere
+    /// client) to fill.
+    pub fn new_empty(kind: SourceKind, path: PathBuf) -> Vm {
+        Vm::empty(kind, path)
     }
 
     /// Whether any concern is critical (the `inspect` exit code).

@@ -286,8 +286,36 @@ fn hardware_target(t: &Target) -> Hardware {
     }
 }
 
+/// A source whose VM and disks do not come from local files: a vCenter or ESXi
+/// (`v2k-vsphere`, wired in by the CLI). A trait, so that this crate does not depend on
+/// the vSphere client.
+pub trait RemoteSource: Sync {
+    /// What the source is called in messages (`vsphere://host:443/DC0/vm/web01`).
+    fn describe(&self) -> String;
+    /// The VM, with its pre-flight concerns.
+    fn load(&self) -> std::result::Result<Vm, String>;
+    /// Fetches and converts every disk of `vm` into `outputs` (QCOW2, verified, a
+    /// manifest beside each), reporting converter progress; results in disk order.
+    fn convert(
+        &self,
+        vm: &Vm,
+        outputs: &[PathBuf],
+        progress: &dyn conv::Progress,
+    ) -> Vec<std::result::Result<v2k_converters::manifest::Manifest, String>>;
+}
+
 /// Migrates one VM; see the module documentation for the stages.
 pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
+    migrate_from(opts, None, progress)
+}
+
+/// As [`migrate`], reading the VM and its disks from `remote` when given (then
+/// `opts.source` only names it).
+pub fn migrate_from(
+    opts: &Options,
+    remote: Option<&dyn RemoteSource>,
+    progress: &dyn Fn(Event),
+) -> Result<Outcome> {
     let out = &opts.out;
     std::fs::create_dir_all(out.join("disks"))
         .map_err(io(format!("creating {}", out.display())))?;
@@ -315,7 +343,12 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
     let inv = v2k_inventory::Options {
         verify_manifest: opts.verify_manifest,
     };
-    let mut vms = v2k_inventory::load(&opts.source, &inv)?;
+    let mut vms = match remote {
+        Some(r) => vec![r
+            .load()
+            .map_err(|e| Error::Input(format!("{}: {e}", r.describe())))?],
+        None => v2k_inventory::load(&opts.source, &inv)?,
+    };
     let vm = match (&opts.vm_name, vms.len()) {
         (_, 0) => {
             return Err(Error::Input(format!(
@@ -410,7 +443,8 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
         // Chunked and gzip-compressed disks are assembled first (staging.rs).
         let mut staged = Vec::new();
         let mut jobs = Vec::new();
-        for (d, o) in vm.disks.iter().zip(&disks) {
+        // A remote source streams its disks itself (no local file to read).
+        for (d, o) in vm.disks.iter().zip(&disks).filter(|_| remote.is_none()) {
             let source = if staging::needs_staging(&d.location) {
                 let dest = staging::staged_path(out, &safe_file_name(&d.id));
                 progress(Event::Message(format!(
@@ -443,9 +477,18 @@ pub fn migrate(opts: &Options, progress: &dyn Fn(Event)) -> Result<Outcome> {
         };
         let jobs_ref = &jobs;
         let copts_ref = &copts;
-        let results = std::thread::scope(|s| {
-            let worker = s.spawn(move || {
-                conv::convert_all(jobs_ref, copts_ref, jobs_ref.len().min(4), &sink)
+        let (vm_ref, disks_ref) = (&vm, &disks);
+        let results: Vec<Result<v2k_converters::manifest::Manifest>> = std::thread::scope(|s| {
+            let worker = s.spawn(move || match remote {
+                Some(r) => r
+                    .convert(vm_ref, disks_ref, &sink)
+                    .into_iter()
+                    .map(|x| x.map_err(Error::Input))
+                    .collect(),
+                None => conv::convert_all(jobs_ref, copts_ref, jobs_ref.len().min(4), &sink)
+                    .into_iter()
+                    .map(|x| x.map_err(Error::from))
+                    .collect(),
             });
             // Ends when the worker drops the sink (its sender) on return.
             for e in rx {

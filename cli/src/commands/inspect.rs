@@ -21,13 +21,18 @@ use crate::exit;
 #[command(
     long_about = "Show what VMware VMs are made of and what will not migrate cleanly.\n\n\
     Each PATH is a .vmx, .ovf or .ova file, or a directory searched (recursively, \
-    without following symlinks) for them. Exit status: 0 no critical concern, 1 at \
+    without following symlinks) for them, or a vSphere address \
+    vsphere://USER@HOST[:PORT]/DATACENTER/vm/[FOLDER/]NAME (NAME may hold * and ?; \
+    the password comes from $V2K_VSPHERE_PASSWORD or --password-file, never the \
+    command line; docs/vsphere.md). Exit status: 0 no critical concern, 1 at \
     least one critical concern, 2 a file could not be read or a usage error."
 )]
 pub struct Args {
-    /// VMX, OVF or OVA files, or directories to search
+    /// VMX, OVF or OVA files, directories to search, or vsphere:// addresses
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
+    #[command(flatten)]
+    vsphere: crate::commands::vsphere::SourceArgs,
     /// JSON Lines on stdout: one `"type":"vm"` object per VM, then a summary
     #[arg(long)]
     json: bool,
@@ -42,7 +47,12 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
     };
     let mut failures = 0usize;
     let mut files = Vec::new();
+    let mut remote = Vec::new();
     for p in &args.paths {
+        if let Some(a) = p.to_str().filter(|s| v2k_vsphere::Address::is_vsphere(s)) {
+            remote.push(a.to_string());
+            continue;
+        }
         match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => match v2k_inventory::discover(p) {
                 Ok(found) if found.is_empty() => {
@@ -65,10 +75,18 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         }
     }
 
-    let results = load_all(&files, &opts);
+    let mut results: Vec<anyhow::Result<Vec<Vm>>> = load_all(&files, &opts)
+        .into_iter()
+        .map(|r| r.map_err(anyhow::Error::from))
+        .collect();
+    let mut labels: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    for a in &remote {
+        labels.push(a.clone());
+        results.push(load_vsphere(a, &args.vsphere));
+    }
     let mut vms = 0usize;
     let mut critical = 0usize;
-    for (path, result) in files.iter().zip(results) {
+    for (path, result) in labels.iter().zip(results) {
         match result {
             Ok(list) => {
                 for vm in list {
@@ -88,7 +106,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             }
             Err(e) => {
                 failures += 1;
-                report(&anyhow::Error::from(e).context(format!("inspecting {}", path.display())));
+                report(&e.context(format!("inspecting {path}")));
             }
         }
     }
@@ -108,6 +126,20 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
     } else {
         exit::OK
     })
+}
+
+/// The VMs a vsphere:// address names (one, or all matching a pattern).
+fn load_vsphere(
+    address: &str,
+    a: &crate::commands::vsphere::SourceArgs,
+) -> anyhow::Result<Vec<Vm>> {
+    let addr = v2k_vsphere::Address::parse(address)?;
+    let client = crate::commands::vsphere::connect(&addr, a)?;
+    let vms = v2k_vsphere::inventory::vms_at(&client, &addr)?;
+    if vms.is_empty() {
+        anyhow::bail!("no VM matches");
+    }
+    Ok(vms)
 }
 
 /// One JSON Lines record, flushed at once like `console::emit_json`, but keeping the
@@ -208,6 +240,17 @@ fn location(l: &DiskLocation) -> String {
                 String::new()
             },
             if compression.is_some() { " (gzip)" } else { "" }
+        ),
+        DiskLocation::Datastore {
+            datastore,
+            path,
+            thin,
+            ..
+        } => format!(
+            "[{}] {}{}",
+            clean(datastore),
+            clean(path),
+            if *thin { " (thin)" } else { "" }
         ),
         DiskLocation::HostDevice { path } => format!("host device {}", clean(path)),
         DiskLocation::Missing { reference } => format!("MISSING {}", clean(reference)),

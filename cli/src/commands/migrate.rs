@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 use v2k_drivers_injector::{Accel, DiskBus, NetworkMap};
-use v2k_migrate::{migrate, Event, Options};
+use v2k_migrate::{migrate_from, Event, Options};
 use v2k_validator::Backend;
 
 use super::inject::{AccelArg, BusArg};
@@ -21,12 +21,17 @@ use crate::{console, exit};
     Writes into --out: vm.json, disks/*.qcow2 (+ manifests), conversion-log.json, domain.xml, \
     qemu-cmdline.json, run-qemu.sh, validation/ (serial log, screenshot), report.json and \
     report.html. A rerun skips stages whose outputs still verify by content hash. \
+    SOURCE may be a vSphere address, vsphere://USER@HOST[:PORT]/DATACENTER/vm/[FOLDER/]NAME: \
+    the VM is read from the server and its disks streamed from the datastore into QCOW2 \
+    (password from $V2K_VSPHERE_PASSWORD or --password-file; docs/vsphere.md). \
     Exit status: 0 migrated and validated (or migrated, with --no-validate), 1 migrated but \
     validation failed, 2 error."
 )]
 pub struct Args {
-    /// The VM: a .vmx, .ovf or .ova
+    /// The VM: a .vmx, .ovf or .ova, or a vsphere:// address
     source: PathBuf,
+    #[command(flatten)]
+    vsphere: crate::commands::vsphere::SourceArgs,
     /// Run directory for every output and the report
     #[arg(long)]
     out: PathBuf,
@@ -156,8 +161,25 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             }
         }
     };
-    let outcome = migrate(&opts, &progress)
-        .with_context(|| format!("migrating {}", args.source.display()))?;
+    // A vSphere source is connected first: a wrong password or certificate fails
+    // before anything is written.
+    let remote = match args
+        .source
+        .to_str()
+        .filter(|s| v2k_vsphere::Address::is_vsphere(s))
+    {
+        Some(a) => Some(crate::commands::vsphere::Remote::connect(
+            v2k_vsphere::Address::parse(a)?,
+            &args.vsphere,
+        )?),
+        None => None,
+    };
+    let outcome = migrate_from(
+        &opts,
+        remote.as_ref().map(|r| r as &dyn v2k_migrate::RemoteSource),
+        &progress,
+    )
+    .with_context(|| format!("migrating {}", args.source.display()))?;
     let r = &outcome.report;
     let html = outcome.report_dir.join("report.html");
     if json_mode {

@@ -5,4 +5,5 @@ pub mod info;
 pub mod inject;
 pub mod inspect;
 pub mod migrate;
+pub mod vsphere;
 pub mod wave;

@@ -430,16 +430,21 @@ mod tests {
         std::fs::write(p, b"x").unwrap();
     }
 
-    #[test]
-    fn picks_exact_os_and_arch_case_insensitively() {
-        let d = tempfile::tempdir().unwrap();
-        let r = d.path();
+    /// Two drivers for 2k19/amd64 (in mixed case), others that must not match, an agent.
+    fn sample_tree(r: &Path) {
         touch(&r.join("viostor/2k19/amd64/viostor.sys"));
         touch(&r.join("viostor/2k19/amd64/viostor.inf"));
         touch(&r.join("viostor/2k16/amd64/viostor.sys"));
         touch(&r.join("NetKVM/2K19/AMD64/netkvm.inf"));
         touch(&r.join("Balloon/w10/amd64/balloon.inf"));
         touch(&r.join("guest-agent/qemu-ga-x86_64.msi"));
+    }
+
+    #[test]
+    fn picks_exact_os_and_arch_case_insensitively() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        sample_tree(r);
         let f = scan(r, "2k19", "amd64").unwrap();
         let names: Vec<String> = f.drivers.iter().map(Driver::id).collect();
         assert_eq!(names, ["netkvm", "viostor"]);
@@ -490,12 +495,7 @@ mod tests {
     fn reads_an_iso_like_the_directory_and_extracts_only_what_matches() {
         let d = tempfile::tempdir().unwrap();
         let r = d.path().join("tree");
-        touch(&r.join("viostor/2k19/amd64/viostor.sys"));
-        touch(&r.join("viostor/2k19/amd64/viostor.inf"));
-        touch(&r.join("viostor/2k16/amd64/viostor.sys"));
-        touch(&r.join("NetKVM/2K19/AMD64/netkvm.inf"));
-        touch(&r.join("Balloon/w10/amd64/balloon.inf"));
-        touch(&r.join("guest-agent/qemu-ga-x86_64.msi"));
+        sample_tree(&r);
         let iso = d.path().join("virtio-win.iso");
         iso_of(&r, &iso);
         let from_dir = scan(&r, "2k19", "amd64").unwrap();
