@@ -503,30 +503,11 @@ pub fn convert(
     let source_hash = hasher.finish(size);
     let copy_seconds = started.elapsed().as_secs_f64();
 
-    let verify_start = Instant::now();
-    let output_hash = if opts.verify {
-        progress.event(Event::Verifying { disk });
-        let h = crate::verify::hash_output(&tmp, opts.format, size, &|done| {
-            progress.event(Event::Verified { disk, done })
-        })?;
-        if h != source_hash {
-            return Err(Error::VerifyMismatch {
-                path: job.output.clone(),
-                expected: source_hash,
-                actual: h,
-            });
-        }
-        Some(h)
-    } else {
-        None
-    };
-    let verify_seconds = verify_start.elapsed().as_secs_f64();
-    let file_size = out
-        .file()
-        .metadata()
-        .map_err(|e| Error::io(&tmp, "reading metadata of", e))?
-        .len();
-    out.commit()?;
+    let Committed {
+        output_hash,
+        verify_seconds,
+        file_size,
+    } = verify_and_commit(out, &job.output, opts, size, &source_hash, disk, progress)?;
 
     let total_seconds = started.elapsed().as_secs_f64();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -567,6 +548,57 @@ pub fn convert(
 
 /// Refuses an output path that is one of the source's own files (with `--force`
 /// it would otherwise be truncated while being read).
+/// What [`verify_and_commit`] leaves for the manifest.
+pub(crate) struct Committed {
+    pub output_hash: Option<String>,
+    pub verify_seconds: f64,
+    pub file_size: u64,
+}
+
+/// The end of every conversion (file or stream): with `opts.verify`, the written output
+/// is read back and hashed and must match `source_hash`; then the temporary file is
+/// synced and renamed to `output`. A mismatch leaves nothing under `output`.
+pub(crate) fn verify_and_commit(
+    out: PartialFile,
+    output: &Path,
+    opts: &Options,
+    size: u64,
+    source_hash: &str,
+    disk: usize,
+    progress: &dyn Progress,
+) -> Result<Committed> {
+    let tmp = out.tmp_path().to_path_buf();
+    let verify_start = Instant::now();
+    let output_hash = if opts.verify {
+        progress.event(Event::Verifying { disk });
+        let h = crate::verify::hash_output(&tmp, opts.format, size, &|done| {
+            progress.event(Event::Verified { disk, done })
+        })?;
+        if h != source_hash {
+            return Err(Error::VerifyMismatch {
+                path: output.to_path_buf(),
+                expected: source_hash.to_string(),
+                actual: h,
+            });
+        }
+        Some(h)
+    } else {
+        None
+    };
+    let verify_seconds = verify_start.elapsed().as_secs_f64();
+    let file_size = out
+        .file()
+        .metadata()
+        .map_err(|e| Error::io(&tmp, "reading metadata of", e))?
+        .len();
+    out.commit()?;
+    Ok(Committed {
+        output_hash,
+        verify_seconds,
+        file_size,
+    })
+}
+
 fn refuse_output_over_source(output: &Path, image: &VmdkImage) -> Result<()> {
     let Ok(out) = std::fs::canonicalize(output) else {
         return Ok(()); // does not exist yet

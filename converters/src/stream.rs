@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::blkhash::{self, Hasher};
-use crate::convert::{Event, Options, Progress};
+use crate::convert::{verify_and_commit, Committed, Event, Options, Progress};
 use crate::error::{Error, Result};
 use crate::manifest::{self, HashFacts, Manifest, OutputFacts, SourceFacts, Timing};
 use crate::output::PartialFile;
@@ -165,30 +165,11 @@ pub fn convert_stream(
     let source_hash = hasher.finish(size);
     let copy_seconds = started.elapsed().as_secs_f64();
 
-    let verify_start = Instant::now();
-    let output_hash = if opts.verify {
-        progress.event(Event::Verifying { disk });
-        let h = crate::verify::hash_output(&tmp, opts.format, size, &|done| {
-            progress.event(Event::Verified { disk, done })
-        })?;
-        if h != source_hash {
-            return Err(Error::VerifyMismatch {
-                path: job.output.clone(),
-                expected: source_hash,
-                actual: h,
-            });
-        }
-        Some(h)
-    } else {
-        None
-    };
-    let verify_seconds = verify_start.elapsed().as_secs_f64();
-    let file_size = out
-        .file()
-        .metadata()
-        .map_err(|e| Error::io(&tmp, "reading metadata of", e))?
-        .len();
-    out.commit()?;
+    let Committed {
+        output_hash,
+        verify_seconds,
+        file_size,
+    } = verify_and_commit(out, &job.output, opts, size, &source_hash, disk, progress)?;
 
     let total_seconds = started.elapsed().as_secs_f64();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
