@@ -273,7 +273,8 @@ pub(crate) async fn read_limited(
 }
 
 /// The fault inside a SOAP envelope, if there is one.
-pub(crate) fn parse_fault(method: &str, env: &Element) -> Option<Error> {
+/// Public for the fuzz target (`fuzz/fuzz_targets/vsphere_soap.rs`).
+pub fn parse_fault(method: &str, env: &Element) -> Option<Error> {
     let fault = env.child("Body")?.child("Fault")?;
     let message = fault
         .child_text("faultstring")
@@ -316,10 +317,8 @@ xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\"><soapenv:Body>{body}</so
 }
 
 /// Splits a RetrievePropertiesEx / ContinueRetrievePropertiesEx response into its
-/// objects and the continuation token.
-pub(crate) fn parse_retrieve_result(
-    response: &Element,
-) -> Result<(Vec<ObjectContent>, Option<String>)> {
+/// objects and the continuation token. Public for the fuzz target.
+pub fn parse_retrieve_result(response: &Element) -> Result<(Vec<ObjectContent>, Option<String>)> {
     // No returnval at all means "nothing matched".
     let Some(ret) = response.child("returnval") else {
         return Ok((Vec::new(), None));
