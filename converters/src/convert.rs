@@ -523,13 +523,7 @@ pub fn convert(
             file_size,
             data_bytes,
         },
-        hash: HashFacts {
-            algorithm: blkhash::ALGORITHM.into(),
-            block_size: blkhash::BLOCK as u64,
-            verified: output_hash.is_some(),
-            source: source_hash,
-            output: output_hash,
-        },
+        hash: HashFacts::blkhash(source_hash, output_hash),
         timing: Timing {
             started_unix,
             copy_seconds,

@@ -105,6 +105,20 @@ pub fn manifest_path(output: &Path) -> PathBuf {
     output.with_file_name(name)
 }
 
+impl HashFacts {
+    /// The `v2k-blkhash-sha256` facts of a conversion: verified when the output was
+    /// read back and hashed.
+    pub fn blkhash(source: String, output: Option<String>) -> HashFacts {
+        HashFacts {
+            algorithm: crate::blkhash::ALGORITHM.into(),
+            block_size: crate::blkhash::BLOCK as u64,
+            verified: output.is_some(),
+            source,
+            output,
+        }
+    }
+}
+
 impl Manifest {
     pub fn load(path: &Path) -> crate::Result<Self> {
         let bytes =
