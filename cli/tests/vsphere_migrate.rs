@@ -3,27 +3,27 @@
 //! the simulated datastore, a VM is created around them (CreateVM_Task), and
 //! `v2k migrate vsphere://…` inspects it over SOAP, streams its disks into QCOW2,
 //! injects virtio, boots it under QEMU (TCG, restrict=on) and validates it like any
-//! other migration.
+//! other migration. A wave plan with `vsphere://` sources does the same for a wave.
 
 #[path = "../../vsphere/tests/common/mod.rs"]
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use common::*;
 use v2k_fixtures::{build, Variant};
 
-#[test]
-fn migrate_debian_classic_from_vcsim_validates() {
-    let f = build(Variant::DebianClassic).expect("building the debian-classic fixture");
-    let sim = Vcsim::start();
-    let ds = datastore_dir(&sim);
-    std::fs::create_dir_all(ds.join("deb")).unwrap();
+/// Copies the fixture's ESXi-style disks into the simulated datastore under `dir`
+/// and creates a VM `name` around them.
+fn vm_from_fixture(sim: &Vcsim, f: &v2k_fixtures::Fixture, dir: &str, name: &str) {
+    let ds = datastore_dir(sim);
+    std::fs::create_dir_all(ds.join(dir)).unwrap();
     let mut disks = Vec::new();
     for (i, desc) in f.vmx_flat.disks.iter().enumerate() {
         // Copies (sparse), never links: the fixture cache must stay untouched.
         for src in std::iter::once(desc).chain(f.vmx_flat.extents.iter()) {
-            let dst = ds.join("deb").join(src.file_name().unwrap());
+            let dst = ds.join(dir).join(src.file_name().unwrap());
             if !dst.exists() {
                 let st = Command::new("cp")
                     .args(["--sparse=always"])
@@ -34,21 +34,31 @@ fn migrate_debian_classic_from_vcsim_validates() {
                 assert!(st.success());
             }
         }
-        let name = desc.file_name().unwrap().to_string_lossy().into_owned();
-        disks.push((format!("[LocalDS_0] deb/{name}"), f.disk_sizes[i]));
+        let file = desc.file_name().unwrap().to_string_lossy().into_owned();
+        disks.push((format!("[LocalDS_0] {dir}/{file}"), f.disk_sizes[i]));
     }
     let c = sim.client();
-    create_vm_with_disks(&c, "debian-classic", &disks, &f.mac);
-    drop(c);
+    create_vm_with_disks(&c, name, &disks, &f.mac);
+}
+
+fn address(sim: &Vcsim, vm: &str) -> String {
+    format!(
+        "vsphere://{}@127.0.0.1:{}/DC0/vm/{vm}",
+        USER.replace('@', "%40"),
+        sim.port
+    )
+}
+
+#[test]
+fn migrate_debian_classic_from_vcsim_validates() {
+    let f = build(Variant::DebianClassic).expect("building the debian-classic fixture");
+    let sim = Vcsim::start();
+    vm_from_fixture(&sim, &f, "deb", "debian-classic");
 
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
         .arg("migrate")
-        .arg(format!(
-            "vsphere://{}@127.0.0.1:{}/DC0/vm/debian-classic",
-            USER.replace('@', "%40"),
-            sim.port
-        ))
+        .arg(address(&sim, "debian-classic"))
         .arg("--ca-file")
         .arg(&pki().ca)
         .arg("--out")
@@ -75,4 +85,117 @@ fn migrate_debian_classic_from_vcsim_validates() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
         .count();
     assert_eq!(manifests, f.vmx_flat.disks.len());
+}
+
+/// A wave plan with `vsphere://` sources: the server's settings come from the plan's
+/// `vsphere:` section (CA file, 0600 password file; no password in the plan or the
+/// environment), `wave check` reads both VMs over SOAP, and `wave run` migrates the
+/// fixture VM straight from the datastore while the simulator's powered-on VM fails
+/// on its pre-flight concern without stopping the wave. Validation is off here: the
+/// remote path ends at the same pipeline `v2k migrate` validates above.
+#[test]
+fn a_wave_plan_migrates_vsphere_sources() {
+    let f = build(Variant::DebianClassic).expect("building the debian-classic fixture");
+    let sim = Vcsim::start();
+    vm_from_fixture(&sim, &f, "debw", "deb-wave");
+    let t = tempfile::tempdir().unwrap();
+    let pw = t.path().join("vc.pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let plan = t.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\n\
+             vsphere:\n  \"127.0.0.1:{port}\":\n    password-file: vc.pw\n    ca-file: {ca}\n\
+             defaults:\n  validate: false\n\
+             waves:\n  - name: w1\n    vms:\n\
+             \x20     - source: {deb}\n\
+             \x20     - source: {on}\n        name: powered-on\n",
+            port = sim.port,
+            ca = pki().ca.display(),
+            deb = address(&sim, "deb-wave"),
+            on = address(&sim, "DC0_H0_VM0"),
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_v2k"))
+            .args(args)
+            .arg(&plan)
+            .env_remove("V2K_VSPHERE_PASSWORD")
+            .output()
+            .unwrap()
+    };
+
+    let o = run(&["wave", "check", "--json"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let c: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let vm = |name: &str| {
+        c["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {c:#}"))
+            .clone()
+    };
+    let deb = vm("deb-wave");
+    assert!(deb["error"].is_null(), "{deb:#}");
+    assert_eq!(deb["disks"], f.vmx_flat.disks.len());
+    assert!(deb["estimated-bytes"].as_u64().unwrap() > 0, "{deb:#}");
+    let on = vm("powered-on");
+    assert!(
+        on["error"].as_str().unwrap().contains("powered-on"),
+        "{on:#}"
+    );
+
+    let o = run(&["wave", "run", "--json"]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(PASSWORD), "password shown");
+    }
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let run_dir = t.path().join("plan.run");
+    let r: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(run_dir.join("w1/wave-report.json")).expect("wave-report.json"),
+    )
+    .unwrap();
+    let find = |name: &str| {
+        r["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let deb = find("deb-wave");
+    assert_eq!(deb["status"], "migrated", "{r:#}");
+    assert_eq!(deb["result"], "not-validated", "{r:#}");
+    let on = find("powered-on");
+    assert_eq!(on["status"], "failed", "{r:#}");
+    assert!(
+        on["reason"].as_str().unwrap().contains("powered-on"),
+        "{on:#}"
+    );
+    // The disks were streamed from the datastore, converted and verified.
+    let out = run_dir.join("vms/deb-wave/out");
+    let vmj: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("vm.json")).unwrap()).unwrap();
+    assert_eq!(vmj["source"]["kind"], "vsphere");
+    let manifests = std::fs::read_dir(out.join("disks"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
+        .count();
+    assert_eq!(manifests, f.vmx_flat.disks.len());
+    let log: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("conversion-log.json")).expect("the injector ran"),
+    )
+    .unwrap();
+    assert!(log.is_object() || log.is_array(), "{log}");
 }

@@ -14,6 +14,7 @@
 //! half-edited disks.
 
 pub mod staging;
+pub mod vsphere;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -287,8 +288,8 @@ fn hardware_target(t: &Target) -> Hardware {
 }
 
 /// A source whose VM and disks do not come from local files: a vCenter or ESXi
-/// (`v2k-vsphere`, wired in by the CLI). A trait, so that this crate does not depend on
-/// the vSphere client.
+/// ([`vsphere::VsphereSource`]). A trait, so that the pipeline's remote path can be
+/// driven by any source (and by tests) without a server.
 pub trait RemoteSource: Sync {
     /// What the source is called in messages (`vsphere://host:443/DC0/vm/web01`).
     fn describe(&self) -> String;

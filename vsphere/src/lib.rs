@@ -3,7 +3,8 @@
 //! TLS that is verified by default, pinnable by SHA-256 thumbprint, and insecure only
 //! by explicit choice.
 //!
-//! Entry points: [`Client::connect`] (a logged-in session; logs out on drop),
+//! Entry points: [`Client::connect`] (a logged-in session; logs out on drop; or
+//! [`ConnectSettings::connect`], as the user configured the server),
 //! [`inventory::list_vms`] / [`inventory::get_vm`] (VMs in the shared
 //! [`v2k_inventory::model::Vm`] model, with pre-flight concerns),
 //! [`Client::stream_disks`] (several disks at once, resumable, each handed to a
@@ -14,6 +15,7 @@
 
 pub mod address;
 pub mod client;
+pub mod connect;
 pub mod convert;
 pub mod datastore;
 pub mod error;
@@ -23,6 +25,7 @@ pub mod xml;
 
 pub use address::Address;
 pub use client::{Client, Credentials, MoRef, Options, Secret};
+pub use connect::Settings as ConnectSettings;
 pub use datastore::{DatastorePath, DiskSource};
 pub use error::{Error, FaultKind, Result};
 pub use tls::{fetch_thumbprint, Thumbprint, TlsMode};

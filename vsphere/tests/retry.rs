@@ -1,7 +1,9 @@
-//! HTTP 503 handling against a small scripted HTTPS server (the simulator never
-//! answers 503): busy answers are retried with backoff until the server recovers, and
-//! a server that stays busy gives a clear HTTP 503 error after the named number of
-//! attempts. The server uses the same test PKI as the simulator tests.
+//! What the simulator cannot show, against a small scripted HTTPS server with the same
+//! test PKI: HTTP 503 (vcsim never answers it) is retried with backoff until the
+//! server recovers, and a server that stays busy gives a clear HTTP 503 error after
+//! the named number of attempts; oversized and endless bodies are refused; and a
+//! session that expires under a datastore download (vcsim does not check sessions on
+//! `/folder`) is renewed on that path, for the descriptor and for the extent stream.
 
 mod common;
 
@@ -30,17 +32,30 @@ enum Answer {
     Endless,
 }
 
-/// Serves HTTPS on loopback: the first `busy` requests get 503, the rest `answer`.
-/// Returns the port and the request counter; also records the SOAPAction of the last
-/// request.
-fn server(busy: usize) -> (u16, Arc<AtomicUsize>, Arc<std::sync::Mutex<String>>) {
-    server_answering(busy, Answer::ServiceContent)
+/// One HTTP request as the scripted server read it.
+struct Request {
+    method: String,
+    path: String,
+    /// Header names lower-cased.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
 }
 
-fn server_answering(
-    busy: usize,
-    answer: Answer,
-) -> (u16, Arc<AtomicUsize>, Arc<std::sync::Mutex<String>>) {
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Serves HTTPS on loopback with the test PKI, handing every request to `handler`,
+/// which writes the whole response and returns whether to keep the connection.
+fn serve<H>(handler: H) -> u16
+where
+    H: Fn(&Request, &mut dyn Write) -> bool + Send + Sync + 'static,
+{
     let pki = common::pki();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert)
         .unwrap()
@@ -59,22 +74,23 @@ fn server_answering(
     );
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let action = Arc::new(std::sync::Mutex::new(String::new()));
-    let (c2, a2) = (count.clone(), action.clone());
+    let handler = Arc::new(handler);
     std::thread::spawn(move || {
         for tcp in l.incoming() {
             let Ok(tcp) = tcp else { break };
             let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
-            let (count, action) = (c2.clone(), a2.clone());
+            let handler = handler.clone();
             std::thread::spawn(move || {
                 let mut s = BufReader::new(rustls::StreamOwned::new(conn, tcp));
                 loop {
-                    let mut len = 0usize;
                     let mut line = String::new();
                     if s.read_line(&mut line).unwrap_or(0) == 0 {
                         return;
                     }
+                    let mut parts = line.split_whitespace();
+                    let method = parts.next().unwrap_or_default().to_string();
+                    let path = parts.next().unwrap_or_default().to_string();
+                    let mut headers = Vec::new();
                     loop {
                         line.clear();
                         if s.read_line(&mut line).unwrap_or(0) == 0 {
@@ -84,58 +100,80 @@ fn server_answering(
                         if l.is_empty() {
                             break;
                         }
-                        let lower = l.to_ascii_lowercase();
-                        if let Some(v) = lower.strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap();
-                        }
-                        if lower.starts_with("soapaction:") {
-                            *action.lock().unwrap() = l[11..].trim().to_string();
+                        if let Some((n, v)) = l.split_once(':') {
+                            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
                         }
                     }
+                    let len = headers
+                        .iter()
+                        .find(|(n, _)| n == "content-length")
+                        .map_or(0, |(_, v)| v.parse().unwrap());
                     let mut body = vec![0u8; len];
                     if s.read_exact(&mut body).is_err() {
                         return;
                     }
-                    let n = count.fetch_add(1, Ordering::SeqCst);
-                    let resp = match answer {
-                        _ if n < busy => {
-                            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
-                                .to_string()
-                        }
-                        Answer::ServiceContent => format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{SERVICE_CONTENT}",
-                            SERVICE_CONTENT.len()
-                        ),
-                        Answer::HugeLength => {
-                            "HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n<a>".to_string()
-                        }
-                        Answer::Endless => {
-                            let w = s.get_mut();
-                            let _ = w.write_all(
-                                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-                            );
-                            let chunk = vec![b'a'; 1 << 20];
-                            let head = format!("{:x}\r\n", chunk.len());
-                            // Until the client gives up (a write fails).
-                            while w
-                                .write_all(head.as_bytes())
-                                .and_then(|_| w.write_all(&chunk))
-                                .and_then(|_| w.write_all(b"\r\n"))
-                                .is_ok()
-                            {}
-                            return;
-                        }
+                    let req = Request {
+                        method,
+                        path,
+                        headers,
+                        body,
                     };
                     let w = s.get_mut();
-                    if w.write_all(resp.as_bytes())
-                        .and_then(|_| w.flush())
-                        .is_err()
-                    {
+                    if !handler(&req, w) || w.flush().is_err() {
                         return;
                     }
                 }
             });
         }
+    });
+    port
+}
+
+/// Serves HTTPS on loopback: the first `busy` requests get 503, the rest `answer`.
+/// Returns the port and the request counter; also records the SOAPAction of the last
+/// request.
+fn server(busy: usize) -> (u16, Arc<AtomicUsize>, Arc<std::sync::Mutex<String>>) {
+    server_answering(busy, Answer::ServiceContent)
+}
+
+fn server_answering(
+    busy: usize,
+    answer: Answer,
+) -> (u16, Arc<AtomicUsize>, Arc<std::sync::Mutex<String>>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let action = Arc::new(std::sync::Mutex::new(String::new()));
+    let (c2, a2) = (count.clone(), action.clone());
+    let port = serve(move |req, w| {
+        if let Some(a) = req.header("soapaction") {
+            *a2.lock().unwrap() = a.to_string();
+        }
+        let n = c2.fetch_add(1, Ordering::SeqCst);
+        let resp = match answer {
+            _ if n < busy => {
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_string()
+            }
+            Answer::ServiceContent => format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{SERVICE_CONTENT}",
+                SERVICE_CONTENT.len()
+            ),
+            Answer::HugeLength => {
+                "HTTP/1.1 200 OK\r\nContent-Length: 1099511627776\r\n\r\n<a>".to_string()
+            }
+            Answer::Endless => {
+                let _ = w.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                let chunk = vec![b'a'; 1 << 20];
+                let head = format!("{:x}\r\n", chunk.len());
+                // Until the client gives up (a write fails).
+                while w
+                    .write_all(head.as_bytes())
+                    .and_then(|_| w.write_all(&chunk))
+                    .and_then(|_| w.write_all(b"\r\n"))
+                    .is_ok()
+                {}
+                return false;
+            }
+        };
+        w.write_all(resp.as_bytes()).is_ok()
     });
     (port, count, action)
 }
@@ -195,4 +233,168 @@ fn responses_over_the_size_limit_are_refused_without_buffering_them() {
     let (port, _, _) = server_answering(0, Answer::Endless);
     let e = connect(port).unwrap_err();
     assert!(e.to_string().contains("limit"), "{e}");
+}
+
+/// What the expiring server has seen.
+#[derive(Default)]
+struct Sessions {
+    /// The cookie value that is currently logged in, if any.
+    valid: Option<String>,
+    logins: usize,
+    refused_downloads: usize,
+    served_descriptor: bool,
+}
+
+/// A server whose session expires under a datastore download (vcsim does not check
+/// sessions on `/folder`, so this is scripted): every `/folder` request without the
+/// current session cookie gets 401, and the session expires again right after the
+/// descriptor is served. The client must log in again on the datastore path itself,
+/// for the descriptor (`fetch_small`) and for the flat extent's Range stream
+/// (`stream_file`), and deliver every byte.
+#[test]
+fn an_expired_session_is_renewed_on_datastore_downloads() {
+    const SIZE: usize = (2 << 20) + 4096;
+    let data = Arc::new(common::pattern(SIZE, 9));
+    let state = Arc::new(std::sync::Mutex::new(Sessions::default()));
+    let (st, d2) = (state.clone(), data.clone());
+    let port = serve(move |req, w| {
+        let mut st = st.lock().unwrap();
+        let body = String::from_utf8_lossy(&req.body);
+        let soap = |w: &mut dyn Write, extra: &str, xml: &str| {
+            let env = format!(
+                "<?xml version=\"1.0\"?><soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body>{xml}</soapenv:Body></soapenv:Envelope>"
+            );
+            w.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n{extra}Content-Length: {}\r\n\r\n{env}",
+                    env.len()
+                )
+                .as_bytes(),
+            )
+            .is_ok()
+        };
+        if req.method == "POST" {
+            if body.contains("RetrieveServiceContent") {
+                return w
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{SERVICE_CONTENT}",
+                            SERVICE_CONTENT.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .is_ok();
+            }
+            if body.contains("<Login") {
+                st.logins += 1;
+                let key = format!("s{}", st.logins);
+                st.valid = Some(key.clone());
+                return soap(
+                    w,
+                    &format!("Set-Cookie: vmware_soap_session=\"{key}\"; Path=/; HttpOnly; Secure\r\n"),
+                    "<LoginResponse xmlns=\"urn:vim25\"><returnval><key>k</key><userName>u</userName></returnval></LoginResponse>",
+                );
+            }
+            return soap(
+                w,
+                "",
+                "<LogoutResponse xmlns=\"urn:vim25\"></LogoutResponse>",
+            );
+        }
+        let authorised = match (&st.valid, req.header("cookie")) {
+            (Some(v), Some(c)) => c.contains(&format!("vmware_soap_session=\"{v}\"")),
+            _ => false,
+        };
+        if !authorised {
+            st.refused_downloads += 1;
+            return w
+                .write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+                .is_ok();
+        }
+        if req.path.starts_with("/folder/vm/disk.vmdk?") {
+            let desc = format!(
+                "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"vmfs\"\n\nRW {} VMFS \"disk-flat.vmdk\"\n",
+                SIZE / 512
+            );
+            // Expires the moment the descriptor is out: the extent's stream must
+            // renew the session in turn.
+            if !st.served_descriptor {
+                st.served_descriptor = true;
+                st.valid = None;
+            }
+            return w
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{desc}",
+                        desc.len()
+                    )
+                    .as_bytes(),
+                )
+                .is_ok();
+        }
+        assert!(
+            req.path.starts_with("/folder/vm/disk-flat.vmdk?"),
+            "{}",
+            req.path
+        );
+        let from: usize = req
+            .header("range")
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.strip_suffix('-'))
+            .map_or(0, |n| n.parse().unwrap());
+        let head = format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{SIZE}\r\nContent-Length: {}\r\n\r\n",
+            SIZE - 1,
+            SIZE - from
+        );
+        w.write_all(head.as_bytes())
+            .and_then(|_| w.write_all(&d2[from..]))
+            .is_ok()
+    });
+    let client = v2k_vsphere::Client::connect(
+        &Options {
+            host: "127.0.0.1".into(),
+            port,
+            tls: TlsMode::Pinned(common::pki().thumbprint),
+        },
+        Credentials {
+            user: "u".into(),
+            password: Secret::new("p"),
+        },
+    )
+    .unwrap();
+    assert_eq!(state.lock().unwrap().logins, 1);
+    // The session expires before the download starts.
+    state.lock().unwrap().valid = None;
+    let source = v2k_vsphere::DiskSource {
+        descriptor: v2k_vsphere::DatastorePath {
+            datastore: "ds1".into(),
+            path: "vm/disk.vmdk".into(),
+        },
+        datacenter: "DC1".into(),
+        host: None,
+    };
+    let got = client.stream_disks(
+        std::slice::from_ref(&source),
+        1,
+        &v2k_vsphere::datastore::NoDownloadProgress,
+        |_, info, r| {
+            assert_eq!(info.flat.size, SIZE as u64);
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).unwrap();
+            Ok(v)
+        },
+    );
+    let got = got
+        .into_iter()
+        .next()
+        .unwrap()
+        .expect("the download after renewals");
+    assert!(got == *data, "the bytes delivered are the disk's");
+    let st = state.lock().unwrap();
+    assert_eq!(
+        st.refused_downloads, 2,
+        "descriptor and extent each refused once"
+    );
+    assert_eq!(st.logins, 3, "one login, then one renewal per refusal");
 }

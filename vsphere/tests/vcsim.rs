@@ -3,7 +3,8 @@
 //! into QCOW2, wrong password, wrong thumbprint, an expired session, an interrupted
 //! download. What the simulator lacks is unit-tested on recorded responses instead
 //! (paging: `client::tests`; capacityInBytes and vCenter's `xsi:` prefix:
-//! `inventory::tests`); NFC export and CBT queries are not used by v2k.
+//! `inventory::tests`; sessions on `/folder`, which vcsim does not check: `retry.rs`);
+//! NFC export and CBT queries are not used by v2k.
 
 mod common;
 

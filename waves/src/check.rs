@@ -9,10 +9,12 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use v2k_drivers_injector::target::NetTarget;
-use v2k_inventory::model::{DiskLocation, Severity};
 
-use crate::plan::{line_of, Plan, Problem};
+use v2k_inventory::model::{DiskLocation, Severity, Vm};
+
+use crate::plan::{line_of, Plan, Problem, VsphereRef};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -74,9 +76,10 @@ pub fn check(plan: &Plan) -> CheckReport {
         }
     }
     let mut vms = Vec::new();
+    let mut clients = Clients::new();
     for w in &plan.waves {
         for v in &w.vms {
-            if !v.source.is_file() {
+            if v.vsphere.is_none() && !v.source.is_file() {
                 problems.push(Problem {
                     line: v.line,
                     message: format!(
@@ -110,11 +113,18 @@ pub fn check(plan: &Plan) -> CheckReport {
                 unmapped_networks: Vec::new(),
                 error: None,
             };
-            if v.source.is_file() {
+            let loaded: Option<Result<Vec<Vm>, String>> = if let Some(r) = &v.vsphere {
+                Some(read_vsphere(&mut clients, r))
+            } else if v.source.is_file() {
                 let opts = v2k_inventory::Options {
                     verify_manifest: v.verify_manifest,
                 };
-                match v2k_inventory::load(&v.source, &opts) {
+                Some(v2k_inventory::load(&v.source, &opts).map_err(|e| e.to_string()))
+            } else {
+                None
+            };
+            if let Some(loaded) = loaded {
+                match loaded {
                     Err(e) => c.error = Some(format!("cannot be read: {e}")),
                     Ok(list) => {
                         let vm = match &v.ovf_vm {
@@ -169,6 +179,27 @@ pub fn check(plan: &Plan) -> CheckReport {
         }
     }
     CheckReport { problems, vms }
+}
+
+/// One logged-in session per server and user for the whole check (a plan may name
+/// hundreds of VMs on one vCenter), or why it could not be had.
+type Clients = BTreeMap<(String, u16, String), Result<v2k_vsphere::Client, String>>;
+
+/// A vSphere VM, read over the server's session.
+fn read_vsphere(clients: &mut Clients, r: &VsphereRef) -> Result<Vec<Vm>, String> {
+    let a = &r.address;
+    let client = clients
+        .entry((a.host.clone(), a.port, a.user.clone()))
+        .or_insert_with(|| {
+            r.settings
+                .connect(a)
+                .map_err(|e| format!("connecting to {}:{} as {}: {e}", a.host, a.port, a.user))
+        })
+        .as_ref()
+        .map_err(|e| e.clone())?;
+    v2k_vsphere::inventory::get_vm(client, &a.inventory_path)
+        .map(|vm| vec![vm])
+        .map_err(|e| e.to_string())
 }
 
 /// What a disk's output may take: its allocated bytes when known, else the size of

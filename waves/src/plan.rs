@@ -56,6 +56,10 @@ pub struct PlanFile {
     pub networks: BTreeMap<String, String>,
     #[serde(default)]
     pub storage: Vec<StorageFile>,
+    /// How to reach each vSphere server that `vsphere://` sources name, by `HOST` or
+    /// `HOST:PORT` as written in the addresses.
+    #[serde(default)]
+    pub vsphere: BTreeMap<String, VsphereServerFile>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -122,6 +126,22 @@ pub struct HookFile {
 pub struct StorageFile {
     pub source: PathBuf,
     pub output: PathBuf,
+}
+
+/// A vSphere server's connection settings, as `v2k migrate`'s flags. No password: a
+/// plan is shared and versioned; the password is in `password-file` (mode 0600) or
+/// `$V2K_VSPHERE_PASSWORD`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VsphereServerFile {
+    pub password_file: Option<PathBuf>,
+    /// SHA-256 thumbprint of the server certificate (`v2k vsphere thumbprint`).
+    pub thumbprint: Option<String>,
+    /// Extra CA certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+    pub insecure: Option<bool>,
+    /// Accepted by the parser only to refuse it with a clear message.
+    pub password: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,11 +241,15 @@ pub struct Wave {
 #[derive(Debug, Clone)]
 pub struct VmPlan {
     pub name: String,
+    /// A file, or a `vsphere://` address as written (then [`VmPlan::vsphere`] is set).
     pub source: PathBuf,
+    /// The server and connection settings of a `vsphere://` source.
+    pub vsphere: Option<VsphereRef>,
     pub ovf_vm: Option<String>,
     /// The VM's private run directory for `v2k-migrate` (disks, state.json, report).
     pub out: PathBuf,
-    /// The source datastore or directory, for `limits.per-datastore`.
+    /// The source datastore or directory, for `limits.per-datastore`; for a vSphere
+    /// source, its server (`vsphere://HOST:PORT`), whose downloads share one network.
     pub datastore: PathBuf,
     pub disk_bus: DiskBus,
     pub compress: bool,
@@ -240,6 +264,13 @@ pub struct VmPlan {
     pub post: Option<Hook>,
     /// Line of the VM's entry in the plan.
     pub line: Option<usize>,
+}
+
+/// A VM on a vSphere server, and how to connect to that server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsphereRef {
+    pub address: v2k_vsphere::Address,
+    pub settings: v2k_vsphere::ConnectSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -360,6 +391,27 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
             Err(e) => bad(line_of(text, target), format!("networks: {e}")),
         }
     }
+    let mut servers: BTreeMap<String, v2k_vsphere::ConnectSettings> = BTreeMap::new();
+    for (key, sv) in &f.vsphere {
+        let line = line_of(text, &format!("{key}:"));
+        if sv.password.is_some() {
+            bad(
+                line_of(text, "password:").or(line),
+                format!("vsphere: {key}: a plan never holds a password; use `password-file:` (mode 0600) or ${}", v2k_vsphere::address::PASSWORD_ENV),
+            );
+        }
+        let settings = v2k_vsphere::ConnectSettings {
+            password_file: sv.password_file.as_deref().map(abs),
+            thumbprint: sv.thumbprint.clone(),
+            ca_file: sv.ca_file.as_deref().map(abs),
+            insecure: sv.insecure.unwrap_or(false),
+        };
+        if let Err(e) = settings.tls_mode() {
+            bad(line, format!("vsphere: {key}: {e}"));
+        }
+        servers.insert(key.clone(), settings);
+    }
+    let mut servers_used = BTreeSet::new();
     let storage: Vec<(PathBuf, PathBuf)> = f
         .storage
         .iter()
@@ -425,12 +477,60 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
         for v in &w.vms {
             let line = line_of_nth(text, "source:", vm_index);
             vm_index += 1;
-            let source = abs(&v.source);
-            let name = v.name.clone().unwrap_or_else(|| {
-                source
+            let remote = match v.source.to_str() {
+                Some(a) if v2k_vsphere::Address::is_vsphere(a) => {
+                    match v2k_vsphere::Address::parse(a) {
+                        Err(e) => {
+                            // Not echoed: the address may hold a password.
+                            bad(line, format!("source: {e}"));
+                            None
+                        }
+                        Ok(addr) if addr.is_pattern() => {
+                            bad(
+                                line,
+                                format!("source {a:?}: one VM per entry, not a pattern (list the matches with `v2k inspect`)"),
+                            );
+                            None
+                        }
+                        Ok(addr) => {
+                            let with_port = format!("{}:{}", addr.host, addr.port);
+                            let key = [with_port, addr.host.clone()]
+                                .into_iter()
+                                .find(|k| servers.contains_key(k));
+                            let settings = match key {
+                                Some(k) => {
+                                    let s = servers[&k].clone();
+                                    servers_used.insert(k);
+                                    s
+                                }
+                                None => v2k_vsphere::ConnectSettings::default(),
+                            };
+                            Some(VsphereRef {
+                                address: addr,
+                                settings,
+                            })
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let source = if v2k_vsphere::Address::is_vsphere(&v.source.to_string_lossy()) {
+                v.source.clone()
+            } else {
+                abs(&v.source)
+            };
+            let name = v.name.clone().unwrap_or_else(|| match &remote {
+                Some(r) => r
+                    .address
+                    .inventory_path
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                None => source
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
             });
             if !valid_name(&name) {
                 bad(
@@ -447,10 +547,17 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
             let s = merge(&f.defaults, &v.settings());
             let (datastore, out) = match storage
                 .iter()
-                .filter(|(src, _)| source.starts_with(src))
+                .filter(|(src, _)| remote.is_none() && source.starts_with(src))
                 .max_by_key(|(src, _)| src.as_os_str().len())
             {
                 Some((src, o)) => (src.clone(), o.join(&name)),
+                None if remote.is_some() => {
+                    let a = &remote.as_ref().expect("checked").address;
+                    (
+                        PathBuf::from(format!("vsphere://{}:{}", a.host, a.port)),
+                        run_dir.join("vms").join(&name).join("out"),
+                    )
+                }
                 None => (
                     source.parent().unwrap_or(Path::new("/")).to_path_buf(),
                     run_dir.join("vms").join(&name).join("out"),
@@ -482,6 +589,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
             vms.push(VmPlan {
                 name,
                 source,
+                vsphere: remote,
                 ovf_vm: v.ovf_vm.clone(),
                 out,
                 datastore,
@@ -512,6 +620,12 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
             stop_after: w.stop_after.or(f.failure_policy.stop_after),
             vms,
         });
+    }
+    for key in servers.keys().filter(|k| !servers_used.contains(*k)) {
+        bad(
+            line_of(text, &format!("{key}:")),
+            format!("vsphere: {key}: no VM source names this server (a typo would connect to the real one with the wrong settings)"),
+        );
     }
     let mut outs = BTreeSet::new();
     for v in waves.iter().flat_map(|w| &w.vms) {
@@ -653,6 +767,102 @@ waves:
             parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0].virtio_win,
             None
         );
+    }
+
+    const VSPHERE: &str = "\
+version: 1
+vsphere:
+  vc01.example.com:
+    password-file: secrets/vc01.pw
+    thumbprint: AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89
+waves:
+  - name: w
+    vms:
+      - source: vsphere://svc%40vsphere.local@vc01.example.com/DC1/vm/web/web01
+      - source: vsphere://svc@esx7:8443/ha-datacenter/vm/db01
+        name: db
+";
+
+    #[test]
+    fn resolves_vsphere_sources_and_their_servers_settings() {
+        let p = parse(VSPHERE, Path::new("/plans/p.yaml")).unwrap();
+        let vms = &p.waves[0].vms;
+        assert_eq!(vms[0].name, "web01");
+        let r = vms[0].vsphere.as_ref().unwrap();
+        assert_eq!(r.address.user, "svc@vsphere.local");
+        assert_eq!(r.address.inventory_path, "DC1/vm/web/web01");
+        assert_eq!(
+            r.settings.password_file,
+            Some(PathBuf::from("/plans/secrets/vc01.pw"))
+        );
+        assert!(r.settings.thumbprint.is_some());
+        assert_eq!(
+            vms[0].source,
+            PathBuf::from("vsphere://svc%40vsphere.local@vc01.example.com/DC1/vm/web/web01")
+        );
+        assert_eq!(
+            vms[0].datastore,
+            PathBuf::from("vsphere://vc01.example.com:443")
+        );
+        assert_eq!(vms[0].out, PathBuf::from("/plans/p.run/vms/web01/out"));
+        // A server the plan does not describe: verified against the system roots,
+        // password from the environment.
+        let r = vms[1].vsphere.as_ref().unwrap();
+        assert_eq!(r.address.port, 8443);
+        assert_eq!(r.settings, v2k_vsphere::ConnectSettings::default());
+        assert_eq!(vms[1].datastore, PathBuf::from("vsphere://esx7:8443"));
+        assert!(
+            parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0]
+                .vsphere
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn refuses_passwords_patterns_bad_pins_and_unused_servers() {
+        let p = parse_err(&VSPHERE.replace(
+            "    password-file: secrets/vc01.pw\n",
+            "    password: hunter2\n",
+        ));
+        assert!(
+            p.iter()
+                .any(|p| p.line == Some(4) && p.message.contains("never holds a password")),
+            "{p:?}"
+        );
+        assert!(!format!("{p:?}").contains("hunter2"), "{p:?}");
+        let p = parse_err(&VSPHERE.replace("vm/web/web01", "vm/web/web*"));
+        assert!(
+            p.iter()
+                .any(|p| p.line == Some(9) && p.message.contains("not a pattern")),
+            "{p:?}"
+        );
+        let p = parse_err(&VSPHERE.replace("AB:CD:EF:01:23:45:67:89:AB", "ZZ"));
+        assert!(
+            p.iter()
+                .any(|p| p.line == Some(3) && p.message.contains("thumbprint")),
+            "{p:?}"
+        );
+        let p = parse_err(&VSPHERE.replace(
+            "    password-file: secrets/vc01.pw\n",
+            "    password-file: secrets/vc01.pw\n    insecure: true\n",
+        ));
+        assert!(
+            p.iter().any(|p| p.message.contains("insecure cannot")),
+            "{p:?}"
+        );
+        let p = parse_err(&VSPHERE.replace("  vc01.example.com:", "  vc1.example.com:"));
+        assert!(
+            p.iter()
+                .any(|p| p.line == Some(3) && p.message.contains("no VM source names")),
+            "{p:?}"
+        );
+        let p = parse_err(&VSPHERE.replace("svc@esx7", "svc:s3cret@esx7"));
+        assert!(
+            p.iter()
+                .any(|p| p.line == Some(10) && p.message.contains("password")),
+            "{p:?}"
+        );
+        assert!(!format!("{p:?}").contains("s3cret"), "{p:?}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use v2k_migrate::vsphere::VsphereSource;
 
 use crate::check::CheckReport;
 use crate::hooks::{self, HookResult};
@@ -546,7 +547,19 @@ fn run_vm(
         }),
     };
     let t = Instant::now();
-    let outcome = v2k_migrate::migrate(&opts, &progress);
+    // A vSphere source connects per VM: one session each, so a VM's failure (an
+    // expired session, a lost connection) stays its own.
+    let outcome: std::result::Result<v2k_migrate::Outcome, String> = match &v.vsphere {
+        Some(r) => match VsphereSource::connect(r.address.clone(), &r.settings) {
+            Ok(remote) => v2k_migrate::migrate_from(&opts, Some(&remote), &progress)
+                .map_err(|e| error_chain(&e)),
+            Err(e) => Err(format!(
+                "connecting to {}:{} as {}: {e}",
+                r.address.host, r.address.port, r.address.user
+            )),
+        },
+        None => v2k_migrate::migrate(&opts, &progress).map_err(|e| error_chain(&e)),
+    };
     let migrate_s = t.elapsed().as_secs_f64();
     outside += t.elapsed();
     let (mut status, result, mut reason, bytes, report) = match outcome {
@@ -587,16 +600,7 @@ fn run_vm(
                 )
             }
         }
-        Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            (VmStatus::Failed, None, Some(msg), 0, None)
-        }
+        Err(msg) => (VmStatus::Failed, None, Some(msg), 0, None),
     };
     if let Some(h) = &v.post {
         env.push((
@@ -676,6 +680,18 @@ pub fn reverify(out: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// An error and its sources, one line (the wave report shows why a VM failed).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
 }
 
 #[cfg(test)]

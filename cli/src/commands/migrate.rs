@@ -168,7 +168,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         .to_str()
         .filter(|s| v2k_vsphere::Address::is_vsphere(s))
     {
-        Some(a) => Some(crate::commands::vsphere::Remote::connect(
+        Some(a) => Some(crate::commands::vsphere::remote(
             v2k_vsphere::Address::parse(a)?,
             &args.vsphere,
         )?),

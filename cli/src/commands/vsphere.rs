@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use v2k_vsphere::{Address, Client, Credentials, Options, Thumbprint, TlsMode};
+use v2k_migrate::vsphere::VsphereSource;
+use v2k_vsphere::{Address, Client};
 
 /// vCenter/ESXi helpers
 #[derive(clap::Args)]
@@ -83,96 +84,44 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
     }
 }
 
+impl SourceArgs {
+    /// The library's connection settings for these flags.
+    pub fn settings(&self) -> v2k_vsphere::ConnectSettings {
+        v2k_vsphere::ConnectSettings {
+            password_file: self.password_file.clone(),
+            thumbprint: self.thumbprint.clone(),
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure,
+        }
+    }
+}
+
+/// Warns on stderr when `settings` turn certificate checking off for `host`; `how`
+/// names the switch that did (`--insecure`, a plan's `insecure: true`).
+pub fn warn_insecure(settings: &v2k_vsphere::ConnectSettings, host: &str, how: &str) {
+    if settings.insecure {
+        eprintln!(
+            "v2k: warning: {how}: the certificate of {host} is not checked; anyone on the \
+             path can read the password and the disks"
+        );
+    }
+}
+
 /// Connects to the server of `addr` as its user, with the TLS mode the flags ask for.
 pub fn connect(addr: &Address, a: &SourceArgs) -> anyhow::Result<Client> {
-    let tls = if a.insecure {
-        eprintln!(
-            "v2k: warning: --insecure: the certificate of {} is not checked; anyone on the \
-             path can read the password and the disks",
-            addr.host
-        );
-        TlsMode::Insecure
-    } else if let Some(t) = &a.thumbprint {
-        TlsMode::Pinned(Thumbprint::parse(t)?)
-    } else {
-        TlsMode::Verify {
-            extra_ca: a.ca_file.clone(),
-        }
-    };
-    let password = v2k_vsphere::address::password(a.password_file.as_deref())?;
-    let opts = Options {
-        host: addr.host.clone(),
-        port: addr.port,
-        tls,
-    };
-    Client::connect(
-        &opts,
-        Credentials {
-            user: addr.user.clone(),
-            password,
-        },
-    )
-    .with_context(|| format!("connecting to {}:{} as {}", addr.host, addr.port, addr.user))
+    let settings = a.settings();
+    warn_insecure(&settings, &addr.host, "--insecure");
+    settings
+        .connect(addr)
+        .with_context(|| format!("connecting to {}:{} as {}", addr.host, addr.port, addr.user))
 }
 
-/// A vSphere VM as a `v2k migrate` source: the model from the server, the disks
-/// streamed from its datastore into QCOW2 (no temporary full copy).
-pub struct Remote {
-    client: Client,
-    address: Address,
-}
-
-impl Remote {
-    pub fn connect(address: Address, a: &SourceArgs) -> anyhow::Result<Remote> {
-        if address.is_pattern() {
-            anyhow::bail!(
-                "{}: migrate takes one VM, not a pattern (list them with `v2k inspect`)",
-                address.display_without_user()
-            );
-        }
-        Ok(Remote {
-            client: connect(&address, a)?,
-            address,
-        })
-    }
-}
-
-impl v2k_migrate::RemoteSource for Remote {
-    fn describe(&self) -> String {
-        self.address.display_without_user()
-    }
-
-    fn load(&self) -> Result<v2k_inventory::model::Vm, String> {
-        v2k_vsphere::inventory::get_vm(&self.client, &self.address.inventory_path)
-            .map_err(|e| e.to_string())
-    }
-
-    fn convert(
-        &self,
-        vm: &v2k_inventory::model::Vm,
-        outputs: &[PathBuf],
-        progress: &dyn v2k_converters::convert::Progress,
-    ) -> Vec<Result<v2k_converters::manifest::Manifest, String>> {
-        let jobs = match v2k_vsphere::convert::disk_jobs(vm, |i| outputs[i].clone()) {
-            Ok(j) => j,
-            Err(e) => return outputs.iter().map(|_| Err(e.to_string())).collect(),
-        };
-        let opts = v2k_converters::convert::Options {
-            overwrite: true,
-            ..v2k_converters::convert::Options::default()
-        };
-        v2k_vsphere::convert::download_and_convert(
-            &self.client,
-            &jobs,
-            &opts,
-            v2k_vsphere::convert::DEFAULT_PER_HOST,
-            &v2k_vsphere::datastore::NoDownloadProgress,
-            progress,
-        )
-        .into_iter()
-        .map(|r| r.map_err(|e| e.to_string()))
-        .collect()
-    }
+/// The one VM a `v2k migrate vsphere://…` source names, connected.
+pub fn remote(addr: Address, a: &SourceArgs) -> anyhow::Result<VsphereSource> {
+    let settings = a.settings();
+    warn_insecure(&settings, &addr.host, "--insecure");
+    let what = format!("connecting to {}:{} as {}", addr.host, addr.port, addr.user);
+    VsphereSource::connect(addr, &settings).context(what)
 }
 
 #[cfg(test)]

@@ -86,6 +86,21 @@ fn load(
         Err(v2k_waves::Error::Plan(problems)) => return Ok(Err(problems)),
         Err(e) => return Err(e).with_context(|| format!("reading plan {}", path.display())),
     };
+    let mut warned = std::collections::BTreeSet::new();
+    for r in p
+        .waves
+        .iter()
+        .flat_map(|w| &w.vms)
+        .filter_map(|v| v.vsphere.as_ref())
+    {
+        if warned.insert(&r.address.host) {
+            crate::commands::vsphere::warn_insecure(
+                &r.settings,
+                &r.address.host,
+                "the plan sets `insecure: true`",
+            );
+        }
+    }
     let c = v2k_waves::check(&p);
     Ok(Ok((p, c)))
 }
