@@ -191,6 +191,116 @@ fn snapshot_chain_is_consolidated_into_one_output() {
     check_round_trip(&top, &reference, &reference, &Options::default());
 }
 
+/// Deltas in every sparse layout over parents in every layout. Descriptor-based
+/// sparse deltas (`twoGbMaxExtentSparse` here; ESXi's `vmfsSparse` has the same
+/// shape) once came out as the delta alone — vmdk-core treats them as flat, so its
+/// chain reader never reached the parent, and verification could not tell (it
+/// re-reads through the same reader). Also: a delta's zeroed grain (grain-table
+/// entry 1) must read as zeros, not as the parent's data; and a split delta of more
+/// than 2 GiB, whose writes straddle its first extent's end.
+#[test]
+fn deltas_of_every_layout_over_parents_of_every_layout_read_through_to_the_parent() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let io = |img: &str, cmds: &[&str]| {
+        let mut c = Command::new("qemu-io");
+        c.current_dir(d).args(["-f", "vmdk"]);
+        for cmd in cmds {
+            c.args(["-c", cmd]);
+        }
+        run(c.arg(img));
+    };
+    let cases: &[(&str, &str, &str, u64)] = &[
+        ("monolithicFlat", "twoGbMaxExtentSparse", "", 6 * MIB),
+        ("monolithicSparse", "twoGbMaxExtentSparse", "", 6 * MIB),
+        ("twoGbMaxExtentFlat", "twoGbMaxExtentSparse", "", 6 * MIB),
+        ("twoGbMaxExtentSparse", "twoGbMaxExtentSparse", "", 6 * MIB),
+        ("monolithicFlat", "monolithicSparse", "", 6 * MIB),
+        (
+            "monolithicSparse",
+            "monolithicSparse",
+            ",zeroed_grain=on",
+            6 * MIB,
+        ),
+        (
+            "monolithicSparse",
+            "twoGbMaxExtentSparse",
+            "",
+            2048 * MIB + 4 * MIB,
+        ),
+    ];
+    for (n, (parent, child, opts, size)) in cases.iter().enumerate() {
+        let base = format!("b{n}.vmdk");
+        let delta = format!("c{n}.vmdk");
+        run(Command::new("qemu-img").current_dir(d).args([
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            &format!("subformat={parent}"),
+            &base,
+            &size.to_string(),
+        ]));
+        let tail = size - 3 * MIB;
+        io(
+            &base,
+            &[
+                "write -P 0x11 0 2M",
+                "write -P 0x22 3M 100k",
+                &format!("write -P 0x33 {tail} 2M"),
+            ],
+        );
+        run(Command::new("qemu-img").current_dir(d).args([
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            &format!("subformat={child}{opts}"),
+            "-b",
+            &base,
+            "-F",
+            "vmdk",
+            &delta,
+        ]));
+        let mid = size - 2 * MIB - 32 * 1024;
+        io(
+            &delta,
+            &[
+                "write -P 0x5a 1M 192k",
+                "write -z 3M 64k",
+                &format!("write -P 0x66 {mid} 64k"),
+            ],
+        );
+        let top = d.join(&delta);
+        let reference = reference_raw(&top, d);
+        check_round_trip(&top, &reference, &reference, &Options::default());
+        // The parent's data is really there (the case that failed silently).
+        let out = d.join(format!("c{n}.check.qcow2"));
+        convert_with(&top, &out, &Options::default());
+        let o = Command::new("qemu-io")
+            .args([
+                "-f",
+                "qcow2",
+                "-c",
+                "read -P 0x11 0 1M",
+                "-c",
+                "read -P 0 3M 64k",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && !text.contains("Pattern verification failed"),
+            "{parent} <- {child}{opts}: {text}"
+        );
+        std::fs::remove_file(&out).unwrap();
+        std::fs::remove_file(&reference).unwrap();
+    }
+}
+
 #[test]
 fn stream_optimized_disk_is_read_in_place_from_an_archive_member() {
     let t = tempfile::tempdir().unwrap();

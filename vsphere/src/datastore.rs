@@ -15,6 +15,10 @@
 //! once, at most `per_host` from one ESXi host. Every byte count from the server is
 //! checked: a body longer than the extent, a `Content-Range` that does not start where
 //! we asked, or a size that changes between attempts is an error, not a guess.
+//!
+//! A disk that is not one flat extent (a snapshot chain, a sparse or split disk) needs
+//! random access: [`Client::stage_disk`] downloads its files whole, with the same
+//! resume, into a staging directory for the file converter.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -155,7 +159,8 @@ pub struct FlatDisk {
 }
 
 /// Reads a descriptor (by the converter's strict parser) and finds its single flat
-/// extent. Snapshot deltas, sparse and multi-extent disks are refused with a reason.
+/// extent. Snapshot deltas, sparse and multi-extent disks are refused with a reason
+/// (as `Error::Usage`; [`shape`] turns that into [`DiskShape::Staged`]).
 pub fn flat_extent(descriptor_file: &DatastorePath, raw: &[u8]) -> Result<FlatDisk> {
     let d = v2k_converters::vmdk::descriptor::parse(raw)
         .map_err(|e| Error::protocol(descriptor_file.to_string(), e.to_string()))?;
@@ -420,6 +425,226 @@ async fn stream_file(
         progress.progress(disk, 0, 0, 0.0);
     }
     Ok(())
+}
+
+/// Deepest snapshot chain staged (vSphere allows 32 snapshots; the converter refuses
+/// deeper chains too).
+pub const MAX_STAGED_CHAIN: usize = 32;
+
+/// Bytes a staged extent may hold beyond its data and 1/64 for grain tables: headers,
+/// the embedded descriptor, footer and markers.
+pub const STAGED_SLACK: u64 = 16 << 20;
+
+/// How a disk's descriptor says it can be fetched.
+#[derive(Debug, Clone)]
+pub enum DiskShape {
+    /// One flat extent at offset 0 (ESXi `vmfs`/`vmfsThin`): streamed into the
+    /// converter with no copy.
+    Flat(FlatDisk),
+    /// A snapshot delta, a sparse or a split disk: the converter needs random access
+    /// to every file of the chain, so they are staged on local disk first. The
+    /// reason the stream path does not apply.
+    Staged(String),
+}
+
+/// Classifies a fetched descriptor. A descriptor that cannot be parsed is an error.
+pub fn shape(descriptor_file: &DatastorePath, raw: &[u8]) -> Result<DiskShape> {
+    match flat_extent(descriptor_file, raw) {
+        Ok(f) => Ok(DiskShape::Flat(f)),
+        Err(Error::Usage(why)) => Ok(DiskShape::Staged(why)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Size of a datastore file: a one-byte Range request, whose `Content-Range` names the
+/// total (a server that ignores Range answers 200 and its `Content-Length` is it).
+async fn file_size(s: &Session, url: &Url) -> Result<u64> {
+    let mut relogged = false;
+    let mut attempt = 1;
+    let mut delay = crate::client::BACKOFF_START;
+    loop {
+        let mut req = s.http.get(url.clone()).header(RANGE, "bytes=0-0");
+        if let Some(c) = s.cookie_header()? {
+            req = req.header(COOKIE, c);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| s.transport_error(url.as_str(), e))?;
+        let st = resp.status();
+        if (st == StatusCode::UNAUTHORIZED || st == StatusCode::FORBIDDEN) && !relogged {
+            s.relogin().await?;
+            relogged = true;
+            continue;
+        }
+        if st == StatusCode::SERVICE_UNAVAILABLE && attempt < crate::client::MAX_ATTEMPTS_503 {
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2);
+            continue;
+        }
+        let size = match st {
+            StatusCode::PARTIAL_CONTENT => content_range(resp.headers()).and_then(|(_, _, t)| t),
+            StatusCode::OK => resp.content_length(),
+            // An empty file cannot satisfy a range.
+            StatusCode::RANGE_NOT_SATISFIABLE => Some(0),
+            _ => {
+                return Err(Error::Http {
+                    url: url.to_string(),
+                    status: st.as_u16(),
+                    detail: String::new(),
+                })
+            }
+        };
+        return size.ok_or_else(|| Error::protocol(url.as_str(), "no file size in the answer"));
+    }
+}
+
+impl Client {
+    /// Downloads a disk whose shape is [`DiskShape::Staged`] into `dir`: its
+    /// descriptor, every extent it names and, for a snapshot delta, its parents'
+    /// descriptors and extents, up to [`MAX_STAGED_CHAIN`] deep, under their own file
+    /// names (each resumable like a streamed extent). Parents must lie beside the
+    /// child (a linked clone's base in another folder is refused with its path).
+    /// Returns the local path of the top descriptor, for the file converter, which
+    /// then checks the chain (CIDs, containment, depth) like any local VMDK.
+    pub fn stage_disk(
+        &self,
+        disk: usize,
+        source: &DiskSource,
+        dir: &std::path::Path,
+        progress: &dyn DownloadProgress,
+    ) -> Result<std::path::PathBuf> {
+        let io = |path: &std::path::Path, what: &str| {
+            let path = path.to_path_buf();
+            let what = what.to_string();
+            move |e| Error::Io {
+                path,
+                what,
+                source: e,
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir, "creating the staging directory"))?;
+        let s = self.session.clone();
+        let local_name = |p: &DatastorePath| -> Result<String> {
+            let name = p.path.rsplit('/').next().unwrap_or(&p.path).to_string();
+            // Already checked by DatastorePath::parse / sibling; kept as a guard
+            // because the name becomes a local file name.
+            if name.is_empty() || name == "." || name == ".." || name.contains('\\') {
+                return Err(Error::Usage(format!("{p}: not a usable file name")));
+            }
+            Ok(name)
+        };
+        let mut current = source.descriptor.clone();
+        let mut top = None;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..MAX_STAGED_CHAIN {
+            if !seen.insert(current.path.clone()) {
+                return Err(Error::Usage(format!("{current}: the snapshot chain loops")));
+            }
+            let raw = self.block_on(fetch_small(
+                &s,
+                &current,
+                &source.datacenter,
+                MAX_DESCRIPTOR_BYTES,
+            ))?;
+            let d = v2k_converters::vmdk::descriptor::parse(&raw)
+                .map_err(|e| Error::protocol(current.to_string(), e.to_string()))?;
+            let local = dir.join(local_name(&current)?);
+            std::fs::write(&local, &raw).map_err(io(&local, "writing a staged descriptor"))?;
+            top.get_or_insert(local);
+            for e in &d.extents {
+                let Some(file) = e.file.as_deref() else {
+                    continue;
+                };
+                let remote = current.sibling(file)?;
+                let dest = dir.join(local_name(&remote)?);
+                // An extent holds at most its sectors plus sparse metadata (grain
+                // directory and tables: 1/64 of the data at most, plus headers); a
+                // server claiming more would only fill the local disk.
+                let cap = e
+                    .sectors
+                    .checked_mul(512)
+                    .and_then(|b| b.checked_add(b / 64))
+                    .and_then(|b| b.checked_add(STAGED_SLACK))
+                    .ok_or_else(|| Error::protocol(remote.to_string(), "extent size overflows"))?;
+                self.download_file(disk, &remote, &source.datacenter, &dest, cap, progress)?;
+            }
+            if !d.has_parent() {
+                return Ok(top.expect("set on the first descriptor"));
+            }
+            let hint = d.parent_file_name_hint.as_deref().ok_or_else(|| {
+                Error::protocol(current.to_string(), "a delta without parentFileNameHint")
+            })?;
+            current = current.sibling(hint).map_err(|e| {
+                Error::Usage(format!(
+                    "{current}: parent {hint:?} is not beside it ({e}); linked clones are not supported"
+                ))
+            })?;
+        }
+        Err(Error::Usage(format!(
+            "{}: snapshot chain deeper than {MAX_STAGED_CHAIN}",
+            source.descriptor
+        )))
+    }
+
+    /// Downloads one datastore file whole into `dest` (written as `dest` directly: the
+    /// caller owns the staging directory and removes it), resuming after failures.
+    fn download_file(
+        &self,
+        disk: usize,
+        file: &DatastorePath,
+        datacenter: &str,
+        dest: &std::path::Path,
+        cap: u64,
+        progress: &dyn DownloadProgress,
+    ) -> Result<()> {
+        use std::io::Write;
+        let s = self.session.clone();
+        let url = folder_url(&s.base, file, datacenter)?;
+        let size = self.block_on(file_size(&s, &url))?;
+        if size > cap {
+            return Err(Error::protocol(
+                file.to_string(),
+                format!("the server says {size} bytes, more than the {cap} its descriptor allows"),
+            ));
+        }
+        let mut out = std::fs::File::create(dest).map_err(|e| Error::Io {
+            path: dest.to_path_buf(),
+            what: "creating a staged file".into(),
+            source: e,
+        })?;
+        let (tx, mut rx) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
+        let write_err = |e| Error::Io {
+            path: dest.to_path_buf(),
+            what: "writing a staged file".into(),
+            source: e,
+        };
+        let (net, written) = self.block_on(async {
+            let net = stream_file(&s, url.clone(), size, disk, tx, progress);
+            let sink = async {
+                let mut n = 0u64;
+                while let Some(c) = rx.recv().await {
+                    let c = c?;
+                    out.write_all(&c).map_err(write_err)?;
+                    n += c.len() as u64;
+                }
+                Ok::<u64, Error>(n)
+            };
+            tokio::join!(net, sink)
+        });
+        // The sink's own failure (a full disk) says more than the stream it stopped.
+        let written = written?;
+        net?;
+        if written != size {
+            return Err(Error::protocol(
+                file.to_string(),
+                format!("{written} bytes staged of {size}"),
+            ));
+        }
+        out.sync_all().map_err(write_err)?;
+        Ok(())
+    }
 }
 
 /// Facts about a disk being streamed, given to the consumer.

@@ -1,7 +1,7 @@
 //! The vSphere client against VMware's vCenter simulator (vcsim, govmomi 0.24):
 //! inventory mapping, a VM built in the simulator from uploaded disks and streamed
-//! into QCOW2, wrong password, wrong thumbprint, an expired session, an interrupted
-//! download. What the simulator lacks is unit-tested on recorded responses instead
+//! into QCOW2, a snapshot chain staged and consolidated, wrong password, wrong
+//! thumbprint, an expired session, an interrupted download. What the simulator lacks is unit-tested on recorded responses instead
 //! (paging: `client::tests`; capacityInBytes and vCenter's `xsi:` prefix:
 //! `inventory::tests`; sessions on `/folder`, which vcsim does not check: `retry.rs`);
 //! NFC export and CBT queries are not used by v2k.
@@ -411,6 +411,144 @@ fn an_expired_session_is_renewed_transparently() {
     if let Ok(r) = r {
         assert_eq!(r.child_text("returnval").map(str::trim), Some("false"));
     }
+}
+
+/// A VM with a snapshot: its disk is a delta (sparse, `parentFileNameHint`) over a
+/// flat base, as ESXi keeps a VM after "take snapshot". The chain needs random
+/// access, so its four files are staged beside the output, consolidated by the file
+/// converter into one QCOW2 equal to the chain as qemu reads it, and the staging is
+/// removed.
+#[test]
+fn a_snapshot_chain_is_staged_and_consolidated() {
+    let sim = Vcsim::start();
+    let c = sim.client();
+    let dir = datastore_dir(&sim).join("snap");
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("snap.vmdk");
+    let delta = dir.join("snap-000001.vmdk");
+    const SIZE: usize = 6 << 20;
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        base.to_str().unwrap(),
+        &SIZE.to_string(),
+    ]);
+    std::fs::write(dir.join("snap-flat.vmdk"), pattern(SIZE, 31)).unwrap();
+    // A relative parent name, as ESXi writes it.
+    let o = std::process::Command::new("qemu-img")
+        .current_dir(&dir)
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=twoGbMaxExtentSparse",
+            "-b",
+            "snap.vmdk",
+            "-F",
+            "vmdk",
+            "snap-000001.vmdk",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "vmdk",
+            "-c",
+            "write -P 0x5a 1M 192k",
+            "-c",
+            "write -z 4M 64k",
+        ])
+        .arg(&delta)
+        .output()
+        .expect("missing prerequisite: qemu-io (package qemu-utils)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // vcsim only attaches a disk whose `NAME-flat.vmdk` exists (its VirtualDiskManager
+    // assumes flat disks); an empty one satisfies it and is never read.
+    std::fs::write(dir.join("snap-000001-flat.vmdk"), b"").unwrap();
+    create_vm_with_disks(
+        &c,
+        "snapped",
+        &[("[LocalDS_0] snap/snap-000001.vmdk".into(), SIZE as u64)],
+        "00:50:56:01:02:09",
+    );
+
+    let vm = get_vm(&c, "DC0/vm/snapped").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let jobs = disk_jobs(&vm, |i| out.path().join(format!("d{i}.qcow2"))).unwrap();
+    let progress = Counting {
+        last: Mutex::new(Vec::new()),
+        resumes: Mutex::new(Vec::new()),
+    };
+    let m = download_and_convert(
+        &c,
+        &jobs,
+        &ConvOptions::default(),
+        2,
+        &progress,
+        &NoProgress,
+    )
+    .into_iter()
+    .next()
+    .unwrap()
+    .expect("a staged snapshot chain converts");
+    assert!(m.hash.verified);
+    let q = jobs[0].output.to_str().unwrap();
+    qemu_img(&["check", "-f", "qcow2", q]);
+    qemu_img(&[
+        "compare",
+        "-f",
+        "vmdk",
+        "-F",
+        "qcow2",
+        delta.to_str().unwrap(),
+        q,
+    ]);
+    // Progress was reported for the staged files, under the job's own index.
+    assert_eq!(progress.last.lock().unwrap().len(), 1);
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().all(|n| !n.contains("v2k-staging")),
+        "staging removed: {left:?}"
+    );
+
+    // A parent that is not beside its child (a linked clone) is refused by name.
+    let text = std::fs::read_to_string(&delta).unwrap();
+    std::fs::write(
+        &delta,
+        text.replace(
+            "parentFileNameHint=\"snap.vmdk\"",
+            "parentFileNameHint=\"../base/snap.vmdk\"",
+        ),
+    )
+    .unwrap();
+    let e = download_and_convert(
+        &c,
+        &jobs,
+        &ConvOptions {
+            overwrite: true,
+            ..ConvOptions::default()
+        },
+        2,
+        &NoDownloadProgress,
+        &NoProgress,
+    )
+    .into_iter()
+    .next()
+    .unwrap()
+    .unwrap_err();
+    assert!(e.to_string().contains("linked clones"), "{e}");
 }
 
 /// Records every progress event in arrival order.

@@ -6,6 +6,7 @@
 //! out of a byte range of a larger file (an OVA member).
 
 pub mod alloc;
+pub mod chain;
 pub mod descriptor;
 pub mod header;
 pub mod paths;
@@ -306,8 +307,10 @@ impl VmdkImage {
                 .map_err(|e| Error::vmdk(&src.path, what, e))?;
             Ok(Box::new(reader))
         } else {
-            let reader = vmdk::VmdkChainReader::open(&src.path)
-                .map_err(|e| Error::vmdk(&src.path, what, e))?;
+            // Not vmdk-core's chain reader: it loses the parents under descriptor-based
+            // sparse deltas (chain.rs says why).
+            let reader =
+                chain::ChainReader::open(&src.path, &self.info.parent_chain, self.info.capacity)?;
             Ok(Box::new(reader))
         }
     }
