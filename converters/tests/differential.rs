@@ -210,6 +210,13 @@ fn deltas_of_every_layout_over_parents_of_every_layout_read_through_to_the_paren
         }
         run(c.arg(img));
     };
+    // qemu-img create -f vmdk -o OPTIONS ...
+    let create = |args: &[&str]| {
+        run(Command::new("qemu-img")
+            .current_dir(d)
+            .args(["create", "-q", "-f", "vmdk", "-o"])
+            .args(args));
+    };
     let cases: &[(&str, &str, &str, u64)] = &[
         ("monolithicFlat", "twoGbMaxExtentSparse", "", 6 * MIB),
         ("monolithicSparse", "twoGbMaxExtentSparse", "", 6 * MIB),
@@ -232,16 +239,7 @@ fn deltas_of_every_layout_over_parents_of_every_layout_read_through_to_the_paren
     for (n, (parent, child, opts, size)) in cases.iter().enumerate() {
         let base = format!("b{n}.vmdk");
         let delta = format!("c{n}.vmdk");
-        run(Command::new("qemu-img").current_dir(d).args([
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            &format!("subformat={parent}"),
-            &base,
-            &size.to_string(),
-        ]));
+        create(&[&format!("subformat={parent}"), &base, &size.to_string()]);
         let tail = size - 3 * MIB;
         io(
             &base,
@@ -251,19 +249,14 @@ fn deltas_of_every_layout_over_parents_of_every_layout_read_through_to_the_paren
                 &format!("write -P 0x33 {tail} 2M"),
             ],
         );
-        run(Command::new("qemu-img").current_dir(d).args([
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
+        create(&[
             &format!("subformat={child}{opts}"),
             "-b",
             &base,
             "-F",
             "vmdk",
             &delta,
-        ]));
+        ]);
         let mid = size - 2 * MIB - 32 * 1024;
         io(
             &delta,

@@ -169,7 +169,19 @@ pub fn inject_with(
         )));
     }
     if let Some(loc) = scan.windows.first() {
-        let out = windows::convert(&app, loc, &scan.bitlocker, opts.bus, &macs, win, progress)?;
+        let nics: Vec<windows::NicRef> = opts
+            .vm
+            .nics
+            .iter()
+            .filter_map(|n| {
+                let mac = n.mac.as_deref().filter(|m| edit::is_mac(m))?;
+                Some(windows::NicRef {
+                    index: n.index,
+                    mac: mac.to_lowercase(),
+                })
+            })
+            .collect();
+        let out = windows::convert(&app, loc, &scan.bitlocker, opts.bus, &nics, win, progress)?;
         // Windows inspection and changes share one mount sequence: timed together.
         timings.changes = split();
         progress("syncing and closing the appliance");

@@ -357,6 +357,10 @@ fn converts_and_matches_virt_v2v(version: WindowsVersion, os: &str) {
     assert_eq!(i.static_ips.len(), 1);
     assert_eq!(i.static_ips[0].addresses, [wfx::STATIC_IP]);
     assert_eq!(i.static_ips[0].mac.as_deref(), Some(MAC));
+    assert_eq!(
+        i.static_ips[0].connection.as_deref(),
+        Some(wfx::NIC_CONNECTION)
+    );
     assert_eq!(i.vmware_tools.len(), 1);
     assert_eq!(
         i.vmware_tools[0].product_code.as_deref(),

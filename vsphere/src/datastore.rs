@@ -263,11 +263,30 @@ pub async fn fetch_small(
     limit: usize,
 ) -> Result<Vec<u8>> {
     let url = folder_url(&s.base, file, datacenter)?;
+    let resp = get(s, &url, None).await?;
+    let st = resp.status();
+    if !st.is_success() {
+        return Err(Error::Http {
+            url: url.to_string(),
+            status: st.as_u16(),
+            detail: String::new(),
+        });
+    }
+    read_limited(resp, limit, url.as_str()).await
+}
+
+/// A datastore GET with the session cookie (and `range` when given): an expired
+/// session (401/403) is renewed once and the request repeated; a busy server (503) is
+/// retried with backoff. Any other status is the caller's to judge.
+async fn get(s: &Session, url: &Url, range: Option<&str>) -> Result<reqwest::Response> {
     let mut relogged = false;
     let mut attempt = 1;
     let mut delay = crate::client::BACKOFF_START;
     loop {
         let mut req = s.http.get(url.clone());
+        if let Some(r) = range {
+            req = req.header(RANGE, r);
+        }
         if let Some(c) = s.cookie_header()? {
             req = req.header(COOKIE, c);
         }
@@ -287,14 +306,7 @@ pub async fn fetch_small(
             delay = delay.saturating_mul(2);
             continue;
         }
-        if !st.is_success() {
-            return Err(Error::Http {
-                url: url.to_string(),
-                status: st.as_u16(),
-                detail: String::new(),
-            });
-        }
-        return read_limited(resp, limit, url.as_str()).await;
+        return Ok(resp);
     }
 }
 
@@ -459,45 +471,22 @@ pub fn shape(descriptor_file: &DatastorePath, raw: &[u8]) -> Result<DiskShape> {
 /// Size of a datastore file: a one-byte Range request, whose `Content-Range` names the
 /// total (a server that ignores Range answers 200 and its `Content-Length` is it).
 async fn file_size(s: &Session, url: &Url) -> Result<u64> {
-    let mut relogged = false;
-    let mut attempt = 1;
-    let mut delay = crate::client::BACKOFF_START;
-    loop {
-        let mut req = s.http.get(url.clone()).header(RANGE, "bytes=0-0");
-        if let Some(c) = s.cookie_header()? {
-            req = req.header(COOKIE, c);
+    let resp = get(s, url, Some("bytes=0-0")).await?;
+    let st = resp.status();
+    let size = match st {
+        StatusCode::PARTIAL_CONTENT => content_range(resp.headers()).and_then(|(_, _, t)| t),
+        StatusCode::OK => resp.content_length(),
+        // An empty file cannot satisfy a range.
+        StatusCode::RANGE_NOT_SATISFIABLE => Some(0),
+        _ => {
+            return Err(Error::Http {
+                url: url.to_string(),
+                status: st.as_u16(),
+                detail: String::new(),
+            })
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| s.transport_error(url.as_str(), e))?;
-        let st = resp.status();
-        if (st == StatusCode::UNAUTHORIZED || st == StatusCode::FORBIDDEN) && !relogged {
-            s.relogin().await?;
-            relogged = true;
-            continue;
-        }
-        if st == StatusCode::SERVICE_UNAVAILABLE && attempt < crate::client::MAX_ATTEMPTS_503 {
-            attempt += 1;
-            tokio::time::sleep(delay).await;
-            delay = delay.saturating_mul(2);
-            continue;
-        }
-        let size = match st {
-            StatusCode::PARTIAL_CONTENT => content_range(resp.headers()).and_then(|(_, _, t)| t),
-            StatusCode::OK => resp.content_length(),
-            // An empty file cannot satisfy a range.
-            StatusCode::RANGE_NOT_SATISFIABLE => Some(0),
-            _ => {
-                return Err(Error::Http {
-                    url: url.to_string(),
-                    status: st.as_u16(),
-                    detail: String::new(),
-                })
-            }
-        };
-        return size.ok_or_else(|| Error::protocol(url.as_str(), "no file size in the answer"));
-    }
+    };
+    size.ok_or_else(|| Error::protocol(url.as_str(), "no file size in the answer"))
 }
 
 impl Client {

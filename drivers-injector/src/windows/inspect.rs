@@ -146,13 +146,19 @@ pub struct StaticIp {
     /// Description of the adapter it belonged to, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter: Option<String>,
+    /// The connection's name (`Control\Network\{NIC class}\{GUID}\Connection\Name`).
+    /// On VMware hardware 13+ Windows names a NIC after the firmware's device label,
+    /// `EthernetN` for the VMX's `ethernetN`, unless someone renamed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
     pub addresses: Vec<String>,
     pub masks: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<String>,
-    /// The MAC of the VM's NIC it is restored on (paired by adapter order).
+    /// The MAC of the VM's NIC it is restored on: the NIC whose index the connection
+    /// name gives (`EthernetN`), else paired by adapter install order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
 }
@@ -695,9 +701,24 @@ fn static_ips(sys: &mut Hive, cs: &str) -> Result<Vec<StaticIp>> {
             .iter()
             .find(|(_, id, _)| id.eq_ignore_ascii_case(&guid))
             .map(|(_, _, d)| d.clone());
+        let connection = match sys.node(&[
+            cs,
+            "Control",
+            "Network",
+            NET_CLASS_GUID,
+            &guid,
+            "Connection",
+        ])? {
+            Some(n) => sys
+                .value_of(n, "Name")?
+                .and_then(|v| v.as_str().map(text))
+                .filter(|n| !n.is_empty()),
+            None => None,
+        };
         out.push(StaticIp {
             interface: guid.to_ascii_uppercase(),
             adapter,
+            connection,
             addresses,
             masks,
             gateways: multi(sys.value_of(node, "DefaultGateway")?),

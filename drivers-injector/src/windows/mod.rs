@@ -310,22 +310,65 @@ fn guest_dir(app: &Appliance, insp: &WindowsInspection, rel: &str) -> Result<Str
     Ok(cur)
 }
 
-/// Pairs the static configurations with the VM's MACs in order.
+/// A NIC of the VM: its VMware index (`ethernetN`) and MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicRef {
+    pub index: u32,
+    pub mac: String,
+}
+
+/// The VMware NIC index a connection name names: `Ethernet0` → 0 (the firmware label
+/// VMware hardware 13+ gives `ethernet0`, which Windows takes as the name).
+fn cdn_index(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("Ethernet")?;
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Pairs the static configurations with the VM's NICs: first by the connection
+/// name's `EthernetN` (the same NIC, whatever order the adapters were installed
+/// in), then the rest in adapter install order with the NICs left.
 fn pair_static_ips(
-    insp: &mut WindowsInspection,
-    macs: &[String],
+    statics: &mut [inspect::StaticIp],
+    nics: &[NicRef],
     warnings: &mut Vec<String>,
 ) -> Vec<firstboot::StaticConfig> {
-    let mut out = Vec::new();
-    if insp.static_ips.len() > 1 {
+    let mut taken = vec![false; nics.len()];
+    let mut chosen: Vec<Option<usize>> = vec![None; statics.len()];
+    for (i, s) in statics.iter().enumerate() {
+        let Some(n) = s.connection.as_deref().and_then(cdn_index) else {
+            continue;
+        };
+        if let Some(k) = nics.iter().position(|x| x.index == n) {
+            if !taken[k] {
+                taken[k] = true;
+                chosen[i] = Some(k);
+            }
+        }
+    }
+    let by_order = chosen.iter().filter(|c| c.is_none()).count();
+    if by_order > 1 {
         warnings.push(format!(
-            "{} interfaces have static IPv4 settings: they are restored on the VM's NICs \
-             in adapter install order (check the result)",
-            insp.static_ips.len()
+            "{by_order} interfaces with static IPv4 settings have no EthernetN connection \
+             name: they are restored on the VM's remaining NICs in adapter install order \
+             (check the result)"
         ));
     }
-    for (i, s) in insp.static_ips.iter_mut().enumerate() {
-        let Some(mac) = macs.get(i) else {
+    let mut out = Vec::new();
+    for (i, s) in statics.iter_mut().enumerate() {
+        let k = match chosen[i] {
+            Some(k) => Some(k),
+            None => {
+                let k = taken.iter().position(|t| !t);
+                if let Some(k) = k {
+                    taken[k] = true;
+                }
+                k
+            }
+        };
+        let Some(k) = k else {
             warnings.push(format!(
                 "static IPv4 settings of interface {} ({}) not restored: the VM has no NIC \
                  left for them",
@@ -334,9 +377,10 @@ fn pair_static_ips(
             ));
             continue;
         };
+        let mac = nics[k].mac.clone();
         s.mac = Some(mac.clone());
         out.push(firstboot::StaticConfig {
-            mac: mac.clone(),
+            mac,
             addresses: s.addresses.clone(),
             masks: s.masks.clone(),
             gateways: s.gateways.clone(),
@@ -388,7 +432,7 @@ pub fn convert(
     loc: &Located,
     bitlocker: &[String],
     bus: DiskBus,
-    macs: &[String],
+    nics: &[NicRef],
     win: &Options,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Outcome> {
@@ -464,7 +508,7 @@ pub fn convert(
             )
         })?;
     let mut warnings = Vec::new();
-    let statics = pair_static_ips(&mut insp, macs, &mut warnings);
+    let statics = pair_static_ips(&mut insp.static_ips, nics, &mut warnings);
 
     // 3. From here on the guest is written: NTFS read-write. ntfs-3g refuses a volume
     // whose journal is dirty (an unclean shutdown, Fast Startup).
@@ -797,6 +841,72 @@ pub fn summary_inspection(w: &WindowsInspection) -> Inspection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn static_ip(guid: &str, connection: Option<&str>, ip: &str) -> inspect::StaticIp {
+        inspect::StaticIp {
+            interface: guid.into(),
+            adapter: None,
+            connection: connection.map(Into::into),
+            addresses: vec![ip.into()],
+            masks: vec!["255.255.255.0".into()],
+            gateways: Vec::new(),
+            dns: Vec::new(),
+            mac: None,
+        }
+    }
+
+    fn nic(index: u32, mac: &str) -> NicRef {
+        NicRef {
+            index,
+            mac: mac.into(),
+        }
+    }
+
+    #[test]
+    fn static_ips_follow_the_ethernet_n_name_before_install_order() {
+        // Installed in the order A, B, C; A is ethernet1's, B has been renamed,
+        // C is ethernet0's.
+        let mut s = vec![
+            static_ip("{A}", Some("Ethernet1"), "192.0.2.11"),
+            static_ip("{B}", Some("Backend"), "192.0.2.12"),
+            static_ip("{C}", Some("Ethernet0"), "192.0.2.10"),
+        ];
+        let nics = [nic(0, "m0"), nic(1, "m1"), nic(2, "m2")];
+        let mut w = Vec::new();
+        let cfg = pair_static_ips(&mut s, &nics, &mut w);
+        let macs: Vec<_> = s.iter().map(|x| x.mac.as_deref().unwrap()).collect();
+        assert_eq!(macs, ["m1", "m2", "m0"]);
+        assert_eq!(cfg.len(), 3);
+        assert_eq!(cfg[0].mac, "m1");
+        // One left to the install order: nothing ambiguous to warn about.
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn static_ips_without_names_pair_in_install_order_with_a_warning() {
+        let mut s = vec![
+            static_ip("{A}", None, "192.0.2.11"),
+            static_ip("{B}", Some("Ethernet 2"), "192.0.2.12"),
+            static_ip("{C}", Some("Ethernet9"), "192.0.2.13"),
+        ];
+        // ethernet9 does not exist: C falls back to the order too, and finds no NIC.
+        let nics = [nic(3, "m3"), nic(5, "m5")];
+        let mut w = Vec::new();
+        let cfg = pair_static_ips(&mut s, &nics, &mut w);
+        assert_eq!(s[0].mac.as_deref(), Some("m3"));
+        assert_eq!(s[1].mac.as_deref(), Some("m5"));
+        assert_eq!(s[2].mac, None);
+        assert_eq!(cfg.len(), 2);
+        assert!(w[0].contains("install order"), "{w:?}");
+        assert!(
+            w[1].contains("192.0.2.13") && w[1].contains("no NIC"),
+            "{w:?}"
+        );
+        assert_eq!(cdn_index("Ethernet0"), Some(0));
+        assert_eq!(cdn_index("Ethernet 0"), None);
+        assert_eq!(cdn_index("Ethernet"), None);
+        assert_eq!(cdn_index("Ethernet99999"), None);
+    }
 
     #[test]
     fn ustar_archives_are_read_back_by_tar() {
