@@ -105,3 +105,65 @@ fn thumbprint_prints_the_servers_certificate_hash() {
         pki().thumbprint.to_string()
     );
 }
+
+/// A wave plan whose source is a pattern: `wave check` lists every VM it matches, each
+/// read over SOAP under its own name (the simulator's VMs are powered on, so each
+/// carries that concern and the check exits 1). A pattern that matches nothing is a
+/// plan error (exit 2), as is a server the plan cannot reach.
+#[test]
+fn a_wave_plan_pattern_expands_into_the_vms_it_matches() {
+    let sim = Vcsim::start();
+    let pki = pki();
+    let d = tempfile::tempdir().unwrap();
+    let plan = d.path().join("plan.yaml");
+    let write = |pattern: &str| {
+        std::fs::write(
+            &plan,
+            format!(
+                "version: 1\nvsphere:\n  \"127.0.0.1:{}\":\n    ca-file: {}\n\
+                 waves:\n  - name: w\n    vms:\n      - source: {}\n        validate: false\n",
+                sim.port,
+                pki.ca.display(),
+                addr(&sim, pattern)
+            ),
+        )
+        .unwrap();
+    };
+    let check = || {
+        v2k()
+            .args(["wave", "check", "--json"])
+            .arg(&plan)
+            .env("V2K_VSPHERE_PASSWORD", PASSWORD)
+            .output()
+            .unwrap()
+    };
+    write("DC0_H0_VM*");
+    let o = check();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let c: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let vms = c["vms"].as_array().unwrap();
+    let names: Vec<&str> = vms.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["DC0_H0_VM0", "DC0_H0_VM1"], "{c:#}");
+    for v in vms {
+        assert!(
+            v["source"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/DC0/vm/{}", v["name"].as_str().unwrap())),
+            "{v:#}"
+        );
+        assert!(v["error"].as_str().unwrap().contains("powered-on"), "{v:#}");
+        assert!(v["disks"].as_u64().unwrap() > 0, "{v:#}");
+    }
+
+    write("nomatch*");
+    let o = check();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("plan.yaml:8:") && stderr.contains("matches no VM"),
+        "{stderr}"
+    );
+}

@@ -5,6 +5,7 @@
 //! ([`report`]). docs/waves.md describes the plan, the journal and the reports.
 
 pub mod check;
+pub mod expand;
 pub mod hooks;
 pub mod journal;
 pub mod plan;
@@ -12,6 +13,7 @@ pub mod report;
 pub mod runner;
 
 pub use check::{check, CheckReport};
+pub use expand::expand;
 pub use plan::Plan;
 pub use runner::{run, RunEvent, RunOptions, RunSummary};
 

@@ -280,6 +280,14 @@ pub struct Hook {
 }
 
 impl VmPlan {
+    /// Whether this entry is a `vsphere://` pattern still to be expanded into the
+    /// VMs it matches ([`crate::expand`]).
+    pub fn is_pattern(&self) -> bool {
+        self.vsphere
+            .as_ref()
+            .is_some_and(|r| r.address.is_pattern())
+    }
+
     /// The options `v2k_migrate::migrate` runs this VM with.
     pub fn migrate_options(&self, network_map: &NetworkMap) -> v2k_migrate::Options {
         v2k_migrate::Options {
@@ -485,10 +493,10 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                             bad(line, format!("source: {e}"));
                             None
                         }
-                        Ok(addr) if addr.is_pattern() => {
+                        Ok(addr) if addr.is_pattern() && v.name.is_some() => {
                             bad(
                                 line,
-                                format!("source {a:?}: one VM per entry, not a pattern (list the matches with `v2k inspect`)"),
+                                "`name:` names one VM; a pattern source stands for every VM it matches, each named after itself".into(),
                             );
                             None
                         }
@@ -532,13 +540,16 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default(),
             });
-            if !valid_name(&name) {
+            // A pattern's entry is a placeholder until `expand` replaces it with the
+            // VMs it matches; those names are checked then.
+            let pattern = remote.as_ref().is_some_and(|r| r.address.is_pattern());
+            if !pattern && !valid_name(&name) {
                 bad(
                     line,
                     format!("VM name {name:?}: use letters, digits, . _ - (set `name:`)"),
                 );
             }
-            if !vm_names.insert(name.clone()) {
+            if !pattern && !vm_names.insert(name.clone()) {
                 bad(
                     line,
                     format!("VM name {name:?} appears twice; give one a `name:`"),
@@ -628,7 +639,11 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
         );
     }
     let mut outs = BTreeSet::new();
-    for v in waves.iter().flat_map(|w| &w.vms) {
+    for v in waves
+        .iter()
+        .flat_map(|w| &w.vms)
+        .filter(|v| !v.is_pattern())
+    {
         if !outs.insert(v.out.clone()) {
             bad(
                 v.line,
@@ -830,12 +845,20 @@ waves:
             "{p:?}"
         );
         assert!(!format!("{p:?}").contains("hunter2"), "{p:?}");
-        let p = parse_err(&VSPHERE.replace("vm/web/web01", "vm/web/web*"));
+        let p = parse_err(&VSPHERE.replace("vm/db01", "vm/db*"));
         assert!(
             p.iter()
-                .any(|p| p.line == Some(9) && p.message.contains("not a pattern")),
+                .any(|p| p.line == Some(10) && p.message.contains("pattern source stands for")),
             "{p:?}"
         );
+        // Without a `name:`, a pattern is a placeholder for `expand`.
+        let p = parse(
+            &VSPHERE.replace("vm/web/web01", "vm/web/web*"),
+            Path::new("/plans/p.yaml"),
+        )
+        .unwrap();
+        assert!(p.waves[0].vms[0].is_pattern());
+        assert!(!p.waves[0].vms[1].is_pattern());
         let p = parse_err(&VSPHERE.replace("AB:CD:EF:01:23:45:67:89:AB", "ZZ"));
         assert!(
             p.iter()

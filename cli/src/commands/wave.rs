@@ -81,7 +81,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
 fn load(
     path: &std::path::Path,
 ) -> anyhow::Result<Result<(plan::Plan, v2k_waves::CheckReport), Vec<plan::Problem>>> {
-    let p = match plan::load(path) {
+    let mut p = match plan::load(path) {
         Ok(p) => p,
         Err(v2k_waves::Error::Plan(problems)) => return Ok(Err(problems)),
         Err(e) => return Err(e).with_context(|| format!("reading plan {}", path.display())),
@@ -100,6 +100,11 @@ fn load(
                 "the plan sets `insecure: true`",
             );
         }
+    }
+    // Pattern sources become the VMs they match before anything is checked.
+    let problems = v2k_waves::expand(&mut p);
+    if !problems.is_empty() {
+        return Ok(Err(problems));
     }
     let c = v2k_waves::check(&p);
     Ok(Ok((p, c)))
