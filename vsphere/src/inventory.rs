@@ -39,10 +39,46 @@ pub const VM_PROPERTIES: &[&str] = &[
     "runtime.powerState",
     "runtime.host",
     "snapshot",
+    "layoutEx.file",
+    "layoutEx.disk",
     "datastore",
     "network",
     "summary.config.vmPathName",
 ];
+
+/// Bytes each virtual disk's files take on its datastores, by device key, from the
+/// VM's `layoutEx`: the sizes of every file of every link of the disk's chain (the
+/// descriptor, the extent and, with snapshots, each delta). For a thin disk that is
+/// what is allocated, not its capacity: the free-space estimate of a wave plan uses
+/// it. A size that does not parse or a sum that overflows gives no figure.
+fn disk_usage(files: Option<&Element>, disks: Option<&Element>) -> HashMap<String, u64> {
+    let mut size_of: HashMap<&str, Option<u64>> = HashMap::new();
+    for f in files.map(|f| f.children.as_slice()).unwrap_or_default() {
+        if let Some(k) = f.child_text("key") {
+            let size = f
+                .child_text("size")
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            size_of.insert(k.trim(), size);
+        }
+    }
+    let mut out = HashMap::new();
+    for d in disks.map(|d| d.children.as_slice()).unwrap_or_default() {
+        let Some(key) = d.child_text("key") else {
+            continue;
+        };
+        let total = d
+            .children_named("chain")
+            .flat_map(|c| c.children_named("fileKey"))
+            .try_fold(0u64, |acc, k| {
+                let size = (*size_of.get(k.text.trim())?)?;
+                acc.checked_add(size)
+            });
+        if let Some(t) = total {
+            out.insert(key.trim().to_string(), t);
+        }
+    }
+    out
+}
 
 /// Deepest snapshot tree followed (vSphere allows 32 snapshots in a chain).
 pub const MAX_SNAPSHOT_DEPTH: usize = 64;
@@ -372,7 +408,8 @@ pub fn map_vm(o: &ObjectContent, names: &Names, server: &str) -> Result<Vm> {
     });
 
     if let Some(devs) = o.get("config.hardware.device") {
-        map_devices(&mut vm, &devs.children, names, &datacenter)?;
+        let usage = disk_usage(o.get("layoutEx.file"), o.get("layoutEx.disk"));
+        map_devices(&mut vm, &devs.children, names, &datacenter, &usage)?;
     }
 
     if vm.power_state == Some(PowerState::PoweredOn) {
@@ -388,7 +425,13 @@ pub fn map_vm(o: &ObjectContent, names: &Names, server: &str) -> Result<Vm> {
     Ok(vm)
 }
 
-fn map_devices(vm: &mut Vm, devs: &[Element], names: &Names, datacenter: &str) -> Result<()> {
+fn map_devices(
+    vm: &mut Vm,
+    devs: &[Element],
+    names: &Names,
+    datacenter: &str,
+    usage: &HashMap<String, u64>,
+) -> Result<()> {
     // key → (bus, controller index), for the slots of disks and CD-ROMs.
     let mut ctrl: BTreeMap<i64, (BusKind, u32)> = BTreeMap::new();
     for d in devs {
@@ -478,7 +521,10 @@ fn map_devices(vm: &mut Vm, devs: &[Element], names: &Names, datacenter: &str) -
                     id,
                     slot: s,
                     capacity: disk_capacity(d)?,
-                    populated_size: None,
+                    populated_size: d
+                        .child_text("key")
+                        .and_then(|k| usage.get(k.trim()))
+                        .copied(),
                     location,
                     format: None,
                     mode: disk_mode(b.child_text("diskMode").unwrap_or_default().trim()),
@@ -706,6 +752,8 @@ mod tests {
  <VirtualDevice xsi:type="VirtualVmxnet3"><key>4000</key><backing xsi:type="VirtualEthernetCardDistributedVirtualPortBackingInfo"><port><switchUuid>50 1a</switchUuid><portgroupKey>dvportgroup-13</portgroupKey><portKey>7</portKey></port></backing><connectable><startConnected>true</startConnected></connectable><addressType>assigned</addressType><macAddress>00:50:56:AA:BB:CC</macAddress></VirtualDevice>
  <VirtualDevice xsi:type="VirtualE1000e"><key>4001</key><backing xsi:type="VirtualEthernetCardNetworkBackingInfo"><deviceName>VM Network</deviceName></backing><addressType>manual</addressType><macAddress>00:50:56:00:00:01</macAddress></VirtualDevice>
 </val></propSet>
+<propSet><name>layoutEx.file</name><val xsi:type="ArrayOfVirtualMachineFileLayoutExFileInfo"><VirtualMachineFileLayoutExFileInfo><key>0</key><name>[vsanDatastore] app01/app01.vmx</name><type>config</type><size>3100</size></VirtualMachineFileLayoutExFileInfo><VirtualMachineFileLayoutExFileInfo><key>4</key><name>[vsanDatastore] app01/app01.vmdk</name><type>diskDescriptor</type><size>590</size></VirtualMachineFileLayoutExFileInfo><VirtualMachineFileLayoutExFileInfo><key>5</key><name>[vsanDatastore] app01/app01-flat.vmdk</name><type>diskExtent</type><size>7516192768</size><uniqueSize>7516192768</uniqueSize></VirtualMachineFileLayoutExFileInfo><VirtualMachineFileLayoutExFileInfo><key>6</key><name>[vsanDatastore] app01/app01-000001.vmdk</name><type>diskDescriptor</type><size>320</size></VirtualMachineFileLayoutExFileInfo><VirtualMachineFileLayoutExFileInfo><key>7</key><name>[vsanDatastore] app01/app01-000001-delta.vmdk</name><type>diskExtent</type><size>16781312</size></VirtualMachineFileLayoutExFileInfo><VirtualMachineFileLayoutExFileInfo><key>8</key><name>[ds2] app01/shared.vmdk</name><type>diskDescriptor</type><size>not-a-number</size></VirtualMachineFileLayoutExFileInfo></val></propSet>
+<propSet><name>layoutEx.disk</name><val xsi:type="ArrayOfVirtualMachineFileLayoutExDiskLayout"><VirtualMachineFileLayoutExDiskLayout><key>2000</key><chain><fileKey>4</fileKey><fileKey>5</fileKey></chain><chain><fileKey>6</fileKey><fileKey>7</fileKey></chain></VirtualMachineFileLayoutExDiskLayout><VirtualMachineFileLayoutExDiskLayout><key>2001</key><chain><fileKey>8</fileKey></chain></VirtualMachineFileLayoutExDiskLayout></val></propSet>
 <propSet><name>snapshot</name><val xsi:type="VirtualMachineSnapshotInfo"><currentSnapshot type="VirtualMachineSnapshot">snapshot-2</currentSnapshot><rootSnapshotList><snapshot type="VirtualMachineSnapshot">snapshot-1</snapshot><name>before</name><id>1</id><childSnapshotList><snapshot type="VirtualMachineSnapshot">snapshot-2</snapshot><name>after</name><id>2</id></childSnapshotList></rootSnapshotList></val></propSet>
 </objects>"#;
 
@@ -765,7 +813,14 @@ mod tests {
                 thin: true
             }
         );
+        // layoutEx: the thin disk's descriptor, extent and snapshot delta, not its
+        // 40 GiB capacity; a size that does not parse gives no figure.
+        assert_eq!(
+            vm.disks[0].populated_size,
+            Some(590 + 7_516_192_768 + 320 + 16_781_312)
+        );
         let d = &vm.disks[1];
+        assert_eq!(d.populated_size, None);
         assert_eq!(d.id, "scsi1:3");
         assert_eq!(d.mode, DiskMode::IndependentPersistent);
         assert_eq!(d.sharing, Sharing::MultiWriter);

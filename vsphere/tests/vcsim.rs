@@ -240,6 +240,12 @@ fn a_vm_built_from_uploaded_disks_is_mapped_and_streamed_into_qcow2() {
     assert_eq!(vm.disks[0].capacity, Some(9 << 20));
     assert_eq!(vm.disks[1].capacity, Some((3 << 20) + 4096));
     assert_eq!(vm.disks[1].id, "scsi0:1");
+    // From the simulator's layoutEx: the descriptor and the flat extent it stats.
+    assert!(
+        vm.disks[0].populated_size.is_some_and(|p| p >= 9 << 20),
+        "{:?}",
+        vm.disks[0].populated_size
+    );
     assert_eq!(vm.nics[0].model, NicModel::Vmxnet3);
     assert_eq!(vm.nics[0].mac.as_deref(), Some("00:50:56:01:02:03"));
     assert_eq!(vm.nics[0].network.as_deref(), Some("VM Network"));
