@@ -41,6 +41,16 @@ fn vm_from_fixture(sim: &Vcsim, f: &v2k_fixtures::Fixture, dir: &str, name: &str
     create_vm_with_disks(&c, name, &disks, &f.mac);
 }
 
+/// The entry named `name` in a check or wave report's `vms`.
+fn vm<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {report:#}"))
+}
+
 fn address(sim: &Vcsim, vm: &str) -> String {
     format!(
         "vsphere://{}@127.0.0.1:{}/DC0/vm/{vm}",
@@ -133,20 +143,11 @@ fn a_wave_plan_migrates_vsphere_sources() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
     let c: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
-    let vm = |name: &str| {
-        c["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == name)
-            .unwrap_or_else(|| panic!("{name} not in {c:#}"))
-            .clone()
-    };
-    let deb = vm("deb-wave");
+    let deb = vm(&c, "deb-wave");
     assert!(deb["error"].is_null(), "{deb:#}");
     assert_eq!(deb["disks"], f.vmx_flat.disks.len());
     assert!(deb["estimated-bytes"].as_u64().unwrap() > 0, "{deb:#}");
-    let on = vm("powered-on");
+    let on = vm(&c, "powered-on");
     assert!(
         on["error"].as_str().unwrap().contains("powered-on"),
         "{on:#}"
@@ -164,19 +165,10 @@ fn a_wave_plan_migrates_vsphere_sources() {
         &std::fs::read(run_dir.join("w1/wave-report.json")).expect("wave-report.json"),
     )
     .unwrap();
-    let find = |name: &str| {
-        r["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == name)
-            .unwrap()
-            .clone()
-    };
-    let deb = find("deb-wave");
+    let deb = vm(&r, "deb-wave");
     assert_eq!(deb["status"], "migrated", "{r:#}");
     assert_eq!(deb["result"], "not-validated", "{r:#}");
-    let on = find("powered-on");
+    let on = vm(&r, "powered-on");
     assert_eq!(on["status"], "failed", "{r:#}");
     assert!(
         on["reason"].as_str().unwrap().contains("powered-on"),

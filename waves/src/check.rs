@@ -9,12 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use std::collections::BTreeMap;
 use v2k_drivers_injector::target::NetTarget;
-
 use v2k_inventory::model::{DiskLocation, Severity, Vm};
 
-use crate::plan::{line_of, Plan, Problem, VsphereRef};
+use crate::plan::{line_of, Plan, Problem, Sessions, VsphereRef};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -76,7 +74,7 @@ pub fn check(plan: &Plan) -> CheckReport {
         }
     }
     let mut vms = Vec::new();
-    let mut clients = Clients::new();
+    let mut sessions = Sessions::default();
     for w in &plan.waves {
         for v in &w.vms {
             if v.vsphere.is_none() && !v.source.is_file() {
@@ -114,7 +112,7 @@ pub fn check(plan: &Plan) -> CheckReport {
                 error: None,
             };
             let loaded: Option<Result<Vec<Vm>, String>> = if let Some(r) = &v.vsphere {
-                Some(read_vsphere(&mut clients, r))
+                Some(read_vsphere(&mut sessions, r))
             } else if v.source.is_file() {
                 let opts = v2k_inventory::Options {
                     verify_manifest: v.verify_manifest,
@@ -181,23 +179,10 @@ pub fn check(plan: &Plan) -> CheckReport {
     CheckReport { problems, vms }
 }
 
-/// One logged-in session per server and user for the whole check (a plan may name
-/// hundreds of VMs on one vCenter), or why it could not be had.
-type Clients = BTreeMap<(String, u16, String), Result<v2k_vsphere::Client, String>>;
-
 /// A vSphere VM, read over the server's session.
-fn read_vsphere(clients: &mut Clients, r: &VsphereRef) -> Result<Vec<Vm>, String> {
-    let a = &r.address;
-    let client = clients
-        .entry((a.host.clone(), a.port, a.user.clone()))
-        .or_insert_with(|| {
-            r.settings
-                .connect(a)
-                .map_err(|e| format!("connecting to {}:{} as {}: {e}", a.host, a.port, a.user))
-        })
-        .as_ref()
-        .map_err(|e| e.clone())?;
-    v2k_vsphere::inventory::get_vm(client, &a.inventory_path)
+fn read_vsphere(sessions: &mut Sessions, r: &VsphereRef) -> Result<Vec<Vm>, String> {
+    let client = sessions.client(r)?;
+    v2k_vsphere::inventory::get_vm(client, &r.address.inventory_path)
         .map(|vm| vec![vm])
         .map_err(|e| e.to_string())
 }

@@ -4,10 +4,10 @@
 //! be reached, or two VMs that would get one name are plan problems: a wave that
 //! silently shrinks is worse than one that does not start.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use crate::plan::{valid_name, Plan, Problem, VsphereRef};
+use crate::plan::{valid_name, Plan, Problem, Sessions, VsphereRef};
 
 /// Longest VM name kept (the plan's own limit on names).
 const MAX_NAME: usize = 128;
@@ -32,8 +32,7 @@ pub fn expand(plan: &mut Plan) -> Vec<Problem> {
     };
     let mut names: BTreeSet<String> = concrete().map(|v| v.name.clone()).collect();
     let mut outs: BTreeSet<PathBuf> = concrete().map(|v| v.out.clone()).collect();
-    let mut clients: BTreeMap<(String, u16, String), Result<v2k_vsphere::Client, String>> =
-        BTreeMap::new();
+    let mut sessions = Sessions::default();
     let run_dir = plan.run_dir.clone();
     for w in &mut plan.waves {
         let mut vms = Vec::with_capacity(w.vms.len());
@@ -49,17 +48,9 @@ pub fn expand(plan: &mut Plan) -> Vec<Problem> {
                     message,
                 })
             };
-            let client = clients
-                .entry((a.host.clone(), a.port, a.user.clone()))
-                .or_insert_with(|| {
-                    r.settings.connect(a).map_err(|e| {
-                        format!("connecting to {}:{} as {}: {e}", a.host, a.port, a.user)
-                    })
-                });
-            let found = match client {
-                Ok(c) => v2k_vsphere::inventory::vms_at(c, a).map_err(|e| e.to_string()),
-                Err(e) => Err(e.clone()),
-            };
+            let found = sessions
+                .client(&r)
+                .and_then(|c| v2k_vsphere::inventory::vms_at(c, a).map_err(|e| e.to_string()));
             let list = match found {
                 Ok(l) => l,
                 Err(e) => {

@@ -273,6 +273,33 @@ pub struct VsphereRef {
     pub settings: v2k_vsphere::ConnectSettings,
 }
 
+impl VsphereRef {
+    /// `connecting to HOST:PORT as USER: why`, the one message for a failed login.
+    pub fn connect_error(&self, why: impl std::fmt::Display) -> String {
+        let a = &self.address;
+        format!("connecting to {}:{} as {}: {why}", a.host, a.port, a.user)
+    }
+}
+
+/// One logged-in session per server and user while a plan is expanded or checked (a
+/// plan may name hundreds of VMs on one vCenter), or why it could not be had.
+#[derive(Debug, Default)]
+pub struct Sessions(
+    BTreeMap<(String, u16, String), std::result::Result<v2k_vsphere::Client, String>>,
+);
+
+impl Sessions {
+    /// The session for `r`'s server and user, logging in the first time.
+    pub fn client(&mut self, r: &VsphereRef) -> std::result::Result<&v2k_vsphere::Client, String> {
+        let a = &r.address;
+        self.0
+            .entry((a.host.clone(), a.port, a.user.clone()))
+            .or_insert_with(|| r.settings.connect(a).map_err(|e| r.connect_error(e)))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hook {
     pub command: Vec<String>,

@@ -553,10 +553,7 @@ fn run_vm(
         Some(r) => match VsphereSource::connect(r.address.clone(), &r.settings) {
             Ok(remote) => v2k_migrate::migrate_from(&opts, Some(&remote), &progress)
                 .map_err(|e| error_chain(&e)),
-            Err(e) => Err(format!(
-                "connecting to {}:{} as {}: {e}",
-                r.address.host, r.address.port, r.address.user
-            )),
+            Err(e) => Err(r.connect_error(e)),
         },
         None => v2k_migrate::migrate(&opts, &progress).map_err(|e| error_chain(&e)),
     };

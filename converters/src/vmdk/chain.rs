@@ -83,18 +83,15 @@ impl ChainReader {
 /// The extents of one layer file.
 fn layer(path: &Path, capacity: u64) -> Result<Vec<Extent>> {
     let what = "opening a snapshot layer";
-    let mut f = File::open(path).map_err(|e| Error::io(path, what, e))?;
-    let mut first = [0u8; 1];
-    f.read_exact(&mut first)
-        .map_err(|e| Error::io(path, what, e))?;
-    if first[0] != b'#' {
-        // A self-contained binary sparse file (monolithicSparse): one extent.
-        return Ok(vec![sparse_extent(path, 0, capacity)?]);
-    }
+    // At most a descriptor's worth: the parser refuses anything longer.
     let mut raw = Vec::new();
     File::open(path)
         .and_then(|f| f.take(MAX_DESCRIPTOR + 1).read_to_end(&mut raw))
-        .map_err(|e| Error::io(path, "reading the descriptor", e))?;
+        .map_err(|e| Error::io(path, what, e))?;
+    if raw.first() != Some(&b'#') {
+        // A self-contained binary sparse file (monolithicSparse): one extent.
+        return Ok(vec![sparse_extent(path, 0, capacity)?]);
+    }
     let d = descriptor::parse(&raw).map_err(|e| Error::invalid(path, e.to_string()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::with_capacity(d.extents.len());
