@@ -60,7 +60,7 @@ fn migrate(vmx: &Path, out: &Path, virtio_win: Option<&Path>) -> Output {
 }
 
 fn kvm() -> bool {
-    v2k_drivers_injector::accel::choose(None).0 == v2k_drivers_injector::Accel::Kvm
+    v2k_kvm_target::accel::choose(None).0 == v2k_kvm_target::Accel::Kvm
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod blkhash;
 pub mod convert;
 pub mod manifest;
 pub mod output;
+pub mod probe;
 pub mod qcow2;
 pub mod raw;
 pub mod stream;

@@ -13,11 +13,7 @@
 //! boot (the fw_cfg entry [`POWEROFF_FW_CFG`] is present) it then powers the guest
 //! off. The format is documented in docs/inject.md.
 
-/// The report line starts with this, then one space, then the JSON object.
-pub const LINE_PREFIX: &str = "V2K-AGENT";
-/// The QEMU fw_cfg entry a validation boot sets: power off this many seconds after
-/// the report.
-pub const POWEROFF_FW_CFG: &str = "opt/org.v2k/poweroff-after";
+pub use v2k_kvm_target::agent::{LINE_PREFIX, POWEROFF_FW_CFG};
 pub const SCRIPT_PATH: &str = "/usr/local/sbin/v2k-agent";
 pub const UNIT_PATH: &str = "/etc/systemd/system/v2k-agent.service";
 pub const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/v2k-agent.service";

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use guestfs::{AddDriveOptArgs, Handle};
 
-use crate::accel::Accel;
 use crate::error::{Error, Result};
+use v2k_kvm_target::Accel;
 
 /// Appliance memory in MiB: dracut and zstd-compressed initramfs builds run inside it,
 /// and libguestfs' default (1280 on x86) is enough for them with a margin.
@@ -265,7 +265,7 @@ impl Appliance {
         }
         let mut script = TOGETHER_PROLOGUE.to_string();
         for (i, argv) in jobs.iter().enumerate() {
-            let words: Vec<String> = argv.iter().map(|w| crate::target::sh_quote(w)).collect();
+            let words: Vec<String> = argv.iter().map(|w| v2k_kvm_target::sh_quote(w)).collect();
             script.push_str(&format!("job {i} {} &\n", words.join(" ")));
         }
         script.push_str("wait\n");

@@ -32,24 +32,7 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
-/// The target bus a disk is renamed for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskBus {
-    /// virtio-blk: `/dev/vdX`.
-    VirtioBlk,
-    /// virtio-scsi: `/dev/sdX`.
-    VirtioScsi,
-}
-
-impl DiskBus {
-    /// The name used in logs, markers and targets: `virtio-blk` or `virtio-scsi`.
-    pub fn name(self) -> &'static str {
-        match self {
-            DiskBus::VirtioBlk => "virtio-blk",
-            DiskBus::VirtioScsi => "virtio-scsi",
-        }
-    }
-}
+pub use v2k_kvm_target::DiskBus;
 
 /// The new name of a whole-disk or partition device name (without `/dev/`), or `None`
 /// when it needs no change or is not a disk we rename.
@@ -520,13 +503,7 @@ pub fn udev_persistent(text: &str) -> Vec<(String, String)> {
 }
 
 /// A colon-separated 6-byte MAC.
-pub fn is_mac(s: &str) -> bool {
-    let parts: Vec<&str> = s.split(':').collect();
-    parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
-}
+pub use v2k_inventory::model::is_mac;
 
 /// A short before/after excerpt of what changed between two versions of a file: the
 /// lines only in `before`, and the lines only in `after`.

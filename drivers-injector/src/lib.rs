@@ -5,11 +5,10 @@
 //! appliance, inspects the guest ([`inspect::Inspection`]), refuses what it cannot
 //! convert before changing anything, then makes the changes of [`linux`] (or of
 //! [`windows`] for a Windows guest, with [`inject_with`]'s virtio-win source) and
-//! returns a [`log::ConversionLog`]. [`target`] turns the VM model into libvirt domain
-//! XML and a QEMU command line. [`agent`] is the first-boot validation agent installed
-//! in the guest. docs/inject.md and docs/windows.md are the user guides.
+//! returns a [`log::ConversionLog`]. [`agent`] is the first-boot validation agent
+//! installed in the guest. The KVM target (domain XML, QEMU argv) is the
+//! `v2k-kvm-target` crate. docs/inject.md and docs/windows.md are the user guides.
 
-pub mod accel;
 pub mod agent;
 pub mod appliance;
 pub mod edit;
@@ -17,7 +16,6 @@ pub mod error;
 pub mod inspect;
 pub mod linux;
 pub mod log;
-pub mod target;
 pub mod windows;
 
 use std::io::Read;
@@ -26,11 +24,9 @@ use std::time::Instant;
 
 use v2k_inventory::model::{DiskLocation, Vm};
 
-pub use accel::Accel;
-pub use edit::DiskBus;
 pub use error::{Error, ErrorKind, Result};
 pub use log::{ConversionLog, Status};
-pub use target::{NetTarget, NetworkMap, QemuOptions, Target};
+pub use v2k_kvm_target::{Accel, DiskBus};
 
 /// What to inject.
 #[derive(Debug, Clone)]

@@ -13,12 +13,10 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use v2k_drivers_injector::{
-    inject, target, Accel, DiskBus, ErrorKind, InjectOptions, NetworkMap, QemuOptions, Status,
-    Target,
-};
+use v2k_drivers_injector::{inject, Accel, DiskBus, ErrorKind, InjectOptions, Status};
 use v2k_fixtures::{Bus, Variant};
 use v2k_inventory::Vm;
+use v2k_kvm_target::{GuestFeatures, NetworkMap, QemuOptions, Target};
 
 static HEAVY: Mutex<()> = Mutex::new(());
 
@@ -57,7 +55,7 @@ fn prerequisites() {
 }
 
 fn accel() -> Accel {
-    v2k_drivers_injector::accel::choose(None).0
+    v2k_kvm_target::accel::choose(None).0
 }
 
 /// Converts a fixture's VMX-sparse disks to QCOW2 in `dir` and loads its VM model.
@@ -79,8 +77,12 @@ fn converted(variant: Variant, dir: &Path) -> (Vm, Vec<PathBuf>, v2k_fixtures::F
             .unwrap_or_else(|e| panic!("converting {}: {e}", src.display()));
         outs.push(output);
     }
-    let mut vms = v2k_inventory::load(&fx.vmx_sparse.vmx, &v2k_inventory::Options::default())
-        .expect("loading the fixture VMX");
+    let mut vms = v2k_inventory::load(
+        &fx.vmx_sparse.vmx,
+        &v2k_inventory::Options::default(),
+        &v2k_converters::probe::ConvertersProbe,
+    )
+    .expect("loading the fixture VMX");
     (vms.remove(0), outs, fx)
 }
 
@@ -105,9 +107,8 @@ fn boot_for_agent(t: &Target, log: &Path) -> (serde_json::Value, Duration) {
     let q = QemuOptions {
         serial: format!("file:{}", log.display()),
         snapshot: true,
-        efi_vars: None,
     };
-    let argv = target::qemu_argv(t, &q);
+    let argv = v2k_kvm_target::qemu_argv(t, &q, &GuestFeatures::default());
     assert!(argv.iter().any(|a| a.contains("restrict=on")), "{argv:?}");
     let start = Instant::now();
     let mut child = Command::new(&argv[0])
@@ -267,10 +268,15 @@ fn end_to_end(variant: Variant, negative_control: bool) {
         DiskBus::VirtioBlk,
         &NetworkMap::default(),
         accel(),
+        dir.path(),
     )
     .unwrap();
     let xml_path = dir.path().join("domain.xml");
-    std::fs::write(&xml_path, target::domain_xml(&t)).unwrap();
+    std::fs::write(
+        &xml_path,
+        v2k_kvm_target::domain_xml(&t, &GuestFeatures::default()),
+    )
+    .unwrap();
     let st = Command::new("virt-xml-validate")
         .arg(&xml_path)
         .arg("domain")

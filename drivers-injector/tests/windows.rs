@@ -50,7 +50,7 @@ fn prerequisites() {
 }
 
 fn accel() -> Accel {
-    v2k_drivers_injector::accel::choose(None).0
+    v2k_kvm_target::accel::choose(None).0
 }
 
 const MAC: &str = "00:50:56:3a:c1:09";

@@ -1,8 +1,8 @@
 //! VMware metadata (VMX, OVF, OVA) read into one VM model, with pre-flight concerns.
 //!
 //! Entry points: [`load`] reads one .vmx, .ovf or .ova into [`model::Vm`]s (an OVF
-//! may describe several), with [`preflight`] concerns attached; [`load_with`] does the
-//! same with another [`DiskProbe`] for VMX disks; [`discover`] finds those files under
+//! may describe several), with [`preflight`] concerns attached, asking a [`DiskProbe`]
+//! about VMX disks (the pipeline passes the converter's reader); [`discover`] finds those files under
 //! a directory. The model ([`model`]) is the interface to the later stages: each
 //! [`model::Disk`] says where its bytes are ([`model::DiskLocation`]). Everything read
 //! is untrusted: see ../shared/SECURITY.md and the limits named in each module.
@@ -25,7 +25,7 @@ use std::path::Path;
 pub use discover::discover;
 pub use error::{Error, Result};
 pub use model::Vm;
-pub use probe::{BuiltinProbe, ConvertersProbe, DiskFacts, DiskProbe};
+pub use probe::{BuiltinProbe, DiskFacts, DiskProbe};
 
 /// How to load.
 #[derive(Debug, Clone, Copy)]
@@ -43,13 +43,8 @@ impl Default for Options {
 }
 
 /// Reads one .vmx, .ovf or .ova file (by extension) into the model, with concerns.
-/// VMX disks are examined by the converter's VMDK reader ([`ConvertersProbe`]).
-pub fn load(path: &Path, opts: &Options) -> Result<Vec<Vm>> {
-    load_with(path, opts, &ConvertersProbe)
-}
-
-/// As [`load`], with the disk prober a caller chooses (VMX disks only).
-pub fn load_with(path: &Path, opts: &Options, probe: &dyn DiskProbe) -> Result<Vec<Vm>> {
+/// VMX disks are examined by `probe`.
+pub fn load(path: &Path, opts: &Options, probe: &dyn DiskProbe) -> Result<Vec<Vm>> {
     let path = vmx::absolute(path)?;
     let ext = path
         .extension()

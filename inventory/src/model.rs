@@ -75,6 +75,16 @@ pub struct Vm {
     pub concerns: Vec<Concern>,
 }
 
+/// Whether `s` is a MAC address as the model holds it (six colon-separated hex pairs);
+/// the target keeps each NIC's MAC, and the guest's NIC names are pinned to it.
+pub fn is_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
 /// Where the description came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -594,7 +604,7 @@ pub enum Severity {
 
 impl Vm {
     /// A VM with nothing known yet, to be filled by a reader.
-    pub(crate) fn empty(kind: SourceKind, path: PathBuf) -> Vm {
+    pub fn empty(kind: SourceKind, path: PathBuf) -> Vm {
         Vm {
             schema_version: SCHEMA_VERSION,
             name: String::new(),

@@ -1,10 +1,10 @@
 //! What the inventory needs to know about a VMX's disk file (capacity, create type,
 //! parents), behind a small trait so the VMX reader does not care who answers.
 //!
-//! [`ConvertersProbe`] (the default) asks the converter's own VMDK reader,
-//! `v2k_converters::vmdk::inspect_path`, which validates the whole image (extent
-//! paths, grain tables, the snapshot chain): a disk it refuses is a disk `convert`
-//! would refuse, so pre-flight reports it. [`BuiltinProbe`] reads only the first
+//! The pipeline uses the converter's own VMDK reader (`v2k_converters::probe::ConvertersProbe`),
+//! which validates the whole image (extent paths, grain tables, the snapshot chain): a
+//! disk it refuses is a disk `convert` would refuse, so pre-flight reports it. The model
+//! does not depend on the converter; it only defines the question. [`BuiltinProbe`] reads only the first
 //! sector (hosted sparse `KDMV` or ESX `COWD` header) or a text descriptor, never an
 //! extent: it names RDM mapping files the converter refuses, and serves tests whose
 //! descriptors have no extents. Layout of the hosted sparse header (little endian):
@@ -41,49 +41,6 @@ pub struct DiskFacts {
 /// line that names the file.
 pub trait DiskProbe: Sync {
     fn probe(&self, path: &Path) -> Result<DiskFacts, String>;
-}
-
-/// The converter's VMDK reader (see the module doc).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ConvertersProbe;
-
-impl DiskProbe for ConvertersProbe {
-    fn probe(&self, path: &Path) -> Result<DiskFacts, String> {
-        match v2k_converters::vmdk::inspect_path(path) {
-            Ok(i) => Ok(DiskFacts {
-                create_type: Some(i.create_type),
-                capacity: Some(i.capacity),
-                allocated_bytes: Some(i.allocated_bytes),
-                parents: i.parent_chain,
-                adapter_type: i.adapter_type,
-            }),
-            Err(e) => {
-                // An RDM mapping file is refused by the converter by design; say RDM
-                // (its own concern) rather than "unreadable".
-                if let Ok(f) = BuiltinProbe.probe(path) {
-                    if f.create_type
-                        .as_deref()
-                        .is_some_and(|t| t.contains("RawDeviceMap"))
-                    {
-                        return Ok(f);
-                    }
-                }
-                Err(chain(&e))
-            }
-        }
-    }
-}
-
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// The built-in header/descriptor reader (see the module doc).

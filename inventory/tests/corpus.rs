@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use v2k_inventory::model::*;
-use v2k_inventory::{load_with, BuiltinProbe, Options};
+use v2k_inventory::{BuiltinProbe, Options};
 
 /// The corpus commits descriptors only (no multi-GiB extents), so the builtin probe,
 /// which reads no extent, stands in for the converter here.
 fn load(p: &Path, o: &Options) -> v2k_inventory::Result<Vec<Vm>> {
-    load_with(p, o, &BuiltinProbe)
+    v2k_inventory::load(p, o, &BuiltinProbe)
 }
 
 fn data(rel: &str) -> PathBuf {

@@ -7,7 +7,12 @@ use std::process::Command;
 
 use sha2::Digest;
 use v2k_inventory::model::*;
-use v2k_inventory::{load, Error, Options};
+use v2k_inventory::{BuiltinProbe, Error, Options};
+
+/// OVF and OVA disks are described by the OVF itself: no disk probe is asked.
+fn load(p: &std::path::Path, o: &Options) -> v2k_inventory::Result<Vec<Vm>> {
+    v2k_inventory::load(p, o, &BuiltinProbe)
+}
 
 /// A minimal vSphere-shaped OVF naming one file (`href`, `size` bytes).
 fn ovf(href: &str, size: Option<usize>, extra_file_attrs: &str) -> String {

@@ -4,7 +4,12 @@
 use std::path::Path;
 
 use v2k_inventory::model::*;
-use v2k_inventory::{load, Error, Options};
+use v2k_inventory::{BuiltinProbe, Error, Options};
+
+/// OVF and OVA disks are described by the OVF itself: no disk probe is asked.
+fn load(p: &std::path::Path, o: &Options) -> v2k_inventory::Result<Vec<Vm>> {
+    v2k_inventory::load(p, o, &BuiltinProbe)
+}
 
 fn ovf(href: &str) -> String {
     format!(

@@ -17,7 +17,35 @@ use v2k_converters::output::PartialFile;
 use v2k_converters::vmdk::FileSlice;
 use v2k_inventory::model::{Compression, DiskLocation};
 
-use crate::{Error, Result};
+/// Why a disk could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{location}: not a location whose bytes can be read")]
+    Unreadable { location: String },
+    #[error(
+        "disk {id}: assembles to more than {max} bytes, beyond what a disk of capacity \
+         {capacity} can hold (a decompression bomb or a wrong capacity); refused"
+    )]
+    TooLarge {
+        id: String,
+        max: u64,
+        capacity: String,
+    },
+    #[error(transparent)]
+    Output(#[from] v2k_converters::Error),
+}
+
+type Result<T, E = StagingError> = std::result::Result<T, E>;
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> StagingError {
+    move |source| StagingError::Io { what, source }
+}
 
 /// Bytes a staged disk may hold beyond its capacity (VMDK headers, grain tables and
 /// markers take a small fraction of that).
@@ -50,7 +78,7 @@ pub fn limit(capacity: Option<u64>) -> u64 {
 /// The bytes of `loc` as stored (chunks in order), not yet inflated.
 fn stored_bytes(loc: &DiskLocation) -> Result<Box<dyn Read + Send>> {
     let mut parts: Vec<Box<dyn Read + Send>> = Vec::new();
-    let open = |p: &Path| File::open(p).map_err(crate::io(format!("opening {}", p.display())));
+    let open = |p: &Path| File::open(p).map_err(io(format!("opening {}", p.display())));
     match loc {
         DiskLocation::File { path, .. } => parts.push(Box::new(open(path)?)),
         DiskLocation::FileChunks { paths, .. } => {
@@ -66,9 +94,9 @@ fn stored_bytes(loc: &DiskLocation) -> Result<Box<dyn Read + Send>> {
             }
         }
         other => {
-            return Err(Error::Input(format!(
-                "{other:?}: not a location whose bytes can be read"
-            )))
+            return Err(StagingError::Unreadable {
+                location: format!("{other:?}"),
+            })
         }
     }
     Ok(parts
@@ -97,7 +125,7 @@ pub fn stage(loc: &DiskLocation, capacity: Option<u64>, dest: &Path, id: &str) -
     };
     let max = limit(capacity);
     if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(crate::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     }
     let part = PartialFile::create(dest, true)?;
     let written = {
@@ -108,18 +136,18 @@ pub fn stage(loc: &DiskLocation, capacity: Option<u64>, dest: &Path, id: &str) -
             } else {
                 format!("disk {id}: reading its chunks")
             };
-            Error::Io { what, source: e }
+            StagingError::Io { what, source: e }
         })?;
         w.flush()
-            .map_err(crate::io(format!("writing {}", dest.display())))?;
+            .map_err(io(format!("writing {}", dest.display())))?;
         n
     };
     if written > max {
-        return Err(Error::Input(format!(
-            "disk {id}: assembles to more than {max} bytes, beyond what a disk of capacity \
-             {} can hold (a decompression bomb or a wrong capacity); refused",
-            capacity.map_or_else(|| "unknown".into(), |c| c.to_string())
-        )));
+        return Err(StagingError::TooLarge {
+            id: id.to_string(),
+            max,
+            capacity: capacity.map_or_else(|| "unknown".into(), |c| c.to_string()),
+        });
     }
     part.commit()?;
     Ok(written)

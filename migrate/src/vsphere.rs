@@ -8,9 +8,20 @@ use std::path::PathBuf;
 use v2k_converters::convert as conv;
 use v2k_converters::manifest::Manifest;
 use v2k_inventory::model::Vm;
-use v2k_vsphere::{Address, Client, ConnectSettings};
+pub use v2k_vsphere::address::PASSWORD_ENV;
+pub use v2k_vsphere::{Address, Client, ConnectSettings, Error};
 
-use crate::RemoteSource;
+use crate::{BoxError, RemoteSource};
+
+/// The VM at `address` (not a pattern), read over `client`'s session.
+pub fn get_vm(client: &Client, address: &Address) -> Result<Vm, Error> {
+    v2k_vsphere::inventory::get_vm(client, &address.inventory_path)
+}
+
+/// Every VM an address names: one, or all that match its pattern (`…/vm/web*`).
+pub fn vms_at(client: &Client, address: &Address) -> Result<Vec<Vm>, Error> {
+    v2k_vsphere::inventory::vms_at(client, address)
+}
 
 /// One VM on a vSphere server, with a logged-in session (logged out on drop).
 pub struct VsphereSource {
@@ -47,9 +58,11 @@ impl RemoteSource for VsphereSource {
         self.address.display_without_user()
     }
 
-    fn load(&self) -> Result<Vm, String> {
-        v2k_vsphere::inventory::get_vm(&self.client, &self.address.inventory_path)
-            .map_err(|e| e.to_string())
+    fn load(&self) -> Result<Vm, BoxError> {
+        Ok(v2k_vsphere::inventory::get_vm(
+            &self.client,
+            &self.address.inventory_path,
+        )?)
     }
 
     fn convert(
@@ -57,10 +70,14 @@ impl RemoteSource for VsphereSource {
         vm: &Vm,
         outputs: &[PathBuf],
         progress: &dyn conv::Progress,
-    ) -> Vec<Result<Manifest, String>> {
+    ) -> Vec<Result<Manifest, BoxError>> {
         let jobs = match v2k_vsphere::convert::disk_jobs(vm, |i| outputs[i].clone()) {
             Ok(j) => j,
-            Err(e) => return outputs.iter().map(|_| Err(e.to_string())).collect(),
+            Err(e) => {
+                let e: BoxError = e.into();
+                let msg = e.to_string();
+                return outputs.iter().map(|_| Err(msg.clone().into())).collect();
+            }
         };
         let opts = conv::Options {
             // A rerun reconverts a disk whose recorded hash no longer verifies; the
@@ -77,7 +94,7 @@ impl RemoteSource for VsphereSource {
             progress,
         )
         .into_iter()
-        .map(|r| r.map_err(|e| e.to_string()))
+        .map(|r| r.map_err(BoxError::from))
         .collect()
     }
 }

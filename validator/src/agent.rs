@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use v2k_drivers_injector::agent::LINE_PREFIX;
+pub use v2k_kvm_target::agent::LINE_PREFIX;
 
 /// Longest agent line accepted; the guest is untrusted and the log is read whole.
 pub const MAX_LINE: usize = 64 * 1024;

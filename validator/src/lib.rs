@@ -5,7 +5,7 @@
 //! `keep_changes`), through libvirt or QEMU directly, waits for the first-boot agent's
 //! report on the serial console, takes a screenshot of the console, shuts the guest
 //! down, and returns each [`Check`] with its reason plus the evidence (serial log,
-//! screenshot, boot time). Guest networking stays what the target says; targets made
+//! screenshot, boot time); the report that shows them is `v2k-migrate`'s. Guest networking stays what the target says; targets made
 //! for tests use QEMU user networking with `restrict=on`.
 
 pub mod agent;
@@ -14,15 +14,13 @@ pub mod libvirt;
 pub mod png;
 pub mod qemu;
 pub mod qmp;
-pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use v2k_drivers_injector::target::GuestFeatures;
-pub use v2k_drivers_injector::{Accel, Target};
+use v2k_kvm_target::{Accel, GuestFeatures, Target};
 
 pub use agent::AgentReport;
 pub use checks::{Check, Expectations};
@@ -149,11 +147,36 @@ pub fn validate(target: &Target, expect: &Expectations, opts: &Options) -> Resul
         t.disks = o.clone();
         o
     };
+    // The firmware's variable store is the VM's NVRAM: a validation boot runs on a
+    // throw-away copy of it, as on disk overlays, unless the changes are kept.
+    let mut vars_copy = None;
+    if let Some(vars) = target.firmware.vars() {
+        let (_, template) = target
+            .firmware
+            .images()
+            .expect("an EFI target has firmware images");
+        if opts.keep_changes {
+            v2k_kvm_target::firmware::ensure_vars(&target.firmware)
+                .map_err(io(format!("creating {}", vars.display())))?;
+        } else {
+            let copy = opts.work_dir.join("efi-vars.fd");
+            // The VM's own store when the target stage made it, else a fresh template.
+            let src = if vars.exists() {
+                vars
+            } else {
+                Path::new(template)
+            };
+            let _ = std::fs::remove_file(&copy);
+            std::fs::copy(src, &copy).map_err(io(format!("copying {}", src.display())))?;
+            t.firmware = target.firmware.with_vars(copy.clone());
+            vars_copy = Some(copy);
+        }
+    }
     let evidence = match &opts.backend {
         Backend::Qemu => qemu::boot(&t, opts),
         Backend::Libvirt { uri } => libvirt::boot(&t, uri, opts),
     };
-    for o in &overlay_files {
+    for o in overlay_files.iter().chain(&vars_copy) {
         let _ = std::fs::remove_file(o);
     }
     let evidence = evidence?;

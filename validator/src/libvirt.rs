@@ -9,10 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use v2k_drivers_injector::target::{domain_xml_with, GuestFeatures};
-use v2k_drivers_injector::Target;
-
-use v2k_drivers_injector::agent::POWEROFF_FW_CFG;
+use v2k_kvm_target::agent::POWEROFF_FW_CFG;
+use v2k_kvm_target::{domain_xml, GuestFeatures, Target};
 
 use crate::qemu::{Tail, AGENT_POWEROFF_AFTER, SHUTDOWN_TIMEOUT};
 use crate::{agent, diagnose, io, png, run_tool, Error, Evidence, Options, Result};
@@ -55,7 +53,7 @@ pub fn validation_xml(
     let mut tt = t.clone();
     tt.uuid = None;
     tt.name = name.to_string();
-    let xml = domain_xml_with(&tt, f);
+    let xml = domain_xml(&tt, f);
     let from = "<serial type='pty'>\n";
     if !xml.contains(from) {
         return Err(Error::Tool("target XML has no serial console".into()));
@@ -172,8 +170,7 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use v2k_drivers_injector::target::TargetNic;
-    use v2k_drivers_injector::{Accel, NetTarget};
+    use v2k_kvm_target::{Accel, DiskBus, Firmware, NetTarget, TargetNic};
 
     fn target() -> Target {
         Target {
@@ -183,11 +180,10 @@ mod tests {
             vcpus: 2,
             sockets: 1,
             cores: 2,
-            efi: false,
-            secure_boot: false,
+            firmware: Firmware::Bios,
             machine: "pc".into(),
             accel: Accel::Tcg,
-            disk_bus: "virtio-blk".into(),
+            disk_bus: DiskBus::VirtioBlk,
             disks: vec!["/var/lib/v2k/web01/disk0.qcow2".into()],
             nics: vec![TargetNic {
                 mac: "00:50:56:3a:c1:01".into(),

@@ -8,9 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use v2k_drivers_injector::agent::POWEROFF_FW_CFG;
-use v2k_drivers_injector::target::{qemu_argv_with, QemuOptions, OVMF_VARS, OVMF_VARS_SECBOOT};
-use v2k_drivers_injector::Target;
+use v2k_kvm_target::agent::POWEROFF_FW_CFG;
+use v2k_kvm_target::{qemu_argv, QemuOptions, Target};
 
 use crate::qmp::Qmp;
 use crate::{agent, diagnose, io, Evidence, Options, Result};
@@ -18,7 +17,7 @@ use crate::{agent, diagnose, io, Evidence, Options, Result};
 /// Time the guest gets to power off after the ACPI request.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Seconds the guest's agent waits after its report before it powers the guest off
-/// itself (the validator's fw_cfg entry, see `v2k_drivers_injector::agent`): time for
+/// itself (the validator's fw_cfg entry, see `v2k_kvm_target::agent`): time for
 /// the screenshot. Guests that honour ACPI are already off by then.
 pub const AGENT_POWEROFF_AFTER: u32 = 3;
 /// Serial output kept in memory for matching (the file keeps everything).
@@ -80,24 +79,11 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
     for p in [&serial, &qmp_sock, &shot] {
         let _ = std::fs::remove_file(p);
     }
-    let efi_vars = if t.efi {
-        let src = if t.secure_boot {
-            OVMF_VARS_SECBOOT
-        } else {
-            OVMF_VARS
-        };
-        let dst = w.join("efi-vars.fd");
-        std::fs::copy(src, &dst).map_err(io(format!("copying {src}")))?;
-        Some(dst)
-    } else {
-        None
-    };
     let q = QemuOptions {
         serial: format!("file:{}", serial.display()),
         snapshot: false,
-        efi_vars,
     };
-    let mut argv = qemu_argv_with(t, &q, &opts.features);
+    let mut argv = qemu_argv(t, &q, &opts.features);
     argv.extend([
         "-qmp".to_string(),
         format!("unix:{},server=on,wait=off", qmp_sock.display()),

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use v2k_converters::convert::{convert, Job, NoProgress, Options as ConvertOptions};
 use v2k_converters::vmdk::Source;
-use v2k_drivers_injector::accel;
-use v2k_drivers_injector::target::{NetTarget, TargetNic};
 use v2k_fixtures::{build, Variant};
+use v2k_kvm_target::accel;
+use v2k_kvm_target::Target;
+use v2k_kvm_target::{DiskBus, Firmware, NetTarget, TargetNic};
 use v2k_validator::checks::ExpectedNic;
-use v2k_validator::{validate, Backend, Expectations, Options, Target};
+use v2k_validator::{validate, Backend, Expectations, Options};
 
 fn unconverted_target(dir: &std::path::Path) -> (Target, Expectations) {
     let f = build(Variant::DebianClassic).unwrap_or_else(|e| panic!("fixture: {e}"));
@@ -39,11 +40,10 @@ fn unconverted_target(dir: &std::path::Path) -> (Target, Expectations) {
         vcpus: 1,
         sockets: 1,
         cores: 1,
-        efi: false,
-        secure_boot: false,
+        firmware: Firmware::Bios,
         machine: "q35".into(),
         accel,
-        disk_bus: "virtio-blk".into(),
+        disk_bus: DiskBus::VirtioBlk,
         disks,
         nics: vec![TargetNic {
             mac: f.mac.clone(),

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use v2k_drivers_injector::target::NetTarget;
 use v2k_inventory::model::{DiskLocation, Severity, Vm};
+use v2k_migrate::NetTarget;
 
 use crate::plan::{line_of, Plan, Problem, Sessions, VsphereRef};
 
@@ -114,10 +114,10 @@ pub fn check(plan: &Plan) -> CheckReport {
             let loaded: Option<Result<Vec<Vm>, String>> = if let Some(r) = &v.vsphere {
                 Some(read_vsphere(&mut sessions, r))
             } else if v.source.is_file() {
-                let opts = v2k_inventory::Options {
-                    verify_manifest: v.verify_manifest,
-                };
-                Some(v2k_inventory::load(&v.source, &opts).map_err(|e| e.to_string()))
+                Some(
+                    v2k_migrate::stages::load(&v.source, v.verify_manifest)
+                        .map_err(|e| e.to_string()),
+                )
             } else {
                 None
             };
@@ -182,7 +182,7 @@ pub fn check(plan: &Plan) -> CheckReport {
 /// A vSphere VM, read over the server's session.
 fn read_vsphere(sessions: &mut Sessions, r: &VsphereRef) -> Result<Vec<Vm>, String> {
     let client = sessions.client(r)?;
-    v2k_vsphere::inventory::get_vm(client, &r.address.inventory_path)
+    v2k_migrate::vsphere::get_vm(client, &r.address)
         .map(|vm| vec![vm])
         .map_err(|e| e.to_string())
 }

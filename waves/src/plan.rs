@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::Digest;
-use v2k_drivers_injector::{Accel, DiskBus, NetworkMap};
-use v2k_validator::Backend;
+use v2k_migrate::vsphere::{Address, Client, ConnectSettings, PASSWORD_ENV};
+use v2k_migrate::{Accel, Backend, DiskBus, NetworkMap};
 
 use crate::{Error, Result};
 
@@ -73,6 +73,8 @@ pub struct PlanFile {
 pub struct Settings {
     pub disk_bus: Option<BusName>,
     pub compress: Option<bool>,
+    /// `false`: copy and verify the disks without converting the guest (data VMs).
+    pub inject: Option<bool>,
     pub validate: Option<bool>,
     pub boot_timeout: Option<u64>,
     pub backend: Option<BackendName>,
@@ -180,6 +182,8 @@ pub struct VmFile {
     pub ovf_vm: Option<String>,
     pub disk_bus: Option<BusName>,
     pub compress: Option<bool>,
+    /// `false`: copy and verify the disks without converting the guest (data VMs).
+    pub inject: Option<bool>,
     pub validate: Option<bool>,
     pub boot_timeout: Option<u64>,
     pub backend: Option<BackendName>,
@@ -195,6 +199,7 @@ impl VmFile {
         Settings {
             disk_bus: self.disk_bus,
             compress: self.compress,
+            inject: self.inject,
             validate: self.validate,
             boot_timeout: self.boot_timeout,
             backend: self.backend,
@@ -253,6 +258,7 @@ pub struct VmPlan {
     pub datastore: PathBuf,
     pub disk_bus: DiskBus,
     pub compress: bool,
+    pub inject: bool,
     pub validate: bool,
     pub boot_timeout: Duration,
     pub backend: Backend,
@@ -269,8 +275,8 @@ pub struct VmPlan {
 /// A VM on a vSphere server, and how to connect to that server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsphereRef {
-    pub address: v2k_vsphere::Address,
-    pub settings: v2k_vsphere::ConnectSettings,
+    pub address: Address,
+    pub settings: ConnectSettings,
 }
 
 impl VsphereRef {
@@ -284,13 +290,11 @@ impl VsphereRef {
 /// One logged-in session per server and user while a plan is expanded or checked (a
 /// plan may name hundreds of VMs on one vCenter), or why it could not be had.
 #[derive(Debug, Default)]
-pub struct Sessions(
-    BTreeMap<(String, u16, String), std::result::Result<v2k_vsphere::Client, String>>,
-);
+pub struct Sessions(BTreeMap<(String, u16, String), std::result::Result<Client, String>>);
 
 impl Sessions {
     /// The session for `r`'s server and user, logging in the first time.
-    pub fn client(&mut self, r: &VsphereRef) -> std::result::Result<&v2k_vsphere::Client, String> {
+    pub fn client(&mut self, r: &VsphereRef) -> std::result::Result<&Client, String> {
         let a = &r.address;
         self.0
             .entry((a.host.clone(), a.port, a.user.clone()))
@@ -326,6 +330,7 @@ impl VmPlan {
             network_map: network_map.clone(),
             accel: self.accel,
             keep_agent: false,
+            inject: self.inject,
             validate: self.validate,
             backend: self.backend.clone(),
             boot_timeout: self.boot_timeout,
@@ -426,16 +431,16 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
             Err(e) => bad(line_of(text, target), format!("networks: {e}")),
         }
     }
-    let mut servers: BTreeMap<String, v2k_vsphere::ConnectSettings> = BTreeMap::new();
+    let mut servers: BTreeMap<String, ConnectSettings> = BTreeMap::new();
     for (key, sv) in &f.vsphere {
         let line = line_of(text, &format!("{key}:"));
         if sv.password.is_some() {
             bad(
                 line_of(text, "password:").or(line),
-                format!("vsphere: {key}: a plan never holds a password; use `password-file:` (mode 0600) or ${}", v2k_vsphere::address::PASSWORD_ENV),
+                format!("vsphere: {key}: a plan never holds a password; use `password-file:` (mode 0600) or ${}", PASSWORD_ENV),
             );
         }
-        let settings = v2k_vsphere::ConnectSettings {
+        let settings = ConnectSettings {
             password_file: sv.password_file.as_deref().map(abs),
             thumbprint: sv.thumbprint.clone(),
             ca_file: sv.ca_file.as_deref().map(abs),
@@ -513,8 +518,8 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
             let line = line_of_nth(text, "source:", vm_index);
             vm_index += 1;
             let remote = match v.source.to_str() {
-                Some(a) if v2k_vsphere::Address::is_vsphere(a) => {
-                    match v2k_vsphere::Address::parse(a) {
+                Some(a) if Address::is_vsphere(a) => {
+                    match Address::parse(a) {
                         Err(e) => {
                             // Not echoed: the address may hold a password.
                             bad(line, format!("source: {e}"));
@@ -538,7 +543,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                                     servers_used.insert(k);
                                     s
                                 }
-                                None => v2k_vsphere::ConnectSettings::default(),
+                                None => ConnectSettings::default(),
                             };
                             Some(VsphereRef {
                                 address: addr,
@@ -549,7 +554,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                 }
                 _ => None,
             };
-            let source = if v2k_vsphere::Address::is_vsphere(&v.source.to_string_lossy()) {
+            let source = if Address::is_vsphere(&v.source.to_string_lossy()) {
                 v.source.clone()
             } else {
                 abs(&v.source)
@@ -636,6 +641,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                     _ => DiskBus::VirtioBlk,
                 },
                 compress: s.compress.unwrap_or(false),
+                inject: s.inject.unwrap_or(true),
                 validate: s.validate.unwrap_or(true),
                 boot_timeout: Duration::from_secs(s.boot_timeout.unwrap_or(DEFAULT_BOOT_TIMEOUT_S)),
                 backend: match s.backend {
@@ -702,6 +708,7 @@ fn merge(d: &Settings, v: &Settings) -> Settings {
     Settings {
         disk_bus: v.disk_bus.or(d.disk_bus),
         compress: v.compress.or(d.compress),
+        inject: v.inject.or(d.inject),
         validate: v.validate.or(d.validate),
         boot_timeout: v.boot_timeout.or(d.boot_timeout),
         backend: v.backend.or(d.backend),
@@ -851,7 +858,7 @@ waves:
         // password from the environment.
         let r = vms[1].vsphere.as_ref().unwrap();
         assert_eq!(r.address.port, 8443);
-        assert_eq!(r.settings, v2k_vsphere::ConnectSettings::default());
+        assert_eq!(r.settings, ConnectSettings::default());
         assert_eq!(vms[1].datastore, PathBuf::from("vsphere://esx7:8443"));
         assert!(
             parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0]

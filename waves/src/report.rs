@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use serde_json::Value;
+use v2k_inventory::model::{Concern, Severity};
+use v2k_migrate::report::{base64, read_summary, Check};
 
 use crate::hooks::HookResult;
 use crate::journal::{Entry, Record, VmStatus};
@@ -61,16 +62,27 @@ pub struct VmReport {
     /// Allocated source bytes read.
     pub bytes: u64,
     pub mib_per_second: f64,
-    pub concerns: Vec<Value>,
+    pub concerns: Vec<Concern>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub validation: Option<Value>,
+    pub validation: Option<VmValidation>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub screenshot: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_html: Option<PathBuf>,
+    /// Why the VM's report.json could not be read (an unknown schema, a damaged file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_error: Option<String>,
     pub hooks: Vec<HookResult>,
     /// Every stage event, in order, across attempts.
     pub stages: Vec<StageEvent>,
+}
+
+/// The validation part of a VM's report that the wave report shows.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VmValidation {
+    pub passed: bool,
+    pub checks: Vec<Check>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,6 +90,14 @@ pub struct VmReport {
 pub struct StageEvent {
     pub stage: String,
     pub status: String,
+}
+
+fn severity(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "critical",
+        Severity::Warning => "warning",
+        Severity::Info => "info",
+    }
 }
 
 /// The state of `wave` as the journal tells it. `live`: a runner holds the journal
@@ -104,6 +124,7 @@ pub fn build(records: &[Record], wave: &str, live: bool) -> WaveReport {
         validation: None,
         screenshot: None,
         report_html: None,
+        report_error: None,
         hooks: Vec::new(),
         stages: Vec::new(),
     };
@@ -217,20 +238,24 @@ pub fn build(records: &[Record], wave: &str, live: bool) -> WaveReport {
         let Some(mut v) = vms.remove(&name) else {
             continue;
         };
-        if let Ok(b) = std::fs::read(v.out.join("report.json")) {
-            if let Ok(r) = serde_json::from_slice::<Value>(&b) {
-                v.concerns = r["concerns"].as_array().cloned().unwrap_or_default();
-                if !r["validation"].is_null() {
-                    v.screenshot = r["validation"]["evidence"]["screenshot"]
-                        .as_str()
-                        .map(PathBuf::from);
-                    v.validation = Some(serde_json::json!({
-                        "passed": r["validation"]["passed"], "checks": r["validation"]["checks"],
-                    }));
+        let report_json = v.out.join("report.json");
+        if report_json.is_file() {
+            match read_summary(&report_json) {
+                Ok(r) => {
+                    v.concerns = r.concerns;
+                    if let Some(val) = r.validation {
+                        v.screenshot = val.evidence.screenshot;
+                        v.validation = Some(VmValidation {
+                            passed: val.passed,
+                            checks: val.checks,
+                        });
+                    }
+                    if v.out.join("report.html").is_file() {
+                        v.report_html = Some(v.out.join("report.html"));
+                    }
                 }
-                if v.out.join("report.html").is_file() {
-                    v.report_html = Some(v.out.join("report.html"));
-                }
+                // A report of a schema this v2k cannot read is named, not dropped.
+                Err(e) => v.report_error = Some(e.to_string()),
             }
         }
         s.total += 1;
@@ -432,29 +457,27 @@ ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overfl
             .map(|c| {
                 format!(
                     "<li>{} {}: {}</li>",
-                    esc(c["severity"].as_str().unwrap_or("")),
-                    esc(c["id"].as_str().unwrap_or("")),
-                    esc(c["message"].as_str().unwrap_or(""))
+                    severity(c.severity),
+                    esc(&c.id),
+                    esc(&c.message)
                 )
             })
             .collect::<String>();
-        let validation = match &v.validation {
-            None => "not validated".to_string(),
-            Some(val) => val["checks"]
-                .as_array()
-                .map(|cs| {
-                    cs.iter()
-                        .map(|c| {
-                            format!(
-                                "<li>{} {}: {}</li>",
-                                if c["passed"] == true { "pass" } else { "FAIL" },
-                                esc(c["id"].as_str().unwrap_or("")),
-                                esc(c["reason"].as_str().unwrap_or(""))
-                            )
-                        })
-                        .collect::<String>()
+        let validation = match (&v.validation, &v.report_error) {
+            (_, Some(e)) => format!("report unreadable: {}", esc(e)),
+            (None, None) => "not validated".to_string(),
+            (Some(val), None) => val
+                .checks
+                .iter()
+                .map(|c| {
+                    format!(
+                        "<li>{} {}: {}</li>",
+                        if c.passed { "pass" } else { "FAIL" },
+                        esc(&c.id),
+                        esc(&c.reason)
+                    )
                 })
-                .unwrap_or_default(),
+                .collect::<String>(),
         };
         let thumb = v
             .screenshot
@@ -466,7 +489,7 @@ ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overfl
                 format!(
                     "<img alt=\"console of {}\" src=\"data:image/png;base64,{}\">",
                     esc(&v.name),
-                    v2k_validator::report::base64(&b)
+                    base64(&b)
                 )
             })
             .unwrap_or_default();

@@ -1,19 +1,19 @@
 //! `v2k inject --vm VM DISK.qcow2...`: makes converted disks boot on KVM (virtio
 //! drivers, device names, NIC names pinned to MACs, VMware Tools removed, first-boot
-//! agent) and writes the KVM target. The work is in `v2k-drivers-injector`; this file
-//! reads the VM model, picks the accelerator, writes the output files and chooses the
-//! exit code (docs/inject.md): 0 converted or already converted, 2 refused or failed.
+//! agent) and writes the KVM target, through the same stage functions as `v2k migrate`
+//! (`v2k_migrate::stages`); this file reads the VM model, picks the accelerator and
+//! chooses the exit code (docs/inject.md): 0 converted or already converted, 2 refused
+//! or failed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use v2k_drivers_injector::{
-    accel, target, Accel, ConversionLog, DiskBus, ErrorKind, InjectOptions, NetworkMap,
-    QemuOptions, Target,
-};
+use v2k_drivers_injector::ErrorKind;
 use v2k_inventory::Vm;
+use v2k_kvm_target::{accel, Accel, DiskBus, NetworkMap};
+use v2k_migrate::{stages, RealBoot, RunDir};
 
 use crate::{console, exit};
 
@@ -26,7 +26,7 @@ use crate::{console, exit};
     name pinned to its MAC, VMware Tools removed, a first-boot agent that reports on the \
     serial port; for Windows guests, the virtio drivers from --virtio-win (docs/windows.md). \
     Writes conversion-log.json, conversion-log.txt, domain.xml, qemu-cmdline.json and \
-    qemu-cmdline.sh (and windows.json for a Windows guest) into --out. Exit status: 0 \
+    run-qemu.sh (and windows.json for a Windows guest, NAME_VARS.fd for an EFI guest) into --out. Exit status: 0 \
     converted (or already converted), 2 refused, failed, or a usage error."
 )]
 pub struct Args {
@@ -109,32 +109,11 @@ fn load_vm(path: &Path) -> anyhow::Result<Vm> {
         return serde_json::from_value(value)
             .with_context(|| format!("{}: not a VM model", path.display()));
     }
-    let mut vms = v2k_inventory::load(path, &v2k_inventory::Options::default())
-        .with_context(|| format!("reading {}", path.display()))?;
+    let mut vms = stages::load(path, true)?;
     match vms.len() {
         1 => Ok(vms.remove(0)),
         n => bail!("{}: describes {n} VMs; inject takes one", path.display()),
     }
-}
-
-/// Writes a file under a temporary name, then renames it: never half a file.
-fn write_atomic(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension()
-            .map(|e| e.to_string_lossy())
-            .unwrap_or_default()
-    ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(content)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
 }
 
 pub fn exec(args: Args) -> anyhow::Result<i32> {
@@ -171,28 +150,23 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         None => disks[0].parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    // The target is checked before the guest is touched: a VM without MACs fails here.
-    let target = Target::from_vm(&vm, &disks, bus, &map, accel)?;
-
-    let opts = InjectOptions {
-        vm,
-        disks,
+    // The same stages as `v2k migrate`: the target is made first, so a VM it cannot
+    // keep (a NIC without a MAC) is refused before the guest is touched.
+    let target = stages::target(&vm, &disks, bus, &map, accel, &out)?;
+    let settings = stages::InjectSettings {
         bus,
         keep_agent: args.keep_agent,
         accel,
+        virtio_win: args.virtio_win.clone(),
     };
-    let mut win = v2k_drivers_injector::windows::Options::from_env();
-    if args.virtio_win.is_some() {
-        win.virtio_win = args.virtio_win.clone();
-    }
     let quiet = args.json;
-    let result = v2k_drivers_injector::inject_with(&opts, &win, &mut |msg| {
+    let result = stages::inject_guest(&RealBoot, &vm, &disks, &settings, &mut |msg| {
         if !quiet || console::stderr_is_terminal() {
             eprintln!("v2k: {msg}");
         }
     });
-    let (log, windows) = match result {
-        Ok(i) => (i.log, i.windows),
+    let injected = match result {
+        Ok(i) => i,
         Err(e) => {
             let kind = match e.kind() {
                 ErrorKind::Refused => "refused",
@@ -209,25 +183,25 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             return Ok(exit::ERROR);
         }
     };
-    // A Windows guest's own clock setting decides the RTC; Hyper-V enlightenments too.
-    let features = match &windows {
-        Some(w) => target::GuestFeatures::windows(w.inspection.rtc_utc),
-        None => target::GuestFeatures::default(),
-    };
-    if let Some(w) = &windows {
-        let text = serde_json::to_string_pretty(w)? + "\n";
-        write_atomic(&out.join("windows.json"), text.as_bytes(), 0o644)?;
-    }
-    write_outputs(&out, &log, &target, &features)?;
+    let dir = RunDir::at(&out);
+    dir.save_windows(injected.windows.as_ref())?;
+    dir.save_log(&injected.log)?;
+    let log = &injected.log;
+    v2k_converters::output::write_atomic(
+        &out.join("conversion-log.txt"),
+        log.summary().as_bytes(),
+    )?;
+    stages::write_target(&out, &target, &stages::features(Some(&injected)))?;
     if args.json {
-        let mut v = serde_json::to_value(&log)?;
+        let mut v = serde_json::to_value(log)?;
         v["type"] = json!("conversion-log");
         console::emit_json(&v)?;
         console::emit_json(&json!({
             "type": "target",
             "domain-xml": out.join("domain.xml"),
             "qemu-cmdline-json": out.join("qemu-cmdline.json"),
-            "qemu-cmdline-sh": out.join("qemu-cmdline.sh"),
+            "run-qemu-sh": out.join("run-qemu.sh"),
+            "efi-vars": target.firmware.vars(),
             "conversion-log": out.join("conversion-log.json"),
         }))?;
     } else {
@@ -236,51 +210,4 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         writeln!(stdout, "wrote {}", out.display())?;
     }
     Ok(exit::OK)
-}
-
-fn write_outputs(
-    out: &Path,
-    log: &ConversionLog,
-    target: &Target,
-    features: &target::GuestFeatures,
-) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(log)? + "\n";
-    write_atomic(&out.join("conversion-log.json"), text.as_bytes(), 0o644)?;
-    write_atomic(
-        &out.join("conversion-log.txt"),
-        log.summary().as_bytes(),
-        0o644,
-    )?;
-    write_atomic(
-        &out.join("domain.xml"),
-        target::domain_xml_with(target, features).as_bytes(),
-        0o644,
-    )?;
-    let mut q = QemuOptions::default();
-    if target.efi {
-        q.efi_vars = Some(out.join(format!("{}_VARS.fd", target.safe_name())));
-    }
-    let argv = target::qemu_argv_with(target, &q, features);
-    write_atomic(
-        &out.join("qemu-cmdline.json"),
-        (serde_json::to_string_pretty(&argv)? + "\n").as_bytes(),
-        0o644,
-    )?;
-    let mut script = target::qemu_script(&argv);
-    if let Some(vars) = &q.efi_vars {
-        // The variable store is per VM: copied from the template on first run.
-        let tmpl = if target.secure_boot {
-            target::OVMF_VARS_SECBOOT
-        } else {
-            target::OVMF_VARS
-        };
-        let vars = target::sh_quote(&vars.to_string_lossy());
-        script = script.replacen(
-            "exec",
-            &format!("[ -e {vars} ] || cp {tmpl} {vars}\nexec"),
-            1,
-        );
-    }
-    write_atomic(&out.join("qemu-cmdline.sh"), script.as_bytes(), 0o755)?;
-    Ok(())
 }

@@ -172,7 +172,10 @@ fn load_all(files: &[PathBuf], opts: &Options) -> Vec<v2k_inventory::Result<Vec<
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(f) = files.get(i) else { break };
-                        done.push((i, v2k_inventory::load(f, opts)));
+                        done.push((
+                            i,
+                            v2k_inventory::load(f, opts, &v2k_converters::probe::ConvertersProbe),
+                        ));
                     }
                     done
                 })

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
-use v2k_drivers_injector::{Accel, DiskBus, NetworkMap};
-use v2k_migrate::{migrate_from, Event, Options};
-use v2k_validator::Backend;
+use v2k_migrate::{migrate_from, Accel, Backend, DiskBus, Event, NetworkMap, Options};
 
 use super::inject::{AccelArg, BusArg};
 use crate::{console, exit};
@@ -59,6 +57,10 @@ pub struct Args {
     /// Do not boot the result
     #[arg(long)]
     no_validate: bool,
+    /// Copy and verify the disks without converting the guest (data disks, appliances
+    /// v2k cannot convert); the report carries a `guest-not-converted` concern
+    #[arg(long)]
+    no_inject: bool,
     /// Validation backend: libvirt (by --connect URI) or qemu (direct)
     #[arg(long, value_enum, default_value_t = BackendArg::Libvirt)]
     backend: BackendArg,
@@ -97,8 +99,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
     };
     let mut map = NetworkMap::default();
     for m in &args.network_map {
-        map.0
-            .push(v2k_drivers_injector::NetworkMap::parse_entry(m)?);
+        map.0.push(NetworkMap::parse_entry(m)?);
     }
     let opts = Options {
         source: args.source.clone(),
@@ -115,6 +116,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             AccelArg::Tcg => Accel::Tcg,
         }),
         keep_agent: args.keep_agent,
+        inject: !args.no_inject,
         validate: !args.no_validate,
         backend: match args.backend {
             BackendArg::Libvirt => Backend::Libvirt {
@@ -174,12 +176,23 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         )?),
         None => None,
     };
-    let outcome = migrate_from(
+    let outcome = match migrate_from(
         &opts,
         remote.as_ref().map(|r| r as &dyn v2k_migrate::RemoteSource),
         &progress,
-    )
-    .with_context(|| format!("migrating {}", args.source.display()))?;
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            // The last line of a --json run always says how it ended.
+            if json_mode {
+                console::emit_json(&json!({
+                    "type": "failed", "source": args.source,
+                    "refused": e.is_refusal(), "error": crate::chain(&e),
+                }))?;
+            }
+            return Err(e.into());
+        }
+    };
     let r = &outcome.report;
     let html = outcome.report_dir.join("report.html");
     if json_mode {

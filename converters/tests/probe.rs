@@ -1,8 +1,13 @@
 //! VMX disks examined by the converter's own VMDK reader (the default probe): a disk
 //! it accepts gets its capacity, a disk it refuses is a critical pre-flight concern.
 
+use v2k_converters::probe::ConvertersProbe;
 use v2k_inventory::model::*;
-use v2k_inventory::{load, Options};
+use v2k_inventory::Options;
+
+fn load(p: &std::path::Path, o: &Options) -> v2k_inventory::Result<Vec<Vm>> {
+    v2k_inventory::load(p, o, &ConvertersProbe)
+}
 
 fn vmx(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("vm.vmx");

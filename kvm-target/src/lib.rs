@@ -1,0 +1,430 @@
+//! The KVM target of a migrated VM: from the VM model and its converted disks, one
+//! [`Target`] written two ways — libvirt domain XML ([`domain_xml`]) and a QEMU argv
+//! ([`qemu_argv`]) — plus what both need: the accelerator ([`accel`]), the disk bus,
+//! the UEFI firmware and the VM's own variable store ([`firmware`]), and the constants
+//! the first-boot agent and the validator agree on ([`agent`]).
+//!
+//! Every name from the VM (untrusted VMware metadata) is escaped in XML and quoted in
+//! shell. Unmapped networks get isolated QEMU user networking (`restrict=on`): a guest
+//! is never bridged to the host's network unless the network map says so. An EFI
+//! guest always runs on a variable store of its own (a copy of the firmware's
+//! template), never on the system's template file.
+
+pub mod accel;
+pub mod agent;
+mod domain;
+pub mod firmware;
+mod qemu;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use v2k_inventory::model::{is_mac, FirmwareKind, OsFamily, Vm};
+
+pub use accel::Accel;
+pub use domain::domain_xml;
+pub use firmware::Firmware;
+pub use qemu::{qemu_argv, qemu_script, sh_quote, QemuOptions};
+
+/// Why a target cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("network map {entry:?}: {problem}")]
+    NetworkMap {
+        entry: String,
+        problem: &'static str,
+    },
+    #[error("ethernet{index}: no valid MAC address in the VM model; the target must keep it")]
+    NoMac { index: u32 },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The bus the guest's disks sit on under KVM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskBus {
+    /// virtio-blk: `/dev/vdX`.
+    #[serde(rename = "virtio-blk")]
+    VirtioBlk,
+    /// virtio-scsi: `/dev/sdX`.
+    #[serde(rename = "virtio-scsi")]
+    VirtioScsi,
+}
+
+impl DiskBus {
+    /// The name used in logs, markers and targets: `virtio-blk` or `virtio-scsi`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskBus::VirtioBlk => "virtio-blk",
+            DiskBus::VirtioScsi => "virtio-scsi",
+        }
+    }
+}
+
+impl std::fmt::Display for DiskBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The machine type: q35 (PCIe), what current libvirt and virt-v2v choose for x86-64.
+pub const MACHINE: &str = "q35";
+
+/// Where a VMware network goes on KVM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "kebab-case")]
+pub enum NetTarget {
+    /// A libvirt network (`<interface type='network'>`).
+    Network(String),
+    /// A host bridge (`<interface type='bridge'>`, QEMU `-netdev bridge`).
+    Bridge(String),
+    /// QEMU user networking with `restrict=on`: DHCP inside QEMU, nothing beyond it.
+    User,
+}
+
+/// `NAME=TARGET` pairs: `network:NAME`, `bridge:NAME`, or `user`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkMap(pub Vec<(String, NetTarget)>);
+
+impl NetworkMap {
+    /// Parses one `--network-map` value.
+    pub fn parse_entry(s: &str) -> Result<(String, NetTarget)> {
+        let bad = |problem| Error::NetworkMap {
+            entry: s.to_string(),
+            problem,
+        };
+        let (name, target) = s.rsplit_once('=').ok_or(bad("expected NAME=TARGET"))?;
+        let t = match target.split_once(':') {
+            Some(("network", n)) if valid_host_name(n) => NetTarget::Network(n.into()),
+            Some(("bridge", n)) if valid_host_name(n) => NetTarget::Bridge(n.into()),
+            None if target == "user" => NetTarget::User,
+            _ => {
+                return Err(bad("TARGET must be network:NAME, bridge:NAME or user \
+                     (names: letters, digits, . _ -)"))
+            }
+        };
+        Ok((name.to_string(), t))
+    }
+
+    pub fn get(&self, vmware_network: Option<&str>) -> NetTarget {
+        vmware_network
+            .and_then(|n| self.0.iter().find(|(k, _)| k == n))
+            .map(|(_, t)| t.clone())
+            .unwrap_or(NetTarget::User)
+    }
+}
+
+fn valid_host_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TargetNic {
+    pub mac: String,
+    /// The VMware network name it was on (untrusted text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmware_network: Option<String>,
+    pub target: NetTarget,
+}
+
+/// The KVM machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Target {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub sockets: u32,
+    pub cores: u32,
+    pub firmware: Firmware,
+    pub machine: String,
+    pub accel: Accel,
+    pub disk_bus: DiskBus,
+    pub disks: Vec<PathBuf>,
+    pub nics: Vec<TargetNic>,
+}
+
+impl Target {
+    /// The target of `vm` with its converted `disks` (in the VM's disk order). An EFI
+    /// guest's variable store is `NAME_VARS.fd` in `vars_dir` (see [`firmware`]).
+    pub fn from_vm(
+        vm: &Vm,
+        disks: &[PathBuf],
+        bus: DiskBus,
+        network_map: &NetworkMap,
+        accel: Accel,
+        vars_dir: &Path,
+    ) -> Result<Target> {
+        let vcpus = vm.cpu.count.max(1);
+        let mut cores = vm.cpu.cores_per_socket.max(1);
+        if !vcpus.is_multiple_of(cores) {
+            cores = 1;
+        }
+        let mut nics = Vec::new();
+        for n in &vm.nics {
+            let Some(mac) = n.mac.as_ref().filter(|m| is_mac(m)) else {
+                return Err(Error::NoMac { index: n.index });
+            };
+            nics.push(TargetNic {
+                mac: mac.to_lowercase(),
+                vmware_network: n.network.clone(),
+                target: network_map.get(n.network.as_deref()),
+            });
+        }
+        let uuid = vm
+            .bios_uuid
+            .clone()
+            .filter(|u| u.len() == 36 && u.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
+        let mut t = Target {
+            name: vm.name.clone(),
+            uuid,
+            memory_mib: vm.memory_mib.max(256),
+            vcpus,
+            sockets: vcpus / cores,
+            cores,
+            firmware: Firmware::Bios,
+            machine: MACHINE.into(),
+            accel,
+            disk_bus: bus,
+            disks: disks.to_vec(),
+            nics,
+        };
+        if vm.firmware.kind == FirmwareKind::Efi {
+            t.firmware = Firmware::Efi {
+                secure_boot: vm.firmware.secure_boot,
+                vars: vars_dir.join(format!("{}_VARS.fd", t.safe_name())),
+            };
+        }
+        Ok(t)
+    }
+
+    fn scsi(&self) -> bool {
+        self.disk_bus == DiskBus::VirtioScsi
+    }
+
+    /// Whether the guest boots through UEFI.
+    pub fn efi(&self) -> bool {
+        matches!(self.firmware, Firmware::Efi { .. })
+    }
+
+    /// A name usable as a libvirt domain name and in file names: the VM name with
+    /// anything but `[A-Za-z0-9._-]` replaced by `_`.
+    pub fn safe_name(&self) -> String {
+        let s: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        if s.is_empty() || s.starts_with(['.', '-']) {
+            format!("v2k-{s}")
+        } else {
+            s
+        }
+    }
+}
+
+/// Guest-specific machine features the [`Target`] itself does not carry: what a
+/// Windows guest wants on KVM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GuestFeatures {
+    /// Hyper-V enlightenments (relaxed timing, virtual APIC, spinlocks, synthetic
+    /// timers, reference TSC...). Windows runs markedly faster with them. Applied only
+    /// under KVM: they are a KVM interface, TCG does not provide them.
+    pub hyperv: bool,
+    /// The RTC holds local time, as Windows keeps it unless `RealTimeIsUniversal=1`.
+    pub localtime: bool,
+}
+
+impl GuestFeatures {
+    /// From the VM model alone: a Windows guest gets both (Windows' default clock).
+    pub fn for_vm(vm: &Vm) -> GuestFeatures {
+        let windows = vm.guest_os.family == OsFamily::Windows;
+        GuestFeatures {
+            hyperv: windows,
+            localtime: windows,
+        }
+    }
+
+    /// For an inspected Windows guest: its own clock setting decides.
+    pub fn windows(rtc_utc: bool) -> GuestFeatures {
+        GuestFeatures {
+            hyperv: true,
+            localtime: !rtc_utc,
+        }
+    }
+}
+
+/// The Hyper-V enlightenments, as QEMU `-cpu` flags (libvirt's `<hyperv>` names the
+/// same features). `hv-stimer` needs `hv-synic` and `hv-time`, `hv-synic` needs
+/// `hv-vpindex`.
+pub const HYPERV_FLAGS: [&str; 9] = [
+    "hv-relaxed",
+    "hv-vapic",
+    "hv-spinlocks=0x1fff",
+    "hv-vpindex",
+    "hv-synic",
+    "hv-time",
+    "hv-stimer",
+    "hv-reset",
+    "hv-frequencies",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firmware::{OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS, OVMF_VARS_SECBOOT};
+
+    #[test]
+    fn parses_network_map_entries() {
+        assert_eq!(
+            NetworkMap::parse_entry("VM Network=bridge:br0").unwrap(),
+            ("VM Network".into(), NetTarget::Bridge("br0".into()))
+        );
+        assert_eq!(
+            NetworkMap::parse_entry("a=b=network:default").unwrap(),
+            ("a=b".into(), NetTarget::Network("default".into()))
+        );
+        assert_eq!(
+            NetworkMap::parse_entry("x=user").unwrap().1,
+            NetTarget::User
+        );
+        for bad in ["x", "x=bridge:", "x=bridge:a b", "x=tap:t0", "x=network:'"] {
+            assert!(NetworkMap::parse_entry(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn quotes_shell_words() {
+        assert_eq!(sh_quote("-m"), "-m");
+        assert_eq!(sh_quote("a b"), "'a b'");
+        assert_eq!(sh_quote("it's"), "'it'\\''s'");
+        assert_eq!(sh_quote("$(reboot)"), "'$(reboot)'");
+        assert_eq!(sh_quote(""), "''");
+    }
+
+    fn efi_target(accel: Accel, secure_boot: bool) -> Target {
+        Target {
+            name: "win".into(),
+            uuid: None,
+            memory_mib: 2048,
+            vcpus: 2,
+            sockets: 1,
+            cores: 2,
+            firmware: Firmware::Efi {
+                secure_boot,
+                vars: PathBuf::from("/run/v2k/win_VARS.fd"),
+            },
+            machine: MACHINE.into(),
+            accel,
+            disk_bus: DiskBus::VirtioBlk,
+            disks: vec![PathBuf::from("/v/disk0.qcow2")],
+            nics: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn windows_gets_hyperv_and_localtime_under_kvm() {
+        let f = GuestFeatures::windows(false);
+        let t = efi_target(Accel::Kvm, true);
+        let xml = domain_xml(&t, &f);
+        assert!(xml.contains("<hyperv mode='custom'>"), "{xml}");
+        assert!(xml.contains("<clock offset='localtime'>"), "{xml}");
+        assert!(xml.contains("hypervclock"), "{xml}");
+        assert!(xml.contains("machine='q35'"));
+        let argv = qemu_argv(&t, &QemuOptions::default(), &f);
+        let cpu = &argv[argv.iter().position(|a| a == "-cpu").unwrap() + 1];
+        assert!(
+            cpu.starts_with("host,hv-relaxed") && cpu.contains("hv-stimer"),
+            "{cpu}"
+        );
+        assert!(argv
+            .windows(2)
+            .any(|w| w[0] == "-rtc" && w[1].starts_with("base=localtime")));
+    }
+
+    #[test]
+    fn tcg_and_utc_guests_get_neither() {
+        let t = efi_target(Accel::Tcg, false);
+        let xml = domain_xml(&t, &GuestFeatures::windows(true));
+        assert!(!xml.contains("<hyperv"), "{xml}");
+        assert!(xml.contains("<clock offset='utc'>"), "{xml}");
+        let argv = qemu_argv(&t, &QemuOptions::default(), &GuestFeatures::windows(false));
+        assert!(!argv.iter().any(|a| a.contains("hv-")), "{argv:?}");
+    }
+
+    #[test]
+    fn an_efi_guest_runs_on_its_own_variable_store_never_the_template() {
+        for secure_boot in [false, true] {
+            let t = efi_target(Accel::Tcg, secure_boot);
+            let (code, tmpl) = if secure_boot {
+                (OVMF_CODE_SECBOOT, OVMF_VARS_SECBOOT)
+            } else {
+                (OVMF_CODE, OVMF_VARS)
+            };
+            let argv = qemu_argv(&t, &QemuOptions::default(), &GuestFeatures::default());
+            let joined = argv.join(" ");
+            assert!(
+                joined.contains(&format!("readonly=on,file={code}")),
+                "{joined}"
+            );
+            assert!(
+                joined.contains("if=pflash,format=raw,file=/run/v2k/win_VARS.fd"),
+                "{joined}"
+            );
+            assert!(!joined.contains(tmpl), "template handed to QEMU: {joined}");
+            assert_eq!(joined.contains("smm=on"), secure_boot, "{joined}");
+            let xml = domain_xml(&t, &GuestFeatures::default());
+            assert!(xml.contains("<nvram>/run/v2k/win_VARS.fd</nvram>"), "{xml}");
+            assert!(!xml.contains(tmpl), "{xml}");
+            // Secure Boot is stated either way, so libvirt cannot pick it on its own.
+            let on = if secure_boot { "yes" } else { "no" };
+            assert!(
+                xml.contains(&format!("<feature enabled='{on}' name='secure-boot'/>")),
+                "{xml}"
+            );
+            assert_eq!(xml.contains("<smm state='on'/>"), secure_boot, "{xml}");
+        }
+    }
+
+    #[test]
+    fn from_vm_puts_the_variable_store_in_the_given_directory() {
+        let mut vm = Vm::empty(v2k_inventory::model::SourceKind::Vmx, "/x/web.vmx".into());
+        vm.name = "web 01/x".into();
+        vm.firmware.kind = FirmwareKind::Efi;
+        let t = Target::from_vm(
+            &vm,
+            &[PathBuf::from("/o/disks/scsi0-0.qcow2")],
+            DiskBus::VirtioBlk,
+            &NetworkMap::default(),
+            Accel::Tcg,
+            Path::new("/o"),
+        )
+        .unwrap();
+        assert_eq!(t.firmware.vars(), Some(Path::new("/o/web_01_x_VARS.fd")));
+        vm.firmware.kind = FirmwareKind::Bios;
+        let t = Target::from_vm(
+            &vm,
+            &[],
+            DiskBus::VirtioBlk,
+            &NetworkMap::default(),
+            Accel::Tcg,
+            Path::new("/o"),
+        )
+        .unwrap();
+        assert_eq!(t.firmware, Firmware::Bios);
+    }
+}

@@ -1,0 +1,152 @@
+//! The QEMU command line for a [`Target`] (direct QEMU, without libvirt) and a runnable
+//! script of it. An EFI guest's writable flash is its own variable store
+//! ([`crate::firmware`]).
+
+use crate::{Accel, GuestFeatures, NetTarget, Target, HYPERV_FLAGS};
+
+/// How to run QEMU directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuOptions {
+    /// `-serial` value: `mon:stdio` for a person, `file:PATH` for a test.
+    pub serial: String,
+    /// Open disks with `snapshot=on` (writes go to a temporary overlay).
+    pub snapshot: bool,
+}
+
+impl Default for QemuOptions {
+    fn default() -> Self {
+        QemuOptions {
+            serial: "mon:stdio".into(),
+            snapshot: false,
+        }
+    }
+}
+
+/// The QEMU command line as an argv array (argv[0] is `qemu-system-x86_64`), with the
+/// guest's features (Hyper-V enlightenments, local-time RTC). Disk paths go into
+/// `-drive file=` where a comma would start a new option: QEMU's own escape (a
+/// doubled comma) is applied.
+pub fn qemu_argv(t: &Target, q: &QemuOptions, f: &GuestFeatures) -> Vec<String> {
+    let qc = |s: &str| s.replace(',', ",,");
+    let hyperv = f.hyperv && t.accel == Accel::Kvm;
+    let mut a: Vec<String> = vec!["qemu-system-x86_64".into()];
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    push(&[
+        "-name",
+        &format!("guest={},debug-threads=on", qc(&t.safe_name())),
+    ]);
+    if let Some(u) = &t.uuid {
+        push(&["-uuid", u]);
+    }
+    push(&[
+        "-machine",
+        &format!(
+            "{},accel={}{}",
+            t.machine,
+            t.accel.as_str(),
+            if t.firmware.secure_boot() {
+                ",smm=on"
+            } else {
+                ""
+            }
+        ),
+    ]);
+    let mut cpu = if t.accel == Accel::Kvm { "host" } else { "max" }.to_string();
+    if hyperv {
+        for flag in HYPERV_FLAGS {
+            cpu.push(',');
+            cpu.push_str(flag);
+        }
+    }
+    push(&["-cpu", &cpu]);
+    if f.localtime {
+        push(&["-rtc", "base=localtime,driftfix=slew"]);
+    }
+    push(&[
+        "-smp",
+        &format!(
+            "{},sockets={},cores={},threads=1",
+            t.vcpus, t.sockets, t.cores
+        ),
+    ]);
+    push(&["-m", &t.memory_mib.to_string()]);
+    push(&["-nodefaults", "-display", "none", "-serial", &q.serial]);
+    if let (Some((code, _)), Some(vars)) = (t.firmware.images(), t.firmware.vars()) {
+        if t.firmware.secure_boot() {
+            // The Secure Boot build only runs with SMM, and its flash must be locked.
+            push(&["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
+        push(&[
+            "-drive",
+            &format!("if=pflash,format=raw,readonly=on,file={}", qc(code)),
+        ]);
+        push(&[
+            "-drive",
+            &format!("if=pflash,format=raw,file={}", qc(&vars.to_string_lossy())),
+        ]);
+    }
+    if t.scsi() {
+        push(&["-device", "virtio-scsi-pci,id=scsi0"]);
+    }
+    for (i, d) in t.disks.iter().enumerate() {
+        let snap = if q.snapshot { ",snapshot=on" } else { "" };
+        push(&[
+            "-drive",
+            &format!(
+                "file={},format=qcow2,if=none,id=disk{i},discard=unmap{snap}",
+                qc(&d.to_string_lossy())
+            ),
+        ]);
+        let boot = if i == 0 { ",bootindex=0" } else { "" };
+        if t.scsi() {
+            push(&[
+                "-device",
+                &format!("scsi-hd,bus=scsi0.0,drive=disk{i}{boot}"),
+            ]);
+        } else {
+            push(&["-device", &format!("virtio-blk-pci,drive=disk{i}{boot}")]);
+        }
+    }
+    for (i, n) in t.nics.iter().enumerate() {
+        let netdev = match &n.target {
+            NetTarget::Bridge(b) => format!("bridge,id=net{i},br={b}"),
+            // A libvirt network has no meaning to bare QEMU: stay isolated.
+            NetTarget::Network(_) | NetTarget::User => format!("user,id=net{i},restrict=on"),
+        };
+        push(&["-netdev", &netdev]);
+        push(&[
+            "-device",
+            &format!("virtio-net-pci,netdev=net{i},mac={}", n.mac),
+        ]);
+    }
+    push(&["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci"]);
+    a
+}
+
+/// Quotes one word for POSIX sh.
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_=,./:@+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// A runnable script for the argv.
+pub fn qemu_script(argv: &[String]) -> String {
+    let mut s = String::from(
+        "#!/bin/sh\n# Written by v2k inject: runs the converted VM under QEMU directly.\n\
+         # The serial console is on this terminal (Ctrl-a x quits).\nexec",
+    );
+    // One option per line, with its value when it has one.
+    for (i, a) in argv.iter().enumerate() {
+        let is_value = i > 0 && argv[i - 1].starts_with('-') && !a.starts_with('-');
+        s.push_str(if is_value || i == 0 { " " } else { " \\\n    " });
+        s.push_str(&sh_quote(a));
+    }
+    s.push('\n');
+    s
+}

@@ -1,0 +1,707 @@
+//! The migration report: `report.json` (schema 2, docs/report.md) and a
+//! self-contained `report.html` (inline CSS, the console screenshot embedded as a
+//! data URI, no external assets) that an application owner can read.
+//!
+//! Every part is a typed value from the stage that made it — the inventory's concerns,
+//! the converter's manifests, the injector's conversion log, the validator's checks —
+//! so renaming a field fails to compile instead of printing an empty cell. Schema 1
+//! (v2k before the typed pipeline) is still readable through [`Summary`], the part of
+//! a report that the wave report needs.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use v2k_converters::manifest::Manifest;
+use v2k_drivers_injector::ConversionLog;
+use v2k_inventory::model::{Concern, Vm};
+use v2k_kvm_target::Target;
+pub use v2k_validator::{Check, Validation};
+
+/// The schema this version writes.
+pub const SCHEMA_VERSION: u32 = 2;
+/// The oldest schema [`Summary`] still reads (schema 1 held the same concerns and
+/// validation, with untyped hardware rows).
+pub const OLDEST_READABLE_SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Report {
+    pub schema_version: u32,
+    pub v2k_version: String,
+    pub vm: String,
+    /// The VMX, OVF, OVA or `vsphere://` address the VM came from.
+    pub source: String,
+    pub result: Outcome,
+    pub source_hardware: Hardware,
+    pub target_hardware: Hardware,
+    /// Pre-flight concerns from the inventory, plus what the run itself found (a
+    /// guest that was not converted, for one).
+    #[serde(default)]
+    pub concerns: Vec<Concern>,
+    /// One converter manifest per disk (docs/convert.md).
+    #[serde(default)]
+    pub disks: Vec<Manifest>,
+    /// The injector's conversion log (docs/inject.md); absent with `--no-inject`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_changes: Option<ConversionLog>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Validation>,
+    /// The stages in the order they ran, with their start and duration.
+    pub stages: Vec<Stage>,
+}
+
+/// What the run achieved.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Converted, booted on KVM and every check passed.
+    Validated,
+    /// Converted and booted, and at least one check failed.
+    ValidationFailed,
+    /// Converted; the validation boot was not asked for.
+    NotValidated,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Validated => "validated",
+            Outcome::ValidationFailed => "validation-failed",
+            Outcome::NotValidated => "not-validated",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One side of the hardware comparison.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Hardware {
+    /// `bios`, `efi` or `efi secure-boot`.
+    pub firmware: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub disks: Vec<DiskRow>,
+    pub nics: Vec<NicRow>,
+}
+
+/// A disk as one side sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct DiskRow {
+    /// The VM's disk id (`scsi0:0`, an OVF disk id) or the target's device (`vda`).
+    pub id: String,
+    /// `scsi`, `sata`, `ide`, `nvme` (VMware) or `virtio-blk`, `virtio-scsi` (KVM).
+    pub bus: String,
+    /// The controller model (`pvscsi`, `lsilogic`…) and index, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<u32>,
+    /// Virtual size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<u64>,
+    /// The target's disk file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// A NIC as one side sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct NicRow {
+    /// `ethernet0` (VMware) or `net0` (KVM).
+    pub id: String,
+    /// `vmxnet3`, `e1000e`… or `virtio-net`.
+    pub model: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The VMware port group, or where the KVM NIC is attached (`user`,
+    /// `network:NAME`, `bridge:NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+}
+
+/// One stage of the run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Stage {
+    pub name: String,
+    pub status: StageStatus,
+    /// Seconds from the start of the run to the start of this stage.
+    #[serde(default)]
+    pub start_seconds: f64,
+    pub seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// How a stage ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StageStatus {
+    Done,
+    /// Finished by an earlier run and re-verified by content hash.
+    Reused,
+    /// Ran and found a problem (a failed validation).
+    Failed,
+    /// Not asked for (`--no-validate`, `--no-inject`).
+    Skipped,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Done => "done",
+            StageStatus::Reused => "reused",
+            StageStatus::Failed => "failed",
+            StageStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// The VMware side, from the VM model.
+pub fn source_hardware(vm: &Vm) -> Hardware {
+    let controller = |bus, index| {
+        vm.controllers
+            .iter()
+            .find(|c| c.bus == bus && c.index == index)
+            .map(|c| format!("{}{index}", kebab(&c.model)))
+    };
+    Hardware {
+        firmware: match (vm.firmware.kind, vm.firmware.secure_boot) {
+            (v2k_inventory::model::FirmwareKind::Bios, _) => "bios".into(),
+            (_, false) => "efi".into(),
+            (_, true) => "efi secure-boot".into(),
+        },
+        cpus: vm.cpu.count,
+        memory_mib: vm.memory_mib,
+        disks: vm
+            .disks
+            .iter()
+            .map(|d| DiskRow {
+                id: d.id.clone(),
+                bus: d.slot.map(|s| kebab(&s.bus)).unwrap_or_default(),
+                controller: d.slot.and_then(|s| controller(s.bus, s.controller)),
+                unit: d.slot.map(|s| s.unit),
+                capacity: d.capacity,
+                file: None,
+            })
+            .collect(),
+        nics: vm
+            .nics
+            .iter()
+            .map(|n| NicRow {
+                id: format!("ethernet{}", n.index),
+                model: n.raw_model.clone().unwrap_or_else(|| kebab(&n.model)),
+                mac: n.mac.clone(),
+                network: n.network.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The KVM side, from the target; `sizes` are the disks' virtual sizes in order.
+pub fn target_hardware(t: &Target, sizes: &[u64]) -> Hardware {
+    let scsi = t.disk_bus == v2k_kvm_target::DiskBus::VirtioScsi;
+    Hardware {
+        firmware: t.firmware.describe().into(),
+        cpus: t.vcpus,
+        memory_mib: t.memory_mib,
+        disks: t
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| DiskRow {
+                id: format!("{}{}", if scsi { "sd" } else { "vd" }, letter(i)),
+                bus: t.disk_bus.name().into(),
+                controller: scsi.then(|| "virtio-scsi0".into()),
+                unit: scsi.then_some(i as u32),
+                capacity: sizes.get(i).copied(),
+                file: Some(d.clone()),
+            })
+            .collect(),
+        nics: t
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NicRow {
+                id: format!("net{i}"),
+                model: "virtio-net".into(),
+                mac: Some(n.mac.clone()),
+                network: Some(match &n.target {
+                    v2k_kvm_target::NetTarget::User => "user (isolated)".into(),
+                    v2k_kvm_target::NetTarget::Network(x) => format!("network:{x}"),
+                    v2k_kvm_target::NetTarget::Bridge(x) => format!("bridge:{x}"),
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn letter(i: usize) -> String {
+    if i < 26 {
+        ((b'a' + i as u8) as char).to_string()
+    } else {
+        format!(
+            "{}{}",
+            (b'a' + (i / 26 - 1) as u8) as char,
+            (b'a' + (i % 26) as u8) as char
+        )
+    }
+}
+
+/// An enum's kebab-case serde name (`Pvscsi` → `pvscsi`).
+fn kebab<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The part of a report (any readable schema) that the wave report shows.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Summary {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub concerns: Vec<Concern>,
+    #[serde(default)]
+    pub validation: Option<Validation>,
+}
+
+/// Why a report cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a v2k report")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path}: report schema {found} is not readable by this v2k (reads {OLDEST_READABLE_SCHEMA} to {SCHEMA_VERSION})"
+    )]
+    Schema { path: PathBuf, found: u32 },
+}
+
+/// Reads the summary of `report.json` of schema 1 or 2, or names the schema it cannot read.
+pub fn read_summary(path: &Path) -> Result<Summary, ReadError> {
+    let b = std::fs::read(path).map_err(|source| ReadError::Io {
+        path: path.into(),
+        source,
+    })?;
+    #[derive(Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    struct Version {
+        schema_version: u32,
+    }
+    let parse = |source| ReadError::Parse {
+        path: path.into(),
+        source,
+    };
+    let v: Version = serde_json::from_slice(&b).map_err(parse)?;
+    if !(OLDEST_READABLE_SCHEMA..=SCHEMA_VERSION).contains(&v.schema_version) {
+        return Err(ReadError::Schema {
+            path: path.into(),
+            found: v.schema_version,
+        });
+    }
+    serde_json::from_slice(&b).map_err(parse)
+}
+
+/// HTML-escapes untrusted text; control characters are dropped.
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c if c.is_control() && c != '\n' => {}
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding, for the embedded screenshot.
+pub fn base64(data: &[u8]) -> String {
+    let mut o = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        o.push(B64[(n >> 18) as usize & 63] as char);
+        o.push(B64[(n >> 12) as usize & 63] as char);
+        o.push(if c.len() > 1 {
+            B64[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        o.push(if c.len() > 2 {
+            B64[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    o
+}
+
+/// A byte count for people: `2.0 GiB`, `512 MiB`, `4.0 KiB`, `17 B`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+const CSS: &str = "body{font-family:sans-serif;margin:2em;color:#222;max-width:1100px}\
+h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}table{border-collapse:collapse;margin:1em 0;width:100%}\
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top;font-size:90%}\
+th{background:#f3f3f3}.pass{color:#fff;background:#2e7d32}.fail{color:#fff;background:#c62828}\
+.badge{display:inline-block;padding:.2em .8em;border-radius:1em;font-weight:bold}\
+.critical{color:#c62828;font-weight:bold}.warning{color:#b26a00}code{font-size:85%}\
+img{max-width:100%;border:1px solid #999}.bar{background:#e3e3e3;height:1em;position:relative;min-width:20em}\
+.bar span{position:absolute;top:0;height:1em;background:#1565c0}";
+
+fn disk_rows(rows: &[DiskRow]) -> String {
+    rows.iter()
+        .map(|d| {
+            let mut s = format!("{} ({}", d.id, d.bus);
+            if let Some(c) = &d.controller {
+                let _ = write!(s, " {c}");
+            }
+            if let Some(u) = d.unit {
+                let _ = write!(s, " unit {u}");
+            }
+            s.push(')');
+            if let Some(c) = d.capacity {
+                let _ = write!(s, " {}", human_bytes(c));
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn nic_rows(rows: &[NicRow]) -> String {
+    rows.iter()
+        .map(|n| {
+            format!(
+                "{} {} {} → {}",
+                n.id,
+                n.model,
+                n.mac.as_deref().unwrap_or("(no MAC)"),
+                n.network.as_deref().unwrap_or("(no network)")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Renders the report as one self-contained HTML page.
+pub fn render_html(r: &Report) -> String {
+    let mut h = String::new();
+    let ok = r.result == Outcome::Validated;
+    let _ = write!(
+        h,
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>v2k report: {vm}</title><style>{CSS}</style></head><body>\
+         <h1>{vm}</h1><p class=\"sub\">VMware → KVM migration report · v2k {ver} · source <code>{src}</code></p>\
+         <p><span class=\"badge {cls}\">{result}</span></p>",
+        vm = esc(&r.vm),
+        ver = esc(&r.v2k_version),
+        src = esc(&r.source),
+        cls = if ok { "pass" } else { "fail" },
+        result = r.result,
+    );
+    // Hardware side by side.
+    h.push_str(
+        "<h2>Hardware</h2><table><tr><th></th><th>VMware (source)</th><th>KVM (target)</th></tr>",
+    );
+    let (s, t) = (&r.source_hardware, &r.target_hardware);
+    let mib = |m: u64| human_bytes(m.saturating_mul(1 << 20));
+    let rows = [
+        ("Firmware", s.firmware.clone(), t.firmware.clone()),
+        ("vCPUs", s.cpus.to_string(), t.cpus.to_string()),
+        ("Memory", mib(s.memory_mib), mib(t.memory_mib)),
+        ("Disks", disk_rows(&s.disks), disk_rows(&t.disks)),
+        ("NICs", nic_rows(&s.nics), nic_rows(&t.nics)),
+    ];
+    for (k, a, b) in rows {
+        let _ = write!(
+            h,
+            "<tr><th>{k}</th><td>{}</td><td>{}</td></tr>",
+            esc(&a).replace('\n', "<br>"),
+            esc(&b).replace('\n', "<br>")
+        );
+    }
+    h.push_str("</table>");
+    // Validation.
+    h.push_str("<h2>Validation</h2>");
+    match &r.validation {
+        None => h.push_str("<p>The migrated VM was not booted (validation skipped).</p>"),
+        Some(v) => {
+            let backend = match &v.backend {
+                v2k_validator::Backend::Libvirt { uri } => format!("libvirt {uri}"),
+                v2k_validator::Backend::Qemu => "QEMU".into(),
+            };
+            let _ = write!(
+                h,
+                "<p>Booted with {} ({}); agent report after {}.</p><table><tr><th>Check</th><th>Result</th><th>Reason</th></tr>",
+                esc(&backend),
+                v.accel.as_str(),
+                v.evidence.boot_seconds.map_or("—".to_string(), |s| format!("{s:.1} s")),
+            );
+            for c in &v.checks {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td><span class=\"badge {}\">{}</span></td><td>{}</td></tr>",
+                    esc(&c.id),
+                    if c.passed { "pass" } else { "fail" },
+                    if c.passed { "pass" } else { "fail" },
+                    esc(&c.reason)
+                );
+            }
+            h.push_str("</table>");
+            if let Some(shot) = &v.evidence.screenshot {
+                if let Ok(png) = std::fs::read(shot) {
+                    let _ = write!(
+                        h,
+                        "<h3>Console after boot</h3><img alt=\"console screenshot\" src=\"data:image/png;base64,{}\">",
+                        base64(&png)
+                    );
+                }
+            }
+        }
+    }
+    // Concerns.
+    h.push_str("<h2>Pre-flight concerns</h2>");
+    if r.concerns.is_empty() {
+        h.push_str("<p>None.</p>");
+    } else {
+        h.push_str(
+            "<table><tr><th>Severity</th><th>Id</th><th>Subject</th><th>Explanation</th></tr>",
+        );
+        for c in &r.concerns {
+            let sev = kebab(&c.severity);
+            let _ = write!(
+                h,
+                "<tr><td class=\"{sev}\">{sev}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&c.id),
+                esc(c.subject.as_deref().unwrap_or("")),
+                esc(&c.message)
+            );
+        }
+        h.push_str("</table>");
+    }
+    // Disks.
+    h.push_str("<h2>Disks</h2><table><tr><th>Source</th><th>Output</th><th>Virtual size</th><th>Data</th><th>Copy</th><th>Content hash (v2k-blkhash-sha256)</th><th>Verified</th></tr>");
+    for d in &r.disks {
+        let _ = write!(
+            h,
+            "<tr><td><code>{}</code><br>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{:.1} s</td><td><code>{}</code></td><td>{}</td></tr>",
+            esc(&d.source.path.to_string_lossy()),
+            esc(&d.source.create_type),
+            esc(&d.output.path.to_string_lossy()),
+            human_bytes(d.source.virtual_size),
+            human_bytes(d.output.data_bytes),
+            d.timing.copy_seconds,
+            esc(&d.hash.source),
+            if d.hash.verified { "yes" } else { "no" },
+        );
+    }
+    h.push_str("</table>");
+    // Guest changes.
+    h.push_str("<h2>Changes made to the guest</h2>");
+    match &r.guest_changes {
+        Some(log) if !log.changes.is_empty() => {
+            h.push_str("<table><tr><th>What</th><th>File</th><th>Before</th><th>After</th></tr>");
+            for c in &log.changes {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td><code>{}</code></td></tr>",
+                    esc(&c.action),
+                    esc(&c.file),
+                    esc(&c.before).replace('\n', "<br>"),
+                    esc(&c.after).replace('\n', "<br>"),
+                );
+            }
+            h.push_str("</table>");
+        }
+        Some(_) => h.push_str("<p>None needed: the guest was already converted.</p>"),
+        None => h.push_str("<p>The guest was not converted (<code>--no-inject</code>).</p>"),
+    }
+    // Stage timeline.
+    let total = r
+        .stages
+        .iter()
+        .map(|s| s.start_seconds + s.seconds)
+        .fold(0.0f64, f64::max)
+        .max(f64::EPSILON);
+    let _ = write!(
+        h,
+        "<h2>Stages</h2><p>{:.1} s in all.</p><table><tr><th>Stage</th><th>Status</th><th>Start</th><th>Duration</th><th>Timeline</th><th>Detail</th></tr>",
+        total
+    );
+    for s in &r.stages {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{:.1} s</td><td>{:.1} s</td><td><div class=\"bar\"><span style=\"left:{:.1}%;width:{:.1}%\"></span></div></td><td>{}</td></tr>",
+            esc(&s.name),
+            s.status.as_str(),
+            s.start_seconds,
+            s.seconds,
+            100.0 * s.start_seconds / total,
+            (100.0 * s.seconds / total).max(0.5),
+            esc(s.detail.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</table></body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(17), "17 B");
+        assert_eq!(human_bytes(4096), "4 KiB");
+        assert_eq!(human_bytes(2 << 30), "2 GiB");
+        assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
+    }
+
+    fn report() -> Report {
+        Report {
+            schema_version: SCHEMA_VERSION,
+            v2k_version: "0".into(),
+            vm: "<script>alert(1)</script>".into(),
+            source: "x.vmx".into(),
+            result: Outcome::NotValidated,
+            source_hardware: Hardware {
+                firmware: "bios".into(),
+                cpus: 2,
+                memory_mib: 2048,
+                disks: vec![DiskRow {
+                    id: "scsi0:0".into(),
+                    bus: "scsi".into(),
+                    controller: Some("pvscsi0".into()),
+                    unit: Some(0),
+                    capacity: Some(2 << 30),
+                    file: None,
+                }],
+                nics: vec![NicRow {
+                    id: "ethernet0".into(),
+                    model: "vmxnet3".into(),
+                    mac: Some("00:50:56:00:00:01".into()),
+                    network: Some("VM <Network>".into()),
+                }],
+            },
+            target_hardware: Hardware::default(),
+            concerns: vec![],
+            disks: vec![],
+            guest_changes: None,
+            validation: None,
+            stages: vec![Stage {
+                name: "convert".into(),
+                status: StageStatus::Done,
+                start_seconds: 0.5,
+                seconds: 3.25,
+                detail: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn html_escapes_untrusted_names_and_shows_typed_rows_in_human_units() {
+        let h = render_html(&report());
+        assert!(!h.contains("<script>"));
+        assert!(h.contains("&lt;script&gt;"));
+        assert!(
+            h.contains("scsi0:0 (scsi pvscsi0 unit 0) 2 GiB"),
+            "disk row: {h}"
+        );
+        assert!(h.contains("2 GiB</td>") || h.contains("Memory</th><td>2 GiB"));
+        assert!(h.contains("VM &lt;Network&gt;"));
+        let body = &h[h.find("<body>").unwrap()..];
+        assert!(!body.contains('{'), "no JSON inside the page: {body}");
+        assert!(h.contains("3.2 s") || h.contains("3.3 s"), "{h}");
+    }
+
+    #[test]
+    fn report_json_has_typed_rows_and_round_trips() {
+        let r = report();
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["schema-version"], 2);
+        assert_eq!(v["result"], "not-validated");
+        assert_eq!(v["source-hardware"]["disks"][0]["controller"], "pvscsi0");
+        assert_eq!(v["source-hardware"]["nics"][0]["mac"], "00:50:56:00:00:01");
+        assert_eq!(v["stages"][0]["status"], "done");
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn summaries_read_schema_1_and_name_unknown_schemas() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("report.json");
+        // A schema 1 report as v2k 0.1 wrote it: hardware rows as strings.
+        std::fs::write(
+            &p,
+            r#"{"schema-version":1,"v2k-version":"0.1.0","vm":"a","source":"/a.vmx",
+                "result":"not-validated",
+                "source-hardware":{"firmware":"bios","cpus":1,"memory-mib":512,
+                  "disks":["scsi0:0 2147483648 B {\"bus\":\"scsi\"}"],"nics":[]},
+                "target-hardware":{"firmware":"bios","cpus":1,"memory-mib":512,"disks":[],"nics":[]},
+                "concerns":[{"id":"cbt-enabled","severity":"info","message":"m"}],
+                "disks":[],"stages":[]}"#,
+        )
+        .unwrap();
+        let s = read_summary(&p).unwrap();
+        assert_eq!(s.schema_version, 1);
+        assert_eq!(s.concerns[0].id, "cbt-enabled");
+        std::fs::write(&p, r#"{"schema-version":9}"#).unwrap();
+        let e = read_summary(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("report schema 9") && e.contains("report.json"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,710 @@
+//! The stages of the pipeline as functions over typed values: [`inspect`],
+//! [`convert`], [`inject`], [`target`] (with [`write_target`]), the validation boot
+//! (through [`BootStages`]) and [`report`]. `migrate_with` strings them together;
+//! `v2k inject` calls [`inject`] and [`target`] itself, so the two commands cannot
+//! drift apart.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::sync::Mutex;
+
+use v2k_converters::convert::{self as conv, Format, Job};
+use v2k_converters::manifest::Manifest;
+use v2k_converters::vmdk::{ByteRange, Source};
+use v2k_drivers_injector::{self as injector, InjectOptions};
+use v2k_inventory::model::{Concern, DiskLocation, Severity, Vm};
+use v2k_kvm_target::{Accel, DiskBus, GuestFeatures, NetworkMap, QemuOptions, Target};
+use v2k_validator::checks::ExpectedNic;
+use v2k_validator::{Expectations, Validation};
+
+pub use v2k_drivers_injector::Injected;
+
+use crate::report::{self, Report};
+use crate::rundir::{RunDir, RunDirError, State};
+use crate::staging::{self, StagingError};
+use crate::{BoxError, Error, Event, RemoteSource, Result};
+
+/// The stages that boot something: the libguestfs appliance that edits the guest, and
+/// the validation boot. [`RealBoot`] runs them; tests record the calls instead.
+pub trait BootStages: Sync {
+    fn inject(
+        &self,
+        opts: &InjectOptions,
+        windows: &injector::windows::Options,
+        progress: &mut dyn FnMut(&str),
+    ) -> std::result::Result<Injected, injector::Error>;
+
+    fn validate(
+        &self,
+        target: &Target,
+        expect: &Expectations,
+        opts: &v2k_validator::Options,
+    ) -> std::result::Result<Validation, v2k_validator::Error>;
+}
+
+/// libguestfs and a real boot (QEMU or libvirt).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealBoot;
+
+impl BootStages for RealBoot {
+    fn inject(
+        &self,
+        opts: &InjectOptions,
+        windows: &injector::windows::Options,
+        progress: &mut dyn FnMut(&str),
+    ) -> std::result::Result<Injected, injector::Error> {
+        injector::inject_with(opts, windows, progress)
+    }
+
+    fn validate(
+        &self,
+        target: &Target,
+        expect: &Expectations,
+        opts: &v2k_validator::Options,
+    ) -> std::result::Result<Validation, v2k_validator::Error> {
+        v2k_validator::validate(target, expect, opts)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 1. inspect
+
+/// Why the VM could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Inventory(#[from] v2k_inventory::Error),
+    #[error("{source_name}")]
+    Remote {
+        source_name: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Why a readable VM is not migrated.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{source_name}: no VM described")]
+    NoVm { source_name: String },
+    #[error("{source_name}: describes {} VMs ({}); choose one with --vm-name", names.len(), names.join(", "))]
+    SeveralVms {
+        source_name: String,
+        names: Vec<String>,
+    },
+    #[error("{source_name}: no VM named {name:?}")]
+    NoVmNamed { source_name: String, name: String },
+    #[error("{vm}: critical pre-flight concerns, not migrated: {}", concerns.join("; "))]
+    Critical { vm: String, concerns: Vec<String> },
+}
+
+/// Every VM a .vmx, .ovf or .ova describes, with its pre-flight concerns; VMX disks
+/// are examined by the converter's own reader, so a disk `convert` would refuse is a
+/// concern now.
+pub fn load(source: &Path, verify_manifest: bool) -> std::result::Result<Vec<Vm>, InspectError> {
+    Ok(v2k_inventory::load(
+        source,
+        &v2k_inventory::Options { verify_manifest },
+        &v2k_converters::probe::ConvertersProbe,
+    )?)
+}
+
+/// Reads the VM at `source` (or from `remote`), choosing `vm_name` among several.
+pub fn inspect(
+    source: &Path,
+    vm_name: Option<&str>,
+    verify_manifest: bool,
+    remote: Option<&dyn RemoteSource>,
+) -> Result<Vm> {
+    let source_name = source.display().to_string();
+    let mut vms = match remote {
+        Some(r) => vec![r.load().map_err(|e| InspectError::Remote {
+            source_name: r.describe(),
+            source: e,
+        })?],
+        None => load(source, verify_manifest)?,
+    };
+    let vm = match (vm_name, vms.len()) {
+        (_, 0) => return Err(Refusal::NoVm { source_name }.into()),
+        (None, 1) => vms.remove(0),
+        (None, _) => {
+            return Err(Refusal::SeveralVms {
+                source_name,
+                names: vms.into_iter().map(|v| v.name).collect(),
+            }
+            .into())
+        }
+        (Some(n), _) => {
+            vms.into_iter()
+                .find(|v| v.name == n)
+                .ok_or_else(|| Refusal::NoVmNamed {
+                    source_name,
+                    name: n.to_string(),
+                })?
+        }
+    };
+    Ok(vm)
+}
+
+/// Refuses a VM with a critical pre-flight concern.
+pub fn refuse_critical(vm: &Vm) -> std::result::Result<(), Refusal> {
+    let critical: Vec<String> = vm
+        .concerns
+        .iter()
+        .filter(|c| c.severity == Severity::Critical)
+        .map(|c| format!("{} ({})", c.id, c.message))
+        .collect();
+    if critical.is_empty() {
+        Ok(())
+    } else {
+        Err(Refusal::Critical {
+            vm: vm.name.clone(),
+            concerns: critical,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 2. convert
+
+/// Why the disks could not be converted.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("disk {disk}: its bytes cannot be read ({location})")]
+    Unreadable { disk: String, location: String },
+    #[error("assembling disk {disk}")]
+    Staging {
+        disk: String,
+        #[source]
+        source: StagingError,
+    },
+    #[error("disk {disk}")]
+    Disk {
+        disk: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("removing the staging copy {path}")]
+    Cleanup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("internal: the conversion thread panicked")]
+    Panicked,
+}
+
+/// Where a disk's bytes are, for the converter.
+fn disk_source(loc: &DiskLocation, id: &str) -> std::result::Result<Source, ConvertError> {
+    match loc {
+        DiskLocation::File {
+            path,
+            compression: None,
+        } => Ok(Source::file(path)),
+        DiskLocation::OvaMember {
+            archive,
+            chunks,
+            compression: None,
+            ..
+        } if chunks.len() == 1 => Ok(Source {
+            path: archive.clone(),
+            range: Some(ByteRange {
+                offset: chunks[0].offset,
+                len: chunks[0].size,
+            }),
+        }),
+        other => Err(ConvertError::Unreadable {
+            disk: id.to_string(),
+            location: format!("{other:?}"),
+        }),
+    }
+}
+
+/// Carries the converter's progress (reported from its worker threads) to the thread
+/// that runs the pipeline, whose callback need not be `Sync`.
+pub(crate) struct ChannelProgress {
+    tx: Mutex<Sender<Event>>,
+    totals: Mutex<Vec<u64>>,
+}
+
+impl ChannelProgress {
+    pub(crate) fn new(tx: Sender<Event>) -> Self {
+        ChannelProgress {
+            tx: Mutex::new(tx),
+            totals: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl conv::Progress for ChannelProgress {
+    fn event(&self, e: conv::Event) {
+        let total_of = |disk: usize| {
+            self.totals
+                .lock()
+                .map(|t| t.get(disk).copied().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        let (disk, phase, done, total) = match e {
+            conv::Event::Started {
+                disk, virtual_size, ..
+            } => {
+                if let Ok(mut t) = self.totals.lock() {
+                    if t.len() <= disk {
+                        t.resize(disk + 1, 0);
+                    }
+                    t[disk] = virtual_size;
+                }
+                (disk, "copy", 0, virtual_size)
+            }
+            conv::Event::Copied { disk, done } => (disk, "copy", done, total_of(disk)),
+            conv::Event::Verifying { disk } => (disk, "verify", 0, total_of(disk)),
+            conv::Event::Verified { disk, done } => (disk, "verify", done, total_of(disk)),
+            conv::Event::Finished { disk } => {
+                let total = total_of(disk);
+                (disk, "done", total, total)
+            }
+        };
+        if let Ok(tx) = self.tx.lock() {
+            let _ = tx.send(Event::Disk {
+                disk,
+                phase,
+                done,
+                total,
+            });
+        }
+    }
+}
+
+/// Converts every disk of `vm` into `disks` (QCOW2, verified, a manifest beside each)
+/// and records their content hashes as the `converted` stage of the run directory.
+pub fn convert(
+    run: &RunDir,
+    vm: &Vm,
+    disks: &[PathBuf],
+    compress: bool,
+    remote: Option<&dyn RemoteSource>,
+    progress: &dyn Fn(Event),
+) -> Result<Vec<Manifest>> {
+    // Whatever an earlier run recorded no longer holds once a disk is rewritten.
+    run.save_state(&State::default())?;
+    // Chunked and gzip-compressed disks are assembled first (staging.rs).
+    let mut staged = Vec::new();
+    let mut jobs = Vec::new();
+    // A remote source streams its disks itself (no local file to read).
+    for (d, o) in vm.disks.iter().zip(disks).filter(|_| remote.is_none()) {
+        let source = if staging::needs_staging(&d.location) {
+            let dest = staging::staged_path(run.root(), &crate::rundir::disk_file_stem(&d.id));
+            progress(Event::Message(format!(
+                "disk {}: assembling its chunked or compressed file into {}",
+                d.id,
+                dest.display()
+            )));
+            staging::stage(&d.location, d.capacity, &dest, &d.id).map_err(|source| {
+                ConvertError::Staging {
+                    disk: d.id.clone(),
+                    source,
+                }
+            })?;
+            staged.push(dest.clone());
+            Source::file(dest)
+        } else {
+            disk_source(&d.location, &d.id)?
+        };
+        jobs.push(Job {
+            source,
+            output: o.clone(),
+        });
+    }
+    let copts = conv::Options {
+        format: Format::Qcow2,
+        compress,
+        // A rerun reconverts a disk whose recorded hash no longer verifies.
+        overwrite: true,
+        ..conv::Options::default()
+    };
+    // The conversion runs on its own thread; its progress comes back here.
+    let (tx, rx) = std::sync::mpsc::channel::<Event>();
+    let sink = ChannelProgress::new(tx);
+    let results: Vec<std::result::Result<Manifest, BoxError>> = std::thread::scope(|s| {
+        let (jobs, copts) = (&jobs, &copts);
+        let worker = s.spawn(move || match remote {
+            Some(r) => r.convert(vm, disks, &sink),
+            None => conv::convert_all(jobs, copts, jobs.len().min(4), &sink)
+                .into_iter()
+                .map(|x| x.map_err(BoxError::from))
+                .collect(),
+        });
+        // Ends when the worker drops the sink (its sender) on return.
+        for e in rx {
+            progress(e);
+        }
+        worker.join()
+    })
+    .map_err(|_| ConvertError::Panicked)?;
+    let mut manifests = Vec::with_capacity(results.len());
+    for (r, d) in results.into_iter().zip(&vm.disks) {
+        manifests.push(r.map_err(|source| ConvertError::Disk {
+            disk: d.id.clone(),
+            source,
+        })?);
+    }
+    // Converted and verified: the assembled copies are no longer needed.
+    for p in &staged {
+        std::fs::remove_file(p).map_err(|source| ConvertError::Cleanup {
+            path: p.clone(),
+            source,
+        })?;
+    }
+    if !staged.is_empty() {
+        let _ = std::fs::remove_dir(run.root().join("staging"));
+    }
+    run.save_state(&State {
+        sizes: manifests.iter().map(|m| m.source.virtual_size).collect(),
+        converted: Some(manifests.iter().map(|m| m.hash.source.clone()).collect()),
+        injected: None,
+    })?;
+    Ok(manifests)
+}
+
+// ---------------------------------------------------------------------------------
+// 3. inject
+
+/// How to convert the guest.
+#[derive(Debug, Clone)]
+pub struct InjectSettings {
+    pub bus: DiskBus,
+    pub keep_agent: bool,
+    pub accel: Accel,
+    /// virtio-win drivers for a Windows guest; `None` reads `$VIRTIO_WIN`.
+    pub virtio_win: Option<PathBuf>,
+}
+
+/// The injector's options for `vm` on `disks`.
+fn inject_options(
+    vm: &Vm,
+    disks: &[PathBuf],
+    s: &InjectSettings,
+) -> (InjectOptions, injector::windows::Options) {
+    let mut win = injector::windows::Options::from_env();
+    if s.virtio_win.is_some() {
+        win.virtio_win = s.virtio_win.clone();
+    }
+    (
+        InjectOptions {
+            vm: vm.clone(),
+            disks: disks.to_vec(),
+            bus: s.bus,
+            keep_agent: s.keep_agent,
+            accel: s.accel,
+        },
+        win,
+    )
+}
+
+/// Converts the guest on `disks` (in place) through `boot`'s appliance.
+pub fn inject_guest(
+    boot: &dyn BootStages,
+    vm: &Vm,
+    disks: &[PathBuf],
+    settings: &InjectSettings,
+    progress: &mut dyn FnMut(&str),
+) -> std::result::Result<Injected, injector::Error> {
+    let (iopts, wopts) = inject_options(vm, disks, settings);
+    boot.inject(&iopts, &wopts, progress)
+}
+
+/// [`inject_guest`] on the run's disks; saves the conversion log (and a Windows
+/// guest's report) and records the disks' hashes as the `injected` stage.
+pub fn inject(
+    boot: &dyn BootStages,
+    run: &RunDir,
+    vm: &Vm,
+    disks: &[PathBuf],
+    manifests: &[Manifest],
+    settings: &InjectSettings,
+    progress: &dyn Fn(Event),
+) -> Result<Injected> {
+    let done = inject_guest(boot, vm, disks, settings, &mut |m| {
+        progress(Event::Message(m.to_string()))
+    })
+    .map_err(Error::Inject)?;
+    run.save_windows(done.windows.as_ref())?;
+    run.save_log(&done.log)?;
+    let mut state = run.state();
+    let sizes: Vec<u64> = manifests.iter().map(|m| m.source.virtual_size).collect();
+    state.injected = RunDir::hashes(disks, &sizes);
+    state.sizes = sizes;
+    run.save_state(&state)?;
+    Ok(done)
+}
+
+/// With `--no-inject`: what an earlier run's injector left must not speak for disks
+/// that were not converted now.
+pub fn forget_injection(
+    run: &RunDir,
+    disks: &[PathBuf],
+    manifests: &[Manifest],
+) -> std::result::Result<(), RunDirError> {
+    run.remove_log()?;
+    run.save_windows(None)?;
+    let mut state = run.state();
+    if state.injected.is_some() {
+        let sizes: Vec<u64> = manifests.iter().map(|m| m.source.virtual_size).collect();
+        state.injected = None;
+        state.converted = RunDir::hashes(disks, &sizes);
+        state.sizes = sizes;
+        run.save_state(&state)?;
+    }
+    Ok(())
+}
+
+/// The concern a report carries when the guest was not converted (`--no-inject`).
+pub fn not_converted_concern() -> Concern {
+    Concern {
+        id: "guest-not-converted".into(),
+        severity: Severity::Warning,
+        subject: None,
+        message: "the guest was not converted for KVM (--no-inject): its disks were copied \
+                  and verified, but no virtio drivers, device names or agent were added"
+            .into(),
+    }
+}
+
+/// The target features the guest asks for: a Windows guest's own clock setting
+/// decides the RTC, and it gets Hyper-V enlightenments.
+pub fn features(injected: Option<&Injected>) -> GuestFeatures {
+    match injected.and_then(|i| i.windows.as_ref()) {
+        Some(w) => GuestFeatures::windows(w.inspection.rtc_utc),
+        None => GuestFeatures::default(),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 4. target
+
+/// Why the KVM target could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Model(#[from] v2k_kvm_target::Error),
+    #[error("creating the UEFI variable store {path}")]
+    Vars {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: v2k_converters::Error,
+    },
+    #[error("making {path} executable")]
+    Chmod {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("running virsh define")]
+    DefineRun(#[source] std::io::Error),
+    #[error("virsh define: {0}")]
+    Define(String),
+}
+
+/// The KVM target of `vm` on `disks` (nothing written: a VM the target cannot keep,
+/// such as a NIC without a MAC, is refused before the guest is touched). An EFI
+/// guest's variable store will be `NAME_VARS.fd` in `dir`.
+pub fn target(
+    vm: &Vm,
+    disks: &[PathBuf],
+    bus: DiskBus,
+    network_map: &NetworkMap,
+    accel: Accel,
+    dir: &Path,
+) -> std::result::Result<Target, TargetError> {
+    Ok(Target::from_vm(vm, disks, bus, network_map, accel, dir)?)
+}
+
+/// The files a target is written as: `domain.xml`, `qemu-cmdline.json`, `run-qemu.sh`
+/// (and the EFI variable store).
+pub const TARGET_FILES: [&str; 3] = ["domain.xml", "qemu-cmdline.json", "run-qemu.sh"];
+
+/// Writes the target's files into `dir`, and creates an EFI guest's own variable
+/// store from the firmware's template (kept when it exists: it holds the VM's boot
+/// entries).
+pub fn write_target(
+    dir: &Path,
+    t: &Target,
+    f: &GuestFeatures,
+) -> std::result::Result<(), TargetError> {
+    if let Some(vars) = t.firmware.vars() {
+        v2k_kvm_target::firmware::ensure_vars(&t.firmware).map_err(|source| TargetError::Vars {
+            path: vars.to_path_buf(),
+            source,
+        })?;
+    }
+    let write = |name: &str, bytes: &[u8]| {
+        let path = dir.join(name);
+        v2k_converters::output::write_atomic(&path, bytes)
+            .map_err(|source| TargetError::Write { path, source })
+    };
+    write(TARGET_FILES[0], v2k_kvm_target::domain_xml(t, f).as_bytes())?;
+    let argv = v2k_kvm_target::qemu_argv(t, &QemuOptions::default(), f);
+    let mut json = serde_json::to_vec_pretty(&argv).expect("a list of strings serialises");
+    json.push(b'\n');
+    write(TARGET_FILES[1], &json)?;
+    write(
+        TARGET_FILES[2],
+        v2k_kvm_target::qemu_script(&argv).as_bytes(),
+    )?;
+    // OUTFILE: the write helper takes the mode when it lands.
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join(TARGET_FILES[2]);
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
+        TargetError::Chmod {
+            path: script.clone(),
+            source,
+        }
+    })
+}
+
+/// Defines (does not start) the domain in libvirt at `uri`.
+pub fn define(uri: &str, domain_xml: &Path) -> std::result::Result<(), TargetError> {
+    let o = std::process::Command::new("virsh")
+        .args(["-q", "-c", uri, "define"])
+        .arg(domain_xml)
+        .output()
+        .map_err(TargetError::DefineRun)?;
+    if !o.status.success() {
+        return Err(TargetError::Define(
+            String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------
+// 5. validate
+
+/// What the validation boot expects of the guest: every non-root mount the injector
+/// saw, and each NIC under its pinned name and MAC. Windows names its new virtio
+/// adapters itself: every NIC of the target is expected by MAC, whatever it is called.
+pub fn expectations(injected: &Injected, target: &Target) -> Expectations {
+    let log = &injected.log;
+    let nics = if injected.windows.is_some() {
+        target
+            .nics
+            .iter()
+            .map(|n| ExpectedNic {
+                name: None,
+                mac: n.mac.clone(),
+            })
+            .collect()
+    } else {
+        log.nic_names
+            .iter()
+            .map(|p| ExpectedNic {
+                name: Some(p.name.clone()),
+                mac: p.mac.clone(),
+            })
+            .collect()
+    };
+    Expectations {
+        mounts: log
+            .inspection
+            .mounts
+            .iter()
+            .map(|m| m.mountpoint.clone())
+            .filter(|p| p != "/")
+            .collect(),
+        nics,
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 6. report
+
+/// The report of a finished run.
+pub fn report(
+    vm: &Vm,
+    source: &Path,
+    target: &Target,
+    disks: Vec<Manifest>,
+    guest_changes: Option<injector::ConversionLog>,
+    validation: Option<Validation>,
+    stages: Vec<report::Stage>,
+) -> Report {
+    let result = match &validation {
+        None => report::Outcome::NotValidated,
+        Some(v) if v.passed => report::Outcome::Validated,
+        Some(_) => report::Outcome::ValidationFailed,
+    };
+    let sizes: Vec<u64> = disks.iter().map(|m| m.source.virtual_size).collect();
+    Report {
+        schema_version: report::SCHEMA_VERSION,
+        v2k_version: env!("CARGO_PKG_VERSION").into(),
+        vm: vm.name.clone(),
+        source: source.display().to_string(),
+        result,
+        source_hardware: report::source_hardware(vm),
+        target_hardware: report::target_hardware(target, &sizes),
+        concerns: vm.concerns.clone(),
+        disks,
+        guest_changes,
+        validation,
+        stages,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conv::Progress;
+
+    #[test]
+    fn converter_progress_arrives_as_disk_events_with_their_totals() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = ChannelProgress::new(tx);
+        // Reported from another thread, as the converter's workers do.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                sink.event(conv::Event::Started {
+                    disk: 1,
+                    virtual_size: 4 << 20,
+                    allocated_bytes: 1 << 20,
+                });
+                sink.event(conv::Event::Copied {
+                    disk: 1,
+                    done: 2 << 20,
+                });
+                sink.event(conv::Event::Verified {
+                    disk: 1,
+                    done: 4 << 20,
+                });
+                sink.event(conv::Event::Finished { disk: 1 });
+            });
+        });
+        drop(sink);
+        let got: Vec<(usize, &str, u64, u64)> = rx
+            .iter()
+            .map(|e| match e {
+                Event::Disk {
+                    disk,
+                    phase,
+                    done,
+                    total,
+                } => (disk, phase, done, total),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "copy", 0, 4 << 20),
+                (1, "copy", 2 << 20, 4 << 20),
+                (1, "verify", 4 << 20, 4 << 20),
+                (1, "done", 4 << 20, 4 << 20),
+            ]
+        );
+    }
+}
