@@ -1,0 +1,385 @@
+//! The pipeline's orchestration without a VM: real VMX files and real VMDKs (made by
+//! qemu-img), real conversions and hashes, and a recording implementation of the two
+//! stages that boot something (the libguestfs appliance, the validation boot). The
+//! recording injector edits the disks as the real one does (it writes into them), so
+//! the reuse rule sees what it would see after a real injection.
+//!
+//! What these prove: which stages a rerun reuses after a stop at each stage, what is
+//! refused before anything is written, what the report holds, and that an EFI guest
+//! gets its own variable store. What only a boot shows stays in cli/tests/migrate.rs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use v2k_drivers_injector::{windows, ConversionLog, InjectOptions, Injected};
+use v2k_kvm_target::Target;
+use v2k_migrate::report::{Outcome, StageStatus};
+use v2k_migrate::{migrate_with, Backend, BootStages, DiskBus, Error, Event, NetworkMap, Options};
+use v2k_validator::{Evidence, Expectations, Validation};
+
+const MAC: &str = "00:50:56:9a:00:01";
+
+fn run(cmd: &mut Command) {
+    let o = cmd
+        .output()
+        .expect("running a tool (qemu-utils, scripts/setup.sh)");
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A VM directory: `vm.vmx` with one monolithicSparse disk of 8 MiB holding a
+/// pattern, and one NIC.
+fn vm_dir(dir: &Path, extra: &str) -> PathBuf {
+    let disk = dir.join("vm.vmdk");
+    run(Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicSparse",
+        ])
+        .arg(&disk)
+        .arg("8M"));
+    run(Command::new("qemu-io")
+        .args(["-f", "vmdk", "-c", "write -P 0x11 1M 256k"])
+        .arg(&disk));
+    let vmx = dir.join("vm.vmx");
+    std::fs::write(
+        &vmx,
+        format!(
+            ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"19\"\n\
+             displayName = \"pipe\"\nguestOS = \"debian12-64\"\nnumvcpus = \"2\"\nmemSize = \"1024\"\n\
+             scsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\nscsi0:0.present = \"TRUE\"\n\
+             scsi0:0.fileName = \"vm.vmdk\"\nethernet0.present = \"TRUE\"\n\
+             ethernet0.virtualDev = \"vmxnet3\"\nethernet0.networkName = \"VM Network\"\n\
+             ethernet0.addressType = \"static\"\nethernet0.address = \"{MAC}\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    vmx
+}
+
+fn options(source: &Path, out: &Path) -> Options {
+    Options {
+        source: source.to_path_buf(),
+        out: out.to_path_buf(),
+        vm_name: None,
+        compress: false,
+        disk_bus: DiskBus::VirtioBlk,
+        network_map: NetworkMap::default(),
+        accel: Some(v2k_migrate::Accel::Tcg),
+        keep_agent: false,
+        inject: true,
+        validate: true,
+        backend: Backend::Qemu,
+        boot_timeout: Duration::from_secs(5),
+        keep_changes: false,
+        define: None,
+        verify_manifest: true,
+        virtio_win: None,
+    }
+}
+
+/// What the recording boot stages were asked to do.
+#[derive(Default)]
+struct Recording {
+    injected: Mutex<Vec<Vec<PathBuf>>>,
+    validated: Mutex<Vec<Target>>,
+    /// Make the next injection stop half-way (after it changed the disks), as a
+    /// killed run would.
+    fail_inject: Mutex<bool>,
+}
+
+fn log(vm: &str, disks: &[PathBuf]) -> ConversionLog {
+    serde_json::from_value(serde_json::json!({
+        "schema-version": 1, "type": "conversion-log", "tool": "recording", "vm": vm,
+        "disks": disks, "disk-bus": "virtio-blk", "accel": "tcg", "status": "converted",
+        "inspection": {
+            "root": "/dev/sda1", "os-type": "linux", "distro": "debian",
+            "product-name": "Debian 12", "major-version": 12, "minor-version": 0,
+            "arch": "x86_64", "package-format": "deb",
+            "mounts": [{"mountpoint": "/", "device": "/dev/sda1"},
+                       {"mountpoint": "/data", "device": "/dev/sda2"}],
+            "kernels": [], "bootloader": {"kind": "grub2-bios"},
+            "network-config": ["ifupdown"], "configured-nics": [], "already-converted": false
+        },
+        "changes": [{"step": "initramfs", "file": "/boot/initrd.img", "action": "rebuilt"}],
+        "nic-names": [{"name": "ens192", "mac": MAC, "source": "config-order"}],
+        "agent": {"installed": true, "keep": false, "line-prefix": "V2K-AGENT"},
+        "seconds": 1.0,
+        "timings": {"launch": 0.5, "inspect": 0.2, "changes": 0.2, "close": 0.1}
+    }))
+    .expect("a conversion log")
+}
+
+impl BootStages for Recording {
+    fn inject(
+        &self,
+        opts: &InjectOptions,
+        _: &windows::Options,
+        _: &mut dyn FnMut(&str),
+    ) -> Result<Injected, v2k_drivers_injector::Error> {
+        // Edits the guest in place, as the injector does.
+        for d in &opts.disks {
+            run(Command::new("qemu-io")
+                .args(["-f", "qcow2", "-c", "write -P 0x5a 0 64k"])
+                .arg(d));
+        }
+        self.injected.lock().unwrap().push(opts.disks.clone());
+        if std::mem::take(&mut *self.fail_inject.lock().unwrap()) {
+            return Err(v2k_drivers_injector::Error::Refused(
+                "stopped half-way (test)".into(),
+            ));
+        }
+        Ok(Injected {
+            log: log(&opts.vm.name, &opts.disks),
+            windows: None,
+        })
+    }
+
+    fn validate(
+        &self,
+        target: &Target,
+        expect: &Expectations,
+        opts: &v2k_validator::Options,
+    ) -> Result<Validation, v2k_validator::Error> {
+        self.validated.lock().unwrap().push(target.clone());
+        // The expectations come from the conversion log: the pinned NIC and /data.
+        assert_eq!(expect.mounts, vec!["/data".to_string()]);
+        assert_eq!(expect.nics[0].name.as_deref(), Some("ens192"));
+        assert_eq!(expect.nics[0].mac, MAC);
+        Ok(Validation {
+            backend: opts.backend.clone(),
+            accel: target.accel,
+            passed: true,
+            checks: vec![],
+            evidence: Evidence {
+                serial_log: opts.work_dir.join("serial.log"),
+                boot_seconds: Some(1.5),
+                ..Evidence::default()
+            },
+            total_seconds: 2.0,
+        })
+    }
+}
+
+fn stages(r: &v2k_migrate::Report) -> Vec<(String, StageStatus)> {
+    r.stages
+        .iter()
+        .map(|s| (s.name.clone(), s.status))
+        .collect()
+}
+
+fn quiet(_: Event) {}
+
+#[test]
+fn a_local_vm_runs_every_stage_and_reports_typed_results() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(d.path(), "");
+    let out = d.path().join("out");
+    let boot = Recording::default();
+    let o = migrate_with(&options(&vmx, &out), None, &boot, &quiet).unwrap();
+    use StageStatus::*;
+    let want: Vec<(String, StageStatus)> = [
+        ("inspect", Done),
+        ("convert", Done),
+        ("inject", Done),
+        ("target", Done),
+        ("validate", Done),
+    ]
+    .iter()
+    .map(|(n, s)| (n.to_string(), *s))
+    .collect();
+    assert_eq!(stages(&o.report), want);
+    assert_eq!(o.report.result, Outcome::Validated);
+    assert_eq!(o.exit_code(), 0);
+    // The stage timeline runs forward.
+    let starts: Vec<f64> = o.report.stages.iter().map(|s| s.start_seconds).collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+    // Typed hardware rows on both sides.
+    let src = &o.report.source_hardware;
+    assert_eq!(src.disks[0].id, "scsi0:0");
+    assert_eq!(src.disks[0].controller.as_deref(), Some("pvscsi0"));
+    assert_eq!(src.disks[0].capacity, Some(8 << 20));
+    assert_eq!(src.nics[0].mac.as_deref(), Some(MAC));
+    assert_eq!(src.nics[0].network.as_deref(), Some("VM Network"));
+    let tgt = &o.report.target_hardware;
+    assert_eq!(tgt.disks[0].id, "vda");
+    assert_eq!(tgt.disks[0].bus, "virtio-blk");
+    assert_eq!(tgt.nics[0].model, "virtio-net");
+    // The disk the pipeline wrote is the one the report and the target name.
+    let disk = out.join("disks/scsi0-0.qcow2");
+    assert_eq!(o.report.disks[0].output.path, disk);
+    assert!(o.report.disks[0].hash.verified);
+    assert_eq!(boot.validated.lock().unwrap()[0].disks, vec![disk.clone()]);
+    // Every file of the run directory is there, and report.json reads back typed.
+    for f in [
+        "vm.json",
+        "state.json",
+        "conversion-log.json",
+        "domain.xml",
+        "qemu-cmdline.json",
+        "run-qemu.sh",
+        "report.json",
+        "report.html",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let back = v2k_migrate::RunDir::at(&out).load_report().unwrap();
+    assert_eq!(back, o.report);
+    assert!(v2k_migrate::RunDir::at(&out).reverify().is_ok());
+}
+
+#[test]
+fn a_rerun_reuses_what_the_disks_still_prove_and_redoes_what_they_do_not() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(d.path(), "");
+    let out = d.path().join("out");
+    let boot = Recording::default();
+    let opts = options(&vmx, &out);
+    migrate_with(&opts, None, &boot, &quiet).unwrap();
+    // Nothing changed: conversion and injection are reused, the guest is not edited again.
+    let o = migrate_with(&opts, None, &boot, &quiet).unwrap();
+    let st = stages(&o.report);
+    assert_eq!(st[1], ("convert".into(), StageStatus::Reused));
+    assert_eq!(st[2], ("inject".into(), StageStatus::Reused));
+    assert_eq!(boot.injected.lock().unwrap().len(), 1);
+    assert_eq!(o.report.guest_changes.as_ref().unwrap().changes.len(), 1);
+    // A disk changed behind v2k's back: neither record holds, everything runs again.
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x77 2M 4k"])
+        .arg(out.join("disks/scsi0-0.qcow2")));
+    assert!(v2k_migrate::RunDir::at(&out).reverify().is_err());
+    let o = migrate_with(&opts, None, &boot, &quiet).unwrap();
+    let st = stages(&o.report);
+    assert_eq!(st[1], ("convert".into(), StageStatus::Done));
+    assert_eq!(st[2], ("inject".into(), StageStatus::Done));
+    assert_eq!(boot.injected.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn a_run_stopped_inside_the_injector_converts_again_rather_than_trust_half_edited_disks() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(d.path(), "");
+    let out = d.path().join("out");
+    let boot = Recording::default();
+    *boot.fail_inject.lock().unwrap() = true;
+    let opts = options(&vmx, &out);
+    let e = migrate_with(&opts, None, &boot, &quiet).unwrap_err();
+    assert!(matches!(e, Error::Inject(_)), "{e:?}");
+    assert!(!out.join("report.json").exists());
+    // The disks were edited, then the run stopped: the converted record no longer
+    // matches them, so the rerun converts from the source again.
+    let o = migrate_with(&opts, None, &boot, &quiet).unwrap();
+    let st = stages(&o.report);
+    assert_eq!(st[1], ("convert".into(), StageStatus::Done), "{st:?}");
+    assert_eq!(st[2], ("inject".into(), StageStatus::Done), "{st:?}");
+}
+
+#[test]
+fn a_run_stopped_after_the_conversion_reuses_the_disks_and_injects() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(d.path(), "");
+    let out = d.path().join("out");
+    let mut opts = options(&vmx, &out);
+    // --no-inject stands for a run that stopped right after converting: the state
+    // records the converted disks only.
+    opts.inject = false;
+    opts.validate = false;
+    let boot = Recording::default();
+    migrate_with(&opts, None, &boot, &quiet).unwrap();
+    opts.inject = true;
+    opts.validate = true;
+    let o = migrate_with(&opts, None, &boot, &quiet).unwrap();
+    let st = stages(&o.report);
+    assert_eq!(st[1], ("convert".into(), StageStatus::Reused), "{st:?}");
+    assert_eq!(st[2], ("inject".into(), StageStatus::Done), "{st:?}");
+    assert_eq!(boot.injected.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_vm_without_an_os_to_convert_moves_with_no_inject_and_says_so() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(d.path(), "");
+    let out = d.path().join("out");
+    let mut opts = options(&vmx, &out);
+    opts.inject = false;
+    let boot = Recording::default();
+    let o = migrate_with(&opts, None, &boot, &quiet).unwrap();
+    assert!(boot.injected.lock().unwrap().is_empty());
+    assert!(boot.validated.lock().unwrap().is_empty());
+    assert_eq!(o.exit_code(), 0);
+    assert_eq!(o.report.result, Outcome::NotValidated);
+    assert!(o.report.guest_changes.is_none());
+    let st = stages(&o.report);
+    assert_eq!(st[2], ("inject".into(), StageStatus::Skipped));
+    assert_eq!(st[4], ("validate".into(), StageStatus::Skipped));
+    assert!(
+        o.report
+            .concerns
+            .iter()
+            .any(|c| c.id == "guest-not-converted"),
+        "{:?}",
+        o.report.concerns
+    );
+    assert!(out.join("disks/scsi0-0.qcow2").is_file());
+}
+
+#[test]
+fn a_critical_concern_is_refused_before_anything_is_written() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(
+        d.path(),
+        "scsi0:1.present = \"TRUE\"\nscsi0:1.fileName = \"gone.vmdk\"\n",
+    );
+    let out = d.path().join("out");
+    let boot = Recording::default();
+    let e = migrate_with(&options(&vmx, &out), None, &boot, &quiet).unwrap_err();
+    assert!(e.is_refusal(), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("critical pre-flight concerns") && msg.contains("disk-missing"),
+        "{msg}"
+    );
+    let disks: Vec<_> = std::fs::read_dir(out.join("disks")).unwrap().collect();
+    assert!(disks.is_empty(), "{disks:?}");
+    assert!(!out.join("vm.json").exists());
+}
+
+#[test]
+fn an_efi_guest_gets_its_own_variable_store_in_the_run_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(d.path(), "firmware = \"efi\"\n");
+    let out = d.path().join("out");
+    let boot = Recording::default();
+    migrate_with(&options(&vmx, &out), None, &boot, &quiet).unwrap();
+    let vars = out.join("pipe_VARS.fd");
+    let template = v2k_kvm_target::firmware::OVMF_VARS;
+    assert_eq!(
+        std::fs::read(&vars).unwrap(),
+        std::fs::read(template).unwrap(),
+        "a copy of the plain template"
+    );
+    let argv = std::fs::read_to_string(out.join("qemu-cmdline.json")).unwrap();
+    assert!(argv.contains(&*vars.to_string_lossy()), "{argv}");
+    assert!(!argv.contains(template), "{argv}");
+    let xml = std::fs::read_to_string(out.join("domain.xml")).unwrap();
+    assert!(
+        xml.contains(&format!("<nvram>{}</nvram>", vars.display())),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<feature enabled='no' name='secure-boot'/>"),
+        "{xml}"
+    );
+    // The validation boot is handed the VM's store (the validator copies it).
+    let t = &boot.validated.lock().unwrap()[0];
+    assert_eq!(t.firmware.vars(), Some(vars.as_path()));
+}
