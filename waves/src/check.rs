@@ -117,7 +117,10 @@ pub fn check(plan: &Plan) -> CheckReport {
                 let opts = v2k_inventory::Options {
                     verify_manifest: v.verify_manifest,
                 };
-                Some(v2k_inventory::load(&v.source, &opts).map_err(|e| e.to_string()))
+                Some(
+                    v2k_inventory::load(&v.source, &opts)
+                        .map_err(|e| crate::runner::error_chain(&e)),
+                )
             } else {
                 None
             };
