@@ -58,7 +58,7 @@ fn main() {
             if console::is_broken_pipe(&err) {
                 std::process::exit(exit::OK);
             }
-            eprintln!("v2k: error: {err:#}");
+            console::say!("v2k: error: {err:#}");
             std::process::exit(exit::ERROR);
         }
     }

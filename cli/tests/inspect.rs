@@ -160,7 +160,7 @@ fn control_characters_in_names_are_escaped_in_the_table() {
     let out = v2k(&["inspect", "vm.vmx"], d.path());
     let stdout = text(&out.stdout);
     assert!(!stdout.contains('\u{1b}'), "{stdout:?}");
-    assert!(stdout.contains("evil\\u{1b}[2Jname"), "{stdout}");
+    assert!(stdout.contains("evil\\x1b[2Jname"), "{stdout}");
 }
 
 #[test]

@@ -19,7 +19,6 @@ pub mod probe;
 pub mod tar;
 pub mod vmx;
 
-use std::io::Read;
 use std::path::Path;
 
 pub use discover::discover;
@@ -62,16 +61,12 @@ pub fn load(path: &Path, opts: &Options, probe: &dyn DiskProbe) -> Result<Vec<Vm
     Ok(vms)
 }
 
-/// Reads a whole file, refusing it before reading if it is larger than `limit`.
+/// Reads a whole file, refusing it if it is larger than `limit`: before reading when
+/// its size says so, and on the read itself whatever its size says (a special file or
+/// a link to one is refused by `v2k_untrusted::file::open`, a FIFO without blocking).
 pub(crate) fn read_limited(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = v2k_untrusted::file::open(path).map_err(|e| Error::io(path, e))?;
     let meta = f.metadata().map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-        ));
-    }
     if meta.len() > limit {
         return Err(Error::TooLarge {
             path: path.to_path_buf(),
@@ -80,20 +75,7 @@ pub(crate) fn read_limited(path: &Path, limit: u64, what: &'static str) -> Resul
             limit,
         });
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    // take() guards against a file that grows between stat and read.
-    f.take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Error::io(path, e))?;
-    if buf.len() as u64 > limit {
-        return Err(Error::TooLarge {
-            path: path.to_path_buf(),
-            what,
-            size: buf.len() as u64,
-            limit,
-        });
-    }
-    Ok(buf)
+    v2k_untrusted::file::read_from(f, limit, what).map_err(|e| Error::io(path, e))
 }
 
 /// An OVF in a directory: files resolved inside the OVF's directory; a `.mf` with the
@@ -190,7 +172,7 @@ fn load_ovf(path: &Path, opts: &Options) -> Result<Vec<Vm>> {
                 &entries,
                 &required,
                 |n| resolve(n).is_some(),
-                |n| std::fs::File::open(resolve(n).ok_or(std::io::ErrorKind::NotFound)?),
+                |n| v2k_untrusted::file::open(&resolve(n).ok_or(std::io::ErrorKind::NotFound)?),
             )
             .map_err(merr)?;
             ManifestStatus::Verified

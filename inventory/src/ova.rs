@@ -67,7 +67,7 @@ fn members_for<'a>(members: &'a [Member], name: &str) -> Vec<&'a Member> {
 
 /// Loads every VM of an OVA. `path` must be absolute.
 pub fn load(path: &Path, opts: &Options) -> Result<Vec<Vm>> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = v2k_untrusted::file::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let members = crate::tar::index(&mut f, len).map_err(|m| tar_err(path, m))?;
     let top = |ext: &str| -> Vec<&Member> {
@@ -151,7 +151,7 @@ pub fn load(path: &Path, opts: &Options) -> Result<Vec<Vm>> {
             |n| find(n).is_some(),
             |n| {
                 let m = find(n).ok_or(std::io::ErrorKind::NotFound)?;
-                let mut f = File::open(path)?;
+                let mut f = v2k_untrusted::file::open(path)?;
                 f.seek(SeekFrom::Start(m.offset))?;
                 Ok(f.take(m.size))
             },

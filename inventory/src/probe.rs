@@ -54,7 +54,7 @@ impl DiskProbe for BuiltinProbe {
 }
 
 fn builtin(path: &Path) -> Result<DiskFacts, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("opening: {e}"))?;
+    let mut f = v2k_untrusted::file::open(path).map_err(|e| format!("opening: {e}"))?;
     let len = f.metadata().map_err(|e| format!("stat: {e}"))?.len();
     let mut head = [0u8; 512];
     let n = read_up_to(&mut f, &mut head)?;

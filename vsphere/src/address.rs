@@ -175,7 +175,8 @@ fn glob(pattern: &str, text: &str) -> bool {
 /// its owner only), else from [`PASSWORD_ENV`].
 pub fn password(file: Option<&Path>) -> Result<Secret> {
     if let Some(p) = file {
-        let f = std::fs::File::open(p).map_err(|e| Error::Io {
+        // Never blocks on a FIFO; anything but a regular file is refused here.
+        let f = v2k_untrusted::file::open(p).map_err(|e| Error::Io {
             path: p.to_path_buf(),
             what: "opening the password file".into(),
             source: e,

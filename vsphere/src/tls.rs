@@ -24,6 +24,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+/// A CA file larger than this is not a bundle of CA certificates: the whole Mozilla
+/// bundle is about 220 KiB.
+const MAX_CA_FILE_BYTES: u64 = 4 << 20;
+
 /// How the server's certificate is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsMode {
@@ -194,9 +198,13 @@ pub(crate) fn client_config(
             }
             if let Some(path) = extra_ca {
                 use rustls_pki_types::pem::PemObject;
-                let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
-                    Error::Usage(format!("{}: reading CA certificates: {e}", path.display()))
-                })?;
+                // Read through the untrusted-file helper (no FIFO hang, no endless
+                // /dev/zero), then parsed from memory.
+                let pem =
+                    v2k_untrusted::file::read(path, MAX_CA_FILE_BYTES, "CA file").map_err(|e| {
+                        Error::Usage(format!("{}: reading CA certificates: {e}", path.display()))
+                    })?;
+                let certs = CertificateDer::pem_slice_iter(&pem);
                 let mut n = 0;
                 for c in certs {
                     let c = c.map_err(|e| {

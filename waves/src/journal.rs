@@ -9,7 +9,7 @@
 //! (it announced nothing that took effect).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -210,7 +210,7 @@ pub fn read(run_dir: &Path) -> Result<Vec<Record>> {
 
 /// Whether a runner holds the journal now.
 pub fn is_locked(run_dir: &Path) -> bool {
-    let Ok(f) = File::open(run_dir.join(FILE_NAME)) else {
+    let Ok(f) = v2k_untrusted::file::open(&run_dir.join(FILE_NAME)) else {
         return false;
     };
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) {
@@ -225,27 +225,48 @@ pub fn is_locked(run_dir: &Path) -> bool {
 /// Every complete record, and the byte length they span. A torn last line (no
 /// newline) is left out; a complete line that does not parse is an error.
 fn read_from(path: &Path) -> Result<(Vec<Record>, u64)> {
-    let f = match File::open(path) {
+    // A journal is a regular file v2k wrote; a FIFO or device planted in its place is
+    // refused without blocking.
+    let f = match v2k_untrusted::file::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(io(format!("reading {}", path.display()))(e)),
     };
-    let mut r = BufReader::new(f);
+    records(BufReader::new(f), &path.display().to_string())
+}
+
+/// One record is a few hundred bytes (a hook's output tail is the longest field); a
+/// line longer than this is not a record, and is refused before it fills memory.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+/// The records of journal text, as [`read`] sees them (for fuzzing).
+pub fn parse(bytes: &[u8]) -> Result<Vec<Record>> {
+    records(bytes, "(memory)").map(|(r, _)| r)
+}
+
+fn records(mut r: impl BufRead, name: &str) -> Result<(Vec<Record>, u64)> {
     let mut out = Vec::new();
     let mut good = 0u64;
     let mut line = Vec::new();
     let mut n = 0usize;
     loop {
         line.clear();
-        let got = r
+        let got = (&mut r)
+            .take(MAX_RECORD_BYTES + 1)
             .read_until(b'\n', &mut line)
-            .map_err(io(format!("reading {}", path.display())))?;
+            .map_err(io(format!("reading {name}")))?;
+        if got as u64 > MAX_RECORD_BYTES {
+            return Err(Error::Journal {
+                path: name.to_string(),
+                message: format!("line {}: longer than {MAX_RECORD_BYTES} bytes", n + 1),
+            });
+        }
         if got == 0 || line.last() != Some(&b'\n') {
             break;
         }
         n += 1;
         let rec: Record = serde_json::from_slice(&line).map_err(|e| Error::Journal {
-            path: path.display().to_string(),
+            path: name.to_string(),
             message: format!("line {n}: {e}"),
         })?;
         out.push(rec);

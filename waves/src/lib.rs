@@ -9,6 +9,7 @@ pub mod expand;
 pub mod hooks;
 pub mod journal;
 pub mod plan;
+mod prescan;
 pub mod report;
 pub mod runner;
 
@@ -30,7 +31,7 @@ pub enum Error {
     /// The plan is wrong; nothing was run.
     #[error("{}", plan::format_problems(.0))]
     Plan(Vec<plan::Problem>),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

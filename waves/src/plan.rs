@@ -374,22 +374,19 @@ fn line_of_nth(text: &str, key: &str, n: usize) -> Option<usize> {
 pub fn load(path: &Path) -> Result<Plan> {
     let path =
         std::path::absolute(path).map_err(crate::io(format!("resolving {}", path.display())))?;
-    let meta =
-        std::fs::metadata(&path).map_err(crate::io(format!("reading {}", path.display())))?;
-    if meta.len() > MAX_PLAN_BYTES {
-        return Err(Error::Plan(vec![Problem {
-            line: None,
-            message: format!("{}: larger than {MAX_PLAN_BYTES} bytes", path.display()),
-        }]));
-    }
-    let text =
-        std::fs::read_to_string(&path).map_err(crate::io(format!("reading {}", path.display())))?;
+    // Not a FIFO, device or directory, and bounded on the read itself (a link to
+    // /dev/zero or a file that grows is refused at the limit, not after it).
+    let text = v2k_untrusted::file::read_to_string(&path, MAX_PLAN_BYTES, "wave plan")
+        .map_err(crate::io(format!("reading {}", path.display())))?;
     parse(&text, &path)
 }
 
 /// Parses plan text; `path` anchors relative paths (its directory) and names the
 /// default run directory.
 pub fn parse(text: &str, path: &Path) -> Result<Plan> {
+    // Alias bombs and deep nesting are refused before libyaml builds anything.
+    crate::prescan::check(text)
+        .map_err(|(line, message)| Error::Plan(vec![Problem { line, message }]))?;
     let file: PlanFile = serde_norway::from_str(text).map_err(|e| {
         let line = e.location().map(|l| l.line());
         // serde_norway appends " at line L column C"; the line goes in front instead.

@@ -316,7 +316,7 @@ pub fn run(
                         .unwrap_or_else(|e| {
                             events(RunEvent::Message {
                                 vm: v.name.clone(),
-                                text: format!("runner error: {e}"),
+                                text: format!("runner error: {}", error_chain(&e)),
                             });
                             VmStatus::Failed
                         });
@@ -635,7 +635,7 @@ fn free_space(path: &Path) -> Option<(u64, PathBuf)> {
 }
 
 /// An error and its sources, one line (the wave report shows why a VM failed).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {

@@ -202,7 +202,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                     console::emit_json(&v)?;
                 } else {
                     use std::io::Write;
-                    let mut out = std::io::stdout().lock();
+                    let mut out = console::human_stdout();
                     writeln!(
                         out,
                         "{} -> {}: {} virtual, {} data, {:.1} s copy ({:.0} MiB/s), {}",
@@ -227,7 +227,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                         "type": "error", "source": job.source.path, "output": job.output,
                         "kind": format!("{:?}", e.kind()), "message": format!("{:#}", anyhow::Error::from(e)) }))?;
                 } else {
-                    eprintln!("v2k: error: {:#}", anyhow::Error::from(e));
+                    console::say!("v2k: error: {:#}", anyhow::Error::from(e));
                 }
             }
         }

@@ -1,4 +1,6 @@
-//! `v2k info DISK.vmdk`: what a VMware disk is, without converting it.
+//! `v2k info DISK.vmdk`: what a VMware disk is, without converting it. Everything the
+//! disk says about itself (ddb values, extent and parent names) is escaped for the
+//! terminal (`console`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,7 +29,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             Ok(i) => i,
             Err(e) => {
                 failed = true;
-                eprintln!("v2k: error: {:#}", anyhow::Error::from(e));
+                console::say!("v2k: error: {:#}", anyhow::Error::from(e));
                 continue;
             }
         };
@@ -37,9 +39,13 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             console::emit_json(&v)?;
             continue;
         }
-        let mut o = std::io::stdout().lock();
-        writeln!(o, "{}", path.display())?;
-        writeln!(o, "  create type:     {}", info.create_type)?;
+        let mut o = console::human_stdout();
+        writeln!(o, "{}", console::escape_path(path))?;
+        writeln!(
+            o,
+            "  create type:     {}",
+            console::escape(&info.create_type)
+        )?;
         writeln!(
             o,
             "  capacity:        {} ({} bytes)",
@@ -61,7 +67,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             if info.compressed { "yes" } else { "no" }
         )?;
         if let Some(a) = &info.adapter_type {
-            writeln!(o, "  adapter type:    {a}")?;
+            writeln!(o, "  adapter type:    {}", console::escape(a))?;
         }
         if let Some(c) = info.cid {
             writeln!(o, "  CID:             {c:08x}")?;
@@ -82,15 +88,15 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                 e.sectors,
                 e.file
                     .as_ref()
-                    .map(|f| format!(" {}", f.display()))
+                    .map(|f| format!(" {}", console::escape_path(f)))
                     .unwrap_or_default()
             )?;
         }
         for (i, p) in info.parent_chain.iter().enumerate() {
-            writeln!(o, "  parent {}:        {}", i + 1, p.display())?;
+            writeln!(o, "  parent {}:        {}", i + 1, console::escape_path(p))?;
         }
         for (k, v) in &info.ddb {
-            writeln!(o, "  ddb.{k} = {v}")?;
+            writeln!(o, "  ddb.{} = {}", console::escape(k), console::escape(v))?;
         }
     }
     Ok(if failed { exit::ERROR } else { exit::OK })

@@ -14,7 +14,7 @@ use v2k_inventory::model::{DiskLocation, Severity, Vm};
 use v2k_inventory::Options;
 
 use crate::commands::convert::human;
-use crate::exit;
+use crate::{console, exit};
 
 /// Show what VMware VMs are made of and what will not migrate cleanly
 #[derive(clap::Args)]
@@ -56,7 +56,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => match v2k_inventory::discover(p) {
                 Ok(found) if found.is_empty() => {
-                    eprintln!(
+                    console::say!(
                         "v2k: warning: {}: no .vmx, .ovf or .ova file found",
                         p.display()
                     );
@@ -146,13 +146,13 @@ fn load_vsphere(
 /// field order of the schema (serde_json's `Value` would sort the keys).
 fn emit_line(line: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
-    out.write_all(line.as_bytes())?;
+    out.write_all(v2k_untrusted::term::json_safe(line).as_bytes())?;
     out.write_all(b"\n")?;
     out.flush()
 }
 
 fn report(err: &anyhow::Error) {
-    eprintln!("v2k: error: {}", clean(&format!("{err:#}")));
+    console::say!("v2k: error: {err:#}");
 }
 
 /// Loads every file on a few threads; results come back in input order so output is
@@ -194,19 +194,9 @@ fn load_all(files: &[PathBuf], opts: &Options) -> Vec<v2k_inventory::Result<Vec<
         .collect()
 }
 
-/// Escapes control characters in untrusted names (VM, disk, network) so they cannot
-/// move the cursor or rewrite the terminal.
+/// Untrusted names (VM, disk, network) escaped for the terminal (`v2k_untrusted::term`).
 fn clean(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let v: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            v
-        })
-        .collect()
+    console::escape(s).into_owned()
 }
 
 fn path_str(p: &Path) -> String {
@@ -266,7 +256,7 @@ fn lower<T: std::fmt::Debug>(v: T) -> String {
 }
 
 fn print_table(vm: &Vm) -> std::io::Result<()> {
-    let mut o = std::io::stdout().lock();
+    let mut o = console::human_stdout();
     writeln!(
         o,
         "{}  ({} {})",

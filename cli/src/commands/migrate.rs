@@ -137,14 +137,14 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                 let _ =
                     console::emit_json(&json!({"type": "stage", "stage": name, "status": status}));
             } else {
-                eprintln!("v2k: {name}: {status}");
+                console::say!("v2k: {name}: {status}");
             }
         }
         Event::Message(m) => {
             if json_mode {
                 let _ = console::emit_json(&json!({"type": "message", "message": m}));
             } else {
-                eprintln!("v2k:   {m}");
+                console::say!("v2k:   {m}");
             }
         }
         // Copy progress: JSON Lines only (the converter reports every 16 MiB); on a
@@ -203,7 +203,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         }))?;
     } else {
         use std::io::Write;
-        let mut o = std::io::stdout().lock();
+        let mut o = console::human_stdout();
         writeln!(o, "{}: {}", r.vm, r.result)?;
         if let Some(v) = &r.validation {
             for c in &v.checks {

@@ -100,7 +100,7 @@ impl SourceArgs {
 /// names the switch that did (`--insecure`, a plan's `insecure: true`).
 pub fn warn_insecure(settings: &v2k_vsphere::ConnectSettings, host: &str, how: &str) {
     if settings.insecure {
-        eprintln!(
+        crate::console::say!(
             "v2k: warning: {how}: the certificate of {host} is not checked; anyone on the \
              path can read the password and the disks"
         );

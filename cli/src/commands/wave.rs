@@ -113,8 +113,8 @@ fn load(
 fn print_problems(path: &std::path::Path, problems: &[plan::Problem]) {
     for p in problems {
         match p.line {
-            Some(l) => eprintln!("v2k: error: {}:{l}: {}", path.display(), p.message),
-            None => eprintln!("v2k: error: {}: {}", path.display(), p.message),
+            Some(l) => console::say!("v2k: error: {}:{l}: {}", path.display(), p.message),
+            None => console::say!("v2k: error: {}: {}", path.display(), p.message),
         }
     }
 }
@@ -136,7 +136,7 @@ fn check(path: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
         )?;
     } else {
         print_problems(&path, &c.problems);
-        let mut o = std::io::stdout().lock();
+        let mut o = console::human_stdout();
         writeln!(
             o,
             "{:12} {:24} {:5} {:>9}  concerns",
@@ -158,8 +158,8 @@ fn check(path: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
             writeln!(
                 o,
                 "{:12} {:24} {:5} {:>9}  {}",
-                v.wave,
-                v.name,
+                console::escape(&v.wave),
+                console::escape(&v.name),
                 v.disks,
                 v.estimated_bytes >> 20,
                 concerns
@@ -172,7 +172,7 @@ fn check(path: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
                 )?;
             }
             if let Some(e) = &v.error {
-                writeln!(o, "{:12} {:24} WILL FAIL: {e}", "", "")?;
+                writeln!(o, "{:12} {:24} WILL FAIL: {}", "", "", console::escape(e))?;
             }
         }
     }
@@ -215,16 +215,16 @@ fn run(
                 } else {
                     println!(
                         "{:12} {:24} -> {}{}",
-                        w.name,
-                        v.name,
-                        v.out.display(),
+                        console::escape(&w.name),
+                        console::escape(&v.name),
+                        console::escape_path(&v.out),
                         if v.validate { "" } else { " (no validation)" }
                     );
                 }
             }
         }
         if !json_mode {
-            println!("run directory: {}", p.run_dir.display());
+            println!("run directory: {}", console::escape_path(&p.run_dir));
         }
         return Ok(exit::OK);
     }
@@ -246,7 +246,7 @@ fn run(
             &json!({"type": "run-finished", "exit-code": summary.exit_code, "run-dir": p.run_dir}),
         )?;
     } else {
-        let mut o = std::io::stdout().lock();
+        let mut o = console::human_stdout();
         for w in &summary.waves {
             let s = &w.summary;
             writeln!(
@@ -295,7 +295,7 @@ fn status(run_dir: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
         "interrupted"
     };
     let mut worst = exit::OK;
-    let mut o = std::io::stdout().lock();
+    let mut o = console::human_stdout();
     if !json_mode {
         writeln!(o, "run {}: {state}", run_dir.display())?;
     }
@@ -310,7 +310,7 @@ fn status(run_dir: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
                 &json!({"type": "wave-status", "run": state, "wave": r.wave, "summary": r.summary,
                 "vms": r.vms.iter().map(|v| json!({"vm": v.name, "status": v.status, "result": v.result, "reason": v.reason, "attempts": v.attempts})).collect::<Vec<_>>()}),
             )?;
-            o = std::io::stdout().lock();
+            o = console::human_stdout();
         } else {
             let s = &r.summary;
             writeln!(
@@ -359,7 +359,7 @@ fn report(run_dir: PathBuf) -> anyhow::Result<i32> {
         }
         let html = v2k_waves::report::write(&run_dir, &r)
             .with_context(|| format!("writing the report of wave {w}"))?;
-        println!("{}", html.display());
+        println!("{}", console::escape_path(&html));
     }
     Ok(worst)
 }
@@ -388,9 +388,9 @@ impl Ui {
     fn line(&self, s: String) {
         match &self.multi {
             Some(m) => {
-                let _ = m.println(s);
+                let _ = m.println(console::escape(&s));
             }
-            None => eprintln!("{s}"),
+            None => console::say!("{s}"),
         }
     }
 
@@ -403,10 +403,11 @@ impl Ui {
                 ProgressStyle::with_template("{spinner} {prefix:24} {elapsed:>5} {wide_msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
-            b.set_prefix(vm.to_string());
+            b.set_prefix(console::escape(vm).into_owned());
             b.enable_steady_tick(std::time::Duration::from_millis(200));
             b
         });
+        let msg = console::escape(&msg).into_owned();
         if done {
             b.finish_with_message(msg);
         } else {
@@ -428,7 +429,7 @@ impl Ui {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );
-            b.set_prefix(format!("{vm} disk {disk}"));
+            b.set_prefix(format!("{} disk {disk}", console::escape(vm)));
             // Below the VM's line and its earlier disks.
             let above = (0..disk)
                 .rev()
@@ -513,7 +514,7 @@ impl Ui {
             } => self.bar(&vm, format!("{stage}: {status}"), false),
             RunEvent::Message { vm, text } => {
                 if self.multi.is_none() {
-                    eprintln!("v2k: {vm}:   {text}");
+                    console::say!("v2k: {vm}:   {text}");
                 }
             }
             RunEvent::Disk {
@@ -543,7 +544,7 @@ impl Ui {
                 };
                 self.bar(&vm, what.clone(), true);
                 if self.multi.is_none() {
-                    eprintln!("v2k: {vm}: {what}");
+                    console::say!("v2k: {vm}: {what}");
                 }
             }
             RunEvent::VmNotRun { vm, reason, .. } => {

@@ -85,7 +85,7 @@ fn layer(path: &Path, capacity: u64) -> Result<Vec<Extent>> {
     let what = "opening a snapshot layer";
     // At most a descriptor's worth: the parser refuses anything longer.
     let mut raw = Vec::new();
-    File::open(path)
+    v2k_untrusted::file::open(path)
         .and_then(|f| f.take(MAX_DESCRIPTOR + 1).read_to_end(&mut raw))
         .map_err(|e| Error::io(path, what, e))?;
     if raw.first() != Some(&b'#') {
@@ -122,7 +122,8 @@ fn layer(path: &Path, capacity: u64) -> Result<Vec<Extent>> {
                     start,
                     len,
                     backing: Backing::Flat {
-                        file: File::open(&p).map_err(|err| Error::io(&p, what, err))?,
+                        file: v2k_untrusted::file::open(&p)
+                            .map_err(|err| Error::io(&p, what, err))?,
                         offset: e.offset.checked_mul(SECTOR).ok_or_else(|| {
                             Error::invalid(path, format!("extent {} offset overflows", n + 1))
                         })?,
@@ -153,7 +154,7 @@ fn sparse_extent(file: &Path, start: u64, len: u64) -> Result<Extent> {
         .map_err(|e| Error::vmdk(file, "opening a sparse extent", e))?;
     let mut grain = r.info().grain_size_bytes;
     let what = "opening a sparse extent";
-    let mut f = File::open(file).map_err(|e| Error::io(file, what, e))?;
+    let mut f = v2k_untrusted::file::open(file).map_err(|e| Error::io(file, what, e))?;
     let flen = f.metadata().map_err(|e| Error::io(file, what, e))?.len();
     let mut magic = [0u8; 4];
     f.read_exact(&mut magic)

@@ -296,7 +296,8 @@ impl VmdkImage {
         let src = &self.info.source;
         let what = "opening the disk for reading";
         if let Some(r) = src.range {
-            let f = File::open(&src.path).map_err(|e| Error::io(&src.path, what, e))?;
+            let f =
+                v2k_untrusted::file::open(&src.path).map_err(|e| Error::io(&src.path, what, e))?;
             let slice = BufReader::new(FileSlice::new(f, r.offset, r.len));
             let reader =
                 vmdk::VmdkReader::open(slice).map_err(|e| Error::vmdk(&src.path, what, e))?;
@@ -327,13 +328,11 @@ fn canonical(p: &Path) -> Result<PathBuf> {
 /// Opens the source's bytes (whole file or slice) and returns a reader and length.
 fn open_bytes(source: &Source) -> Result<(Box<dyn ReadSeek>, u64)> {
     let path = &source.path;
-    let f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
+    // Regular files only, and a FIFO never blocks the open.
+    let f = v2k_untrusted::file::open(path).map_err(|e| Error::io(path, "opening", e))?;
     let meta = f
         .metadata()
         .map_err(|e| Error::io(path, "reading metadata of", e))?;
-    if !meta.is_file() {
-        return Err(Error::invalid(path, "not a regular file"));
-    }
     match source.range {
         None => Ok((Box::new(BufReader::new(f)), meta.len())),
         Some(r) => {
@@ -513,7 +512,13 @@ fn analyse_descriptor_file(path: &Path, len: u64) -> Result<Layer> {
             format!("descriptor is {len} bytes, more than the 1 MiB limit"),
         ));
     }
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, "reading the descriptor", e))?;
+    // Bounded on the read too: the file may have grown since it was measured.
+    let raw = v2k_untrusted::file::read(
+        path,
+        descriptor::MAX_DESCRIPTOR_BYTES as u64,
+        "VMDK descriptor",
+    )
+    .map_err(|e| Error::io(path, "reading the descriptor", e))?;
     let desc = descriptor::parse(&raw).map_err(|e| Error::invalid(path, e.to_string()))?;
     if desc.extents.is_empty() {
         return Err(Error::invalid(path, "descriptor lists no extents"));
