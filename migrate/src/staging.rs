@@ -97,7 +97,13 @@ pub fn stage(loc: &DiskLocation, capacity: Option<u64>, dest: &Path, id: &str) -
     };
     let max = limit(capacity);
     if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(crate::io(format!("creating {}", dir.display())))?;
+        // The run directory is the user's; the staging directory inside it is ours and
+        // must not be a link planted there.
+        if let Some(run) = dir.parent() {
+            std::fs::create_dir_all(run)
+                .map_err(crate::io(format!("creating {}", run.display())))?;
+        }
+        v2k_outfile::create_dir(dir).map_err(v2k_converters::Error::from)?;
     }
     // Errors of the output helper reach this crate's error through the converters' one.
     let part = PartialFile::create(dest, true).map_err(v2k_converters::Error::from)?;

@@ -588,6 +588,32 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], overwrite: bool, mode: u32) 
     f.commit()
 }
 
+/// Makes sure `path` is a real directory v2k may write into: created if missing (its
+/// parent must exist), and refused when its last component is a link, a file or anything
+/// but a directory. For directories v2k names itself inside an output or run directory
+/// (staging areas), where a planted link would send every file elsewhere. (Files are
+/// then created by path, so someone able to rename entries in the parent between this
+/// check and those writes could still swap it; the files themselves stay protected.)
+pub fn create_dir(path: &Path) -> Result<()> {
+    let place = Place::open(path)?;
+    match rustix::fs::mkdirat(&place.dir, &place.name, Mode::from_raw_mode(0o777)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(Error::io(path, "creating the directory", e)),
+    }
+    match place.stat(&place.name)? {
+        Some(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => Ok(()),
+        Some(st) => Err(Error::NotRegular {
+            path: path.to_path_buf(),
+            kind: kind_name(FileType::from_raw_mode(st.st_mode)),
+        }),
+        None => Err(Error::io(
+            path,
+            "creating the directory",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )),
+    }
+}
+
 /// Opens a log for appending, creating it if needed: never through a link
 /// (`O_NOFOLLOW`), never a FIFO or device, never a file with other hard links (it
 /// would be someone else's file). For a fresh log, prefer [`create_new`].

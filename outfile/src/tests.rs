@@ -280,3 +280,18 @@ fn a_killed_runs_temporary_is_removed_by_the_next_writer_of_that_output() {
     assert!(other.exists());
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }
+
+#[test]
+fn a_link_planted_where_a_directory_is_made_is_refused() {
+    let (d, out, _) = setup();
+    let elsewhere = d.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    symlink(&elsewhere, out.join("staging")).unwrap();
+    let e = create_dir(&out.join("staging")).unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    create_dir(&out.join("fresh")).unwrap();
+    create_dir(&out.join("fresh")).unwrap();
+    assert!(out.join("fresh").is_dir());
+    std::fs::write(out.join("file"), b"").unwrap();
+    assert!(create_dir(&out.join("file")).is_err());
+}

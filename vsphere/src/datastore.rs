@@ -504,16 +504,16 @@ impl Client {
         dir: &std::path::Path,
         progress: &dyn DownloadProgress,
     ) -> Result<std::path::PathBuf> {
-        let io = |path: &std::path::Path, what: &str| {
-            let path = path.to_path_buf();
-            let what = what.to_string();
-            move |e| Error::Io {
-                path,
-                what,
+        // The output directory is the user's; the staging directory in it is ours and
+        // never a link planted under its name.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::Io {
+                path: parent.to_path_buf(),
+                what: "creating the output directory".into(),
                 source: e,
-            }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir, "creating the staging directory"))?;
+            })?;
+        }
+        v2k_outfile::create_dir(dir)?;
         let s = self.session.clone();
         let local_name = |p: &DatastorePath| -> Result<String> {
             let name = p.path.rsplit('/').next().unwrap_or(&p.path).to_string();
