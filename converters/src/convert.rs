@@ -401,11 +401,11 @@ pub fn convert(
 
     let cs = opts.cluster_size;
     let chunk = MIN_CHUNK.max(cs);
-    let out = PartialFile::create(&job.output, opts.overwrite)?;
+    let out = open_output(&job.output, opts)?;
     let tmp = out.tmp_path().to_path_buf();
     let mut sink = match opts.format {
         Format::Qcow2 => Sink::Qcow2(Box::new(Qcow2Writer::new(out.file(), &tmp, size, bits)?)),
-        Format::Raw => Sink::Raw(RawWriter::new(out.file(), &tmp, size)?),
+        Format::Raw => Sink::Raw(RawWriter::new(out.file(), &tmp, size, out.is_device())?),
     };
     let compress_limit = match (&sink, opts.compress) {
         (Sink::Qcow2(w), true) => Some(w.max_compressed_len()),
@@ -498,50 +498,51 @@ pub fn convert(
             let data = (st.data_clusters + st.compressed_clusters) * cs;
             (Some(st), data.min(size))
         }
-        Sink::Raw(w) => (None, w.finish()),
+        Sink::Raw(w) => (None, w.finish()?),
     };
     let source_hash = hasher.finish(size);
     let copy_seconds = started.elapsed().as_secs_f64();
 
-    let Committed {
-        output_hash,
-        verify_seconds,
-        file_size,
-    } = verify_and_commit(out, &job.output, opts, size, &source_hash, disk, progress)?;
-
-    let total_seconds = started.elapsed().as_secs_f64();
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let manifest = Manifest {
-        schema_version: manifest::SCHEMA_VERSION,
-        v2k_version: env!("CARGO_PKG_VERSION").into(),
-        source: SourceFacts::new(&job.source, &info),
-        output: OutputFacts {
-            path: job.output.clone(),
-            format: opts.format.name().into(),
-            cluster_size: stats.map(|_| cs),
-            compressed: opts.compress,
-            file_size,
-            data_bytes,
-        },
-        hash: HashFacts::blkhash(source_hash, output_hash),
-        timing: Timing {
-            started_unix,
-            copy_seconds,
-            verify_seconds,
-            total_seconds,
-            virtual_mib_per_second: mib(size) / copy_seconds.max(1e-9),
-            data_mib_per_second: mib(info.allocated_bytes) / copy_seconds.max(1e-9),
-        },
-    };
-    let json =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Usage(format!("internal: {e}")))?;
-    crate::output::write_atomic(&manifest::manifest_path(&job.output), &json)?;
+    let manifest = verify_and_commit(out, opts, size, &source_hash, disk, progress, |c| {
+        let total_seconds = started.elapsed().as_secs_f64();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        Manifest {
+            schema_version: manifest::SCHEMA_VERSION,
+            v2k_version: env!("CARGO_PKG_VERSION").into(),
+            source: SourceFacts::new(&job.source, &info),
+            output: OutputFacts {
+                path: job.output.clone(),
+                format: opts.format.name().into(),
+                cluster_size: stats.map(|_| cs),
+                compressed: opts.compress,
+                file_size: c.file_size,
+                data_bytes,
+            },
+            hash: HashFacts::blkhash(source_hash.clone(), c.output_hash),
+            timing: Timing {
+                started_unix,
+                copy_seconds,
+                verify_seconds: c.verify_seconds,
+                total_seconds,
+                virtual_mib_per_second: mib(size) / copy_seconds.max(1e-9),
+                data_mib_per_second: mib(info.allocated_bytes) / copy_seconds.max(1e-9),
+            },
+        }
+    })?;
     progress.event(Event::Finished { disk });
     Ok(manifest)
 }
 
-/// Refuses an output path that is one of the source's own files (with `--force`
-/// it would otherwise be truncated while being read).
+/// Opens the output of a conversion: a fresh temporary file beside the final name, or,
+/// for a raw output given as a block device (with `--force` as consent), the device
+/// itself, written in place.
+pub(crate) fn open_output(output: &Path, opts: &Options) -> Result<PartialFile> {
+    Ok(match opts.format {
+        Format::Raw => PartialFile::create_allowing_device(output, opts.overwrite)?,
+        Format::Qcow2 => PartialFile::create(output, opts.overwrite)?,
+    })
+}
+
 /// What [`verify_and_commit`] leaves for the manifest.
 pub(crate) struct Committed {
     pub output_hash: Option<String>,
@@ -550,27 +551,34 @@ pub(crate) struct Committed {
 }
 
 /// The end of every conversion (file or stream): with `opts.verify`, the written output
-/// is read back and hashed and must match `source_hash`; then the temporary file is
-/// synced and renamed to `output`. A mismatch leaves nothing under `output`.
+/// is read back and hashed and must match `source_hash`; then the manifest made by
+/// `manifest` is staged beside it, and both are committed as one group, the manifest
+/// first and the disk last: the disk appears under its final name only once its
+/// manifest is durable, and a failure at any step (a full disk at the manifest) leaves
+/// neither, so a rerun starts clean. A mismatch leaves nothing under `output`. A block
+/// device output is synced in place and gets no manifest file (it has no directory of
+/// its own to hold one): the manifest is returned to the caller only.
 pub(crate) fn verify_and_commit(
     out: PartialFile,
-    output: &Path,
     opts: &Options,
     size: u64,
     source_hash: &str,
     disk: usize,
     progress: &dyn Progress,
-) -> Result<Committed> {
-    let tmp = out.tmp_path().to_path_buf();
+    manifest: impl FnOnce(Committed) -> Manifest,
+) -> Result<Manifest> {
+    let output = out.final_path().to_path_buf();
     let verify_start = Instant::now();
     let output_hash = if opts.verify {
         progress.event(Event::Verifying { disk });
-        let h = crate::verify::hash_output(&tmp, opts.format, size, &|done| {
+        // Read back through our own descriptor's /proc link: the bytes checked are the
+        // bytes committed, whatever happens to the names in the directory meanwhile.
+        let h = crate::verify::hash_output(&out.reopen_path(), opts.format, size, &|done| {
             progress.event(Event::Verified { disk, done })
         })?;
         if h != source_hash {
             return Err(Error::VerifyMismatch {
-                path: output.to_path_buf(),
+                path: output,
                 expected: source_hash.to_string(),
                 actual: h,
             });
@@ -580,19 +588,34 @@ pub(crate) fn verify_and_commit(
         None
     };
     let verify_seconds = verify_start.elapsed().as_secs_f64();
-    let file_size = out
-        .file()
-        .metadata()
-        .map_err(|e| Error::io(&tmp, "reading metadata of", e))?
-        .len();
-    out.commit()?;
-    Ok(Committed {
+    let file_size = if out.is_device() {
+        size
+    } else {
+        out.file()
+            .metadata()
+            .map_err(|e| Error::io(out.tmp_path(), "reading metadata of", e))?
+            .len()
+    };
+    let m = manifest(Committed {
         output_hash,
         verify_seconds,
         file_size,
-    })
+    });
+    if out.is_device() {
+        out.commit()?;
+        return Ok(m);
+    }
+    let json = serde_json::to_vec_pretty(&m).map_err(|e| Error::Usage(format!("internal: {e}")))?;
+    // The manifest always replaces a stale one (a run killed between the two renames
+    // leaves a manifest without its disk); the disk's own `overwrite` was checked when
+    // it was created and is checked again by its rename.
+    let staged = PartialFile::staged(&manifest::manifest_path(&output), &json, true)?;
+    v2k_outfile::commit_all(vec![staged, out])?;
+    Ok(m)
 }
 
+/// Refuses an output path that is one of the source's own files (with `--force`
+/// it would otherwise be truncated while being read).
 fn refuse_output_over_source(output: &Path, image: &VmdkImage) -> Result<()> {
     let Ok(out) = std::fs::canonicalize(output) else {
         return Ok(()); // does not exist yet
@@ -612,9 +635,45 @@ fn refuse_output_over_source(output: &Path, image: &VmdkImage) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a set of conversions of which two would write the same output file (two
+/// sources named alike converted into one directory, two disk ids that sanitise to the
+/// same file name): without this, one output would silently replace the other, or the
+/// second would be blamed on "another v2k process". `outputs` are `(source, output)`
+/// pairs, as the caller would name them in a message. Checked before anything is
+/// written.
+pub fn check_distinct_outputs(outputs: &[(&Path, &Path)]) -> Result<()> {
+    let mut seen: BTreeMap<PathBuf, &Path> = BTreeMap::new();
+    for &(source, output) in outputs {
+        if let Some(first) = seen.insert(output_key(output), source) {
+            return Err(Error::Usage(format!(
+                "{} and {} would both be written to {}; give them distinct output names \
+                 (nothing was written)",
+                first.display(),
+                source.display(),
+                output.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What makes two output paths the same file: their directory as the system resolves
+/// it (when it exists) and their name.
+fn output_key(output: &Path) -> PathBuf {
+    let name = output.file_name().unwrap_or(output.as_os_str());
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.components().collect())
+        .join(name)
+}
+
 /// Converts several disks concurrently, at most `parallel_disks` at a time, all
 /// sharing the current rayon pool for their chunks; one failing disk does not stop
-/// the others. Results come back in job order.
+/// the others. Results come back in job order. Jobs that share an output are all
+/// refused ([`check_distinct_outputs`]) and nothing is converted.
 pub fn convert_all(
     jobs: &[Job],
     opts: &Options,
@@ -622,6 +681,17 @@ pub fn convert_all(
     progress: &dyn Progress,
 ) -> Vec<Result<Manifest>> {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    let pairs: Vec<(&Path, &Path)> = jobs
+        .iter()
+        .map(|j| (j.source.path.as_path(), j.output.as_path()))
+        .collect();
+    if let Err(e) = check_distinct_outputs(&pairs) {
+        let msg = e.to_string();
+        return jobs
+            .iter()
+            .map(|_| Err(Error::Usage(msg.clone())))
+            .collect();
+    }
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<Manifest>>>> =
         Mutex::new((0..jobs.len()).map(|_| None).collect());

@@ -38,6 +38,10 @@ pub enum Error {
     /// The caller asked for something impossible (bad option value).
     #[error("{0}")]
     Usage(String),
+    /// Creating or committing an output file failed, or was refused (it exists, it is
+    /// not a regular file, another process writes it).
+    #[error(transparent)]
+    Output(#[from] v2k_outfile::Error),
 }
 
 /// A coarse classification callers can branch on (exit codes, retries).
@@ -59,6 +63,8 @@ impl Error {
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::VerifyMismatch { .. } => ErrorKind::VerifyMismatch,
             Error::Usage(_) => ErrorKind::Usage,
+            Error::Output(e) if e.is_refusal() => ErrorKind::Usage,
+            Error::Output(_) => ErrorKind::Io,
         }
     }
 

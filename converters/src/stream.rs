@@ -9,21 +9,20 @@
 //!
 //! The same pieces as [`crate::convert`]: the write-once QCOW2 writer (or the sparse raw
 //! writer), the `v2k-blkhash-sha256` content hash computed as bytes arrive, the
-//! crash-safe [`PartialFile`] and the read-back verification of [`crate::verify`]. What
+//! crash-safe output file (`v2k-outfile`) and the read-back verification of [`crate::verify`]. What
 //! differs is the source: a stream is read once, in order, so there is no allocation
 //! map to skip holes and no parallel readers; zero clusters are detected on the bytes
 //! instead. A stream that ends early or runs past the virtual size is an error, and the
 //! partial output is removed.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::blkhash::{self, Hasher};
-use crate::convert::{verify_and_commit, Committed, Event, Options, Progress};
+use crate::convert::{open_output, verify_and_commit, Event, Options, Progress};
 use crate::error::{Error, Result};
 use crate::manifest::{self, HashFacts, Manifest, OutputFacts, SourceFacts, Timing};
-use crate::output::PartialFile;
 use crate::qcow2::Qcow2Writer;
 use crate::raw::RawWriter;
 use crate::verify::Format;
@@ -101,11 +100,11 @@ pub fn convert_stream(
         allocated_bytes: size,
     });
 
-    let out = PartialFile::create(&job.output, opts.overwrite)?;
+    let out = open_output(&job.output, opts)?;
     let tmp = out.tmp_path().to_path_buf();
     let mut sink = match opts.format {
         Format::Qcow2 => Sink::Qcow2(Box::new(Qcow2Writer::new(out.file(), &tmp, size, bits)?)),
-        Format::Raw => Sink::Raw(RawWriter::new(out.file(), &tmp, size)?),
+        Format::Raw => Sink::Raw(RawWriter::new(out.file(), &tmp, size, out.is_device())?),
     };
     let chunk = STREAM_CHUNK.max(cs);
     let chunk_len =
@@ -159,54 +158,47 @@ pub fn convert_stream(
             w.finish()?;
         }
         Sink::Raw(w) => {
-            w.finish();
+            w.finish()?;
         }
     }
     let source_hash = hasher.finish(size);
     let copy_seconds = started.elapsed().as_secs_f64();
 
-    let Committed {
-        output_hash,
-        verify_seconds,
-        file_size,
-    } = verify_and_commit(out, &job.output, opts, size, &source_hash, disk, progress)?;
-
-    let total_seconds = started.elapsed().as_secs_f64();
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let manifest = Manifest {
-        schema_version: manifest::SCHEMA_VERSION,
-        v2k_version: env!("CARGO_PKG_VERSION").into(),
-        source: SourceFacts {
-            path: job.label.clone(),
-            offset: None,
-            length: None,
-            format: "vmdk".into(),
-            create_type: job.create_type.clone(),
-            virtual_size: size,
-            allocated_bytes: data_bytes,
-            parent_chain: Vec::new(),
-        },
-        output: OutputFacts {
-            path: job.output.clone(),
-            format: opts.format.name().into(),
-            cluster_size: (opts.format == Format::Qcow2).then_some(cs),
-            compressed: false,
-            file_size,
-            data_bytes,
-        },
-        hash: HashFacts::blkhash(source_hash, output_hash),
-        timing: Timing {
-            started_unix,
-            copy_seconds,
-            verify_seconds,
-            total_seconds,
-            virtual_mib_per_second: mib(size) / copy_seconds.max(1e-9),
-            data_mib_per_second: mib(data_bytes) / copy_seconds.max(1e-9),
-        },
-    };
-    let json =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Usage(format!("internal: {e}")))?;
-    crate::output::write_atomic(&manifest::manifest_path(&job.output), &json)?;
+    let manifest = verify_and_commit(out, opts, size, &source_hash, disk, progress, |c| {
+        let total_seconds = started.elapsed().as_secs_f64();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        Manifest {
+            schema_version: manifest::SCHEMA_VERSION,
+            v2k_version: env!("CARGO_PKG_VERSION").into(),
+            source: SourceFacts {
+                path: job.label.clone(),
+                offset: None,
+                length: None,
+                format: "vmdk".into(),
+                create_type: job.create_type.clone(),
+                virtual_size: size,
+                allocated_bytes: data_bytes,
+                parent_chain: Vec::new(),
+            },
+            output: OutputFacts {
+                path: job.output.clone(),
+                format: opts.format.name().into(),
+                cluster_size: (opts.format == Format::Qcow2).then_some(cs),
+                compressed: false,
+                file_size: c.file_size,
+                data_bytes,
+            },
+            hash: HashFacts::blkhash(source_hash.clone(), c.output_hash),
+            timing: Timing {
+                started_unix,
+                copy_seconds,
+                verify_seconds: c.verify_seconds,
+                total_seconds,
+                virtual_mib_per_second: mib(size) / copy_seconds.max(1e-9),
+                data_mib_per_second: mib(data_bytes) / copy_seconds.max(1e-9),
+            },
+        }
+    })?;
     progress.event(Event::Finished { disk });
     Ok(manifest)
 }
@@ -244,16 +236,19 @@ fn write_nonzero(
     Ok(())
 }
 
-/// Where the partial output of `output` is written (for callers that clean up).
-pub fn partial_output(output: &Path) -> PathBuf {
-    crate::output::partial_path(output)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::convert::NoProgress;
+    use std::path::Path;
     use std::process::Command;
+
+    /// Whether `dir` holds no temporary or lock file of an output.
+    fn no_temporaries(dir: &Path) -> bool {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().contains(".v2k-"))
+    }
 
     /// A disk image with data, zero runs and a partial last cluster.
     fn pattern(size: usize) -> Vec<u8> {
@@ -326,7 +321,7 @@ mod tests {
             m.output.data_bytes < size as u64,
             "zero clusters were skipped"
         );
-        assert!(!partial_output(&out).exists());
+        assert!(no_temporaries(d.path()));
         qemu_img(&["check", "-f", "qcow2", out.to_str().unwrap()]);
         qemu_img(&[
             "compare",
@@ -404,7 +399,7 @@ mod tests {
             .unwrap_err();
             assert!(e.to_string().contains("stream"), "{e}");
             assert!(!out.exists());
-            assert!(!partial_output(&out).exists());
+            assert!(no_temporaries(d.path()));
         }
     }
 

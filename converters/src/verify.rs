@@ -93,11 +93,19 @@ pub fn hash_qcow2(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
 /// Content hash of a raw file of `size` virtual bytes.
 pub fn hash_raw(path: &Path, size: u64, progress: &dyn Fn(u64)) -> Result<String> {
     let f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
-    let len = f
+    let meta = f
         .metadata()
-        .map_err(|e| Error::io(path, "reading metadata of", e))?
-        .len();
-    if len != size {
+        .map_err(|e| Error::io(path, "reading metadata of", e))?;
+    use std::os::unix::fs::FileTypeExt;
+    // A block device output is at least the disk's size; only its first `size` bytes
+    // are the disk.
+    let device = meta.file_type().is_block_device();
+    let len = if device {
+        crate::raw::device_size(&f, path)?
+    } else {
+        meta.len()
+    };
+    if (device && len < size) || (!device && len != size) {
         return Err(Error::invalid(
             path,
             format!("raw file is {len} bytes, expected {size}"),
@@ -105,7 +113,7 @@ pub fn hash_raw(path: &Path, size: u64, progress: &dyn Fn(u64)) -> Result<String
     }
     hash_in_windows(size, CHUNK, progress, |s, off, n| {
         let mut d = Vec::new();
-        if is_hole(&f, off, n) {
+        if !device && is_hole(&f, off, n) {
             blkhash::digest_zeros(n, &mut d);
             return Ok(d);
         }

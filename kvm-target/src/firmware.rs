@@ -99,10 +99,8 @@ pub fn ensure_vars(f: &Firmware) -> std::io::Result<()> {
             format!("{}: exists and is not a regular file", vars.display()),
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // OUTFILE: switch to the one write helper when it lands.
-            let tmp = vars.with_extension("fd.v2k-tmp");
-            std::fs::copy(template, &tmp)?;
-            std::fs::rename(&tmp, vars)
+            let bytes = std::fs::read(template)?;
+            v2k_outfile::write_atomic(vars, &bytes, false).map_err(std::io::Error::other)
         }
         Err(e) => Err(e),
     }

@@ -48,7 +48,7 @@ pub enum RunDirError {
     Write {
         path: PathBuf,
         #[source]
-        source: Box<v2k_converters::Error>,
+        source: Box<v2k_outfile::Error>,
     },
     #[error("reading the manifest of {path}")]
     Manifest {
@@ -109,13 +109,18 @@ impl RunDir {
         RunDir { root: root.into() }
     }
 
-    /// Creates the directory and its `disks/`.
+    /// Creates the directory (the user's choice of place) and its `disks/` (ours:
+    /// a link planted there is refused, not followed).
     pub fn create(&self) -> Result<()> {
-        let d = self.root.join("disks");
-        std::fs::create_dir_all(&d).map_err(|source| RunDirError::Io {
+        std::fs::create_dir_all(&self.root).map_err(|source| RunDirError::Io {
             what: "creating",
-            path: d,
+            path: self.root.clone(),
             source,
+        })?;
+        let d = self.root.join("disks");
+        v2k_outfile::create_dir(&d).map_err(|e| RunDirError::Write {
+            path: d,
+            source: Box::new(e),
         })
     }
 
@@ -149,7 +154,7 @@ impl RunDir {
 
     fn write(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.root.join(name);
-        v2k_converters::output::write_atomic(&path, bytes).map_err(|e| RunDirError::Write {
+        v2k_outfile::write_atomic(&path, bytes, true).map_err(|e| RunDirError::Write {
             path,
             source: Box::new(e),
         })

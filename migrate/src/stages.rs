@@ -285,6 +285,18 @@ pub fn convert(
     remote: Option<&dyn RemoteSource>,
     progress: &dyn Fn(Event),
 ) -> Result<Vec<Manifest>> {
+    // Two disk ids that become one file name are refused before anything is written.
+    let named: Vec<(PathBuf, &Path)> = vm
+        .disks
+        .iter()
+        .zip(disks)
+        .map(|(d, o)| (PathBuf::from(&d.id), o.as_path()))
+        .collect();
+    let pairs: Vec<(&Path, &Path)> = named.iter().map(|(i, o)| (i.as_path(), *o)).collect();
+    v2k_converters::convert::check_distinct_outputs(&pairs).map_err(|e| ConvertError::Disk {
+        disk: vm.disks.first().map(|d| d.id.clone()).unwrap_or_default(),
+        source: e.into(),
+    })?;
     // Whatever an earlier run recorded no longer holds once a disk is rewritten.
     run.save_state(&State::default())?;
     // Chunked and gzip-compressed disks are assembled first (staging.rs).
@@ -497,13 +509,7 @@ pub enum TargetError {
     Write {
         path: PathBuf,
         #[source]
-        source: v2k_converters::Error,
-    },
-    #[error("making {path} executable")]
-    Chmod {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        source: v2k_outfile::Error,
     },
     #[error("running virsh define")]
     DefineRun(#[source] std::io::Error),
@@ -543,29 +549,19 @@ pub fn write_target(
             source,
         })?;
     }
-    let write = |name: &str, bytes: &[u8]| {
+    let write = |name: &str, bytes: &[u8], mode: u32| {
         let path = dir.join(name);
-        v2k_converters::output::write_atomic(&path, bytes)
+        v2k_outfile::write_atomic_mode(&path, bytes, true, mode)
             .map_err(|source| TargetError::Write { path, source })
     };
-    write(TARGET_FILES[0], v2k_kvm_target::domain_xml(t, f).as_bytes())?;
+    let xml = v2k_kvm_target::domain_xml(t, f);
+    write(TARGET_FILES[0], xml.as_bytes(), 0o644)?;
     let argv = v2k_kvm_target::qemu_argv(t, &QemuOptions::default(), f);
     let mut json = serde_json::to_vec_pretty(&argv).expect("a list of strings serialises");
     json.push(b'\n');
-    write(TARGET_FILES[1], &json)?;
-    write(
-        TARGET_FILES[2],
-        v2k_kvm_target::qemu_script(&argv).as_bytes(),
-    )?;
-    // OUTFILE: the write helper takes the mode when it lands.
-    use std::os::unix::fs::PermissionsExt;
-    let script = dir.join(TARGET_FILES[2]);
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
-        TargetError::Chmod {
-            path: script.clone(),
-            source,
-        }
-    })
+    write(TARGET_FILES[1], &json, 0o644)?;
+    let script = v2k_kvm_target::qemu_script(&argv);
+    write(TARGET_FILES[2], script.as_bytes(), 0o755)
 }
 
 /// Defines (does not start) the domain in libvirt at `uri`.

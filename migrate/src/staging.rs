@@ -125,9 +125,15 @@ pub fn stage(loc: &DiskLocation, capacity: Option<u64>, dest: &Path, id: &str) -
     };
     let max = limit(capacity);
     if let Some(dir) = dest.parent() {
-        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        // The run directory is the user's; the staging directory inside it is ours and
+        // must not be a link planted there.
+        if let Some(run) = dir.parent() {
+            std::fs::create_dir_all(run).map_err(io(format!("creating {}", run.display())))?;
+        }
+        v2k_outfile::create_dir(dir).map_err(v2k_converters::Error::from)?;
     }
-    let part = PartialFile::create(dest, true)?;
+    // Errors of the output helper reach this crate's error through the converters' one.
+    let part = PartialFile::create(dest, true).map_err(v2k_converters::Error::from)?;
     let written = {
         let mut w = BufWriter::with_capacity(BUF, part.file());
         let n = io::copy(&mut (&mut src).take(max.saturating_add(1)), &mut w).map_err(|e| {
@@ -149,7 +155,7 @@ pub fn stage(loc: &DiskLocation, capacity: Option<u64>, dest: &Path, id: &str) -
             capacity: capacity.map_or_else(|| "unknown".into(), |c| c.to_string()),
         });
     }
-    part.commit()?;
+    part.commit().map_err(v2k_converters::Error::from)?;
     Ok(written)
 }
 
@@ -270,7 +276,11 @@ mod tests {
         let err = stage(&loc, Some(1 << 20), &dest, "scsi0:0").unwrap_err();
         assert!(err.to_string().contains("decompression bomb"), "{err}");
         assert!(!dest.exists());
-        assert!(!v2k_converters::output::partial_path(&dest).exists());
+        let left: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

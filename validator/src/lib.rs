@@ -94,6 +94,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Tool(String),
+    #[error(transparent)]
+    Write(#[from] v2k_outfile::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -166,8 +168,8 @@ pub fn validate(target: &Target, expect: &Expectations, opts: &Options) -> Resul
             } else {
                 Path::new(template)
             };
-            let _ = std::fs::remove_file(&copy);
-            std::fs::copy(src, &copy).map_err(io(format!("copying {}", src.display())))?;
+            let bytes = std::fs::read(src).map_err(io(format!("reading {}", src.display())))?;
+            v2k_outfile::write_atomic(&copy, &bytes, true)?;
             t.firmware = target.firmware.with_vars(copy.clone());
             vars_copy = Some(copy);
         }

@@ -13,7 +13,7 @@ use v2k_kvm_target::agent::POWEROFF_FW_CFG;
 use v2k_kvm_target::{domain_xml, GuestFeatures, Target};
 
 use crate::qemu::{Tail, AGENT_POWEROFF_AFTER, SHUTDOWN_TIMEOUT};
-use crate::{agent, diagnose, io, png, run_tool, Error, Evidence, Options, Result};
+use crate::{agent, diagnose, png, run_tool, Error, Evidence, Options, Result};
 
 const POLL: Duration = Duration::from_millis(500);
 
@@ -94,11 +94,11 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
     let _ = std::fs::remove_file(&shot);
     let name = format!("v2k-validate-{}-{}", t.safe_name(), std::process::id());
     let xml_path = w.join("validation-domain.xml");
-    std::fs::write(
+    v2k_outfile::write_atomic(
         &xml_path,
-        validation_xml(t, &opts.features, &name, &serial)?,
-    )
-    .map_err(io("writing the validation domain XML"))?;
+        validation_xml(t, &opts.features, &name, &serial)?.as_bytes(),
+        true,
+    )?;
     let start = Instant::now();
     run_tool(virsh(uri).arg("create").arg(&xml_path))?;
 
@@ -146,7 +146,7 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
                     png::ppm_to_png(&bytes)
                 };
                 if let Some(p) = png {
-                    if std::fs::write(&shot, p).is_ok() {
+                    if v2k_outfile::write_atomic(&shot, &p, true).is_ok() {
                         ev.screenshot = Some(shot.clone());
                     }
                 }

@@ -93,7 +93,8 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
         format!("name={POWEROFF_FW_CFG},string={AGENT_POWEROFF_AFTER}"),
     ]);
     let stderr_path = w.join("qemu.stderr");
-    let stderr = std::fs::File::create(&stderr_path).map_err(io("creating qemu.stderr"))?;
+    let _ = std::fs::remove_file(&stderr_path);
+    let stderr = v2k_outfile::create_new(&stderr_path, 0o644)?;
     let start = Instant::now();
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])

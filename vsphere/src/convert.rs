@@ -79,6 +79,23 @@ pub fn download_and_convert(
     download: &dyn DownloadProgress,
     convert: &dyn Progress,
 ) -> Vec<Result<Manifest>> {
+    // Two disks bound for one output file: refuse all before downloading anything.
+    let labels: Vec<PathBuf> = jobs
+        .iter()
+        .map(|j| PathBuf::from(j.source.descriptor.to_string()))
+        .collect();
+    let pairs: Vec<(&std::path::Path, &std::path::Path)> = labels
+        .iter()
+        .zip(jobs)
+        .map(|(l, j)| (l.as_path(), j.output.as_path()))
+        .collect();
+    if let Err(e) = v2k_converters::convert::check_distinct_outputs(&pairs) {
+        let msg = e.to_string();
+        return jobs
+            .iter()
+            .map(|_| Err(v2k_converters::Error::Usage(msg.clone()).into()))
+            .collect();
+    }
     let shapes: Vec<Result<DiskShape>> = jobs
         .iter()
         .map(|j| {

@@ -504,16 +504,16 @@ impl Client {
         dir: &std::path::Path,
         progress: &dyn DownloadProgress,
     ) -> Result<std::path::PathBuf> {
-        let io = |path: &std::path::Path, what: &str| {
-            let path = path.to_path_buf();
-            let what = what.to_string();
-            move |e| Error::Io {
-                path,
-                what,
+        // The output directory is the user's; the staging directory in it is ours and
+        // never a link planted under its name.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::Io {
+                path: parent.to_path_buf(),
+                what: "creating the output directory".into(),
                 source: e,
-            }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir, "creating the staging directory"))?;
+            })?;
+        }
+        v2k_outfile::create_dir(dir)?;
         let s = self.session.clone();
         let local_name = |p: &DatastorePath| -> Result<String> {
             let name = p.path.rsplit('/').next().unwrap_or(&p.path).to_string();
@@ -540,7 +540,7 @@ impl Client {
             let d = v2k_converters::vmdk::descriptor::parse(&raw)
                 .map_err(|e| Error::protocol(current.to_string(), e.to_string()))?;
             let local = dir.join(local_name(&current)?);
-            std::fs::write(&local, &raw).map_err(io(&local, "writing a staged descriptor"))?;
+            v2k_outfile::write_atomic(&local, &raw, true)?;
             top.get_or_insert(local);
             for e in &d.extents {
                 let Some(file) = e.file.as_deref() else {
@@ -598,11 +598,10 @@ impl Client {
                 format!("the server says {size} bytes, more than the {cap} its descriptor allows"),
             ));
         }
-        let mut out = std::fs::File::create(dest).map_err(|e| Error::Io {
-            path: dest.to_path_buf(),
-            what: "creating a staged file".into(),
-            source: e,
-        })?;
+        // A fresh temporary file, renamed onto `dest` once complete: a link planted in
+        // the staging directory is never written through.
+        let staged = v2k_outfile::OutFile::create(dest, true)?;
+        let mut out = staged.file();
         let (tx, mut rx) = mpsc::channel::<Chunk>(CHANNEL_CHUNKS);
         let write_err = |e| Error::Io {
             path: dest.to_path_buf(),
@@ -631,7 +630,7 @@ impl Client {
                 format!("{written} bytes staged of {size}"),
             ));
         }
-        out.sync_all().map_err(write_err)?;
+        staged.commit()?;
         Ok(())
     }
 }

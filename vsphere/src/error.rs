@@ -84,6 +84,10 @@ pub enum Error {
     /// Converting a downloaded disk failed.
     #[error(transparent)]
     Convert(#[from] v2k_converters::Error),
+    /// Creating a local file failed or was refused (a link or special file where v2k
+    /// writes).
+    #[error(transparent)]
+    Output(#[from] v2k_outfile::Error),
 }
 
 impl Error {

@@ -3,7 +3,7 @@
 //! wall-clock limit passes, its stdout and stderr captured into one log file whose
 //! tail goes into the journal and the wave report.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,7 +90,13 @@ pub fn run(
     if let Some(d) = log.parent() {
         std::fs::create_dir_all(d).map_err(io(format!("creating {}", d.display())))?;
     }
-    let out = std::fs::File::create(log).map_err(io(format!("creating {}", log.display())))?;
+    // The log is written under a fresh temporary name and appears once the hook has
+    // ended: a link or FIFO planted under its name is never written through.
+    let log_file = v2k_outfile::OutFile::staged(log, b"", true)?;
+    let out = log_file
+        .file()
+        .try_clone()
+        .map_err(io("duplicating the hook log"))?;
     let err = out.try_clone().map_err(io("duplicating the hook log"))?;
     let program =
         resolve_program(&hook.command[0], base).unwrap_or_else(|| PathBuf::from(&hook.command[0]));
@@ -118,6 +124,8 @@ pub fn run(
         Err(e) => {
             result.output = format!("{}: {e}", program.display());
             result.seconds = start.elapsed().as_secs_f64();
+            let _ = writeln!(log_file.file(), "{}", result.output);
+            log_file.commit()?;
             return Ok(result);
         }
     };
@@ -142,15 +150,13 @@ pub fn run(
         }
     }
     result.seconds = start.elapsed().as_secs_f64();
-    result.output = tail(log, OUTPUT_TAIL_BYTES);
+    result.output = tail(log_file.file(), OUTPUT_TAIL_BYTES);
+    log_file.commit()?;
     Ok(result)
 }
 
 /// The last `n` bytes of a file as text.
-fn tail(p: &Path, n: u64) -> String {
-    let Ok(mut f) = std::fs::File::open(p) else {
-        return String::new();
-    };
+fn tail(mut f: &std::fs::File, n: u64) -> String {
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
     let mut b = Vec::new();
@@ -217,6 +223,24 @@ mod tests {
         .unwrap();
         assert_eq!(r.exit_code, None);
         assert!(!r.ok());
+    }
+
+    #[test]
+    fn a_link_planted_at_the_log_name_is_refused_and_the_victim_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let log = d.path().join("pre.log");
+        std::os::unix::fs::symlink(&victim, &log).unwrap();
+        let e = run("pre", &hook(&["echo", "pwned"], 5), d.path(), &[], &log).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        // A regular log from an earlier attempt is replaced by this attempt's.
+        std::fs::remove_file(&log).unwrap();
+        std::fs::write(&log, "old attempt").unwrap();
+        let r = run("pre", &hook(&["echo", "new"], 5), d.path(), &[], &log).unwrap();
+        assert!(r.ok());
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "new\n");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! A crash can leave a last line without its newline; opening for append cuts it off
 //! (it announced nothing that took effect).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -144,12 +144,8 @@ impl Journal {
     pub fn open(run_dir: &Path) -> Result<(Journal, Vec<Record>)> {
         std::fs::create_dir_all(run_dir).map_err(io(format!("creating {}", run_dir.display())))?;
         let path = run_dir.join(FILE_NAME);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io(format!("opening {}", path.display())))?;
+        // Never through a link, a FIFO or a hard link to someone else's file.
+        let file = v2k_outfile::open_append(&path)?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
             |_| Error::Journal {
                 path: path.display().to_string(),
@@ -289,7 +285,7 @@ mod tests {
             j.append(Entry::RunFinished { exit_code: 1 }).unwrap();
         }
         let p = d.path().join(FILE_NAME);
-        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"{\"time\":1,\"type\":\"wave-sta").unwrap();
         drop(f);
         let (j, old) = Journal::open(d.path()).unwrap();

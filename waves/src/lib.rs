@@ -41,6 +41,10 @@ pub enum Error {
     Journal { path: String, message: String },
     #[error("{0}")]
     Run(String),
+    /// Creating a file in the run directory failed or was refused (a link or special
+    /// file where v2k writes).
+    #[error(transparent)]
+    Output(#[from] v2k_outfile::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -298,7 +298,7 @@ pub fn write(run_dir: &Path, r: &WaveReport) -> Result<PathBuf> {
     let dir = run_dir.join(&r.wave);
     std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let w = |name: &str, b: &[u8]| -> Result<()> {
-        v2k_converters::output::write_atomic(&dir.join(name), b)
+        v2k_outfile::write_atomic(&dir.join(name), b, true)
             .map_err(|e| crate::Error::Run(format!("writing {name}: {e}")))
     };
     w(

@@ -247,7 +247,7 @@ pub fn run(
                     if !m.is_file() {
                         let body =
                             serde_json::json!({"vm": v.name, "reverified": true}).to_string();
-                        v2k_converters::output::write_atomic(&m, body.as_bytes()).map_err(|e| {
+                        v2k_outfile::write_atomic(&m, body.as_bytes(), true).map_err(|e| {
                             Error::Run(format!("writing the success marker of {}: {e}", v.name))
                         })?;
                     }
@@ -435,9 +435,10 @@ fn run_vm(
         if status == VmStatus::Migrated {
             // The success marker, last: what a resumed run trusts (with the hashes).
             let m = serde_json::json!({"vm": v.name, "attempt": attempt, "result": result});
-            v2k_converters::output::write_atomic(
+            v2k_outfile::write_atomic(
                 &marker_path(&plan.run_dir, &v.name),
                 m.to_string().as_bytes(),
+                true,
             )
             .map_err(|e| Error::Run(format!("writing the success marker of {}: {e}", v.name)))?;
         }

@@ -143,10 +143,6 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         FormatArg::Raw => Format::Raw,
     };
     let many = args.sources.len() > 1;
-    if many {
-        std::fs::create_dir_all(&args.output)
-            .with_context(|| format!("creating output directory {}", args.output.display()))?;
-    }
     let mut jobs = Vec::new();
     for src in &args.sources {
         let output = output_for(src, &args.output, many, format)?;
@@ -154,6 +150,17 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             source: Source::file(src),
             output,
         });
+    }
+    // Two sources named alike (a/x.vmdk, b/x.vmdk) must not share one output: refused
+    // before anything is written, --force or not.
+    let pairs: Vec<(&Path, &Path)> = jobs
+        .iter()
+        .map(|j| (j.source.path.as_path(), j.output.as_path()))
+        .collect();
+    convert::check_distinct_outputs(&pairs)?;
+    if many {
+        std::fs::create_dir_all(&args.output)
+            .with_context(|| format!("creating output directory {}", args.output.display()))?;
     }
     let opts = Options {
         format,

@@ -187,9 +187,10 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
     dir.save_windows(injected.windows.as_ref())?;
     dir.save_log(&injected.log)?;
     let log = &injected.log;
-    v2k_converters::output::write_atomic(
+    v2k_outfile::write_atomic(
         &out.join("conversion-log.txt"),
         log.summary().as_bytes(),
+        true,
     )?;
     stages::write_target(&out, &target, &stages::features(Some(&injected)))?;
     if args.json {

@@ -166,25 +166,23 @@ struct Placement {
     what: String,
 }
 
-/// A private host temporary file (created exclusively, mode 0600).
-fn host_temp(tag: &str) -> Result<PathBuf> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// A private host temporary file (created exclusively, never through a link, mode
+/// 0600), by the workspace's one file-creation helper.
+fn host_temp(tag: &str) -> Result<TempFile> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let p = std::env::temp_dir().join(format!("v2k-{}-{nanos}-{tag}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&p)
-        .map_err(|e| Error::io(&p, e))?;
-    Ok(p)
+    let file = v2k_outfile::create_new(&p, 0o600).map_err(|e| match e {
+        v2k_outfile::Error::Io { path, source, .. } => Error::io(path, source),
+        other => Error::Input(other.to_string()),
+    })?;
+    Ok(TempFile(p, file))
 }
 
-/// Removes a host temporary file when dropped.
-struct TempFile(PathBuf);
+/// A host temporary file, written by its descriptor; removed when dropped.
+struct TempFile(PathBuf, std::fs::File);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -198,7 +196,7 @@ fn guest_sums(
     dir: &str,
     prefix: &str,
 ) -> Result<std::collections::HashMap<String, String>> {
-    let tmp = TempFile(host_temp("sums")?);
+    let tmp = host_temp("sums")?;
     let host = crate::appliance::path_str(&tmp.0)?;
     app.g
         .checksums_out("sha256", dir, host)
@@ -258,8 +256,8 @@ fn ustar(files: &[&Placement]) -> Result<Vec<u8>> {
 
 /// Puts the files into the guest under `root` with one tar_in.
 fn place(app: &Appliance, root: &str, files: &[&Placement]) -> Result<()> {
-    let tmp = TempFile(host_temp("files.tar")?);
-    std::fs::write(&tmp.0, ustar(files)?).map_err(|e| Error::io(&tmp.0, e))?;
+    let tmp = host_temp("files.tar")?;
+    std::io::Write::write_all(&mut &tmp.1, &ustar(files)?).map_err(|e| Error::io(&tmp.0, e))?;
     let host = crate::appliance::path_str(&tmp.0)?;
     app.g
         .tar_in(
