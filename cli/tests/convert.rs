@@ -866,3 +866,42 @@ fn a_sparse_one_tib_flat_extent_converts_by_its_data_only() {
         String::from_utf8_lossy(&cmp.stderr)
     );
 }
+
+/// `--threads` past the cap is lowered with a warning (memory grows with each worker's
+/// chunks in flight), and the conversion still completes and verifies; 0 is refused.
+#[test]
+fn threads_past_the_cap_are_lowered_with_a_warning() {
+    let t = tempfile::tempdir().unwrap();
+    make_vmdk(t.path(), "small", "monolithicSparse", 4 * MIB);
+    let o = v2k(
+        t.path(),
+        &[
+            "convert",
+            "small.vmdk",
+            "-o",
+            "small.qcow2",
+            "--threads",
+            "100000",
+        ],
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning: --threads 100000 lowered to 64"),
+        "{err}"
+    );
+    qemu_img(t.path(), &["compare", "small.vmdk", "small.qcow2"]);
+    let o = v2k(
+        t.path(),
+        &[
+            "convert",
+            "small.vmdk",
+            "-o",
+            "zero.qcow2",
+            "--threads",
+            "0",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!t.path().join("zero.qcow2").exists());
+}
