@@ -112,3 +112,40 @@ fn an_unknown_extension_is_an_error_naming_the_file() {
     assert!(matches!(e, Error::UnknownKind { .. }));
     assert!(e.to_string().contains("vm.txt"));
 }
+
+/// A hosted sparse header stating `sectors` (the rest of the file is not read).
+fn sparse_header(sectors: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..4].copy_from_slice(b"KDMV"); // magic
+    h[4..8].copy_from_slice(&3u32.to_le_bytes()); // version (streamOptimized)
+    h[12..20].copy_from_slice(&sectors.to_le_bytes()); // capacity in sectors
+    h[20..28].copy_from_slice(&128u64.to_le_bytes()); // grainSize
+    h
+}
+
+#[test]
+fn the_disks_own_header_wins_over_a_disagreeing_ovf_capacity() {
+    let d = tempfile::tempdir().unwrap();
+    // The OVF says 1 MiB; the VMDK's header says 2 MiB.
+    write(d.path(), "vm.ovf", ovf("disk.vmdk").as_bytes());
+    write(d.path(), "disk.vmdk", &sparse_header(4096));
+    let vm = &load(&d.path().join("vm.ovf"), &Options::default()).unwrap()[0];
+    assert_eq!(vm.disks[0].capacity, Some(2 << 20));
+    let c = vm
+        .concerns
+        .iter()
+        .find(|c| c.id == "disk-capacity-mismatch")
+        .unwrap_or_else(|| panic!("{:?}", vm.concerns));
+    assert_eq!(c.severity, Severity::Warning);
+    assert_eq!(c.subject.as_deref(), Some(vm.disks[0].id.as_str()));
+    assert!(
+        c.message.contains("1048576") && c.message.contains("2097152"),
+        "{}",
+        c.message
+    );
+    // Agreeing: no concern.
+    write(d.path(), "disk.vmdk", &sparse_header(2048));
+    let vm = &load(&d.path().join("vm.ovf"), &Options::default()).unwrap()[0];
+    assert_eq!(vm.disks[0].capacity, Some(1 << 20));
+    assert!(!vm.concerns.iter().any(|c| c.id == "disk-capacity-mismatch"));
+}
