@@ -104,6 +104,21 @@ pub struct Target {
     pub nics: Vec<TargetNic>,
 }
 
+/// vCPU counts and memory sizes KVM cannot run (pre-flight's critical concerns) are
+/// refused here too, so a hand-edited or stale vm.json never puts them in domain XML.
+fn refuse_unrunnable_size(vm: &Vm) -> Result<()> {
+    let problems = v2k_inventory::preflight::machine_size_problems(vm);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let what: Vec<String> = problems.into_iter().map(|(_, m)| m).collect();
+    Err(Error::Input(format!(
+        "VM {:?}: refusing to build a KVM machine: {}",
+        vm.name,
+        what.join("; ")
+    )))
+}
+
 impl Target {
     /// The target of `vm` with its converted `disks` (in the VM's disk order).
     pub fn from_vm(
@@ -113,6 +128,7 @@ impl Target {
         network_map: &NetworkMap,
         accel: Accel,
     ) -> Result<Target> {
+        refuse_unrunnable_size(vm)?;
         let vcpus = vm.cpu.count.max(1);
         let mut cores = vm.cpu.cores_per_socket.max(1);
         if !vcpus.is_multiple_of(cores) {
@@ -613,6 +629,35 @@ mod tests {
             disks: vec![PathBuf::from("/v/disk0.qcow2")],
             nics: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_vm_kvm_cannot_run_is_refused_before_any_xml() {
+        use v2k_inventory::model::SourceKind;
+        let build = |vcpus: u32, mib: u64| {
+            let mut vm = Vm::new_empty(SourceKind::Vmx, "/x/a.vmx".into());
+            vm.name = "hostile".into();
+            vm.cpu.count = vcpus;
+            vm.memory_mib = mib;
+            Target::from_vm(
+                &vm,
+                &[],
+                DiskBus::VirtioBlk,
+                &NetworkMap::default(),
+                Accel::Tcg,
+            )
+        };
+        for (vcpus, mib, want) in [
+            (100_000, 1024, "100000 vCPUs"),
+            (0, 1024, "0 vCPUs"),
+            (2, 0, "memory size 0 MiB"),
+            (2, u64::MAX, "memory size 18446744073709551615 MiB"),
+        ] {
+            let e = build(vcpus, mib).unwrap_err().to_string();
+            assert!(e.contains("\"hostile\"") && e.contains(want), "{e}");
+        }
+        let t = build(4, 4096).unwrap();
+        assert_eq!((t.vcpus, t.memory_mib), (4, 4096));
     }
 
     #[test]

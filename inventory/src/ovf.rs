@@ -435,7 +435,9 @@ where
             let rt = it.num("ResourceType");
             match rt {
                 Some(3) => {
-                    vm.cpu.count = it.num("VirtualQuantity").filter(|&n| n > 0).unwrap_or(1);
+                    // Kept as written: 0, absent or unparseable is 0, which
+                    // pre-flight reports with the values past MAX_VCPUS.
+                    vm.cpu.count = it.num("VirtualQuantity").unwrap_or(0);
                     vm.cpu.cores_per_socket =
                         it.num("CoresPerSocket").filter(|&n| n > 0).unwrap_or(1);
                 }

@@ -8,7 +8,7 @@ fn vmx(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("vm.vmx");
     std::fs::write(
         &p,
-        "guestOS = \"debian12-64\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"vm.vmdk\"\n",
+        "guestOS = \"debian12-64\"\nmemsize = \"1024\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"vm.vmdk\"\n",
     )
     .unwrap();
     std::fs::write(

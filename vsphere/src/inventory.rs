@@ -352,7 +352,9 @@ pub fn map_vm(o: &ObjectContent, names: &Names, server: &str) -> Result<Vm> {
         },
         secure_boot: boolean(o.get("config.bootOptions.efiSecureBootEnabled")),
     };
-    let count: u32 = int(o.get("config.hardware.numCPU")).unwrap_or(1).max(1);
+    // An explicit 0 (or past MAX_VCPUS) stays as the server said: pre-flight
+    // reports it, the KVM target refuses it.
+    let count: u32 = int(o.get("config.hardware.numCPU")).unwrap_or(1);
     let cores: u32 = int(o.get("config.hardware.numCoresPerSocket"))
         .unwrap_or(1)
         .max(1);
