@@ -149,3 +149,28 @@ fn the_disks_own_header_wins_over_a_disagreeing_ovf_capacity() {
     assert_eq!(vm.disks[0].capacity, Some(1 << 20));
     assert!(!vm.concerns.iter().any(|c| c.id == "disk-capacity-mismatch"));
 }
+
+#[test]
+fn an_ovf_memory_size_that_overflows_bytes_is_critical_and_quoted() {
+    let d = tempfile::tempdir().unwrap();
+    // 2^60 MiB: past a u64 once in bytes.
+    let text = ovf("disk.vmdk").replace(
+        "<Item><rasd:InstanceID>3</rasd:InstanceID>",
+        "<Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>1152921504606846976</rasd:VirtualQuantity></Item>\n<Item><rasd:InstanceID>3</rasd:InstanceID>",
+    );
+    write(d.path(), "vm.ovf", text.as_bytes());
+    write(d.path(), "disk.vmdk", b"abc");
+    let vm = &load(&d.path().join("vm.ovf"), &Options::default()).unwrap()[0];
+    let c: Vec<_> = vm
+        .concerns
+        .iter()
+        .filter(|c| c.id == "memory-size-unsupported")
+        .collect();
+    assert_eq!(c.len(), 1, "{:?}", vm.concerns);
+    assert_eq!(c[0].severity, Severity::Critical);
+    assert!(
+        c[0].message.contains("1152921504606846976"),
+        "{}",
+        c[0].message
+    );
+}
