@@ -773,6 +773,36 @@ mod tests {
     }
 
     #[test]
+    fn a_server_claiming_zero_vcpus_or_memory_gets_critical_concerns_not_defaults() {
+        let text = VCENTER_VM
+            .replace(
+                "numCPU</name><val xsi:type=\"xsd:int\">4<",
+                "numCPU</name><val xsi:type=\"xsd:int\">0<",
+            )
+            .replace(
+                "memoryMB</name><val xsi:type=\"xsd:int\">8192<",
+                "memoryMB</name><val xsi:type=\"xsd:int\">0<",
+            );
+        assert_ne!(text, VCENTER_VM);
+        let e = el(&format!(
+            "<r xmlns=\"urn:vim25\"><returnval>{text}</returnval></r>"
+        ));
+        let (objs, _) = crate::client::parse_retrieve_result(&e).unwrap();
+        let mut vm = map_vm(&objs[0], &Names::default(), "vc.example:443").unwrap();
+        assert_eq!((vm.cpu.count, vm.memory_mib), (0, 0));
+        v2k_inventory::preflight::assess(&mut vm);
+        for id in ["vcpu-count-unsupported", "memory-size-unsupported"] {
+            assert!(
+                vm.concerns
+                    .iter()
+                    .any(|c| c.id == id && c.severity == Severity::Critical),
+                "{id}: {:?}",
+                vm.concerns
+            );
+        }
+    }
+
+    #[test]
     fn maps_a_recorded_vcenter_vm() {
         let vm = recorded();
         assert_eq!(vm.name, "app&01");
