@@ -30,6 +30,8 @@ enum Command {
 }
 
 fn main() {
+    // Before any thread or child exists: children must never inherit the password.
+    v2k_vsphere::address::take_password_from_env();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

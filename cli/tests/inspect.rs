@@ -93,6 +93,82 @@ fn a_critical_concern_exits_1() {
     );
 }
 
+/// vCPU counts and memory sizes KVM cannot run (VMX keys a hostile or corrupt file
+/// may hold) are critical concerns, quoted as the file says them: exit 1.
+#[test]
+fn hostile_vcpu_and_memory_numbers_are_critical() {
+    for (extra, want) in [
+        (
+            "numvcpus = \"100000\"\n",
+            vec![("vcpu-count-unsupported", "100000 vCPUs")],
+        ),
+        (
+            "numvcpus = \"0\"\n",
+            vec![("vcpu-count-unsupported", "0 vCPUs")],
+        ),
+        (
+            "memsize = \"0\"\n",
+            vec![("memory-size-unsupported", "memory size 0 MiB")],
+        ),
+        // 2^64 MiB: past u64, and its bytes past anything.
+        (
+            "memsize = \"18446744073709551616\"\n",
+            vec![(
+                "memory-size-unsupported",
+                "memsize \"18446744073709551616\" is not a number",
+            )],
+        ),
+        // Fits a u64 in MiB, overflows in bytes.
+        (
+            "memsize = \"17592186044416\"\n",
+            vec![("memory-size-unsupported", "17592186044416 MiB")],
+        ),
+        (
+            "numvcpus = \"100000\"\nmemsize = \"0\"\n",
+            vec![
+                ("memory-size-unsupported", "memory size 0 MiB"),
+                ("vcpu-count-unsupported", "100000 vCPUs"),
+            ],
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        linux_vm(d.path(), "hostile", extra);
+        let out = v2k(&["inspect", "--json", "hostile.vmx"], d.path());
+        assert_eq!(out.status.code(), Some(1), "{extra}: {}", text(&out.stderr));
+        let vm: serde_json::Value =
+            serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+        let got: Vec<(String, String)> = vm["concerns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_string(),
+                    c["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(got.len(), want.len(), "{extra}: {got:?}");
+        for ((id, msg), (want_id, want_msg)) in got.iter().zip(&want) {
+            assert_eq!(id, want_id, "{extra}");
+            assert!(msg.contains(want_msg), "{extra}: {msg}");
+        }
+        assert!(vm["concerns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["severity"] == "critical"));
+        // The human table says it too.
+        let out = v2k(&["inspect", "hostile.vmx"], d.path());
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stdout).contains(&format!("CRITICAL {}", want[0].0)),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+}
+
 #[test]
 fn a_missing_disk_is_critical_and_named() {
     let d = tempfile::tempdir().unwrap();
@@ -177,6 +253,8 @@ fn ova_manifest_mismatch_exits_2_unless_verification_is_off() {
 <VirtualSystem ovf:id="ova1"><Info>v</Info><Name>ova1</Name>
 <OperatingSystemSection ovf:id="94" vmw:osType="ubuntu64Guest"><Info>o</Info></OperatingSystemSection>
 <VirtualHardwareSection><Info>h</Info>
+<Item><rasd:AllocationUnits>hertz * 10^6</rasd:AllocationUnits><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
+<Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>2048</rasd:VirtualQuantity></Item>
 <Item><rasd:InstanceID>3</rasd:InstanceID><rasd:ResourceSubType>VirtualSCSI</rasd:ResourceSubType><rasd:ResourceType>6</rasd:ResourceType></Item>
 <Item><rasd:AddressOnParent>0</rasd:AddressOnParent><rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource><rasd:InstanceID>4</rasd:InstanceID><rasd:Parent>3</rasd:Parent><rasd:ResourceType>17</rasd:ResourceType></Item>
 </VirtualHardwareSection></VirtualSystem></Envelope>

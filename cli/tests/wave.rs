@@ -49,6 +49,45 @@ fn plan_errors_name_their_line_and_exit_2_before_anything_runs() {
     );
 }
 
+/// A journal is a file in the run directory that anyone who can write there can
+/// edit: a wave named `../escaped` in it must not make `wave report` (or `status`)
+/// write outside the run directory. Its names are refused as a plan's are: exit 2.
+#[test]
+fn a_journal_wave_name_that_escapes_the_run_directory_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let run = t.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    for (wave, vm) in [("../escaped", "vm"), ("w", "../../vm-escaped"), ("w", "")] {
+        let journal = format!(
+            "{{\"time\":1.0,\"type\":\"run-started\",\"schema-version\":1,\"plan\":\"/p.yaml\",\"plan-hash\":\"00\",\"waves\":[{{\"name\":{wave:?},\"vms\":[{{\"name\":{vm:?},\"source\":\"/a.vmx\",\"out\":\"/o\",\"validate\":false,\"disks\":1}}]}}]}}\n\
+             {{\"time\":2.0,\"type\":\"wave-started\",\"wave\":{wave:?}}}\n"
+        );
+        std::fs::write(run.join("journal.jsonl"), journal).unwrap();
+        for cmd in ["report", "status"] {
+            let o = Command::new(V2K)
+                .args(["wave", cmd])
+                .arg(&run)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{cmd} {wave} {vm}: {err}");
+            assert!(
+                err.contains("journal.jsonl")
+                    && err.contains("line 1")
+                    && err.contains("not a plain name"),
+                "{err}"
+            );
+        }
+        assert!(!t.path().join("escaped").exists());
+        let mut left: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![std::ffi::OsString::from("run")], "{wave} {vm}");
+    }
+}
+
 /// A VM whose VMX names disks that are not there: it must fail with that reason.
 fn broken_vmx(dir: &Path, good: &Path) -> PathBuf {
     let d = dir.join("broken");

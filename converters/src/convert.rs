@@ -37,6 +37,12 @@ use crate::vmdk::{ReadSeek, Source, VmdkImage};
 
 /// Smallest work unit: 1 MiB of virtual disk.
 pub const MIN_CHUNK: u64 = 1 << 20;
+/// Most workers a conversion uses, whatever the thread pool holds. Memory grows by
+/// about 8 MiB per worker (two windows of 4 chunks of 1 MiB each, docs/convert.md),
+/// so 64 keeps a conversion under the documented 64 MiB + 8 MiB × workers = 576 MiB
+/// on any host, while being more workers than the disks and deflate of one
+/// conversion keep busy on common conversion hosts.
+pub const MAX_THREADS: usize = 64;
 /// A source reader is dropped and reopened after this many chunks: the reader
 /// library caches every grain table it touches (2 KiB per 32 MiB of disk), which
 /// would otherwise grow with the disk size.
@@ -416,7 +422,7 @@ pub fn convert(
         free: Mutex::new(Vec::new()),
     };
     let chunks = size.div_ceil(chunk);
-    let window = (rayon::current_num_threads() as u64 * 4).max(4);
+    let window = (rayon::current_num_threads().min(MAX_THREADS) as u64 * 4).max(4);
     let source_path = job.source.path.as_path();
 
     let mut hasher = Hasher::new();

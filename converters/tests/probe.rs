@@ -13,7 +13,7 @@ fn vmx(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("vm.vmx");
     std::fs::write(
         &p,
-        "guestOS = \"debian12-64\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"vm.vmdk\"\n",
+        "guestOS = \"debian12-64\"\nmemsize = \"1024\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"vm.vmdk\"\n",
     )
     .unwrap();
     std::fs::write(
@@ -50,4 +50,23 @@ fn a_missing_flat_extent_is_a_critical_unreadable_disk() {
         .expect("disk-unreadable");
     assert_eq!(c.severity, Severity::Critical);
     assert_eq!(c.subject.as_deref(), Some("scsi0:0"));
+}
+
+/// A thin flat extent counts what it holds, not its size: the populated size (what a
+/// wave's free-space estimate sums) comes from SEEK_DATA/SEEK_HOLE.
+#[test]
+fn a_sparse_flat_extent_is_populated_by_its_data_only() {
+    use std::os::unix::fs::FileExt;
+    let d = tempfile::tempdir().unwrap();
+    let p = vmx(d.path());
+    let f = std::fs::File::create(d.path().join("vm-flat.vmdk")).unwrap();
+    f.set_len(2048 * 512).unwrap();
+    let vm = &load(&p, &Options::default()).unwrap()[0];
+    assert_eq!(vm.disks[0].capacity, Some(1 << 20));
+    assert_eq!(vm.disks[0].populated_size, Some(0));
+    f.write_all_at(&[1u8; 4096], 8192).unwrap();
+    f.sync_all().unwrap();
+    let vm = &load(&p, &Options::default()).unwrap()[0];
+    let populated = vm.disks[0].populated_size.unwrap();
+    assert!((4096..(1 << 20)).contains(&populated), "{populated}");
 }

@@ -55,10 +55,39 @@ pub fn load(path: &Path, opts: &Options, probe: &dyn DiskProbe) -> Result<Vec<Vm
         "ova" => ova::load(&path, opts)?,
         _ => return Err(Error::UnknownKind { path }),
     };
+    if ext != "vmx" {
+        for vm in &mut vms {
+            ovf_capacity_from_headers(vm);
+        }
+    }
     for vm in &mut vms {
         preflight::assess(vm);
     }
     Ok(vms)
+}
+
+/// An OVF states each disk's capacity, and so does the VMDK's own header; when they
+/// disagree the header wins (it is what the converter reads, and a guest's partition
+/// table was written against it) and the difference is a warning concern.
+fn ovf_capacity_from_headers(vm: &mut model::Vm) {
+    let mut found = Vec::new();
+    for d in &mut vm.disks {
+        let Some(header) = probe::header_capacity(&d.location) else {
+            continue;
+        };
+        if let Some(declared) = d.capacity.filter(|&c| c != header) {
+            found.push(model::Concern {
+                id: "disk-capacity-mismatch".into(),
+                severity: model::Severity::Warning,
+                subject: Some(d.id.clone()),
+                message: format!(
+                    "the OVF says {declared} bytes, the disk's header {header}: the header is used"
+                ),
+            });
+        }
+        d.capacity = Some(header);
+    }
+    vm.concerns.extend(found);
 }
 
 /// Reads a whole file, refusing it if it is larger than `limit`: before reading when

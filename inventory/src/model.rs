@@ -604,7 +604,7 @@ pub enum Severity {
 
 impl Vm {
     /// A VM with nothing known yet, to be filled by a reader.
-    pub fn empty(kind: SourceKind, path: PathBuf) -> Vm {
+    pub(crate) fn empty(kind: SourceKind, path: PathBuf) -> Vm {
         Vm {
             schema_version: SCHEMA_VERSION,
             name: String::new(),

@@ -435,15 +435,29 @@ where
             let rt = it.num("ResourceType");
             match rt {
                 Some(3) => {
-                    vm.cpu.count = it.num("VirtualQuantity").filter(|&n| n > 0).unwrap_or(1);
+                    // Kept as written: 0, absent or unparseable is 0, which
+                    // pre-flight reports with the values past MAX_VCPUS.
+                    vm.cpu.count = it.num("VirtualQuantity").unwrap_or(0);
                     vm.cpu.cores_per_socket =
                         it.num("CoresPerSocket").filter(|&n| n > 0).unwrap_or(1);
                 }
                 Some(4) => {
-                    let bytes = it
-                        .get("VirtualQuantity")
-                        .and_then(|q| scaled(q, it.get("AllocationUnits")));
+                    let quantity = it.get("VirtualQuantity");
+                    let bytes = quantity.and_then(|q| scaled(q, it.get("AllocationUnits")));
                     vm.memory_mib = bytes.map(|b| b >> 20).unwrap_or(0);
+                    // Not a number, an unknown unit, or more bytes than a u64 holds:
+                    // said as written, not as the 0 it becomes.
+                    if let (Some(q), None) = (quantity, bytes) {
+                        vm.concerns.push(Concern {
+                            id: "memory-size-unsupported".into(),
+                            severity: Severity::Critical,
+                            subject: None,
+                            message: format!(
+                                "memory VirtualQuantity {q:?} in units {:?} is not a size KVM can use",
+                                it.get("AllocationUnits").unwrap_or("byte")
+                            ),
+                        });
+                    }
                 }
                 Some(10) => {
                     let raw = it.get("ResourceSubType").unwrap_or("").to_string();

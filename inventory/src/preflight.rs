@@ -13,9 +13,12 @@ pub const CONCERNS: &[(&str, Severity)] = &[
     ("disk-unreadable", Severity::Critical),
     ("disk-rdm", Severity::Critical),
     ("disk-zero-capacity", Severity::Critical),
+    ("vcpu-count-unsupported", Severity::Critical),
+    ("memory-size-unsupported", Severity::Critical),
     ("pci-passthrough", Severity::Critical),
     ("guest-os-unsupported", Severity::Critical),
     ("disk-capacity-unknown", Severity::Warning),
+    ("disk-capacity-mismatch", Severity::Warning),
     ("disk-shared", Severity::Warning),
     ("scsi-bus-sharing", Severity::Warning),
     ("disk-independent", Severity::Warning),
@@ -40,6 +43,45 @@ pub const CONCERNS: &[(&str, Severity)] = &[
     ("nic-static-mac", Severity::Info),
     ("windows-virtio-win", Severity::Info),
 ];
+
+/// Most vCPUs accepted: the KVM_MAX_VCPUS of x86-64 Linux since 5.15 and the limit
+/// of QEMU's q35 machine with x2APIC. VMware's own maximum is 768 (ESXi 8), so more
+/// means corrupt or hostile metadata.
+pub const MAX_VCPUS: u32 = 4096;
+
+/// Most guest memory accepted, in MiB: 16 TiB, far above any KVM host this runs on
+/// (x86-64 KVM guests are limited by the host's physical address bits), and small
+/// enough that the value in bytes (MiB << 20) cannot overflow a u64.
+pub const MAX_MEMORY_MIB: u64 = 16 << 20;
+
+/// What in the VM's vCPU count and memory size KVM cannot run, as (concern id,
+/// message) pairs; empty when both are usable. Shared by [`assess`] and the KVM
+/// target, which refuses such a VM rather than copy the numbers into domain XML.
+pub fn machine_size_problems(vm: &Vm) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let vcpus = vm.cpu.count;
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        out.push((
+            "vcpu-count-unsupported",
+            format!("{vcpus} vCPUs: KVM runs 1 to {MAX_VCPUS}"),
+        ));
+    }
+    let mib = vm.memory_mib;
+    if mib == 0 || mib > MAX_MEMORY_MIB {
+        out.push((
+            "memory-size-unsupported",
+            format!(
+                "memory size {mib} MiB: KVM runs 1 MiB to {MAX_MEMORY_MIB} MiB (16 TiB){}",
+                if mib == 0 {
+                    "; 0 means the source gave none"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    out
+}
 
 fn severity(id: &str) -> Severity {
     CONCERNS
@@ -77,6 +119,9 @@ pub fn assess(vm: &mut Vm) {
     let mut push =
         |id: &'static str, subject: Option<String>, msg: String| found.push((id, subject, msg));
 
+    for (id, message) in machine_size_problems(vm) {
+        push(id, None, message);
+    }
     for d in &vm.disks {
         let s = Some(d.id.clone());
         match &d.location {
@@ -387,6 +432,8 @@ mod tests {
     fn vm() -> Vm {
         let mut vm = Vm::empty(SourceKind::Vmx, "/x/a.vmx".into());
         vm.guest_os.family = OsFamily::Linux;
+        vm.cpu.count = 1;
+        vm.memory_mib = 1024;
         vm
     }
 
@@ -480,6 +527,47 @@ mod tests {
         assess(&mut v);
         assess(&mut v);
         assert_eq!(ids(&v), vec!["pci-passthrough", "tpm", "cbt-enabled"]);
+    }
+
+    fn vm_with(vcpus: u32, mib: u64) -> Vm {
+        let mut v = vm();
+        v.cpu.count = vcpus;
+        v.memory_mib = mib;
+        v
+    }
+
+    #[test]
+    fn vcpus_and_memory_kvm_cannot_run_are_critical() {
+        for (vcpus, mib, want) in [
+            (0, 1024, vec!["vcpu-count-unsupported"]),
+            (MAX_VCPUS + 1, 1024, vec!["vcpu-count-unsupported"]),
+            (100_000, 1024, vec!["vcpu-count-unsupported"]),
+            (2, 0, vec!["memory-size-unsupported"]),
+            (2, MAX_MEMORY_MIB + 1, vec!["memory-size-unsupported"]),
+            // Overflows when converted to bytes.
+            (2, u64::MAX, vec!["memory-size-unsupported"]),
+            (
+                u32::MAX,
+                u64::MAX >> 20,
+                vec!["memory-size-unsupported", "vcpu-count-unsupported"],
+            ),
+        ] {
+            let mut v = vm_with(vcpus, mib);
+            assess(&mut v);
+            assert_eq!(ids(&v), want, "{vcpus} vCPUs, {mib} MiB");
+            assert!(v.has_critical());
+        }
+    }
+
+    #[test]
+    fn the_limits_themselves_are_accepted() {
+        for (vcpus, mib) in [(1, 1), (MAX_VCPUS, MAX_MEMORY_MIB), (2, 2048)] {
+            let mut v = vm_with(vcpus, mib);
+            assess(&mut v);
+            assert!(v.concerns.is_empty(), "{vcpus} {mib}: {:?}", v.concerns);
+        }
+        // 16 TiB in bytes still fits a u64.
+        assert!(MAX_MEMORY_MIB.checked_mul(1 << 20).is_some());
     }
 
     #[test]

@@ -147,6 +147,49 @@ fn probe_sparse(f: &mut std::fs::File, head: &[u8], len: u64) -> Result<DiskFact
     Ok(facts)
 }
 
+/// The capacity in bytes that a hosted sparse (`KDMV`) header states, from a disk
+/// file's first bytes; `None` for anything else (a flat or text file says nothing
+/// about its capacity in its first sector) or a capacity that overflows bytes.
+pub fn sparse_header_capacity(head: &[u8]) -> Option<u64> {
+    if !head.starts_with(b"KDMV") {
+        return None;
+    }
+    u64::from_le_bytes(field(head, 12).ok()?).checked_mul(SECTOR)
+}
+
+/// The capacity stated by the header of the disk at `location`, read from its first
+/// sector in place (a file, the first chunk of a chunked file, or an OVA member);
+/// `None` for compressed files and anything that is not a hosted sparse header.
+pub fn header_capacity(location: &crate::model::DiskLocation) -> Option<u64> {
+    use crate::model::DiskLocation as L;
+    use std::os::unix::fs::FileExt;
+    let (path, offset, len) = match location {
+        L::File {
+            path,
+            compression: None,
+        } => (path, 0, SECTOR),
+        L::FileChunks {
+            paths,
+            compression: None,
+        } => (paths.first()?, 0, SECTOR),
+        L::OvaMember {
+            archive,
+            chunks,
+            compression: None,
+            ..
+        } => {
+            let c = chunks.first()?;
+            (archive, c.offset, c.size.min(SECTOR))
+        }
+        _ => return None,
+    };
+    let f = std::fs::File::open(path).ok()?;
+    let mut head = [0u8; SECTOR as usize];
+    let head = &mut head[..len as usize];
+    f.read_exact_at(head, offset).ok()?;
+    sparse_header_capacity(head)
+}
+
 /// Parses a text descriptor: `createType`, `parentFileNameHint`, `ddb.adapterType`,
 /// and the capacity as the sum of the extent lines' sector counts.
 pub fn parse_descriptor(bytes: &[u8]) -> Result<DiskFacts, String> {
@@ -244,6 +287,21 @@ mod tests {
         let f = BuiltinProbe.probe(&p).unwrap();
         assert_eq!(f.capacity, Some(2048 * 512));
         assert_eq!(f.create_type.as_deref(), Some("streamOptimized"));
+        assert_eq!(
+            sparse_header_capacity(&std::fs::read(&p).unwrap()),
+            Some(2048 * 512)
+        );
+    }
+
+    #[test]
+    fn header_capacity_is_only_read_from_sparse_headers() {
+        let mut img = vec![0u8; 512];
+        img[..4].copy_from_slice(b"KDMV");
+        img[12..20].copy_from_slice(&u64::MAX.to_le_bytes());
+        // Sectors that overflow a byte count give no capacity, not a wrapped one.
+        assert_eq!(sparse_header_capacity(&img), None);
+        assert_eq!(sparse_header_capacity(b"# Disk DescriptorFile"), None);
+        assert_eq!(sparse_header_capacity(b"KDMV"), None);
     }
 
     #[test]

@@ -279,6 +279,26 @@ fn disk_mode(raw: Option<&str>) -> DiskMode {
     }
 }
 
+/// `raw` as a number; when it is not one (text, a sign, more digits than the type
+/// holds) a critical concern quoting it, and 0. Pre-flight would flag the 0 too, but
+/// would describe it as 0 rather than as what the file says.
+fn number_or_concern<T: std::str::FromStr + Default>(
+    vm: &mut Vm,
+    key: &str,
+    raw: &str,
+    concern: &str,
+) -> T {
+    raw.trim().parse().unwrap_or_else(|_| {
+        vm.concerns.push(Concern {
+            id: concern.into(),
+            severity: Severity::Critical,
+            subject: None,
+            message: format!("{key} {raw:?} is not a number KVM can use"),
+        });
+        T::default()
+    })
+}
+
 /// Maps the dictionary to the model. Never fails: what cannot be used becomes a
 /// concern (added here for disk resolution, the rest by [`crate::preflight`]).
 pub fn to_vm(vmx: &Vmx, path: &Path, dir: &Path, probe: &dyn DiskProbe) -> Vm {
@@ -304,12 +324,21 @@ pub fn to_vm(vmx: &Vmx, path: &Path, dir: &Path, probe: &dyn DiskProbe) -> Vm {
         vm.firmware.kind = FirmwareKind::Efi;
     }
     vm.firmware.secure_boot = vmx.is_true("uefi.secureBoot.enabled");
-    vm.cpu.count = vmx.num("numvcpus").filter(|&n| n > 0).unwrap_or(1);
+    // An absent numvcpus is VMware's default of one; a present one is kept as
+    // written (0 or past MAX_VCPUS is a critical concern, never silently 1).
+    vm.cpu.count = match vmx.get("numvcpus") {
+        None => 1,
+        Some(raw) => number_or_concern(&mut vm, "numvcpus", raw, "vcpu-count-unsupported"),
+    };
     vm.cpu.cores_per_socket = vmx
         .num("cpuid.coresPerSocket")
         .filter(|&n| n > 0)
         .unwrap_or(1);
-    vm.memory_mib = vmx.num("memsize").unwrap_or(0);
+    // Absent, it stays 0, which pre-flight reports (the target needs a size).
+    vm.memory_mib = match vmx.get("memsize") {
+        None => 0,
+        Some(raw) => number_or_concern(&mut vm, "memsize", raw, "memory-size-unsupported"),
+    };
     vm.hardware_version = vmx.num("virtualHW.version");
     vm.tpm = vmx.is_true("vtpm.present");
     vm.cbt = vmx.is_true("ctkEnabled");

@@ -464,3 +464,25 @@ fn an_ova_made_with_tar_of_dot_is_read() {
     };
     assert_eq!(chunks[0].member, "disk1.vmdk");
 }
+
+#[test]
+fn an_ova_members_own_header_wins_over_a_disagreeing_ovf_capacity() {
+    let p = Pkg::new();
+    // The OVF says 1 GiB; the member's hosted sparse header says 2048 sectors.
+    p.write("vm.ovf", ovf("disk1.vmdk", None, "").as_bytes());
+    let mut disk = vec![0u8; 1024];
+    disk[..4].copy_from_slice(b"KDMV"); // magic
+    disk[4..8].copy_from_slice(&3u32.to_le_bytes()); // version
+    disk[12..20].copy_from_slice(&2048u64.to_le_bytes()); // capacity in sectors
+    p.write("disk1.vmdk", &disk);
+    let ova = p.tar("ustar", &["vm.ovf", "disk1.vmdk"]);
+    let vm = &load(&ova, &Options::default()).unwrap()[0];
+    assert_eq!(vm.disks[0].capacity, Some(2048 * 512));
+    assert!(
+        vm.concerns.iter().any(|c| c.id == "disk-capacity-mismatch"
+            && c.severity == Severity::Warning
+            && c.message.contains("1073741824")),
+        "{:?}",
+        vm.concerns
+    );
+}

@@ -117,3 +117,65 @@ fn an_unknown_extension_is_an_error_naming_the_file() {
     assert!(matches!(e, Error::UnknownKind { .. }));
     assert!(e.to_string().contains("vm.txt"));
 }
+
+/// A hosted sparse header stating `sectors` (the rest of the file is not read).
+fn sparse_header(sectors: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..4].copy_from_slice(b"KDMV"); // magic
+    h[4..8].copy_from_slice(&3u32.to_le_bytes()); // version (streamOptimized)
+    h[12..20].copy_from_slice(&sectors.to_le_bytes()); // capacity in sectors
+    h[20..28].copy_from_slice(&128u64.to_le_bytes()); // grainSize
+    h
+}
+
+#[test]
+fn the_disks_own_header_wins_over_a_disagreeing_ovf_capacity() {
+    let d = tempfile::tempdir().unwrap();
+    // The OVF says 1 MiB; the VMDK's header says 2 MiB.
+    write(d.path(), "vm.ovf", ovf("disk.vmdk").as_bytes());
+    write(d.path(), "disk.vmdk", &sparse_header(4096));
+    let vm = &load(&d.path().join("vm.ovf"), &Options::default()).unwrap()[0];
+    assert_eq!(vm.disks[0].capacity, Some(2 << 20));
+    let c = vm
+        .concerns
+        .iter()
+        .find(|c| c.id == "disk-capacity-mismatch")
+        .unwrap_or_else(|| panic!("{:?}", vm.concerns));
+    assert_eq!(c.severity, Severity::Warning);
+    assert_eq!(c.subject.as_deref(), Some(vm.disks[0].id.as_str()));
+    assert!(
+        c.message.contains("1048576") && c.message.contains("2097152"),
+        "{}",
+        c.message
+    );
+    // Agreeing: no concern.
+    write(d.path(), "disk.vmdk", &sparse_header(2048));
+    let vm = &load(&d.path().join("vm.ovf"), &Options::default()).unwrap()[0];
+    assert_eq!(vm.disks[0].capacity, Some(1 << 20));
+    assert!(!vm.concerns.iter().any(|c| c.id == "disk-capacity-mismatch"));
+}
+
+#[test]
+fn an_ovf_memory_size_that_overflows_bytes_is_critical_and_quoted() {
+    let d = tempfile::tempdir().unwrap();
+    // 2^60 MiB: past a u64 once in bytes.
+    let text = ovf("disk.vmdk").replace(
+        "<Item><rasd:InstanceID>3</rasd:InstanceID>",
+        "<Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>1152921504606846976</rasd:VirtualQuantity></Item>\n<Item><rasd:InstanceID>3</rasd:InstanceID>",
+    );
+    write(d.path(), "vm.ovf", text.as_bytes());
+    write(d.path(), "disk.vmdk", b"abc");
+    let vm = &load(&d.path().join("vm.ovf"), &Options::default()).unwrap()[0];
+    let c: Vec<_> = vm
+        .concerns
+        .iter()
+        .filter(|c| c.id == "memory-size-unsupported")
+        .collect();
+    assert_eq!(c.len(), 1, "{:?}", vm.concerns);
+    assert_eq!(c[0].severity, Severity::Critical);
+    assert!(
+        c[0].message.contains("1152921504606846976"),
+        "{}",
+        c[0].message
+    );
+}

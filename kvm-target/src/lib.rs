@@ -36,6 +36,8 @@ pub enum Error {
     },
     #[error("ethernet{index}: no valid MAC address in the VM model; the target must keep it")]
     NoMac { index: u32 },
+    #[error("VM {vm:?}: refusing to build a KVM machine: {}", problems.join("; "))]
+    Unrunnable { vm: String, problems: Vec<String> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -150,6 +152,19 @@ pub struct Target {
     pub nics: Vec<TargetNic>,
 }
 
+/// vCPU counts and memory sizes KVM cannot run (pre-flight's critical concerns) are
+/// refused here too, so a hand-edited or stale vm.json never puts them in domain XML.
+fn refuse_unrunnable_size(vm: &Vm) -> Result<()> {
+    let problems = v2k_inventory::preflight::machine_size_problems(vm);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Unrunnable {
+        vm: vm.name.clone(),
+        problems: problems.into_iter().map(|(_, m)| m).collect(),
+    })
+}
+
 impl Target {
     /// The target of `vm` with its converted `disks` (in the VM's disk order). An EFI
     /// guest's variable store is `NAME_VARS.fd` in `vars_dir` (see [`firmware`]).
@@ -161,6 +176,7 @@ impl Target {
         accel: Accel,
         vars_dir: &Path,
     ) -> Result<Target> {
+        refuse_unrunnable_size(vm)?;
         let vcpus = vm.cpu.count.max(1);
         let mut cores = vm.cpu.cores_per_socket.max(1);
         if !vcpus.is_multiple_of(cores) {
@@ -401,8 +417,38 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_kvm_cannot_run_is_refused_before_any_xml() {
+        use v2k_inventory::model::SourceKind;
+        let build = |vcpus: u32, mib: u64| {
+            let mut vm = Vm::new_empty(SourceKind::Vmx, "/x/a.vmx".into());
+            vm.name = "hostile".into();
+            vm.cpu.count = vcpus;
+            vm.memory_mib = mib;
+            Target::from_vm(
+                &vm,
+                &[],
+                DiskBus::VirtioBlk,
+                &NetworkMap::default(),
+                Accel::Tcg,
+                Path::new("/o"),
+            )
+        };
+        for (vcpus, mib, want) in [
+            (100_000, 1024, "100000 vCPUs"),
+            (0, 1024, "0 vCPUs"),
+            (2, 0, "memory size 0 MiB"),
+            (2, u64::MAX, "memory size 18446744073709551615 MiB"),
+        ] {
+            let e = build(vcpus, mib).unwrap_err().to_string();
+            assert!(e.contains("\"hostile\"") && e.contains(want), "{e}");
+        }
+        let t = build(4, 4096).unwrap();
+        assert_eq!((t.vcpus, t.memory_mib), (4, 4096));
+    }
+
+    #[test]
     fn from_vm_puts_the_variable_store_in_the_given_directory() {
-        let mut vm = Vm::empty(v2k_inventory::model::SourceKind::Vmx, "/x/web.vmx".into());
+        let mut vm = Vm::new_empty(v2k_inventory::model::SourceKind::Vmx, "/x/web.vmx".into());
         vm.name = "web 01/x".into();
         vm.firmware.kind = FirmwareKind::Efi;
         let t = Target::from_vm(

@@ -5,10 +5,15 @@
 //! takes it). A password is never part of an address, an argument or a log line: it
 //! comes from the environment variable [`PASSWORD_ENV`] or from a file that only its
 //! owner can read (mode 0600 or stricter), whose first line is the password.
+//!
+//! The binary calls [`take_password_from_env`] first thing, before it has any thread
+//! or child: the variable is read once and removed from the process environment, so
+//! no child (qemu-img, the libguestfs appliance, supermin, wave hooks) inherits it.
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::client::Secret;
 use crate::error::{Error, Result};
@@ -171,6 +176,21 @@ fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// The password taken out of the environment by [`take_password_from_env`] (`None`
+/// inside: the variable was unset or empty).
+static ENV_PASSWORD: OnceLock<Option<Secret>> = OnceLock::new();
+
+/// Reads [`PASSWORD_ENV`] once and removes it from the process environment, so that
+/// children never inherit it; [`password`] then answers from the copy kept here.
+/// Call it at the start of `main`, while the process has a single thread: changing
+/// the environment races with any other thread reading it (that is why
+/// `remove_var` is `unsafe` from edition 2024 on; this workspace is edition 2021).
+pub fn take_password_from_env() {
+    let value = std::env::var(PASSWORD_ENV).ok().filter(|v| !v.is_empty());
+    std::env::remove_var(PASSWORD_ENV);
+    let _ = ENV_PASSWORD.set(value.map(Secret::new));
+}
+
 /// The password: from `file` when given (which must be a regular file readable by
 /// its owner only), else from [`PASSWORD_ENV`].
 pub fn password(file: Option<&Path>) -> Result<Secret> {
@@ -216,9 +236,17 @@ pub fn password(file: Option<&Path>) -> Result<Secret> {
         }
         return Ok(Secret::new(line));
     }
-    match std::env::var(PASSWORD_ENV) {
-        Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
-        _ => Err(Error::Usage(format!(
+    // A library caller that never took the variable still finds it in the environment.
+    let env = match ENV_PASSWORD.get() {
+        Some(taken) => taken.clone(),
+        None => std::env::var(PASSWORD_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(Secret::new),
+    };
+    match env {
+        Some(v) => Ok(v),
+        None => Err(Error::Usage(format!(
             "no vSphere password: set ${PASSWORD_ENV} or give --password-file (mode 0600)"
         ))),
     }

@@ -484,7 +484,8 @@ impl Session {
         })
     }
 
-    /// Turns a transport error into a thumbprint mismatch when that is what it is.
+    /// Turns a transport error into a thumbprint mismatch or an untrusted certificate
+    /// when that is what it is.
     pub(crate) fn transport_error(&self, url: &str, e: reqwest::Error) -> Error {
         if let (Some(expected), Ok(seen)) = (self.pinned, self.seen.lock()) {
             if let Some(actual) = *seen {
@@ -496,6 +497,12 @@ impl Session {
                     };
                 }
             }
+        }
+        if let Some(reason) = untrusted_issuer(&e) {
+            return Error::UntrustedCertificate {
+                host: self.host.clone(),
+                reason,
+            };
         }
         Error::transport(url, "request failed", e)
     }
@@ -843,6 +850,22 @@ impl Drop for Client {
     fn drop(&mut self) {
         let _ = self.rt.block_on(self.session.logout());
     }
+}
+
+/// rustls's reason when the certificate chain has no trusted root (only default
+/// verification can fail so: pinned and insecure modes use their own verifier). The
+/// rustls error sits under reqwest's, hyper's and an `io::Error` whose `source()`
+/// skips it, so the cause chain's text is searched rather than its types.
+fn untrusted_issuer(e: &reqwest::Error) -> Option<String> {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = src {
+        let text = c.to_string();
+        if text.contains("UnknownIssuer") {
+            return Some(text);
+        }
+        src = c.source();
+    }
+    None
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ pub enum Error {
         expected: String,
         actual: String,
     },
+    /// Default verification found no trusted CA for the server's certificate (ESXi
+    /// and vCenter usually carry their own VMCA-signed or self-signed certificates).
+    #[error("{host}: the server's certificate is not signed by a trusted CA ({reason}); check its SHA-256 thumbprint with `v2k vsphere thumbprint {host}` and pin it with --thumbprint, or trust its CA with --ca-file PEM")]
+    UntrustedCertificate { host: String, reason: String },
     /// TLS or TCP failed (certificate not trusted, connection refused, reset...).
     #[error("{url}: {what}")]
     Transport {

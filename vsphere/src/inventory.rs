@@ -352,7 +352,9 @@ pub fn map_vm(o: &ObjectContent, names: &Names, server: &str) -> Result<Vm> {
         },
         secure_boot: boolean(o.get("config.bootOptions.efiSecureBootEnabled")),
     };
-    let count: u32 = int(o.get("config.hardware.numCPU")).unwrap_or(1).max(1);
+    // An explicit 0 (or past MAX_VCPUS) stays as the server said: pre-flight
+    // reports it, the KVM target refuses it.
+    let count: u32 = int(o.get("config.hardware.numCPU")).unwrap_or(1);
     let cores: u32 = int(o.get("config.hardware.numCoresPerSocket"))
         .unwrap_or(1)
         .max(1);
@@ -768,6 +770,36 @@ mod tests {
             ("App-Frontend".into(), None),
         );
         map_vm(&objs[0], &names, "vc.example:443").unwrap()
+    }
+
+    #[test]
+    fn a_server_claiming_zero_vcpus_or_memory_gets_critical_concerns_not_defaults() {
+        let text = VCENTER_VM
+            .replace(
+                "numCPU</name><val xsi:type=\"xsd:int\">4<",
+                "numCPU</name><val xsi:type=\"xsd:int\">0<",
+            )
+            .replace(
+                "memoryMB</name><val xsi:type=\"xsd:int\">8192<",
+                "memoryMB</name><val xsi:type=\"xsd:int\">0<",
+            );
+        assert_ne!(text, VCENTER_VM);
+        let e = el(&format!(
+            "<r xmlns=\"urn:vim25\"><returnval>{text}</returnval></r>"
+        ));
+        let (objs, _) = crate::client::parse_retrieve_result(&e).unwrap();
+        let mut vm = map_vm(&objs[0], &Names::default(), "vc.example:443").unwrap();
+        assert_eq!((vm.cpu.count, vm.memory_mib), (0, 0));
+        v2k_inventory::preflight::assess(&mut vm);
+        for id in ["vcpu-count-unsupported", "memory-size-unsupported"] {
+            assert!(
+                vm.concerns
+                    .iter()
+                    .any(|c| c.id == id && c.severity == Severity::Critical),
+                "{id}: {:?}",
+                vm.concerns
+            );
+        }
     }
 
     #[test]

@@ -46,6 +46,9 @@ impl Default for TlsMode {
     }
 }
 
+/// Hex digits of a SHA-1 thumbprint (20 bytes), refused with its own message.
+const SHA1_HEX_DIGITS: usize = 40;
+
 /// A SHA-256 certificate thumbprint.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Thumbprint(pub [u8; 32]);
@@ -60,6 +63,17 @@ impl Thumbprint {
                 "thumbprint {s:?} is not a SHA-256 thumbprint (64 hex digits, colons allowed)"
             ))
         };
+        // 40 hex digits is the SHA-1 thumbprint older vSphere clients show. SHA-1
+        // collisions can be forged, so it is refused by name rather than as garbage.
+        if hex_digits.len() == SHA1_HEX_DIGITS && hex_digits.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err(Error::Usage(format!(
+                "thumbprint {s:?} is a SHA-1 thumbprint: SHA-1 is not accepted (its collisions \
+                 can be forged); pin the SHA-256 thumbprint (64 hex digits) that \
+                 `v2k vsphere thumbprint HOST` prints, or that \
+                 `openssl x509 -noout -fingerprint -sha256` shows for the certificate"
+            )));
+        }
         if hex_digits.len() != 64 {
             return Err(bad());
         }
@@ -294,7 +308,19 @@ mod tests {
     fn refuses_sha1_thumbprints_and_garbage() {
         // A SHA-1 thumbprint (what older vSphere showed) is too short: refused, not
         // silently compared against a SHA-256.
-        assert!(Thumbprint::parse("ab:".repeat(20).trim_end_matches(':')).is_err());
+        for sha1 in [
+            "ab:".repeat(20).trim_end_matches(':').to_string(),
+            "AB".repeat(20),
+        ] {
+            let e = Thumbprint::parse(&sha1).unwrap_err().to_string();
+            assert!(
+                e.contains("SHA-1 is not accepted") && e.contains("v2k vsphere thumbprint HOST"),
+                "{e}"
+            );
+        }
+        // Not 40 hex digits: the generic message, which does not blame SHA-1.
+        let e = Thumbprint::parse(&"ab".repeat(21)).unwrap_err().to_string();
+        assert!(!e.contains("SHA-1") && e.contains("64 hex digits"), "{e}");
         assert!(Thumbprint::parse(&"zz".repeat(32)).is_err());
         assert!(Thumbprint::parse("").is_err());
     }

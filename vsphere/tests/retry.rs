@@ -3,7 +3,8 @@
 //! server recovers, and a server that stays busy gives a clear HTTP 503 error after
 //! the named number of attempts; oversized and endless bodies are refused; and a
 //! session that expires under a datastore download (vcsim does not check sessions on
-//! `/folder`) is renewed on that path, for the descriptor and for the extent stream.
+//! `/folder`) is renewed on that path, for the descriptor and for the extent stream;
+//! a certificate from an unknown CA fails with what to do about it.
 
 mod common;
 
@@ -179,10 +180,14 @@ fn server_answering(
 }
 
 fn connect(port: u16) -> Result<Session, Error> {
+    connect_with(port, TlsMode::Pinned(common::pki().thumbprint))
+}
+
+fn connect_with(port: u16, tls: TlsMode) -> Result<Session, Error> {
     let opts = Options {
         host: "127.0.0.1".into(),
         port,
-        tls: TlsMode::Pinned(common::pki().thumbprint),
+        tls,
     };
     let creds = Credentials {
         user: "u".into(),
@@ -211,6 +216,23 @@ fn a_busy_server_is_retried_with_backoff_until_it_answers() {
     assert_eq!(c.api_version, "7.0.3.0");
     // Before the version is known, the bootstrap SOAPAction is used.
     assert_eq!(*action.lock().unwrap(), "urn:vim25/6.0");
+}
+
+#[test]
+fn an_untrusted_certificate_says_how_to_pin_it_or_trust_its_ca() {
+    // Default verification without the test CA: the issuer is unknown.
+    let (port, _, _) = server(0);
+    let e = connect_with(port, TlsMode::default()).unwrap_err();
+    assert!(matches!(e, Error::UntrustedCertificate { .. }), "{e:?}");
+    let msg = e.to_string();
+    for want in [
+        &format!("v2k vsphere thumbprint 127.0.0.1:{port}") as &str,
+        "--thumbprint",
+        "--ca-file",
+        "UnknownIssuer",
+    ] {
+        assert!(msg.contains(want), "{want:?} missing from: {msg}");
+    }
 }
 
 #[test]

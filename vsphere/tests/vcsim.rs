@@ -371,7 +371,7 @@ fn tls_is_verified_by_default_and_a_wrong_thumbprint_is_fatal() {
     let mut o = sim.options();
     o.tls = TlsMode::default();
     let e = Client::connect(&o, Vcsim::creds()).unwrap_err();
-    assert!(matches!(e, Error::Transport { .. }), "{e}");
+    assert!(matches!(e, Error::UntrustedCertificate { .. }), "{e}");
     // The right pin connects (no CA needed), a wrong one is fatal.
     o.tls = TlsMode::Pinned(pki.thumbprint);
     Client::connect(&o, Vcsim::creds()).unwrap();

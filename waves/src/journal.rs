@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::hooks::HookResult;
+use crate::plan::valid_name;
 use crate::{io, Error, Result};
 
 /// The journal's schema version (in `run-started`).
@@ -130,6 +131,31 @@ pub enum Entry {
     RunFinished {
         exit_code: i32,
     },
+}
+
+impl Entry {
+    /// Every wave and VM name the entry carries. They become directory and file names
+    /// under the run directory (`RUN/WAVE/wave-report.html`, `RUN/vms/VM/`), so a
+    /// journal's names are checked like a plan's: a journal is a file anyone with
+    /// write access to the run directory can edit.
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Entry::RunStarted { waves, .. } => waves
+                .iter()
+                .flat_map(|w| {
+                    std::iter::once(w.name.as_str()).chain(w.vms.iter().map(|v| v.name.as_str()))
+                })
+                .collect(),
+            Entry::WaveStarted { wave } | Entry::WaveFinished { wave, .. } => vec![wave],
+            Entry::VmStarted { wave, vm, .. }
+            | Entry::Hook { wave, vm, .. }
+            | Entry::Stage { wave, vm, .. }
+            | Entry::VmVerified { wave, vm }
+            | Entry::VmFinished { wave, vm, .. }
+            | Entry::VmNotRun { wave, vm, .. } => vec![wave, vm],
+            Entry::RunResumed { .. } | Entry::RunFinished { .. } => Vec::new(),
+        }
+    }
 }
 
 /// The journal open for appending, locked.
@@ -265,6 +291,15 @@ fn records(mut r: impl BufRead, name: &str) -> Result<(Vec<Record>, u64)> {
             path: name.to_string(),
             message: format!("line {n}: {e}"),
         })?;
+        if let Some(bad) = rec.entry.names().into_iter().find(|s| !valid_name(s)) {
+            return Err(Error::Journal {
+                path: name.to_string(),
+                message: format!(
+                    "line {n}: name {bad:?} is not a plain name (1 to 128 letters, digits, \
+                     '.', '_' or '-'; not '.' or '..')"
+                ),
+            });
+        }
         out.push(rec);
         good += got as u64;
     }

@@ -30,7 +30,7 @@ pub struct Args {
     /// QCOW2 cluster size in bytes (power of two, 512..2097152)
     #[arg(long, default_value_t = 65536)]
     cluster_size: u64,
-    /// Worker threads (default: one per CPU)
+    /// Worker threads (default: one per CPU; at most 64, more is lowered with a warning)
     #[arg(long)]
     threads: Option<usize>,
     /// Disks converted at the same time
@@ -129,15 +129,25 @@ fn output_for(src: &Path, out: &Path, many: bool, format: Format) -> anyhow::Res
 }
 
 pub fn exec(args: Args) -> anyhow::Result<i32> {
-    if let Some(n) = args.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
+    let threads = match args.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) if n > convert::MAX_THREADS => {
+            eprintln!(
+                "v2k: warning: --threads {n} lowered to {}: memory grows by about 8 MiB per \
+                 worker (docs/convert.md)",
+                convert::MAX_THREADS
+            );
+            convert::MAX_THREADS
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("starting the worker pool")?;
-    }
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(convert::MAX_THREADS),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("starting the worker pool")?;
     let format = match args.format {
         FormatArg::Qcow2 => Format::Qcow2,
         FormatArg::Raw => Format::Raw,

@@ -576,8 +576,11 @@ fn analyse_descriptor_file(path: &Path, len: u64) -> Result<Layer> {
                         format!("extent {n}: {} is {flen} bytes, shorter than the {need} the extent needs", f.display()),
                     ));
                 }
-                map.mark(base, bytes);
-                allocated += bytes;
+                // Only the extent's data is marked: holes read as zeros and are
+                // neither read nor counted (a thin -flat.vmdk is mostly holes).
+                let file = File::open(f).map_err(|err| Error::io(f, "opening", err))?;
+                allocated += alloc::walk_flat(&file, e.offset * SECTOR, bytes, base, &mut map)
+                    .map_err(|m| Error::invalid(f, m))?;
             }
             (ExtentKind::Sparse | ExtentKind::VmfsSparse, Some(f)) => {
                 let (mut r, flen) = open_bytes(&Source::file(f))?;
