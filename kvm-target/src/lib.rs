@@ -450,6 +450,8 @@ mod tests {
     fn from_vm_puts_the_variable_store_in_the_given_directory() {
         let mut vm = Vm::new_empty(v2k_inventory::model::SourceKind::Vmx, "/x/web.vmx".into());
         vm.name = "web 01/x".into();
+        vm.cpu.count = 1;
+        vm.memory_mib = 512;
         vm.firmware.kind = FirmwareKind::Efi;
         let t = Target::from_vm(
             &vm,
