@@ -152,18 +152,27 @@ impl Address {
         } else {
             self.host.clone()
         };
-        let path: Vec<String> = self
-            .inventory_path
-            .split('/')
-            .map(|c| {
-                // The path holds names as vSphere writes them (`%25`, `%2f`): back to
-                // the name itself, then into the URL's escaping.
-                let name = percent_decode(c).unwrap_or_else(|_| c.to_string());
-                percent_encode(&name, PATH_SAFE)
-            })
-            .collect();
-        format!("{host}:{}/{}", self.port, path.join("/"))
+        format!(
+            "{host}:{}/{}",
+            self.port,
+            encode_inventory_path(&self.inventory_path)
+        )
     }
+}
+
+/// An inventory path as the path of a `vsphere://` address: each component
+/// percent-encoded so that [`Address::parse`] reads it back unchanged.
+pub(crate) fn encode_inventory_path(inventory_path: &str) -> String {
+    inventory_path
+        .split('/')
+        .map(|c| {
+            // The path holds names as vSphere writes them (`%25`, `%2f`): back to the
+            // name itself, then into the URL's escaping.
+            let name = percent_decode(c).unwrap_or_else(|_| c.to_string());
+            percent_encode(&name, PATH_SAFE)
+        })
+        .collect::<Vec<String>>()
+        .join("/")
 }
 
 /// Bytes written as they are in a path component besides letters and digits: RFC
