@@ -204,6 +204,10 @@ fn wave_of_three(validate_classic: bool) -> (tempfile::TempDir, PathBuf, PathBuf
     (t, p, run)
 }
 
+/// The suite's one boot inside a wave (docs/architecture.md, "Testing"): only a
+/// validated VM's real report (screenshot, checks) shows that the wave report embeds its
+/// console thumbnail and verdict and that a post hook sees `validated`. The resume test
+/// below runs without validation.
 #[test]
 fn a_wave_of_three_two_at_a_time_migrates_the_good_vms_and_fails_the_broken_one() {
     let (t, p, run) = wave_of_three(true);

@@ -1,8 +1,13 @@
 //! End to end on the real fixture guests: convert the VMware disks with the converters
-//! library, inject, boot the result on virtio-blk + virtio-net under QEMU (TCG,
-//! `restrict=on`) from the generated QEMU command line, and read the agent's report on
-//! the serial port. Also: the un-injected negative control, idempotence, and bad inputs
-//! (blank disk, damaged filesystem, unknown distribution).
+//! library, inject, check every change the injector reports and that the domain XML is
+//! valid for libvirt, then inject again (idempotence). Also bad inputs (blank disk,
+//! damaged filesystem, unknown distribution).
+//!
+//! No boot here (docs/architecture.md, "Testing"): the injected guests' boot on virtio
+//! (agent report, NIC name pinned to the MAC, DHCP address, mounts) is
+//! cli/tests/migrate.rs's one boot per fixture, which runs this injector on the same
+//! disks; the un-injected negative control is tests/fixtures' virtio-blk boot and
+//! validator/tests/negative.rs.
 //!
 //! Prerequisites missing (root, libguestfs, QEMU, debootstrap...) make these tests FAIL,
 //! never skip: CI runs them as root with V2K_REQUIRE_E2E=1. Heavy tests take a global
@@ -11,17 +16,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use v2k_drivers_injector::{inject, Accel, DiskBus, ErrorKind, InjectOptions, Status};
-use v2k_fixtures::{Bus, Variant};
+use v2k_fixtures::Variant;
 use v2k_inventory::Vm;
 use v2k_kvm_target::{GuestFeatures, NetworkMap, QemuOptions, Target};
 
 static HEAVY: Mutex<()> = Mutex::new(());
-
-/// How long a converted guest may take to report under TCG on a loaded 2-core host.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(420);
 
 fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|p| p.into_inner())
@@ -100,112 +102,11 @@ fn say(msg: &str) {
     eprintln!("[inject] {msg}");
 }
 
-/// Boots the target from its generated QEMU argv (serial to a file, disks in snapshot
-/// mode) and waits for the agent's line. The NIC sits on the root bus, not in ESXi's
-/// slot 192: the kernel would call it enp0sN, so `ens192` proves the MAC pin.
-fn boot_for_agent(t: &Target, log: &Path) -> (serde_json::Value, Duration) {
-    let q = QemuOptions {
-        serial: format!("file:{}", log.display()),
-        snapshot: true,
-    };
-    let argv = v2k_kvm_target::qemu_argv(t, &q, &GuestFeatures::default());
-    assert!(argv.iter().any(|a| a.contains("restrict=on")), "{argv:?}");
-    let start = Instant::now();
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting qemu");
-    let found = loop {
-        std::thread::sleep(Duration::from_millis(500));
-        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
-        if let Some(line) = text.lines().find(|l| l.starts_with("V2K-AGENT ")) {
-            break Some(line.trim_end().to_string());
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!(
-                "qemu exited ({st}) before the agent reported; serial log {}",
-                log.display()
-            );
-        }
-        if start.elapsed() > AGENT_TIMEOUT {
-            break None;
-        }
-    };
-    let elapsed = start.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
-    let line = found.unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
-        let tail: String = text
-            .chars()
-            .rev()
-            .take(3000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        panic!("no agent report within {AGENT_TIMEOUT:?}; serial tail:\n{tail}")
-    });
-    let json = line.strip_prefix("V2K-AGENT ").unwrap();
-    (
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("bad agent JSON {json}: {e}")),
-        elapsed,
-    )
-}
-
-fn assert_report(r: &serde_json::Value, mac: &str) {
-    assert_eq!(r["v"], 1, "{r}");
-    assert_eq!(r["ok"], true, "{r}");
-    assert_eq!(r["root-rw"], true, "{r}");
-    let mounts = r["mounts"].as_array().unwrap();
-    assert!(
-        mounts
-            .iter()
-            .any(|m| m["target"] == "/data" && m["ok"] == true),
-        "/data not mounted: {r}"
-    );
-    let nics = r["nics"].as_array().unwrap();
-    let nic = nics
-        .iter()
-        .find(|n| n["name"] == "ens192")
-        .unwrap_or_else(|| panic!("no NIC named ens192: {r}"));
-    assert_eq!(nic["mac"], mac, "{r}");
-    let addrs: Vec<&str> = nic["ipv4"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|a| a.as_str())
-        .collect();
-    assert!(
-        addrs.iter().any(|a| a.starts_with("10.0.2.")),
-        "no DHCP address on ens192: {r}"
-    );
-}
-
-fn end_to_end(variant: Variant, negative_control: bool) {
+fn end_to_end(variant: Variant) {
     prerequisites();
     let _g = heavy();
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let (vm, disks, fx) = converted(variant, dir.path());
-
-    if negative_control {
-        // Not injected: the initramfs has no virtio driver and the root is /dev/sda1.
-        let out = v2k_fixtures::boot_check(&disks, Bus::Virtio, Duration::from_secs(240))
-            .expect("negative-control boot");
-        assert!(
-            !out.login_prompt && !out.mounted("/data"),
-            "un-injected guest booted on virtio: {:?} (serial {})",
-            out.kind,
-            out.serial_log.display()
-        );
-        say(&format!(
-            "negative control: {:?} after {:?}",
-            out.kind, out.elapsed
-        ));
-    }
 
     if variant == Variant::DebianClassic {
         // What a guest that once ran VMware's own Tools carries: its apt repository and
@@ -283,11 +184,13 @@ fn end_to_end(variant: Variant, negative_control: bool) {
         .status()
         .expect("virt-xml-validate (libvirt-clients)");
     assert!(st.success(), "domain.xml does not validate");
-
-    let serial = dir.path().join("serial.log");
-    let (report, took) = boot_for_agent(&t, &serial);
-    say(&format!("agent reported after {took:?}: {report}"));
-    assert_report(&report, &fx.mac);
+    // The QEMU command line isolates the guest's network.
+    let q = QemuOptions {
+        serial: format!("file:{}", dir.path().join("serial.log").display()),
+        snapshot: true,
+    };
+    let argv = v2k_kvm_target::qemu_argv(&t, &q, &GuestFeatures::default());
+    assert!(argv.iter().any(|a| a.contains("restrict=on")), "{argv:?}");
 
     // Idempotent: a second run changes nothing.
     let again = inject(&opts(&vm, &disks), &mut |m| say(m)).expect("second inject");
@@ -306,13 +209,13 @@ fn end_to_end(variant: Variant, negative_control: bool) {
 }
 
 #[test]
-fn debian_classic_boots_on_virtio_with_its_nic_name_after_inject() {
-    end_to_end(Variant::DebianClassic, true);
+fn debian_classic_is_injected_with_its_nic_name_pinned_and_idempotently() {
+    end_to_end(Variant::DebianClassic);
 }
 
 #[test]
-fn debian_dracut_lvm_boots_on_virtio_with_its_nic_name_after_inject() {
-    end_to_end(Variant::DebianDracutLvm, false);
+fn debian_dracut_lvm_is_injected_with_its_nic_name_pinned_and_idempotently() {
+    end_to_end(Variant::DebianDracutLvm);
 }
 
 fn vm_stub() -> Vm {

@@ -411,10 +411,13 @@ pub fn assess(vm: &mut Vm) {
 }
 
 /// `name-000001.vmdk`: the name VMware gives a snapshot delta, so a delta is seen even
-/// when its descriptor could not be read.
+/// when its descriptor could not be read, or its file is missing (the VM still has
+/// snapshots, and the user must know the chain is what is missing).
 fn is_delta_name(l: &DiskLocation) -> bool {
-    let DiskLocation::File { path, .. } = l else {
-        return false;
+    let path = match l {
+        DiskLocation::File { path, .. } => path.as_path(),
+        DiskLocation::Missing { reference } => std::path::Path::new(reference),
+        _ => return false,
     };
     let name = path
         .file_name()
@@ -492,6 +495,25 @@ mod tests {
         assess(&mut v);
         assert_eq!(ids(&v), vec!["disk-missing", "disk-zero-capacity"]);
         assert!(v.has_critical());
+    }
+
+    #[test]
+    fn a_missing_snapshot_delta_also_says_the_vm_has_snapshots() {
+        let mut v = vm();
+        v.disks.push(disk(
+            DiskLocation::Missing {
+                reference: "a-000002.vmdk".into(),
+            },
+            None,
+        ));
+        assess(&mut v);
+        assert_eq!(ids(&v), vec!["disk-missing", "snapshots-present"]);
+        let c = v.concerns.iter().find(|c| c.id == "snapshots-present");
+        assert!(
+            c.is_some_and(|c| c.message.contains("1 disk(s) on a delta")),
+            "{:?}",
+            v.concerns
+        );
     }
 
     #[test]

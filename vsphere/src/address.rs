@@ -142,11 +142,73 @@ impl Address {
         pat.len() == got.len() && pat.iter().zip(&got).all(|(p, g)| glob(p, g))
     }
 
-    /// The address without the user, as recorded in the VM model.
+    /// The address without the user, as recorded in the VM model, percent-encoded as
+    /// [`Address`]'s `Display` is (a name with a space can be pasted back once the
+    /// user is put in front of the host).
     pub fn display_without_user(&self) -> String {
+        format!("vsphere://{}", self.display_after_user())
+    }
+
+    /// `HOST:PORT/PATH`, the host bracketed when it is an IPv6 address and each path
+    /// component percent-encoded so that [`Address::parse`] reads it back unchanged.
+    fn display_after_user(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
         format!(
-            "vsphere://{}:{}/{}",
-            self.host, self.port, self.inventory_path
+            "{host}:{}/{}",
+            self.port,
+            encode_inventory_path(&self.inventory_path)
+        )
+    }
+}
+
+/// An inventory path as the path of a `vsphere://` address: each component
+/// percent-encoded so that [`Address::parse`] reads it back unchanged.
+pub(crate) fn encode_inventory_path(inventory_path: &str) -> String {
+    inventory_path
+        .split('/')
+        .map(|c| {
+            // The path holds names as vSphere writes them (`%25`, `%2f`): back to the
+            // name itself, then into the URL's escaping.
+            let name = percent_decode(c).unwrap_or_else(|_| c.to_string());
+            percent_encode(&name, PATH_SAFE)
+        })
+        .collect::<Vec<String>>()
+        .join("/")
+}
+
+/// Bytes written as they are in a path component besides letters and digits: RFC
+/// 3986's unreserved marks, and `*` and `?` so that a pattern stays readable (parse
+/// decodes `%2A` to `*` all the same).
+const PATH_SAFE: &[u8] = b"-._~*?!$&'()+,;=:@";
+/// In the user name only RFC 3986's unreserved marks: `@` and `:` must be escaped.
+const USER_SAFE: &[u8] = b"-._~";
+
+/// `%XX`-escapes every byte of `s` but ASCII letters, digits and `safe`.
+fn percent_encode(s: &str, safe: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || safe.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `vsphere://USER@HOST:PORT/PATH`, percent-encoded: what it prints parses back to the
+/// same address, so a printed source can be pasted into a command or a wave plan.
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "vsphere://{}@{}",
+            percent_encode(&self.user, USER_SAFE),
+            self.display_after_user()
         )
     }
 }
@@ -268,13 +330,39 @@ mod tests {
         assert_eq!(a.inventory_path, "DC0/vm/apps/web 01");
         assert_eq!(
             a.display_without_user(),
-            "vsphere://vc.example:8443/DC0/vm/apps/web 01"
+            "vsphere://vc.example:8443/DC0/vm/apps/web%2001"
         );
         // A `/` inside a VM name, written %2F in the URL, stays inside its component.
         let a = Address::parse("vsphere://u@vc/DC0/vm/a%2Fb").unwrap();
         assert_eq!(a.inventory_path, "DC0/vm/a%2fb");
         let a = Address::parse("vsphere://root@[::1]/DC0/vm/x").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 443));
+    }
+
+    #[test]
+    fn a_printed_address_parses_back_to_itself() {
+        for s in [
+            "vsphere://migrator%40vsphere.local@vc.example:8443/DC0/vm/apps/web%2001",
+            "vsphere://u@vc/DC0/vm/a%2Fb",
+            "vsphere://u@vc/DC0/vm/100%25%20sure",
+            "vsphere://root@[::1]:444/DC%200/vm/x",
+            "vsphere://r%3Aoot@vc/DC0/vm/caf%C3%A9%20%23%3F",
+            "vsphere://u@vc/DC0/vm/apps/web*",
+        ] {
+            let a = Address::parse(s).unwrap();
+            let shown = a.to_string();
+            assert!(!shown.contains(' '), "{shown}");
+            assert_eq!(Address::parse(&shown).unwrap(), a, "{s} printed as {shown}");
+            let without = a.display_without_user();
+            let back = without.replacen("vsphere://", &format!("vsphere://{}@", "u"), 1);
+            assert_eq!(
+                Address::parse(&back).unwrap().inventory_path,
+                a.inventory_path,
+                "{without}"
+            );
+        }
+        let a = Address::parse("vsphere://u@vc/DC0/vm/web%2001").unwrap();
+        assert_eq!(a.to_string(), "vsphere://u@vc:443/DC0/vm/web%2001");
     }
 
     #[test]

@@ -333,7 +333,10 @@ pub fn map_vm(o: &ObjectContent, names: &Names, server: &str) -> Result<Vm> {
     let (inv_path, dc) = names.path(parent.as_ref(), &name);
     let mut vm = Vm::new_empty(
         SourceKind::Vsphere,
-        PathBuf::from(format!("vsphere://{server}/{inv_path}")),
+        PathBuf::from(format!(
+            "vsphere://{server}/{}",
+            crate::address::encode_inventory_path(&inv_path)
+        )),
     );
     vm.name = name;
     vm.bios_uuid = text(o.get("config.uuid")).map(|u| u.to_ascii_lowercase());

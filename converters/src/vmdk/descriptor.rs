@@ -176,9 +176,25 @@ fn parse_hex_u32(v: &str, line: usize, key: &str) -> Result<u32, DescriptorError
         .map_err(|_| err(Some(line), format!("{key} is not a 32-bit hex number")))
 }
 
+/// Parses the descriptor embedded in a hosted sparse file. Its text ends at the first
+/// NUL and the rest of the area is ignored, as QEMU reads it: QEMU's own CID update
+/// rewrites a shorter text in place (`CID=%x` drops leading zeros) and leaves the old
+/// tail after the new NUL, so a disk QEMU wrote to can carry bytes there (about one
+/// write in sixteen). Nothing after the NUL is interpreted.
+pub fn parse_embedded(raw: &[u8]) -> Result<Descriptor, DescriptorError> {
+    if raw.len() > MAX_DESCRIPTOR_BYTES {
+        return Err(err(
+            None,
+            format!("larger than {MAX_DESCRIPTOR_BYTES} bytes"),
+        ));
+    }
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    parse(&raw[..end])
+}
+
 /// Parses a descriptor. Descriptors are padded with NULs to whole sectors (embedded
-/// ones always, separate ones when qemu-img wrote them); a NUL followed by text is
-/// refused.
+/// ones always, separate ones when qemu-img wrote them); in a descriptor file a NUL
+/// followed by text is refused.
 pub fn parse(raw: &[u8]) -> Result<Descriptor, DescriptorError> {
     if raw.len() > MAX_DESCRIPTOR_BYTES {
         return Err(err(
@@ -312,6 +328,21 @@ mod tests {
     use super::*;
 
     const ESXI: &str = "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"vmfs\"\n\n# Extent description\nRW 4194304 VMFS \"web 01-flat.vmdk\"\n\n# The Disk Data Base\n#DDB\n\nddb.adapterType = \"pvscsi\"\nddb.geometry.cylinders = \"261\"\nddb.virtualHWVersion = \"19\"\n";
+
+    #[test]
+    fn an_embedded_descriptor_ends_at_its_first_nul_as_qemu_reads_it() {
+        // What QEMU's CID update leaves: a shorter text, its NUL, the old tail.
+        let mut raw = b"# Disk DescriptorFile\nversion=1\nCID=1a2b3c\nparentCID=ffffffff\n\
+createType=\"monolithicSparse\"\nRW 16384 SPARSE \"a.vmdk\"\n"
+            .to_vec();
+        raw.extend_from_slice(b"\0\"\n");
+        raw.resize(10 * 512, 0);
+        let d = parse_embedded(&raw).unwrap();
+        assert_eq!(d.create_type, "monolithicSparse");
+        assert_eq!(d.extents.len(), 1);
+        // A descriptor file keeps refusing text after a NUL.
+        assert!(parse(&raw).is_err());
+    }
 
     #[test]
     fn parses_an_esxi_vmfs_descriptor() {

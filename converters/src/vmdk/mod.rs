@@ -460,7 +460,7 @@ fn analyse_sparse_file(path: &Path, r: &mut dyn ReadSeek, len: u64) -> Result<La
         let mut raw = vec![0u8; (hdr.descriptor_sectors * SECTOR) as usize];
         read_exact_at(r, hdr.descriptor_offset * SECTOR, &mut raw)
             .map_err(|e| Error::io(path, "reading the embedded descriptor", e))?;
-        Some(descriptor::parse(&raw).map_err(|e| Error::invalid(path, e.to_string()))?)
+        Some(descriptor::parse_embedded(&raw).map_err(|e| Error::invalid(path, e.to_string()))?)
     } else {
         None
     };
