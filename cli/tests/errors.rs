@@ -70,18 +70,10 @@ fn a_refused_vm_says_why_once() {
         &["migrate", "b.vmx", "--out", "o", "--no-validate"],
     );
     assert_eq!(code, 2);
-    let line = error_line(&err);
-    let gone = d.path().join("gone.vmdk");
-    assert!(
-        line.starts_with(
-            "v2k: error: b: critical pre-flight concerns, not migrated: disk-missing ("
-        ),
-        "{line}"
-    );
     assert_eq!(
-        line.matches(&*gone.to_string_lossy()).count(),
-        1,
-        "the missing disk is named once: {line}"
+        error_line(&err),
+        "v2k: error: b: critical pre-flight concerns, not migrated: \
+         disk-missing (disk file \"gone.vmdk\" does not exist)"
     );
     // Refused before anything is written.
     assert!(!d.path().join("o/vm.json").exists());
