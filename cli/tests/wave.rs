@@ -402,3 +402,70 @@ fn a_wave_killed_mid_run_resumes_without_redoing_finished_work() {
         .count();
     assert_eq!(broken_runs, 1, "the failed VM was run again");
 }
+
+/// A wave moves a data VM (`inject: false`, no boot, no libguestfs) whose VMX says
+/// EFI: its run directory gets the VM's own UEFI variable store, a copy of the plain
+/// template, and the target points at it, never at the system's template file.
+#[test]
+fn a_wave_gives_an_efi_vm_its_own_variable_store() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("data.vmdk");
+    let ok = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse"])
+        .arg(&disk)
+        .arg("4M")
+        .status()
+        .expect("qemu-img (scripts/setup.sh)");
+    assert!(ok.success());
+    let vmx = t.path().join("data.vmx");
+    std::fs::write(
+        &vmx,
+        "displayName = \"efi-data\"\nguestOS = \"debian12-64\"\nfirmware = \"efi\"\n\
+         numvcpus = \"1\"\nmemSize = \"512\"\nscsi0.present = \"TRUE\"\n\
+         scsi0.virtualDev = \"pvscsi\"\nscsi0:0.present = \"TRUE\"\n\
+         scsi0:0.fileName = \"data.vmdk\"\nethernet0.present = \"TRUE\"\n\
+         ethernet0.addressType = \"static\"\nethernet0.address = \"00:50:56:00:00:2a\"\n",
+    )
+    .unwrap();
+    let p = t.path().join("plan.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "version: 1\nrun-dir: run\nwaves:\n  - name: w\n    vms:\n      - source: {}\n        \
+             name: efi-data\n        inject: false\n        validate: false\n",
+            vmx.display()
+        ),
+    )
+    .unwrap();
+    let o = v2k(&["wave", "run"], &p);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: Value = serde_json::from_slice(
+        &std::fs::read(t.path().join("run/w/wave-report.json")).expect("wave-report.json"),
+    )
+    .unwrap();
+    let out = PathBuf::from(vm(&r, "efi-data")["out"].as_str().unwrap());
+    let vars = out.join("efi-data_VARS.fd");
+    let template = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+    assert_eq!(
+        std::fs::read(&vars).expect("the VM's variable store"),
+        std::fs::read(template).unwrap()
+    );
+    let argv = std::fs::read_to_string(out.join("qemu-cmdline.json")).unwrap();
+    assert!(argv.contains(&*vars.to_string_lossy()), "{argv}");
+    assert!(!argv.contains(template), "{argv}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert!(
+        report["concerns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == "guest-not-converted"),
+        "{report:#}"
+    );
+}
