@@ -411,7 +411,14 @@ fn a_wave_gives_an_efi_vm_its_own_variable_store() {
     let t = tempfile::tempdir().unwrap();
     let disk = t.path().join("data.vmdk");
     let ok = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "vmdk", "-o", "subformat=monolithicSparse"])
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicSparse",
+        ])
         .arg(&disk)
         .arg("4M")
         .status()
