@@ -1,7 +1,8 @@
 //! `v2k inject` through the real binary: the refusals and usage errors that need no
-//! appliance (exit 2, a message naming the file, the `--json` error line), and the
-//! VMware source refused as a disk. The full conversion and boot are in
-//! drivers-injector/tests/e2e.rs.
+//! appliance (exit 2, a message naming the file, the `--json` error line), the VMware
+//! source refused as a disk, and one real injection (its target files and an EFI
+//! guest's own variable store). The injector's guest changes in detail are in
+//! drivers-injector/tests/e2e.rs; the boots in cli/tests/migrate.rs.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -148,4 +149,81 @@ fn rejects_a_bad_network_map_and_a_windows_vm() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// `v2k inject` through the binary, on debian-classic's converted disks, with a VM model
+/// that says EFI (the guest itself is BIOS: the injector does not care, the target
+/// does). One appliance launch, no boot: what it shows is that the command writes the
+/// same target files as `v2k migrate` (one set of stage functions) and gives an EFI
+/// guest its own variable store, never the system's template.
+#[test]
+fn inject_writes_the_target_and_an_efi_guest_gets_its_own_variable_store() {
+    use v2k_fixtures::{build, Variant};
+    let f = build(Variant::DebianClassic).unwrap_or_else(|e| panic!("fixture: {e}"));
+    let t = tempfile::tempdir().unwrap();
+    let mut disks = Vec::new();
+    for (i, d) in f.vmx_sparse.disks.iter().enumerate() {
+        let o = t.path().join(format!("disk{i}.qcow2"));
+        let c = v2k(
+            &["convert", &d.to_string_lossy(), "-o", &o.to_string_lossy()],
+            t.path(),
+        );
+        assert!(c.status.success(), "{}", text(&c.stderr));
+        disks.push(o);
+    }
+    // The fixture's model, as `v2k inspect --json` gives it, turned EFI.
+    let i = v2k(
+        &["inspect", "--json", &f.vmx_sparse.vmx.to_string_lossy()],
+        t.path(),
+    );
+    assert!(i.status.success(), "{}", text(&i.stderr));
+    let mut vm: serde_json::Value = text(&i.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "vm")
+        .expect("a vm line");
+    vm["firmware"] = serde_json::json!({"kind": "efi"});
+    vm["name"] = serde_json::json!("classic-efi");
+    let model = t.path().join("vm.json");
+    std::fs::write(&model, vm.to_string()).unwrap();
+    let out = t.path().join("out");
+    let mut args = vec![
+        "inject".to_string(),
+        "--vm".into(),
+        model.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--accel".into(),
+        "tcg".into(),
+    ];
+    args.extend(disks.iter().map(|d| d.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = v2k(&args, t.path());
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    for f in [
+        "conversion-log.json",
+        "conversion-log.txt",
+        "domain.xml",
+        "qemu-cmdline.json",
+        "run-qemu.sh",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let vars = out.join("classic-efi_VARS.fd");
+    let template = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+    assert_eq!(
+        std::fs::read(&vars).expect("the VM's variable store"),
+        std::fs::read(template).unwrap()
+    );
+    let argv = std::fs::read_to_string(out.join("qemu-cmdline.json")).unwrap();
+    assert!(argv.contains(&*vars.to_string_lossy()), "{argv}");
+    assert!(!argv.contains(template), "{argv}");
+    let xml = std::fs::read_to_string(out.join("domain.xml")).unwrap();
+    assert!(xml.contains("<nvram>"), "{xml}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("run-qemu.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o111, 0o111, "run-qemu.sh is executable");
 }

@@ -139,8 +139,12 @@ pub(crate) fn overlays(disks: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
 /// Boots `target` and judges it against `expect`.
 pub fn validate(target: &Target, expect: &Expectations, opts: &Options) -> Result<Validation> {
     let start = std::time::Instant::now();
-    std::fs::create_dir_all(&opts.work_dir)
-        .map_err(io(format!("creating {}", opts.work_dir.display())))?;
+    // The work directory's parent is the caller's; the directory itself holds the
+    // overlays and logs this boot writes, so a link planted in its place is refused.
+    if let Some(parent) = opts.work_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    }
+    v2k_outfile::create_dir(&opts.work_dir)?;
     let mut t = target.clone();
     let overlay_files = if opts.keep_changes {
         Vec::new()

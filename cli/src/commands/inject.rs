@@ -72,6 +72,10 @@ pub(crate) enum AccelArg {
     Tcg,
 }
 
+/// A VM model is a few KiB (a VM with hundreds of disks and NICs stays far below);
+/// a larger "model" is not one, and is refused before it fills memory.
+const MAX_MODEL_BYTES: u64 = 16 << 20;
+
 /// Reads the VM model from JSON or through the inventory reader.
 fn load_vm(path: &Path) -> anyhow::Result<Vm> {
     let ext = path
@@ -79,8 +83,8 @@ fn load_vm(path: &Path) -> anyhow::Result<Vm> {
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     if ext == "json" || ext == "jsonl" {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text = v2k_untrusted::file::read_to_string(path, MAX_MODEL_BYTES, "VM model")
+            .with_context(|| format!("reading {}", path.display()))?;
         // One VM: a plain model, or the first "vm" line of `v2k inspect --json`.
         let mut vms = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -127,7 +131,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         AccelArg::Tcg => Accel::Tcg,
     }));
     if let Some(w) = warning {
-        eprintln!("v2k: warning: {w}");
+        console::say!("v2k: warning: {w}");
     }
     let bus = match args.disk_bus {
         BusArg::Virtio => DiskBus::VirtioBlk,
@@ -139,7 +143,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         .map(|d| std::path::absolute(d).with_context(|| format!("resolving {}", d.display())))
         .collect::<anyhow::Result<_>>()?;
     if !vm.disks.is_empty() && vm.disks.len() != disks.len() {
-        eprintln!(
+        console::say!(
             "v2k: warning: the VM has {} disk(s) and {} were given",
             vm.disks.len(),
             disks.len()
@@ -162,7 +166,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
     let quiet = args.json;
     let result = stages::inject_guest(&RealBoot, &vm, &disks, &settings, &mut |msg| {
         if !quiet || console::stderr_is_terminal() {
-            eprintln!("v2k: {msg}");
+            console::say!("v2k: {msg}");
         }
     });
     let injected = match result {
@@ -179,7 +183,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                     &json!({"type": "error", "kind": kind, "message": e.to_string()}),
                 )?;
             }
-            eprintln!("v2k: error: {e}");
+            console::say!("v2k: error: {e}");
             return Ok(exit::ERROR);
         }
     };
@@ -206,7 +210,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             "conversion-log": out.join("conversion-log.json"),
         }))?;
     } else {
-        let mut stdout = std::io::stdout().lock();
+        let mut stdout = console::human_stdout();
         stdout.write_all(log.summary().as_bytes())?;
         writeln!(stdout, "wrote {}", out.display())?;
     }
