@@ -145,13 +145,20 @@ pub trait RemoteSource: Sync {
     /// The VM, with its pre-flight concerns.
     fn load(&self) -> std::result::Result<Vm, BoxError>;
     /// Fetches and converts every disk of `vm` into `outputs` (QCOW2, verified, a
-    /// manifest beside each), reporting converter progress; results in disk order.
+    /// manifest beside each), reporting converter progress and every download that
+    /// broke and resumed; results in disk order.
     fn convert(
         &self,
         vm: &Vm,
         outputs: &[PathBuf],
-        progress: &dyn conv::Progress,
+        progress: &dyn SourceProgress,
     ) -> Vec<std::result::Result<Manifest, BoxError>>;
+}
+
+/// What a remote source reports while it copies: the converter's progress, and each
+/// download that broke and resumed (so that a cut connection leaves a trace).
+pub trait SourceProgress: conv::Progress {
+    fn resumed(&self, r: report::Resume);
 }
 
 /// Migrates one VM; see the module documentation for the stages.
@@ -243,20 +250,23 @@ pub fn migrate_with(
     let disks = run.disks(&vm);
     let t = tl.begin("convert");
     let reuse = run.reuse(&vm);
-    let manifests = if reuse == Reuse::Nothing {
-        let m = stages::convert(&run, &vm, &disks, opts.compress, remote, progress)?;
-        tl.end(t, Done, Some(format!("{} disk(s)", disks.len())));
-        m
+    let converted = if reuse == Reuse::Nothing {
+        let c = stages::convert(&run, &vm, &disks, opts.compress, remote, progress)?;
+        let mut detail = format!("{} disk(s)", disks.len());
+        if !c.resumes.is_empty() {
+            detail.push_str(&format!("; {} download(s) resumed", c.resumes.len()));
+        }
+        tl.end(t, Done, Some(detail));
+        c
     } else {
-        let m = run.manifests(&disks)?;
-        tl.end(
-            t,
-            Reused,
-            Some("outputs re-verified by content hash".into()),
-        );
-        m
+        let manifests = run.manifests(&disks)?;
+        let why = "outputs re-verified by content hash";
+        tl.end(t, Reused, Some(why.into()));
+        stages::Converted {
+            manifests,
+            resumes: Vec::new(),
+        }
     };
-
     // 3. inject (the guest moved to virtio), unless reused or not wanted
     let (accel, warning) = v2k_kvm_target::accel::choose(opts.accel);
     if let Some(w) = warning {
@@ -264,7 +274,7 @@ pub fn migrate_with(
     }
     let injected = if !opts.inject {
         tl.skip("inject", "--no-inject: the guest was not converted");
-        stages::forget_injection(&run, &disks, &manifests)?;
+        stages::forget_injection(&run, &disks, &converted.manifests)?;
         vm.concerns.push(stages::not_converted_concern());
         None
     } else if reuse == Reuse::Injected {
@@ -283,7 +293,15 @@ pub fn migrate_with(
             accel,
             virtio_win: opts.virtio_win.clone(),
         };
-        let done = stages::inject(boot, &run, &vm, &disks, &manifests, &inject, progress)?;
+        let done = stages::inject(
+            boot,
+            &run,
+            &vm,
+            &disks,
+            &converted.manifests,
+            &inject,
+            progress,
+        )?;
         let detail = format!("{} change(s)", done.log.changes.len());
         tl.end(t, Done, Some(detail));
         Some(done)
@@ -347,7 +365,7 @@ pub fn migrate_with(
         &vm,
         &opts.source,
         &target,
-        manifests,
+        converted,
         injected.map(|i| i.log),
         validation,
         tl.stages,

@@ -49,6 +49,21 @@ pub struct Report {
     pub validation: Option<Validation>,
     /// The stages in the order they ran, with their start and duration.
     pub stages: Vec<Stage>,
+    /// Downloads from a remote source that broke and resumed where they stopped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumed_downloads: Vec<Resume>,
+}
+
+/// A download that broke and resumed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Resume {
+    /// The disk, in VM order.
+    pub disk: usize,
+    /// The byte offset the download resumed at.
+    pub at: u64,
+    /// Why the connection broke.
+    pub reason: String,
 }
 
 /// What the run achieved.
@@ -646,6 +661,7 @@ mod tests {
                 seconds: 3.25,
                 detail: None,
             }],
+            resumed_downloads: vec![],
         }
     }
 

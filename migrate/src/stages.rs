@@ -225,6 +225,7 @@ fn disk_source(loc: &DiskLocation, id: &str) -> std::result::Result<Source, Conv
 pub(crate) struct ChannelProgress {
     tx: Mutex<Sender<Event>>,
     totals: Mutex<Vec<u64>>,
+    resumes: Mutex<Vec<report::Resume>>,
 }
 
 impl ChannelProgress {
@@ -232,6 +233,21 @@ impl ChannelProgress {
         ChannelProgress {
             tx: Mutex::new(tx),
             totals: Mutex::new(Vec::new()),
+            resumes: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl crate::SourceProgress for ChannelProgress {
+    fn resumed(&self, r: report::Resume) {
+        if let Ok(tx) = self.tx.lock() {
+            let _ = tx.send(Event::Message(format!(
+                "disk {}: the download broke at byte {} ({}); resumed there",
+                r.disk, r.at, r.reason
+            )));
+        }
+        if let Ok(mut v) = self.resumes.lock() {
+            v.push(r);
         }
     }
 }
@@ -275,6 +291,14 @@ impl conv::Progress for ChannelProgress {
     }
 }
 
+/// What the convert stage made: a manifest per disk, and the downloads that broke
+/// and resumed on the way (a remote source's).
+#[derive(Debug, Clone, Default)]
+pub struct Converted {
+    pub manifests: Vec<Manifest>,
+    pub resumes: Vec<report::Resume>,
+}
+
 /// Converts every disk of `vm` into `disks` (QCOW2, verified, a manifest beside each)
 /// and records their content hashes as the `converted` stage of the run directory.
 pub fn convert(
@@ -284,7 +308,7 @@ pub fn convert(
     compress: bool,
     remote: Option<&dyn RemoteSource>,
     progress: &dyn Fn(Event),
-) -> Result<Vec<Manifest>> {
+) -> Result<Converted> {
     // Two disk ids that become one file name are refused before anything is written.
     let named: Vec<(PathBuf, &Path)> = vm
         .disks
@@ -337,16 +361,20 @@ pub fn convert(
     // The conversion runs on its own thread; its progress comes back here.
     let (tx, rx) = std::sync::mpsc::channel::<Event>();
     let sink = ChannelProgress::new(tx);
-    let results: Vec<std::result::Result<Manifest, BoxError>> = std::thread::scope(|s| {
+    type Results = Vec<std::result::Result<Manifest, BoxError>>;
+    let (results, resumes): (Results, Vec<report::Resume>) = std::thread::scope(|s| {
         let (jobs, copts) = (&jobs, &copts);
-        let worker = s.spawn(move || match remote {
-            Some(r) => r.convert(vm, disks, &sink),
-            None => conv::convert_all(jobs, copts, jobs.len().min(4), &sink)
-                .into_iter()
-                .map(|x| x.map_err(BoxError::from))
-                .collect(),
+        let worker = s.spawn(move || {
+            let r: Results = match remote {
+                Some(r) => r.convert(vm, disks, &sink),
+                None => conv::convert_all(jobs, copts, jobs.len().min(4), &sink)
+                    .into_iter()
+                    .map(|x| x.map_err(BoxError::from))
+                    .collect(),
+            };
+            // Taking the record drops the sink, whose sender ends the loop below.
+            (r, sink.resumes.into_inner().unwrap_or_default())
         });
-        // Ends when the worker drops the sink (its sender) on return.
         for e in rx {
             progress(e);
         }
@@ -375,7 +403,7 @@ pub fn convert(
         converted: Some(manifests.iter().map(|m| m.hash.source.clone()).collect()),
         injected: None,
     })?;
-    Ok(manifests)
+    Ok(Converted { manifests, resumes })
 }
 
 // ---------------------------------------------------------------------------------
@@ -625,11 +653,15 @@ pub fn report(
     vm: &Vm,
     source: &Path,
     target: &Target,
-    disks: Vec<Manifest>,
+    converted: Converted,
     guest_changes: Option<injector::ConversionLog>,
     validation: Option<Validation>,
     stages: Vec<report::Stage>,
 ) -> Report {
+    let Converted {
+        manifests: disks,
+        resumes: resumed_downloads,
+    } = converted;
     let result = match &validation {
         None => report::Outcome::NotValidated,
         Some(v) if v.passed => report::Outcome::Validated,
@@ -649,6 +681,7 @@ pub fn report(
         guest_changes,
         validation,
         stages,
+        resumed_downloads,
     }
 }
 

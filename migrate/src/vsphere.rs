@@ -11,7 +11,23 @@ use v2k_inventory::model::Vm;
 pub use v2k_vsphere::address::PASSWORD_ENV;
 pub use v2k_vsphere::{Address, Client, ConnectSettings, Error};
 
-use crate::{BoxError, RemoteSource};
+use crate::report::Resume;
+use crate::{BoxError, RemoteSource, SourceProgress};
+
+/// Hands the datastore's resumes to the pipeline's record (its byte progress is the
+/// converter's, reported separately).
+struct Resumes<'a>(&'a dyn SourceProgress);
+
+impl v2k_vsphere::datastore::DownloadProgress for Resumes<'_> {
+    fn progress(&self, _: usize, _: u64, _: u64, _: f64) {}
+    fn resumed(&self, disk: usize, at: u64, reason: &str) {
+        self.0.resumed(Resume {
+            disk,
+            at,
+            reason: reason.to_string(),
+        });
+    }
+}
 
 /// The VM at `address` (not a pattern), read over `client`'s session.
 pub fn get_vm(client: &Client, address: &Address) -> Result<Vm, Error> {
@@ -69,7 +85,7 @@ impl RemoteSource for VsphereSource {
         &self,
         vm: &Vm,
         outputs: &[PathBuf],
-        progress: &dyn conv::Progress,
+        progress: &dyn SourceProgress,
     ) -> Vec<Result<Manifest, BoxError>> {
         let jobs = match v2k_vsphere::convert::disk_jobs(vm, |i| outputs[i].clone()) {
             Ok(j) => j,
@@ -90,7 +106,7 @@ impl RemoteSource for VsphereSource {
             &jobs,
             &opts,
             v2k_vsphere::convert::DEFAULT_PER_HOST,
-            &v2k_vsphere::datastore::NoDownloadProgress,
+            &Resumes(progress),
             progress,
         )
         .into_iter()

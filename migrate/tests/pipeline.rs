@@ -383,3 +383,97 @@ fn an_efi_guest_gets_its_own_variable_store_in_the_run_directory() {
     let t = &boot.validated.lock().unwrap()[0];
     assert_eq!(t.firmware.vars(), Some(vars.as_path()));
 }
+
+/// A remote source whose connection broke once during a disk's download: the resume
+/// is told as it happens (an event), and recorded in the convert stage and the report.
+struct FlakySource {
+    vm: v2k_inventory::model::Vm,
+}
+
+impl v2k_migrate::RemoteSource for FlakySource {
+    fn describe(&self) -> String {
+        "vsphere://vc.example:443/DC0/vm/pipe".into()
+    }
+
+    fn load(&self) -> Result<v2k_inventory::model::Vm, v2k_migrate::BoxError> {
+        Ok(self.vm.clone())
+    }
+
+    fn convert(
+        &self,
+        vm: &v2k_inventory::model::Vm,
+        outputs: &[PathBuf],
+        progress: &dyn v2k_migrate::SourceProgress,
+    ) -> Vec<Result<v2k_converters::manifest::Manifest, v2k_migrate::BoxError>> {
+        progress.resumed(v2k_migrate::report::Resume {
+            disk: 0,
+            at: 1 << 20,
+            reason: "connection reset by peer".into(),
+        });
+        let jobs: Vec<v2k_converters::convert::Job> = vm
+            .disks
+            .iter()
+            .zip(outputs)
+            .map(|(d, o)| match &d.location {
+                v2k_inventory::model::DiskLocation::File { path, .. } => {
+                    v2k_converters::convert::Job {
+                        source: v2k_converters::vmdk::Source::file(path),
+                        output: o.clone(),
+                    }
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let opts = v2k_converters::convert::Options {
+            overwrite: true,
+            ..Default::default()
+        };
+        v2k_converters::convert::convert_all(&jobs, &opts, 1, progress)
+            .into_iter()
+            .map(|r| r.map_err(v2k_migrate::BoxError::from))
+            .collect()
+    }
+}
+
+#[test]
+fn a_resumed_download_leaves_a_trace_in_the_events_and_the_report() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(d.path(), "");
+    let vm = v2k_migrate::stages::load(&vmx, true).unwrap().remove(0);
+    let out = d.path().join("out");
+    let mut opts = options(&vmx, &out);
+    opts.validate = false;
+    let messages = Mutex::new(Vec::new());
+    let progress = |e: Event| {
+        if let Event::Message(m) = e {
+            messages.lock().unwrap().push(m);
+        }
+    };
+    let o = migrate_with(
+        &opts,
+        Some(&FlakySource { vm }),
+        &Recording::default(),
+        &progress,
+    )
+    .unwrap();
+    assert_eq!(o.report.resumed_downloads.len(), 1, "{:?}", o.report);
+    assert_eq!(o.report.resumed_downloads[0].at, 1 << 20);
+    let convert = &o.report.stages[1];
+    assert!(
+        convert
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("1 download(s) resumed")),
+        "{convert:?}"
+    );
+    assert!(
+        messages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("broke at byte 1048576") && m.contains("connection reset")),
+        "{messages:?}"
+    );
+    let json = std::fs::read_to_string(out.join("report.json")).unwrap();
+    assert!(json.contains("\"resumed-downloads\""), "{json}");
+}
