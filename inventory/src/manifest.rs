@@ -311,4 +311,17 @@ mod tests {
             .to_string()
             .contains("does not have"));
     }
+
+    #[test]
+    fn errors_are_typed_and_keep_their_text() {
+        let e = parse(b"\nMD5(b)= 00\n").unwrap_err();
+        assert!(
+            matches!(&e, ManifestError::UnsupportedAlgorithm { line: 2, algo } if algo == "MD5"),
+            "{e:?}"
+        );
+        assert_eq!(
+            parse(b"SHA1(a)= 00\n").unwrap_err().to_string(),
+            "line 1: digest length does not match Sha1"
+        );
+    }
 }

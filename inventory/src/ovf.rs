@@ -704,6 +704,21 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_typed_errors() {
+        assert!(matches!(
+            parse_tree(b"<!DOCTYPE x><Envelope/>"),
+            Err(OvfError::DocType)
+        ));
+        let twice = b"<Envelope><References><File id=\"a\" href=\"x\"/><File id=\"a\" href=\"y\"/></References></Envelope>";
+        let e = parse(twice).unwrap_err();
+        assert!(
+            matches!(&e, OvfError::DuplicateFileId { id } if id == "a"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "File id \"a\" declared twice");
+    }
+
+    #[test]
     fn refuses_undeclared_entity_references() {
         assert!(parse_tree(b"<Envelope><Name>&xxe;</Name></Envelope>").is_err());
         let ok = parse_tree(b"<Envelope><Name>a &amp; b &#65;</Name></Envelope>").unwrap();

@@ -427,6 +427,17 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_refused_member_type_is_a_typed_error_with_its_offset() {
+        let a = archive(&[(&header("x", 0, b'2'), b"")]);
+        match idx(&a).unwrap_err() {
+            TarError::RefusedType { kind, offset } => {
+                assert_eq!((kind.as_str(), offset), ("symbolic link", 0));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn refuses_traversal_absolute_and_duplicate_names() {
         for n in ["../evil.vmdk", "/etc/passwd", "a/../../b"] {
             let a = archive(&[(&header(n, 0, b'0'), b"")]);

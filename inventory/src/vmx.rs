@@ -783,6 +783,25 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_line_is_a_typed_error_with_its_number() {
+        assert_eq!(
+            Vmx::parse(b"a = \"1\"\ngarbage\n").unwrap_err(),
+            VmxError {
+                line: 2,
+                problem: LineProblem::NotKeyValue
+            }
+        );
+        let e = Vmx::parse(b"bad key = \"1\"\n").unwrap_err();
+        assert_eq!(
+            e.problem,
+            LineProblem::BadKey {
+                key: "bad key".into()
+            }
+        );
+        assert_eq!(e.to_string(), "line 1: bad key \"bad key\"");
+    }
+
+    #[test]
     fn rejects_a_line_without_equals_naming_its_number() {
         let e = Vmx::parse(b"a = \"1\"\ngarbage\n").unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");

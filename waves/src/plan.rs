@@ -1002,4 +1002,18 @@ waves:
         let p = parse_err("version: 1\n");
         assert!(p[0].message.contains("waves"), "{p:?}");
     }
+
+    #[test]
+    fn a_failed_login_is_a_typed_error_with_the_same_text() {
+        let e = ConnectError {
+            host: "vc.example".into(),
+            port: 443,
+            user: "ops".into(),
+            why: "connection refused".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "connecting to vc.example:443 as ops: connection refused"
+        );
+    }
 }

@@ -170,4 +170,14 @@ mod tests {
         assert_eq!(l1_entries(0, 16), 0);
         assert_eq!(compressed_shift(16), 54);
     }
+
+    #[test]
+    fn refusals_are_typed_errors() {
+        assert_eq!(Header::decode(&[0u8; 10]), Err(HeaderError::TooShort));
+        assert_eq!(Header::decode(&[0u8; 72]), Err(HeaderError::BadMagic));
+        let mut v3 = [0u8; 80];
+        v3[0..4].copy_from_slice(&MAGIC);
+        v3[4..8].copy_from_slice(&3u32.to_be_bytes());
+        assert_eq!(Header::decode(&v3), Err(HeaderError::TruncatedV3));
+    }
 }

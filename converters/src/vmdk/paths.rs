@@ -150,6 +150,20 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_typed_errors() {
+        let t = setup();
+        let dir = t.path().join("vm");
+        assert!(matches!(
+            resolve_inside(&dir, "../secret"),
+            Err(NameRefused::ClimbsOut { name }) if name == "../secret"
+        ));
+        assert!(matches!(
+            resolve_inside(&dir, "sub"),
+            Err(NameRefused::Directory { .. })
+        ));
+    }
+
+    #[test]
     fn rejects_extent_path_outside_descriptor_dir() {
         let t = setup();
         let dir = t.path().join("vm");
