@@ -5,14 +5,14 @@
 
 use std::path::Path;
 
-use v2k_inventory::{BuiltinProbe, DiskFacts, DiskProbe};
+use v2k_inventory::{BuiltinProbe, DiskFacts, DiskProbe, ProbeError};
 
 /// The converter's VMDK reader (see the module doc).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ConvertersProbe;
 
 impl DiskProbe for ConvertersProbe {
-    fn probe(&self, path: &Path) -> Result<DiskFacts, String> {
+    fn probe(&self, path: &Path) -> Result<DiskFacts, ProbeError> {
         match crate::vmdk::inspect_path(path) {
             Ok(i) => Ok(DiskFacts {
                 create_type: Some(i.create_type),
@@ -32,20 +32,8 @@ impl DiskProbe for ConvertersProbe {
                         return Ok(f);
                     }
                 }
-                Err(chain(&e))
+                Err(ProbeError::Reader(Box::new(e)))
             }
         }
     }
-}
-
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

@@ -24,7 +24,7 @@ use std::path::Path;
 pub use discover::discover;
 pub use error::{Error, Result};
 pub use model::Vm;
-pub use probe::{BuiltinProbe, DiskFacts, DiskProbe};
+pub use probe::{BuiltinProbe, DiskFacts, DiskProbe, ProbeError};
 
 /// How to load.
 #[derive(Debug, Clone, Copy)]
@@ -118,7 +118,7 @@ fn load_ovf(path: &Path, opts: &Options) -> Result<Vec<Vm>> {
         path: path.to_path_buf(),
         message,
     };
-    let desc = ovf::parse(&xml).map_err(ovf_err)?;
+    let desc = ovf::parse(&xml).map_err(|e| ovf_err(e.to_string()))?;
 
     let unsafe_href = |href: &str, reason: String| Error::UnsafePath {
         path: path.to_path_buf(),
@@ -177,9 +177,9 @@ fn load_ovf(path: &Path, opts: &Options) -> Result<Vec<Vm>> {
         (true, None) => ManifestStatus::Absent,
         (true, Some(mf)) => {
             let text = read_limited(mf, manifest::MAX_MANIFEST_BYTES, "manifest")?;
-            let merr = |message: String| Error::Manifest {
+            let merr = |e: manifest::ManifestError| Error::Manifest {
                 path: mf.clone(),
-                message,
+                message: e.to_string(),
             };
             let entries = manifest::parse(&text).map_err(merr)?;
             let mut required: Vec<String> = vec![path

@@ -40,34 +40,76 @@ pub struct Entry {
     pub digest: Vec<u8>,
 }
 
+/// Why a manifest was refused ([`parse`]) or a package did not match it ([`verify`]).
+/// Lines are 1-based. The hashing I/O error is a field written into the one-line
+/// message (callers embed it in their own), not a `#[source]`.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("not UTF-8")]
+    NotUtf8,
+    #[error("line {line}: expected ALGO(file)= hex, got {text:?}")]
+    BadLine { line: usize, text: String },
+    #[error("line {line}: unsupported algorithm {algo:?}")]
+    UnsupportedAlgorithm { line: usize, algo: String },
+    #[error("line {line}: digest length does not match {algo:?}")]
+    DigestLength { line: usize, algo: Algo },
+    #[error("line {line}: {name:?} listed twice")]
+    ListedTwice { line: usize, name: String },
+    #[error("{name:?} is not in the manifest")]
+    NotListed { name: String },
+    #[error("lists {name:?}, which the package does not have")]
+    NotInPackage { name: String },
+    #[error("hashing {name:?}: {error}")]
+    Hashing { name: String, error: std::io::Error },
+    #[error(
+        "{name:?} does not match: manifest {algo:?} {}, file {}",
+        hex::encode(expected),
+        hex::encode(actual)
+    )]
+    Mismatch {
+        name: String,
+        algo: Algo,
+        expected: Vec<u8>,
+        actual: Vec<u8>,
+    },
+}
+
 /// Parses a manifest; every non-blank line must be an entry.
-pub fn parse(text: &[u8]) -> Result<Vec<Entry>, String> {
-    let text = std::str::from_utf8(text).map_err(|_| "not UTF-8".to_string())?;
+pub fn parse(text: &[u8]) -> Result<Vec<Entry>, ManifestError> {
+    let text = std::str::from_utf8(text).map_err(|_| ManifestError::NotUtf8)?;
     let mut out: Vec<Entry> = Vec::new();
     for (no, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        let bad = || format!("line {}: expected ALGO(file)= hex, got {line:?}", no + 1);
+        let bad = || ManifestError::BadLine {
+            line: no + 1,
+            text: line.to_string(),
+        };
         let (algo, rest) = line.split_once('(').ok_or_else(bad)?;
         let algo = match algo.trim() {
             "SHA1" => Algo::Sha1,
             "SHA256" => Algo::Sha256,
             "SHA512" => Algo::Sha512,
-            other => return Err(format!("line {}: unsupported algorithm {other:?}", no + 1)),
+            other => {
+                return Err(ManifestError::UnsupportedAlgorithm {
+                    line: no + 1,
+                    algo: other.to_string(),
+                })
+            }
         };
         let (name, hex) = rest.rsplit_once(')').ok_or_else(bad)?;
         let hex = hex.trim_start().strip_prefix('=').ok_or_else(bad)?.trim();
         let digest = hex::decode(hex).map_err(|_| bad())?;
         if digest.len() != algo.digest_len() {
-            return Err(format!(
-                "line {}: digest length does not match {algo:?}",
-                no + 1
-            ));
+            return Err(ManifestError::DigestLength { line: no + 1, algo });
         }
         if out.iter().any(|e| e.name == name) {
-            return Err(format!("line {}: {name:?} listed twice", no + 1));
+            return Err(ManifestError::ListedTwice {
+                line: no + 1,
+                name: name.to_string(),
+            });
         }
         out.push(Entry {
             algo,
@@ -148,30 +190,31 @@ pub fn verify<R: Read + Send>(
     required: &[String],
     exists: impl Fn(&str) -> bool,
     open: impl Fn(&str) -> std::io::Result<R>,
-) -> Result<(), String> {
+) -> Result<(), ManifestError> {
     for name in required {
         if !entries.iter().any(|e| &e.name == name) {
-            return Err(format!("{name:?} is not in the manifest"));
+            return Err(ManifestError::NotListed { name: name.clone() });
         }
     }
     for e in entries {
         if !exists(&e.name) {
-            return Err(format!(
-                "lists {:?}, which the package does not have",
-                e.name
-            ));
+            return Err(ManifestError::NotInPackage {
+                name: e.name.clone(),
+            });
         }
         let got = open(&e.name)
             .and_then(|r| hash(e.algo, r))
-            .map_err(|err| format!("hashing {:?}: {err}", e.name))?;
+            .map_err(|error| ManifestError::Hashing {
+                name: e.name.clone(),
+                error,
+            })?;
         if got != e.digest {
-            return Err(format!(
-                "{:?} does not match: manifest {:?} {}, file {}",
-                e.name,
-                e.algo,
-                hex::encode(&e.digest),
-                hex::encode(&got)
-            ));
+            return Err(ManifestError::Mismatch {
+                name: e.name.clone(),
+                algo: e.algo,
+                expected: e.digest.clone(),
+                actual: got,
+            });
         }
     }
     Ok(())
@@ -198,10 +241,17 @@ mod tests {
 
     #[test]
     fn rejects_unparseable_lines_wrong_lengths_and_md5() {
-        assert!(parse(b"garbage\n").unwrap_err().contains("line 1"));
-        assert!(parse(b"SHA256(a)= abcd\n").unwrap_err().contains("length"));
+        assert!(parse(b"garbage\n")
+            .unwrap_err()
+            .to_string()
+            .contains("line 1"));
+        assert!(parse(b"SHA256(a)= abcd\n")
+            .unwrap_err()
+            .to_string()
+            .contains("length"));
         assert!(parse(b"MD5(a)= 900150983cd24fb0d6963f7d28e17f72\n")
             .unwrap_err()
+            .to_string()
             .contains("unsupported"));
     }
 
@@ -249,13 +299,29 @@ mod tests {
         let bad = parse(format!("SHA256(d.vmdk)= {}\n", "00".repeat(32)).as_bytes()).unwrap();
         assert!(verify(&bad, &[], exists, files)
             .unwrap_err()
+            .to_string()
             .contains("does not match"));
         assert!(verify(&ok, &["e.vmdk".into()], exists, files)
             .unwrap_err()
+            .to_string()
             .contains("not in the manifest"));
         let extra = parse(format!("SHA256(z.vmdk)= {ABC_SHA256}\n").as_bytes()).unwrap();
         assert!(verify(&extra, &[], exists, files)
             .unwrap_err()
+            .to_string()
             .contains("does not have"));
+    }
+
+    #[test]
+    fn errors_are_typed_and_keep_their_text() {
+        let e = parse(b"\nMD5(b)= 00\n").unwrap_err();
+        assert!(
+            matches!(&e, ManifestError::UnsupportedAlgorithm { line: 2, algo } if algo == "MD5"),
+            "{e:?}"
+        );
+        assert_eq!(
+            parse(b"SHA1(a)= 00\n").unwrap_err().to_string(),
+            "line 1: digest length does not match Sha1"
+        );
     }
 }

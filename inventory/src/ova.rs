@@ -69,7 +69,7 @@ fn members_for<'a>(members: &'a [Member], name: &str) -> Vec<&'a Member> {
 pub fn load(path: &Path, opts: &Options) -> Result<Vec<Vm>> {
     let mut f = v2k_untrusted::file::open(path).map_err(|e| Error::io(path, e))?;
     let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    let members = crate::tar::index(&mut f, len).map_err(|m| tar_err(path, m))?;
+    let members = crate::tar::index(&mut f, len).map_err(|m| tar_err(path, m.to_string()))?;
     let top = |ext: &str| -> Vec<&Member> {
         members
             .iter()
@@ -97,7 +97,7 @@ pub fn load(path: &Path, opts: &Options) -> Result<Vec<Vm>> {
         path: path.join(&ovf_member.name),
         message,
     };
-    let desc = ovf::parse(&xml).map_err(ovf_err)?;
+    let desc = ovf::parse(&xml).map_err(|e| ovf_err(e.to_string()))?;
 
     // Resolve every reference first: unsafe names are fatal for the whole package.
     let mut resolved: Vec<(String, String, Vec<Member>)> = Vec::new();
@@ -131,9 +131,9 @@ pub fn load(path: &Path, opts: &Options) -> Result<Vec<Vm>> {
         ManifestStatus::Skipped
     } else if let [mf] = mf.as_slice() {
         let text = read_member(&mut f, path, mf, manifest::MAX_MANIFEST_BYTES, "manifest")?;
-        let merr = |message: String| Error::Manifest {
+        let merr = |e: manifest::ManifestError| Error::Manifest {
             path: path.join(&mf.name),
-            message,
+            message: e.to_string(),
         };
         let entries = manifest::parse(&text).map_err(merr)?;
         let mut required = vec![ovf_member.name.clone()];

@@ -72,47 +72,99 @@ fn local(qname: &[u8]) -> String {
     }
 }
 
+/// Why an OVF descriptor was refused ([`parse_tree`], [`parse`]). Parser errors are
+/// fields written into the one-line message (callers embed it in their own), not
+/// `#[source]`s.
+#[derive(Debug, thiserror::Error)]
+pub enum OvfError {
+    #[error("descriptor over the {MAX_OVF_BYTES}-byte limit")]
+    TooLarge,
+    #[error("descriptor is not UTF-8")]
+    NotUtf8,
+    #[error("XML error at byte {at}: {error}")]
+    Xml { at: u64, error: quick_xml::Error },
+    #[error("DOCTYPE (and entity declarations) refused")]
+    DocType,
+    #[error("more than {MAX_ELEMENTS} elements")]
+    TooManyElements,
+    #[error("bad attribute: {detail}")]
+    BadAttribute { detail: String },
+    #[error("bad attribute value: {detail}")]
+    BadAttributeValue { detail: String },
+    #[error("nesting deeper than {MAX_DEPTH}")]
+    TooDeep,
+    #[error("unbalanced end tag")]
+    UnbalancedEndTag,
+    #[error("bad text: {detail}")]
+    BadText { detail: String },
+    #[error("unexpected end of document")]
+    UnexpectedEnd,
+    #[error("root element is {name:?}, not Envelope")]
+    WrongRoot { name: String },
+    #[error("no single root element")]
+    NoSingleRoot,
+    #[error("File without ovf:id")]
+    FileWithoutId,
+    #[error("File {id:?} without ovf:href")]
+    FileWithoutHref { id: String },
+    #[error("File {id:?}: bad ovf:{attribute} {value:?}")]
+    BadFileNumber {
+        id: String,
+        attribute: String,
+        value: String,
+    },
+    #[error("File {id:?}: unsupported compression {compression:?}")]
+    UnsupportedCompression { id: String, compression: String },
+    #[error("File id {id:?} declared twice")]
+    DuplicateFileId { id: String },
+}
+
 /// Parses XML into a bounded tree. Fails on DOCTYPE, unknown entities, malformed XML,
 /// and the limits above.
-pub fn parse_tree(bytes: &[u8]) -> Result<Node, String> {
+pub fn parse_tree(bytes: &[u8]) -> Result<Node, OvfError> {
     if bytes.len() as u64 > MAX_OVF_BYTES {
-        return Err(format!("descriptor over the {MAX_OVF_BYTES}-byte limit"));
+        return Err(OvfError::TooLarge);
     }
-    let text = std::str::from_utf8(bytes).map_err(|_| "descriptor is not UTF-8".to_string())?;
+    let text = std::str::from_utf8(bytes).map_err(|_| OvfError::NotUtf8)?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut reader = quick_xml::Reader::from_str(text);
     reader.config_mut().trim_text(true);
     let mut stack: Vec<Node> = vec![Node::default()];
     let mut count = 0usize;
     loop {
-        let ev = reader
-            .read_event()
-            .map_err(|e| format!("XML error at byte {}: {e}", reader.buffer_position()))?;
+        let ev = reader.read_event().map_err(|error| OvfError::Xml {
+            at: reader.buffer_position(),
+            error,
+        })?;
         match ev {
-            Event::DocType(_) => return Err("DOCTYPE (and entity declarations) refused".into()),
+            Event::DocType(_) => return Err(OvfError::DocType),
             Event::Start(ref e) | Event::Empty(ref e) => {
                 count += 1;
                 if count > MAX_ELEMENTS {
-                    return Err(format!("more than {MAX_ELEMENTS} elements"));
+                    return Err(OvfError::TooManyElements);
                 }
                 let mut node = Node {
                     name: local(e.name().as_ref()),
                     ..Node::default()
                 };
                 for a in e.attributes() {
-                    let a = a.map_err(|e| format!("bad attribute: {e}"))?;
+                    let a = a.map_err(|e| OvfError::BadAttribute {
+                        detail: e.to_string(),
+                    })?;
                     let key = a.key.as_ref();
                     if key.starts_with(b"xmlns") {
                         continue;
                     }
                     let v = a
                         .unescape_value()
-                        .map_err(|e| format!("bad attribute value: {e}"))?;
+                        .map_err(|e| OvfError::BadAttributeValue {
+                            detail: e.to_string(),
+                        })?;
                     node.attrs.push((local(key), v.into_owned()));
                 }
                 if matches!(ev, Event::Start(_)) {
                     if stack.len() > MAX_DEPTH {
-                        return Err(format!("nesting deeper than {MAX_DEPTH}"));
+                        return Err(OvfError::TooDeep);
                     }
                     stack.push(node);
                 } else if let Some(parent) = stack.last_mut() {
@@ -120,15 +172,17 @@ pub fn parse_tree(bytes: &[u8]) -> Result<Node, String> {
                 }
             }
             Event::End(_) => {
-                let node = stack.pop().ok_or("unbalanced end tag")?;
+                let node = stack.pop().ok_or(OvfError::UnbalancedEndTag)?;
                 stack
                     .last_mut()
-                    .ok_or("unbalanced end tag")?
+                    .ok_or(OvfError::UnbalancedEndTag)?
                     .children
                     .push(node);
             }
             Event::Text(t) => {
-                let t = t.unescape().map_err(|e| format!("bad text: {e}"))?;
+                let t = t.unescape().map_err(|e| OvfError::BadText {
+                    detail: e.to_string(),
+                })?;
                 if let Some(n) = stack.last_mut() {
                     n.text.push_str(&t);
                 }
@@ -143,14 +197,14 @@ pub fn parse_tree(bytes: &[u8]) -> Result<Node, String> {
         }
     }
     if stack.len() != 1 {
-        return Err("unexpected end of document".into());
+        return Err(OvfError::UnexpectedEnd);
     }
     let doc = stack.pop().unwrap_or_default();
     let mut roots = doc.children.into_iter();
     match (roots.next(), roots.next()) {
         (Some(root), None) if root.name == "Envelope" => Ok(root),
-        (Some(root), None) => Err(format!("root element is {:?}, not Envelope", root.name)),
-        _ => Err("no single root element".into()),
+        (Some(root), None) => Err(OvfError::WrongRoot { name: root.name }),
+        _ => Err(OvfError::NoSingleRoot),
     }
 }
 
@@ -172,22 +226,24 @@ pub struct Descriptor {
 }
 
 /// Parses a descriptor and its References section.
-pub fn parse(bytes: &[u8]) -> Result<Descriptor, String> {
+pub fn parse(bytes: &[u8]) -> Result<Descriptor, OvfError> {
     let root = parse_tree(bytes)?;
     let mut files = Vec::new();
     if let Some(refs) = root.child("References") {
         for f in refs.children_named("File") {
-            let id = f.attr("id").ok_or("File without ovf:id")?.to_string();
+            let id = f.attr("id").ok_or(OvfError::FileWithoutId)?.to_string();
             let href = f
                 .attr("href")
-                .ok_or_else(|| format!("File {id:?} without ovf:href"))?
+                .ok_or_else(|| OvfError::FileWithoutHref { id: id.clone() })?
                 .to_string();
-            let num = |k: &str| -> Result<Option<u64>, String> {
+            let num = |k: &str| -> Result<Option<u64>, OvfError> {
                 f.attr(k)
                     .map(|v| {
-                        v.trim()
-                            .parse()
-                            .map_err(|_| format!("File {id:?}: bad ovf:{k} {v:?}"))
+                        v.trim().parse().map_err(|_| OvfError::BadFileNumber {
+                            id: id.clone(),
+                            attribute: k.to_string(),
+                            value: v.to_string(),
+                        })
                     })
                     .transpose()
             };
@@ -195,11 +251,14 @@ pub fn parse(bytes: &[u8]) -> Result<Descriptor, String> {
                 None | Some("identity") | Some("") => None,
                 Some("gzip") => Some(Compression::Gzip),
                 Some(other) => {
-                    return Err(format!("File {id:?}: unsupported compression {other:?}"))
+                    return Err(OvfError::UnsupportedCompression {
+                        id,
+                        compression: other.to_string(),
+                    })
                 }
             };
             if files.iter().any(|x: &FileRef| x.id == id) {
-                return Err(format!("File id {id:?} declared twice"));
+                return Err(OvfError::DuplicateFileId { id });
             }
             files.push(FileRef {
                 size: num("size")?,
@@ -639,9 +698,24 @@ mod tests {
     #[test]
     fn refuses_doctype_and_entity_declarations() {
         let x = br#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;">]><Envelope>&lol2;</Envelope>"#;
-        assert!(parse_tree(x).unwrap_err().contains("DOCTYPE"));
+        assert!(parse_tree(x).unwrap_err().to_string().contains("DOCTYPE"));
         let x = br#"<!DOCTYPE x SYSTEM "file:///etc/passwd"><Envelope/>"#;
-        assert!(parse_tree(x).unwrap_err().contains("DOCTYPE"));
+        assert!(parse_tree(x).unwrap_err().to_string().contains("DOCTYPE"));
+    }
+
+    #[test]
+    fn refusals_are_typed_errors() {
+        assert!(matches!(
+            parse_tree(b"<!DOCTYPE x><Envelope/>"),
+            Err(OvfError::DocType)
+        ));
+        let twice = b"<Envelope><References><File id=\"a\" href=\"x\"/><File id=\"a\" href=\"y\"/></References></Envelope>";
+        let e = parse(twice).unwrap_err();
+        assert!(
+            matches!(&e, OvfError::DuplicateFileId { id } if id == "a"),
+            "{e:?}"
+        );
+        assert_eq!(e.to_string(), "File id \"a\" declared twice");
     }
 
     #[test]
@@ -658,9 +732,12 @@ mod tests {
             "<a>".repeat(100),
             "</a>".repeat(100)
         );
-        assert!(parse_tree(deep.as_bytes()).unwrap_err().contains("deeper"));
+        assert!(parse_tree(deep.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("deeper"));
         let big = vec![b' '; (MAX_OVF_BYTES + 1) as usize];
-        assert!(parse_tree(&big).unwrap_err().contains("limit"));
+        assert!(parse_tree(&big).unwrap_err().to_string().contains("limit"));
     }
 
     #[test]

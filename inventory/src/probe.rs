@@ -37,10 +37,38 @@ pub struct DiskFacts {
     pub adapter_type: Option<String>,
 }
 
-/// Learns [`DiskFacts`] from a file already checked by the caller. The error is one
-/// line that names the file.
+/// Learns [`DiskFacts`] from a file already checked by the caller. The error, with
+/// its sources, makes one line that names the file.
 pub trait DiskProbe: Sync {
-    fn probe(&self, path: &Path) -> Result<DiskFacts, String>;
+    fn probe(&self, path: &Path) -> Result<DiskFacts, ProbeError>;
+}
+
+/// Why a [`DiskProbe`] could not learn a disk's facts.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The built-in reader's finding (I/O error, unknown format, bad descriptor).
+    #[error("{}: {problem}", path.display())]
+    Unreadable { path: PathBuf, problem: String },
+    /// Another reader's error (the converter's), which names the file itself.
+    #[error(transparent)]
+    Reader(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why [`parse_descriptor`] refused a text descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptorError {
+    #[error("descriptor contains NUL bytes")]
+    NulBytes,
+    #[error("not a VMDK descriptor")]
+    NotADescriptor,
+    #[error("bad extent sector count {count:?}")]
+    BadSectorCount { count: String },
+    #[error("extent sector counts overflow")]
+    SectorCountsOverflow,
+    #[error("descriptor has no createType")]
+    NoCreateType,
+    #[error("extent sizes overflow a byte count")]
+    ByteCountOverflow,
 }
 
 /// The built-in header/descriptor reader (see the module doc).
@@ -48,8 +76,11 @@ pub trait DiskProbe: Sync {
 pub struct BuiltinProbe;
 
 impl DiskProbe for BuiltinProbe {
-    fn probe(&self, path: &Path) -> Result<DiskFacts, String> {
-        builtin(path).map_err(|e| format!("{}: {e}", path.display()))
+    fn probe(&self, path: &Path) -> Result<DiskFacts, ProbeError> {
+        builtin(path).map_err(|problem| ProbeError::Unreadable {
+            path: path.to_path_buf(),
+            problem,
+        })
     }
 }
 
@@ -83,7 +114,7 @@ fn builtin(path: &Path) -> Result<DiskFacts, String> {
     f.take(MAX_DESCRIPTOR_BYTES)
         .read_to_end(&mut text)
         .map_err(|e| e.to_string())?;
-    parse_descriptor(&text)
+    parse_descriptor(&text).map_err(|e| e.to_string())
 }
 
 fn read_up_to(f: &mut std::fs::File, buf: &mut [u8]) -> Result<usize, String> {
@@ -139,7 +170,7 @@ fn probe_sparse(f: &mut std::fs::File, head: &[u8], len: u64) -> Result<DiskFact
             .map_err(|e| e.to_string())?;
         // The descriptor area is NUL-padded.
         let used = text.iter().position(|&b| b == 0).unwrap_or(text.len());
-        let d = parse_descriptor(&text[..used])?;
+        let d = parse_descriptor(&text[..used]).map_err(|e| e.to_string())?;
         facts.create_type = d.create_type;
         facts.parents = d.parents;
         facts.adapter_type = d.adapter_type;
@@ -192,15 +223,15 @@ pub fn header_capacity(location: &crate::model::DiskLocation) -> Option<u64> {
 
 /// Parses a text descriptor: `createType`, `parentFileNameHint`, `ddb.adapterType`,
 /// and the capacity as the sum of the extent lines' sector counts.
-pub fn parse_descriptor(bytes: &[u8]) -> Result<DiskFacts, String> {
+pub fn parse_descriptor(bytes: &[u8]) -> Result<DiskFacts, DescriptorError> {
     if bytes.contains(&0) {
-        return Err("descriptor contains NUL bytes".into());
+        return Err(DescriptorError::NulBytes);
     }
     // Hosted products write `encoding="windows-1252"` (or Shift_JIS, GBK) descriptors;
     // only ASCII keys and numbers are read here, so replacing other bytes is harmless.
     let text = String::from_utf8_lossy(bytes);
     if !text.trim_start().starts_with('#') && !text.contains("createType") {
-        return Err("not a VMDK descriptor".into());
+        return Err(DescriptorError::NotADescriptor);
     }
     let mut facts = DiskFacts::default();
     let mut sectors: Option<u64> = None;
@@ -221,24 +252,24 @@ pub fn parse_descriptor(bytes: &[u8]) -> Result<DiskFacts, String> {
         }
         let mut words = line.split_whitespace();
         if let (Some("RW" | "RDONLY" | "NOACCESS"), Some(n)) = (words.next(), words.next()) {
-            let n: u64 = n
-                .parse()
-                .map_err(|_| format!("bad extent sector count {n:?}"))?;
+            let n: u64 = n.parse().map_err(|_| DescriptorError::BadSectorCount {
+                count: n.to_string(),
+            })?;
             sectors = Some(
                 sectors
                     .unwrap_or(0)
                     .checked_add(n)
-                    .ok_or("extent sector counts overflow")?,
+                    .ok_or(DescriptorError::SectorCountsOverflow)?,
             );
         }
     }
     if facts.create_type.is_none() {
-        return Err("descriptor has no createType".into());
+        return Err(DescriptorError::NoCreateType);
     }
     facts.capacity = match sectors {
         Some(s) => Some(
             s.checked_mul(SECTOR)
-                .ok_or("extent sizes overflow a byte count")?,
+                .ok_or(DescriptorError::ByteCountOverflow)?,
         ),
         None => None,
     };
@@ -264,6 +295,7 @@ mod tests {
         let d = "createType=\"twoGbMaxExtentSparse\"\nRW 18446744073709551615 SPARSE \"a.vmdk\"\nRW 1 SPARSE \"b.vmdk\"\n";
         assert!(parse_descriptor(d.as_bytes())
             .unwrap_err()
+            .to_string()
             .contains("overflow"));
         assert!(parse_descriptor(b"createType=\"vmfs\"\0").is_err());
         assert!(parse_descriptor(b"RW -5 VMFS \"x\"\ncreateType=\"vmfs\"").is_err());
@@ -309,6 +341,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("q.vmdk");
         std::fs::write(&p, b"QFI\xfb\0\0\0\x03rest").unwrap();
-        assert!(BuiltinProbe.probe(&p).unwrap_err().contains("QCOW2"));
+        assert!(BuiltinProbe
+            .probe(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("QCOW2"));
     }
 }

@@ -39,8 +39,43 @@ pub struct Member {
     pub size: u64,
 }
 
+/// Why [`index`] refused an archive. Offsets are those of the member's header block.
+/// I/O errors are fields written into the one-line message (callers embed it in
+/// their own), not `#[source]`s.
+#[derive(Debug, thiserror::Error)]
+pub enum TarError {
+    #[error("truncated header at offset {offset}")]
+    TruncatedHeader { offset: u64 },
+    /// Seeking or reading an extended header's data failed.
+    #[error("{error}")]
+    Io { error: std::io::Error },
+    #[error("reading header at {offset}: {error}")]
+    ReadingHeader { offset: u64, error: std::io::Error },
+    /// A header block's checksum or size field is wrong.
+    #[error("header at offset {offset}: {problem}")]
+    BadHeader { offset: u64, problem: String },
+    /// A member of a kind an OVA must not hold (link, device, FIFO, unknown type).
+    #[error("{kind} at offset {offset} refused")]
+    RefusedType { kind: String, offset: u64 },
+    /// Any other inconsistency: sizes, names, pax records, limits.
+    #[error("{problem}")]
+    Malformed { problem: String },
+}
+
+impl From<String> for TarError {
+    fn from(problem: String) -> Self {
+        TarError::Malformed { problem }
+    }
+}
+
+impl From<&str> for TarError {
+    fn from(problem: &str) -> Self {
+        problem.to_string().into()
+    }
+}
+
 /// Indexes every regular file of the archive read from `r`, whose length is `len`.
-pub fn index<R: Read + Seek>(r: &mut R, len: u64) -> Result<Vec<Member>, String> {
+pub fn index<R: Read + Seek>(r: &mut R, len: u64) -> Result<Vec<Member>, TarError> {
     let mut members = Vec::new();
     let mut seen = HashSet::new();
     let mut pos: u64 = 0;
@@ -55,23 +90,28 @@ pub fn index<R: Read + Seek>(r: &mut R, len: u64) -> Result<Vec<Member>, String>
             if pos == len && pax_path.is_none() && pax_size.is_none() && long_name.is_none() {
                 break;
             }
-            return Err(format!("truncated header at offset {pos}"));
+            return Err(TarError::TruncatedHeader { offset: pos });
         }
-        r.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
-        r.read_exact(&mut header)
-            .map_err(|e| format!("reading header at {pos}: {e}"))?;
+        r.seek(SeekFrom::Start(pos))
+            .and_then(|_| r.read_exact(&mut header))
+            .map_err(|error| TarError::ReadingHeader { offset: pos, error })?;
         if header.iter().all(|&b| b == 0) {
             break;
         }
-        verify_checksum(&header).map_err(|e| format!("header at offset {pos}: {e}"))?;
-        let size = parse_size(&header[124..136])
-            .map_err(|e| format!("header at offset {pos}: size: {e}"))?;
+        verify_checksum(&header).map_err(|problem| TarError::BadHeader {
+            offset: pos,
+            problem,
+        })?;
+        let size = parse_size(&header[124..136]).map_err(|e| TarError::BadHeader {
+            offset: pos,
+            problem: format!("size: {e}"),
+        })?;
         let data = pos + BLOCK;
         let end = data.checked_add(size).ok_or("member size overflows")?;
         if end > len {
-            return Err(format!(
+            return Err(TarError::from(format!(
                 "member at offset {pos} runs past the end of the archive"
-            ));
+            )));
         }
         let next = end
             .checked_add(BLOCK - 1)
@@ -81,11 +121,14 @@ pub fn index<R: Read + Seek>(r: &mut R, len: u64) -> Result<Vec<Member>, String>
         match typeflag {
             b'x' | b'g' | b'L' => {
                 if size > MAX_EXTENDED_HEADER {
-                    return Err(format!("extended header of {size} bytes at offset {pos}"));
+                    return Err(TarError::from(format!(
+                        "extended header of {size} bytes at offset {pos}"
+                    )));
                 }
                 let mut buf = vec![0u8; size as usize];
-                r.seek(SeekFrom::Start(data)).map_err(|e| e.to_string())?;
-                r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                r.seek(SeekFrom::Start(data))
+                    .and_then(|_| r.read_exact(&mut buf))
+                    .map_err(|error| TarError::Io { error })?;
                 match typeflag {
                     b'x' => {
                         let (p, s) = parse_pax(&buf)?;
@@ -112,16 +155,16 @@ pub fn index<R: Read + Seek>(r: &mut R, len: u64) -> Result<Vec<Member>, String>
                 continue;
             }
             b'0' | 0 | b'7' | b'5' => {}
-            b'1' => return Err(format!("hard link at offset {pos} refused")),
-            b'2' => return Err(format!("symbolic link at offset {pos} refused")),
-            b'3' | b'4' => return Err(format!("device node at offset {pos} refused")),
-            b'6' => return Err(format!("FIFO at offset {pos} refused")),
-            b'K' => return Err(format!("GNU long link name at offset {pos} refused")),
             t => {
-                return Err(format!(
-                    "member type {:?} at offset {pos} refused",
-                    char::from(t)
-                ))
+                let kind = match t {
+                    b'1' => "hard link".to_string(),
+                    b'2' => "symbolic link".to_string(),
+                    b'3' | b'4' => "device node".to_string(),
+                    b'6' => "FIFO".to_string(),
+                    b'K' => "GNU long link name".to_string(),
+                    t => format!("member type {:?}", char::from(t)),
+                };
+                return Err(TarError::RefusedType { kind, offset: pos });
             }
         }
         // The size that decides where the next header is must be the one every reader
@@ -133,16 +176,16 @@ pub fn index<R: Read + Seek>(r: &mut R, len: u64) -> Result<Vec<Member>, String>
             Some(p) if size == 0 && p > USTAR_SIZE_MAX => {
                 let end = data.checked_add(p).ok_or("pax size overflows")?;
                 if end > len {
-                    return Err(format!(
+                    return Err(TarError::from(format!(
                         "member at offset {pos} runs past the end of the archive"
-                    ));
+                    )));
                 }
                 p
             }
             Some(p) => {
-                return Err(format!(
+                return Err(TarError::from(format!(
                 "pax size {p} disagrees with header size {size} at offset {pos} (CVE-2025-62518)"
-            ))
+            )))
             }
             None => size,
         };
@@ -163,7 +206,7 @@ pub fn index<R: Read + Seek>(r: &mut R, len: u64) -> Result<Vec<Member>, String>
             .to_string();
         if typeflag == b'5' {
             if size != 0 {
-                return Err(format!("directory {name:?} with data"));
+                return Err(TarError::from(format!("directory {name:?} with data")));
             }
             // `tar -C dir .` writes a "./" entry for the top directory itself.
             if name.is_empty() || name == "." {
@@ -177,10 +220,10 @@ pub fn index<R: Read + Seek>(r: &mut R, len: u64) -> Result<Vec<Member>, String>
         }
         crate::paths::check_relative(&name, false).map_err(|r| format!("member {name:?}: {r}"))?;
         if !seen.insert(name.clone()) {
-            return Err(format!("duplicate member {name:?}"));
+            return Err(TarError::from(format!("duplicate member {name:?}")));
         }
         if members.len() >= MAX_MEMBERS {
-            return Err(format!("more than {MAX_MEMBERS} members"));
+            return Err(TarError::from(format!("more than {MAX_MEMBERS} members")));
         }
         members.push(Member {
             name,
@@ -336,7 +379,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn idx(v: &[u8]) -> Result<Vec<Member>, String> {
+    fn idx(v: &[u8]) -> Result<Vec<Member>, TarError> {
         index(&mut Cursor::new(v), v.len() as u64)
     }
 
@@ -375,7 +418,22 @@ pub(crate) mod tests {
             (b'6', "FIFO"),
         ] {
             let a = archive(&[(&header("x", 0, t), b"")]);
-            assert!(idx(&a).unwrap_err().contains(what), "type {}", t as char);
+            assert!(
+                idx(&a).unwrap_err().to_string().contains(what),
+                "type {}",
+                t as char
+            );
+        }
+    }
+
+    #[test]
+    fn a_refused_member_type_is_a_typed_error_with_its_offset() {
+        let a = archive(&[(&header("x", 0, b'2'), b"")]);
+        match idx(&a).unwrap_err() {
+            TarError::RefusedType { kind, offset } => {
+                assert_eq!((kind.as_str(), offset), ("symbolic link", 0));
+            }
+            other => panic!("{other:?}"),
         }
     }
 
@@ -389,7 +447,7 @@ pub(crate) mod tests {
             (&header("d.vmdk", 1, b'0'), b"a"),
             (&header("./d.vmdk", 1, b'0'), b"b"),
         ]);
-        assert!(idx(&a).unwrap_err().contains("duplicate"));
+        assert!(idx(&a).unwrap_err().to_string().contains("duplicate"));
     }
 
     #[test]
@@ -404,17 +462,17 @@ pub(crate) mod tests {
             ),
             (&header("d.vmdk", 0, b'0'), &inner),
         ]);
-        assert!(idx(&a).unwrap_err().contains("CVE-2025-62518"));
+        assert!(idx(&a).unwrap_err().to_string().contains("CVE-2025-62518"));
     }
 
     #[test]
     fn refuses_member_past_end_of_file_and_bad_checksum() {
         let mut a = archive(&[(&header("d.vmdk", 4096, b'0'), &[1u8; 512])]);
         a.truncate(1024);
-        assert!(idx(&a).unwrap_err().contains("past the end"));
+        assert!(idx(&a).unwrap_err().to_string().contains("past the end"));
         let mut a = archive(&[(&header("d.vmdk", 1, b'0'), b"x")]);
         a[0] = b'e';
-        assert!(idx(&a).unwrap_err().contains("checksum"));
+        assert!(idx(&a).unwrap_err().to_string().contains("checksum"));
     }
 
     #[test]

@@ -32,9 +32,29 @@ pub struct Vmx {
     pub lossy: bool,
 }
 
+/// Why [`Vmx::parse`] refused a file: the first bad line (1-based) and what is
+/// wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {problem}")]
+pub struct VmxError {
+    pub line: usize,
+    pub problem: LineProblem,
+}
+
+/// What is wrong with one VMX line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    #[error("expected key = \"value\"")]
+    NotKeyValue,
+    #[error("bad key {key:?}")]
+    BadKey { key: String },
+    #[error("unterminated quoted value")]
+    UnterminatedValue,
+}
+
 impl Vmx {
     /// Parses VMX text. Fails on a line that is neither a comment nor `key = value`.
-    pub fn parse(bytes: &[u8]) -> std::result::Result<Vmx, String> {
+    pub fn parse(bytes: &[u8]) -> std::result::Result<Vmx, VmxError> {
         let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let (text, lossy) = decode(bytes);
         let mut vmx = Vmx {
@@ -46,15 +66,21 @@ impl Vmx {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
+            let at = |problem| VmxError {
+                line: no + 1,
+                problem,
+            };
             let (key, value) = line
                 .split_once('=')
-                .ok_or_else(|| format!("line {}: expected key = \"value\"", no + 1))?;
+                .ok_or_else(|| at(LineProblem::NotKeyValue))?;
             let key = key.trim();
             if key.is_empty() || key.contains(char::is_whitespace) {
-                return Err(format!("line {}: bad key {key:?}", no + 1));
+                return Err(at(LineProblem::BadKey {
+                    key: key.to_string(),
+                }));
             }
-            let value = parse_value(value.trim())
-                .ok_or_else(|| format!("line {}: unterminated quoted value", no + 1))?;
+            let value =
+                parse_value(value.trim()).ok_or_else(|| at(LineProblem::UnterminatedValue))?;
             vmx.entries.insert(key.to_ascii_lowercase(), value);
         }
         Ok(vmx)
@@ -155,12 +181,24 @@ fn parse_value(v: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// An error and its sources on one line (a concern's message is one line).
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
 /// Reads a VMX file from disk, size-limited.
 pub fn read_file(path: &Path) -> Result<Vmx> {
     let bytes = crate::read_limited(path, MAX_VMX_BYTES, "VMX file")?;
-    Vmx::parse(&bytes).map_err(|message| Error::Vmx {
+    Vmx::parse(&bytes).map_err(|e| Error::Vmx {
         path: path.to_path_buf(),
-        message,
+        message: e.to_string(),
     })
 }
 
@@ -561,7 +599,7 @@ fn read_slot(vmx: &Vmx, slot: Slot, dir: &Path, probe: &dyn DiskProbe, vm: &mut 
                                 id: "disk-unreadable".into(),
                                 severity: Severity::Critical,
                                 subject: Some(p.clone()),
-                                message: why,
+                                message: one_line(&why),
                             }),
                         }
                         disk.location = DiskLocation::File {
@@ -716,7 +754,7 @@ mod tests {
 
     struct FixedProbe(u64);
     impl DiskProbe for FixedProbe {
-        fn probe(&self, _: &Path) -> std::result::Result<DiskFacts, String> {
+        fn probe(&self, _: &Path) -> std::result::Result<DiskFacts, crate::ProbeError> {
             Ok(DiskFacts {
                 create_type: Some("vmfs".into()),
                 capacity: Some(self.0),
@@ -745,11 +783,31 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_line_is_a_typed_error_with_its_number() {
+        assert_eq!(
+            Vmx::parse(b"a = \"1\"\ngarbage\n").unwrap_err(),
+            VmxError {
+                line: 2,
+                problem: LineProblem::NotKeyValue
+            }
+        );
+        let e = Vmx::parse(b"bad key = \"1\"\n").unwrap_err();
+        assert_eq!(
+            e.problem,
+            LineProblem::BadKey {
+                key: "bad key".into()
+            }
+        );
+        assert_eq!(e.to_string(), "line 1: bad key \"bad key\"");
+    }
+
+    #[test]
     fn rejects_a_line_without_equals_naming_its_number() {
         let e = Vmx::parse(b"a = \"1\"\ngarbage\n").unwrap_err();
-        assert!(e.contains("line 2"), "{e}");
+        assert!(e.to_string().contains("line 2"), "{e}");
         assert!(Vmx::parse(b"a = \"open\n")
             .unwrap_err()
+            .to_string()
             .contains("unterminated"));
     }
 

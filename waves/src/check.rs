@@ -181,7 +181,7 @@ pub fn check(plan: &Plan) -> CheckReport {
 
 /// A vSphere VM, read over the server's session.
 fn read_vsphere(sessions: &mut Sessions, r: &VsphereRef) -> Result<Vec<Vm>, String> {
-    let client = sessions.client(r)?;
+    let client = sessions.client(r).map_err(|e| e.to_string())?;
     v2k_migrate::vsphere::get_vm(client, &r.address)
         .map(|vm| vec![vm])
         .map_err(|e| e.to_string())

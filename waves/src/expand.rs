@@ -50,6 +50,7 @@ pub fn expand(plan: &mut Plan) -> Vec<Problem> {
             };
             let found = sessions
                 .client(&r)
+                .map_err(|e| e.to_string())
                 .and_then(|c| v2k_migrate::vsphere::vms_at(c, a).map_err(|e| e.to_string()));
             let list = match found {
                 Ok(l) => l,

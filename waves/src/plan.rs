@@ -281,20 +281,37 @@ pub struct VsphereRef {
 
 impl VsphereRef {
     /// `connecting to HOST:PORT as USER: why`, the one message for a failed login.
-    pub fn connect_error(&self, why: impl std::fmt::Display) -> String {
+    pub fn connect_error(&self, why: impl std::fmt::Display) -> ConnectError {
         let a = &self.address;
-        format!("connecting to {}:{} as {}: {why}", a.host, a.port, a.user)
+        ConnectError {
+            host: a.host.clone(),
+            port: a.port,
+            user: a.user.clone(),
+            why: why.to_string(),
+        }
     }
+}
+
+/// A failed login to a vSphere server. The cause is kept as text (not a `#[source]`):
+/// [`Sessions`] hands the same failure to every VM of that server, and the client's
+/// error cannot be cloned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("connecting to {host}:{port} as {user}: {why}")]
+pub struct ConnectError {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub why: String,
 }
 
 /// One logged-in session per server and user while a plan is expanded or checked (a
 /// plan may name hundreds of VMs on one vCenter), or why it could not be had.
 #[derive(Debug, Default)]
-pub struct Sessions(BTreeMap<(String, u16, String), std::result::Result<Client, String>>);
+pub struct Sessions(BTreeMap<(String, u16, String), std::result::Result<Client, ConnectError>>);
 
 impl Sessions {
     /// The session for `r`'s server and user, logging in the first time.
-    pub fn client(&mut self, r: &VsphereRef) -> std::result::Result<&Client, String> {
+    pub fn client(&mut self, r: &VsphereRef) -> std::result::Result<&Client, ConnectError> {
         let a = &r.address;
         self.0
             .entry((a.host.clone(), a.port, a.user.clone()))
@@ -984,5 +1001,19 @@ waves:
     fn a_missing_required_key_is_reported() {
         let p = parse_err("version: 1\n");
         assert!(p[0].message.contains("waves"), "{p:?}");
+    }
+
+    #[test]
+    fn a_failed_login_is_a_typed_error_with_the_same_text() {
+        let e = ConnectError {
+            host: "vc.example".into(),
+            port: 443,
+            user: "ops".into(),
+            why: "connection refused".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "connecting to vc.example:443 as ops: connection refused"
+        );
     }
 }

@@ -554,7 +554,7 @@ fn run_vm(
         Some(r) => match VsphereSource::connect(r.address.clone(), &r.settings) {
             Ok(remote) => v2k_migrate::migrate_from(&opts, Some(&remote), &progress)
                 .map_err(|e| error_chain(&e)),
-            Err(e) => Err(r.connect_error(e)),
+            Err(e) => Err(r.connect_error(e).to_string()),
         },
         None => v2k_migrate::migrate(&opts, &progress).map_err(|e| error_chain(&e)),
     };

@@ -92,17 +92,17 @@ impl Header {
     }
 
     /// Decodes the fixed part of a header (at least 104 bytes for v3, 72 for v2).
-    pub fn decode(b: &[u8]) -> Result<Self, String> {
+    pub fn decode(b: &[u8]) -> Result<Self, HeaderError> {
         if b.len() < 72 {
-            return Err("shorter than a QCOW2 header".into());
+            return Err(HeaderError::TooShort);
         }
         if b[0..4] != MAGIC {
-            return Err("not a QCOW2 image (bad magic)".into());
+            return Err(HeaderError::BadMagic);
         }
         let version = be32(b, 4);
         let v3 = version >= 3;
         if v3 && b.len() < HEADER_LEN as usize {
-            return Err("version 3 header is truncated".into());
+            return Err(HeaderError::TruncatedV3);
         }
         Ok(Header {
             version,
@@ -120,6 +120,17 @@ impl Header {
             header_length: if v3 { be32(b, 100) } else { 72 },
         })
     }
+}
+
+/// Why [`Header::decode`] refused the bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("shorter than a QCOW2 header")]
+    TooShort,
+    #[error("not a QCOW2 image (bad magic)")]
+    BadMagic,
+    #[error("version 3 header is truncated")]
+    TruncatedV3,
 }
 
 /// Entries in one L2 table (or refcount block of 64-bit entries) for a cluster size.
@@ -158,5 +169,15 @@ mod tests {
         assert_eq!(l1_entries(1 << 40, 16), 2048);
         assert_eq!(l1_entries(0, 16), 0);
         assert_eq!(compressed_shift(16), 54);
+    }
+
+    #[test]
+    fn refusals_are_typed_errors() {
+        assert_eq!(Header::decode(&[0u8; 10]), Err(HeaderError::TooShort));
+        assert_eq!(Header::decode(&[0u8; 72]), Err(HeaderError::BadMagic));
+        let mut v3 = [0u8; 80];
+        v3[0..4].copy_from_slice(&MAGIC);
+        v3[4..8].copy_from_slice(&3u32.to_be_bytes());
+        assert_eq!(Header::decode(&v3), Err(HeaderError::TruncatedV3));
     }
 }

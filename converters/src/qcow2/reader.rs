@@ -42,7 +42,7 @@ impl Qcow2Reader {
         let n = file
             .read(&mut h)
             .map_err(|e| Error::io(path, "reading the header", e))?;
-        let header = Header::decode(&h[..n]).map_err(|m| Error::invalid(path, m))?;
+        let header = Header::decode(&h[..n]).map_err(|m| Error::invalid(path, m.to_string()))?;
         let bad = |m: String| Error::invalid(path, m);
         if !(2..=3).contains(&header.version) {
             return Err(bad(format!(

@@ -92,10 +92,38 @@ impl ChunkMap {
     }
 }
 
-fn read_at<R: Read + Seek + ?Sized>(r: &mut R, at: u64, buf: &mut [u8]) -> Result<(), String> {
+/// Why [`walk_sparse`] or [`walk_flat`] could not account for an extent. The I/O
+/// error is a field written into the one-line message (callers embed it in their
+/// own), not a `#[source]`, so that the message alone says everything.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    /// Reading the extent, or asking the file system where its data is, failed.
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
+    /// A table, marker or pointer of the extent is inconsistent with the file.
+    #[error("{problem}")]
+    Layout { problem: String },
+}
+
+impl From<String> for WalkError {
+    fn from(problem: String) -> Self {
+        WalkError::Layout { problem }
+    }
+}
+
+impl From<&str> for WalkError {
+    fn from(problem: &str) -> Self {
+        problem.to_string().into()
+    }
+}
+
+fn read_at<R: Read + Seek + ?Sized>(r: &mut R, at: u64, buf: &mut [u8]) -> Result<(), WalkError> {
     r.seek(SeekFrom::Start(at))
         .and_then(|_| r.read_exact(buf))
-        .map_err(|e| format!("reading {} bytes at offset {at}: {e}", buf.len()))
+        .map_err(|error| WalkError::Io {
+            what: format!("reading {} bytes at offset {at}", buf.len()),
+            error,
+        })
 }
 
 /// Walks one sparse extent, marking its allocated grains in `map` shifted by `base`
@@ -109,7 +137,7 @@ pub fn walk_sparse<R: Read + Seek + ?Sized>(
     file_len: u64,
     base: u64,
     map: &mut ChunkMap,
-) -> Result<u64, String> {
+) -> Result<u64, WalkError> {
     let grain = hdr.grain_bytes();
     let per_gt = u64::from(hdr.gtes_per_gt);
     let grains = hdr.capacity_sectors.div_ceil(hdr.grain_sectors);
@@ -119,9 +147,9 @@ pub fn walk_sparse<R: Read + Seek + ?Sized>(
         .ok_or("grain directory offset overflows")?;
     let gd_bytes = gd_entries * 4;
     if gd_start == 0 || gd_start.checked_add(gd_bytes).is_none_or(|e| e > file_len) {
-        return Err(format!(
+        return Err(WalkError::from(format!(
             "grain directory at sector {gd_offset} lies outside the file"
-        ));
+        )));
     }
     let gt_bytes = per_gt * 4;
     let zero_gte_allowed = hdr.flags & FLAG_ZEROED_GRAIN_GTE != 0;
@@ -142,10 +170,10 @@ pub fn walk_sparse<R: Read + Seek + ?Sized>(
             }
             let gt_start = u64::from(gt_sector) * SECTOR;
             if gt_start + gt_bytes > file_len {
-                return Err(format!("grain directory entry {gdi}: grain table at sector {gt_sector} lies past the end of the file"));
+                return Err(WalkError::from(format!("grain directory entry {gdi}: grain table at sector {gt_sector} lies past the end of the file")));
             }
             if gt_start < gd_start + gd_bytes && gd_start < gt_start + gt_bytes {
-                return Err(format!("grain directory entry {gdi}: grain table at sector {gt_sector} overlaps the grain directory"));
+                return Err(WalkError::from(format!("grain directory entry {gdi}: grain table at sector {gt_sector} overlaps the grain directory")));
             }
             gt_sectors_seen.push(gt_sector);
             read_at(r, gt_start, &mut gt)?;
@@ -159,42 +187,42 @@ pub fn walk_sparse<R: Read + Seek + ?Sized>(
                 match gte {
                     0 => continue,
                     1 if zero_gte_allowed => continue,
-                    1 => return Err(format!("grain {grain_index}: table entry 1 without the zeroed-grain flag points into the header")),
+                    1 => return Err(WalkError::from(format!("grain {grain_index}: table entry 1 without the zeroed-grain flag points into the header"))),
                     _ => {}
                 }
                 let at = u64::from(gte) * SECTOR;
                 let virt = grain_index * grain;
                 if hdr.compressed {
                     if at + MARKER_LEN > file_len {
-                        return Err(format!("grain {grain_index}: marker at sector {gte} lies past the end of the file"));
+                        return Err(WalkError::from(format!("grain {grain_index}: marker at sector {gte} lies past the end of the file")));
                     }
                     let mut m = [0u8; MARKER_LEN as usize];
                     read_at(r, at, &mut m)?;
                     let lba = u64::from_le_bytes(m[0..8].try_into().unwrap_or([0; 8]));
                     let size = u64::from(u32::from_le_bytes(m[8..12].try_into().unwrap_or([0; 4])));
                     if lba != virt / SECTOR {
-                        return Err(format!(
+                        return Err(WalkError::from(format!(
                             "grain {grain_index}: marker says LBA {lba}, its table slot says {}",
                             virt / SECTOR
-                        ));
+                        )));
                     }
                     if size == 0 || size > 2 * grain {
-                        return Err(format!(
+                        return Err(WalkError::from(format!(
                             "grain {grain_index}: compressed length {size} is outside 1..={}",
                             2 * grain
-                        ));
+                        )));
                     }
                     if at + MARKER_LEN + size > file_len {
-                        return Err(format!(
+                        return Err(WalkError::from(format!(
                             "grain {grain_index}: compressed data runs past the end of the file"
-                        ));
+                        )));
                     }
                 } else if at + grain > file_len {
                     // The last grain of a disk whose size is not grain-aligned may be
                     // stored short by some writers; only its virtual part must exist.
                     let need = grain.min(hdr.capacity_bytes() - virt);
                     if at + need > file_len {
-                        return Err(format!("grain {grain_index}: data at sector {gte} lies past the end of the file"));
+                        return Err(WalkError::from(format!("grain {grain_index}: data at sector {gte} lies past the end of the file")));
                     }
                 }
                 let len = grain.min(hdr.capacity_bytes() - virt);
@@ -209,10 +237,10 @@ pub fn walk_sparse<R: Read + Seek + ?Sized>(
         .windows(2)
         .find(|w| u64::from(w[1]) * SECTOR < u64::from(w[0]) * SECTOR + gt_bytes)
     {
-        return Err(format!(
+        return Err(WalkError::from(format!(
             "grain tables at sectors {} and {} overlap (aliased tables)",
             w[0], w[1]
-        ));
+        )));
     }
     Ok(allocated)
 }
@@ -228,7 +256,7 @@ pub fn walk_flat(
     len: u64,
     base: u64,
     map: &mut ChunkMap,
-) -> Result<u64, String> {
+) -> Result<u64, WalkError> {
     use rustix::fs::{seek, SeekFrom};
     use rustix::io::Errno;
     let end = start.checked_add(len).ok_or("flat extent end overflows")?;
@@ -243,14 +271,22 @@ pub fn walk_flat(
                 map.mark(base + (pos - start), end - pos);
                 return Ok(allocated + (end - pos));
             }
-            Err(e) => return Err(format!("finding data at offset {pos}: {e}")),
+            Err(e) => {
+                return Err(WalkError::Io {
+                    what: format!("finding data at offset {pos}"),
+                    error: e.into(),
+                })
+            }
         };
         if data >= end {
             break;
         }
         // The end of the file is a hole, so SEEK_HOLE always answers past `data`.
         let hole = seek(file, SeekFrom::Hole(data))
-            .map_err(|e| format!("finding the hole after offset {data}: {e}"))?
+            .map_err(|e| WalkError::Io {
+                what: format!("finding the hole after offset {data}"),
+                error: e.into(),
+            })?
             .clamp(data + 1, end);
         map.mark(base + (data - start), hole - data);
         allocated += hole - data;

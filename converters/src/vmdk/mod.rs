@@ -476,8 +476,8 @@ fn analyse_sparse_file(path: &Path, r: &mut dyn ReadSeek, len: u64) -> Result<La
         }
     }
     let mut map = ChunkMap::empty(capacity);
-    let allocated =
-        alloc::walk_sparse(r, &hdr, gd, len, 0, &mut map).map_err(|m| Error::invalid(path, m))?;
+    let allocated = alloc::walk_sparse(r, &hdr, gd, len, 0, &mut map)
+        .map_err(|m| Error::invalid(path, m.to_string()))?;
     let desc = desc.unwrap_or_default();
     let create_type = if desc.create_type.is_empty() {
         if hdr.compressed {
@@ -580,7 +580,7 @@ fn analyse_descriptor_file(path: &Path, len: u64) -> Result<Layer> {
                 // neither read nor counted (a thin -flat.vmdk is mostly holes).
                 let file = File::open(f).map_err(|err| Error::io(f, "opening", err))?;
                 allocated += alloc::walk_flat(&file, e.offset * SECTOR, bytes, base, &mut map)
-                    .map_err(|m| Error::invalid(f, m))?;
+                    .map_err(|m| Error::invalid(f, m.to_string()))?;
             }
             (ExtentKind::Sparse | ExtentKind::VmfsSparse, Some(f)) => {
                 let (mut r, flen) = open_bytes(&Source::file(f))?;
@@ -601,7 +601,7 @@ fn analyse_descriptor_file(path: &Path, len: u64) -> Result<Layer> {
                     grain_size.get_or_insert(hdr.grain_bytes());
                     unclean |= hdr.unclean_shutdown;
                     allocated += alloc::walk_sparse(&mut *r, &hdr, gd, flen, base, &mut map)
-                        .map_err(|m| Error::invalid(f, m))?;
+                        .map_err(|m| Error::invalid(f, m.to_string()))?;
                 } else {
                     map.mark(base, bytes);
                     allocated += bytes;

@@ -10,22 +10,62 @@ use std::fs;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
+/// Why [`resolve_inside`] refused a file name. An I/O error is kept as a field (and
+/// written into the one-line message, which callers embed in their own) rather than as
+/// a `#[source]`, so the message alone says everything.
+#[derive(Debug, thiserror::Error)]
+pub enum NameRefused {
+    #[error("empty file name")]
+    Empty,
+    #[error("file name {name:?} contains NUL")]
+    Nul { name: String },
+    #[error("file name {name:?} contains a backslash (a Windows path?)")]
+    Backslash { name: String },
+    #[error("file name {name:?} is a URL")]
+    Url { name: String },
+    #[error("file name {name:?} climbs out with `..`")]
+    ClimbsOut { name: String },
+    #[error("file name {name:?} is absolute")]
+    Absolute { name: String },
+    #[error("file name {name:?} names no file")]
+    NamesNoFile { name: String },
+    /// A component on the way could not be looked at (missing, no permission).
+    #[error("{name:?}: {}: {error}", at.display())]
+    ComponentUnreadable {
+        name: String,
+        at: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{name:?}: {} is a symbolic link", at.display())]
+    SymbolicLink { name: String, at: PathBuf },
+    /// The file itself could not be looked at.
+    #[error("{}: {error}", at.display())]
+    Unreadable { at: PathBuf, error: std::io::Error },
+    #[error("{name:?} is a directory")]
+    Directory { name: String },
+    #[error("{name:?} is a device node")]
+    DeviceNode { name: String },
+    #[error("{name:?} is a FIFO or socket")]
+    FifoOrSocket { name: String },
+    #[error("{name:?} is not a regular file")]
+    NotRegular { name: String },
+}
+
 /// Resolves `name` inside `dir`; the result is a regular file reached without
 /// following any symlink below `dir`. The error says why the name was refused.
-pub fn resolve_inside(dir: &Path, name: &str) -> Result<PathBuf, String> {
+pub fn resolve_inside(dir: &Path, name: &str) -> Result<PathBuf, NameRefused> {
+    let named = || name.to_string();
     if name.is_empty() {
-        return Err("empty file name".into());
+        return Err(NameRefused::Empty);
     }
     if name.contains('\0') {
-        return Err(format!("file name {name:?} contains NUL"));
+        return Err(NameRefused::Nul { name: named() });
     }
     if name.contains('\\') {
-        return Err(format!(
-            "file name {name:?} contains a backslash (a Windows path?)"
-        ));
+        return Err(NameRefused::Backslash { name: named() });
     }
     if name.contains("://") || name.starts_with("file:") {
-        return Err(format!("file name {name:?} is a URL"));
+        return Err(NameRefused::Url { name: named() });
     }
     let rel = Path::new(name);
     let mut current = dir.to_path_buf();
@@ -35,39 +75,47 @@ pub fn resolve_inside(dir: &Path, name: &str) -> Result<PathBuf, String> {
             Component::Normal(part) => {
                 current.push(part);
                 seen_normal = true;
-                let meta = fs::symlink_metadata(&current)
-                    .map_err(|e| format!("{name:?}: {}: {e}", current.display()))?;
+                let meta = fs::symlink_metadata(&current).map_err(|error| {
+                    NameRefused::ComponentUnreadable {
+                        name: named(),
+                        at: current.clone(),
+                        error,
+                    }
+                })?;
                 let ft = meta.file_type();
                 if ft.is_symlink() {
-                    return Err(format!(
-                        "{name:?}: {} is a symbolic link",
-                        current.display()
-                    ));
+                    return Err(NameRefused::SymbolicLink {
+                        name: named(),
+                        at: current,
+                    });
                 }
             }
             Component::CurDir => {}
-            Component::ParentDir => return Err(format!("file name {name:?} climbs out with `..`")),
+            Component::ParentDir => return Err(NameRefused::ClimbsOut { name: named() }),
             Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("file name {name:?} is absolute"));
+                return Err(NameRefused::Absolute { name: named() });
             }
         }
     }
     if !seen_normal {
-        return Err(format!("file name {name:?} names no file"));
+        return Err(NameRefused::NamesNoFile { name: named() });
     }
-    let meta = fs::symlink_metadata(&current).map_err(|e| format!("{}: {e}", current.display()))?;
+    let meta = fs::symlink_metadata(&current).map_err(|error| NameRefused::Unreadable {
+        at: current.clone(),
+        error,
+    })?;
     let ft = meta.file_type();
     if ft.is_dir() {
-        return Err(format!("{name:?} is a directory"));
+        return Err(NameRefused::Directory { name: named() });
     }
     if ft.is_block_device() || ft.is_char_device() {
-        return Err(format!("{name:?} is a device node"));
+        return Err(NameRefused::DeviceNode { name: named() });
     }
     if ft.is_fifo() || ft.is_socket() {
-        return Err(format!("{name:?} is a FIFO or socket"));
+        return Err(NameRefused::FifoOrSocket { name: named() });
     }
     if !ft.is_file() {
-        return Err(format!("{name:?} is not a regular file"));
+        return Err(NameRefused::NotRegular { name: named() });
     }
     Ok(current)
 }
@@ -102,6 +150,20 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_typed_errors() {
+        let t = setup();
+        let dir = t.path().join("vm");
+        assert!(matches!(
+            resolve_inside(&dir, "../secret"),
+            Err(NameRefused::ClimbsOut { name }) if name == "../secret"
+        ));
+        assert!(matches!(
+            resolve_inside(&dir, "sub"),
+            Err(NameRefused::Directory { .. })
+        ));
+    }
+
+    #[test]
     fn rejects_extent_path_outside_descriptor_dir() {
         let t = setup();
         let dir = t.path().join("vm");
@@ -127,9 +189,11 @@ mod tests {
         symlink(t.path(), dir.join("up")).unwrap();
         assert!(resolve_inside(&dir, "link.vmdk")
             .unwrap_err()
+            .to_string()
             .contains("symbolic link"));
         assert!(resolve_inside(&dir, "up/secret")
             .unwrap_err()
+            .to_string()
             .contains("symbolic link"));
     }
 
@@ -139,6 +203,7 @@ mod tests {
         let dir = t.path().join("vm");
         assert!(resolve_inside(&dir, "sub")
             .unwrap_err()
+            .to_string()
             .contains("directory"));
         let fifo = dir.join("pipe");
         assert!(std::process::Command::new("mkfifo")
@@ -146,6 +211,9 @@ mod tests {
             .status()
             .unwrap()
             .success());
-        assert!(resolve_inside(&dir, "pipe").unwrap_err().contains("FIFO"));
+        assert!(resolve_inside(&dir, "pipe")
+            .unwrap_err()
+            .to_string()
+            .contains("FIFO"));
     }
 }

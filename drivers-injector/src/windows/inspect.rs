@@ -329,15 +329,26 @@ pub fn guid_from_bytes(b: &[u8]) -> Option<String> {
     ))
 }
 
+/// Where a `MountedDevices` entry says a drive letter's volume is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountedDevice {
+    /// An MBR partition: the disk's signature and the partition's byte offset.
+    Mbr { signature: u32, offset: u64 },
+    /// A GPT partition, by its partition GUID (upper case, no braces).
+    Gpt { partition_guid: String },
+}
+
 /// Parses a `MountedDevices` entry: MBR (signature, byte offset) or GPT partition GUID.
-pub fn parse_mounted_device(data: &[u8]) -> Option<Result<(u32, u64), String>> {
+/// `None` for any other kind of entry (a volume GUID path, a truncated value).
+pub fn parse_mounted_device(data: &[u8]) -> Option<MountedDevice> {
     if data.len() == 12 {
-        let sig = u32::from_le_bytes(data[0..4].try_into().ok()?);
-        let off = u64::from_le_bytes(data[4..12].try_into().ok()?);
-        return Some(Ok((sig, off)));
+        let signature = u32::from_le_bytes(data[0..4].try_into().ok()?);
+        let offset = u64::from_le_bytes(data[4..12].try_into().ok()?);
+        return Some(MountedDevice::Mbr { signature, offset });
     }
     if data.len() == 24 && &data[0..8] == b"DMIO:ID:" {
-        return guid_from_bytes(&data[8..24]).map(Err);
+        return guid_from_bytes(&data[8..24])
+            .map(|partition_guid| MountedDevice::Gpt { partition_guid });
     }
     None
 }
@@ -532,8 +543,14 @@ pub fn inspect(app: &Appliance, loc: &Located) -> Result<WindowsInspection> {
                 break;
             }
             let (mapping, device) = match parsed {
-                Ok((sig, off)) => (format!("mbr {sig:08x}@{off}"), mbr_device(app, sig, off)),
-                Err(guid) => (format!("gpt {guid}"), gpt_device(app, &guid)),
+                MountedDevice::Mbr { signature, offset } => (
+                    format!("mbr {signature:08x}@{offset}"),
+                    mbr_device(app, signature, offset),
+                ),
+                MountedDevice::Gpt { partition_guid } => (
+                    format!("gpt {partition_guid}"),
+                    gpt_device(app, &partition_guid),
+                ),
             };
             drives.push(Drive {
                 letter: letter.to_ascii_uppercase(),
@@ -791,7 +808,10 @@ mod tests {
         mbr.extend(1_048_576u64.to_le_bytes());
         assert_eq!(
             parse_mounted_device(&mbr),
-            Some(Ok((0x5632_4b21, 1_048_576)))
+            Some(MountedDevice::Mbr {
+                signature: 0x5632_4b21,
+                offset: 1_048_576
+            })
         );
         let mut gpt = b"DMIO:ID:".to_vec();
         gpt.extend([
@@ -800,7 +820,9 @@ mod tests {
         ]);
         assert_eq!(
             parse_mounted_device(&gpt),
-            Some(Err("00112233-4455-6677-8899-AABBCCDDEEFF".into()))
+            Some(MountedDevice::Gpt {
+                partition_guid: "00112233-4455-6677-8899-AABBCCDDEEFF".into()
+            })
         );
         assert_eq!(parse_mounted_device(b"short"), None);
     }
