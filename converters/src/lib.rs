@@ -5,7 +5,7 @@
 //! to convert one. The output formats live in [`qcow2`] and [`raw`], the hash in
 //! [`blkhash`], the crash-safe output file in [`output`].
 
-pub mod error;
+mod error;
 pub mod vmdk;
 
 pub use error::{Error, ErrorKind, Result};
@@ -15,6 +15,6 @@ pub mod manifest;
 pub mod output;
 pub mod probe;
 pub mod qcow2;
-pub mod raw;
+mod raw;
 pub mod stream;
 pub mod verify;

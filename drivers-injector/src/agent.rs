@@ -10,10 +10,10 @@
 //! (on one line). `ok` is true when root is read-write and every fstab mount is present.
 //! After a report with `ok` true the agent disables and deletes itself, unless installed
 //! with keep; otherwise it stays and reports again on the next boot. In a validation
-//! boot (the fw_cfg entry [`POWEROFF_FW_CFG`] is present) it then powers the guest
+//! boot (the fw_cfg entry `v2k_kvm_target::agent::POWEROFF_FW_CFG` is present) it then powers the guest
 //! off. The format is documented in docs/inject.md.
 
-pub use v2k_kvm_target::agent::{LINE_PREFIX, POWEROFF_FW_CFG};
+pub use v2k_kvm_target::agent::LINE_PREFIX;
 pub const SCRIPT_PATH: &str = "/usr/local/sbin/v2k-agent";
 pub const UNIT_PATH: &str = "/etc/systemd/system/v2k-agent.service";
 pub const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/v2k-agent.service";
@@ -138,7 +138,8 @@ mod tests {
         assert!(script(false).contains("KEEP=0\n"));
         assert!(script(false).contains(&format!("line=\"{LINE_PREFIX} {{")));
         assert!(unit().contains(&format!("ExecStart={SCRIPT_PATH}")));
-        assert!(script(false).contains(&format!("/by_name/{POWEROFF_FW_CFG}/raw")));
+        let fw_cfg = v2k_kvm_target::agent::POWEROFF_FW_CFG;
+        assert!(script(false).contains(&format!("/by_name/{fw_cfg}/raw")));
     }
 
     #[test]

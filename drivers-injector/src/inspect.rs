@@ -164,7 +164,6 @@ pub const MARKER: &str = "/var/lib/v2k/injected.json";
 #[derive(Debug, Clone, Default)]
 pub struct OsRelease {
     pub id: String,
-    pub id_like: String,
     pub version_id: String,
     pub pretty_name: String,
 }
@@ -178,7 +177,6 @@ impl OsRelease {
         };
         OsRelease {
             id: get("ID").to_ascii_lowercase(),
-            id_like: get("ID_LIKE").to_ascii_lowercase(),
             version_id: get("VERSION_ID"),
             pretty_name: get("PRETTY_NAME"),
         }

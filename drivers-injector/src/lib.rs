@@ -9,13 +9,13 @@
 //! installed in the guest. The KVM target (domain XML, QEMU argv) is the
 //! `v2k-kvm-target` crate. docs/inject.md and docs/windows.md are the user guides.
 
-pub mod agent;
-pub mod appliance;
-pub mod edit;
-pub mod error;
-pub mod inspect;
-pub mod linux;
-pub mod log;
+mod agent;
+mod appliance;
+mod edit;
+mod error;
+mod inspect;
+mod linux;
+mod log;
 pub mod windows;
 
 use std::io::Read;

@@ -8,14 +8,14 @@
 //! is untrusted: see ../shared/SECURITY.md and the limits named in each module.
 
 pub mod discover;
-pub mod error;
+mod error;
 pub mod manifest;
 pub mod model;
-pub mod ova;
+mod ova;
 pub mod ovf;
-pub mod paths;
+mod paths;
 pub mod preflight;
-pub mod probe;
+mod probe;
 pub mod tar;
 pub mod vmx;
 

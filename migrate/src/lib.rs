@@ -17,9 +17,9 @@
 //! [`BootStages`], so the orchestration is tested without a VM.
 
 pub mod report;
-pub mod rundir;
+mod rundir;
 pub mod stages;
-pub mod staging;
+mod staging;
 pub mod vsphere;
 
 use std::path::PathBuf;

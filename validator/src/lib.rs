@@ -8,12 +8,12 @@
 //! screenshot, boot time); the report that shows them is `v2k-migrate`'s. Guest networking stays what the target says; targets made
 //! for tests use QEMU user networking with `restrict=on`.
 
-pub mod agent;
+mod agent;
 pub mod checks;
-pub mod libvirt;
-pub mod png;
-pub mod qemu;
-pub mod qmp;
+mod libvirt;
+mod png;
+mod qemu;
+mod qmp;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

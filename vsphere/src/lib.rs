@@ -15,12 +15,12 @@
 
 pub mod address;
 pub mod client;
-pub mod connect;
+mod connect;
 pub mod convert;
 pub mod datastore;
-pub mod error;
+mod error;
 pub mod inventory;
-pub mod tls;
+mod tls;
 pub mod xml;
 
 pub use address::Address;

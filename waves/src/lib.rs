@@ -6,12 +6,12 @@
 
 pub mod check;
 pub mod expand;
-pub mod hooks;
+mod hooks;
 pub mod journal;
 pub mod plan;
 mod prescan;
 pub mod report;
-pub mod runner;
+mod runner;
 
 pub use check::{check, CheckReport};
 pub use expand::expand;
