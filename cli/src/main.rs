@@ -65,15 +65,3 @@ fn main() {
         }
     }
 }
-
-/// An error and its causes on one line, as `v2k: error:` prints them.
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}

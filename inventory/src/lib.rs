@@ -22,7 +22,7 @@ pub mod vmx;
 use std::path::Path;
 
 pub use discover::discover;
-pub use error::{Error, Result};
+pub use error::{one_line, Error, Result};
 pub use model::Vm;
 pub use probe::{BuiltinProbe, DiskFacts, DiskProbe, ProbeError};
 

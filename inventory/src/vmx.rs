@@ -181,17 +181,7 @@ fn parse_value(v: &str) -> Option<String> {
     Some(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// An error and its sources on one line (a concern's message is one line).
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
+use crate::error::one_line;
 
 /// Reads a VMX file from disk, size-limited.
 pub fn read_file(path: &Path) -> Result<Vmx> {

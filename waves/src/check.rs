@@ -116,7 +116,7 @@ pub fn check(plan: &Plan) -> CheckReport {
             } else if v.source.is_file() {
                 Some(
                     v2k_migrate::stages::load(&v.source, v.verify_manifest)
-                        .map_err(|e| crate::runner::error_chain(&e)),
+                        .map_err(|e| v2k_inventory::one_line(&e)),
                 )
             } else {
                 None

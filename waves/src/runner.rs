@@ -316,7 +316,7 @@ pub fn run(
                         .unwrap_or_else(|e| {
                             events(RunEvent::Message {
                                 vm: v.name.clone(),
-                                text: format!("runner error: {}", error_chain(&e)),
+                                text: format!("runner error: {}", v2k_inventory::one_line(&e)),
                             });
                             VmStatus::Failed
                         });
@@ -553,10 +553,10 @@ fn run_vm(
     let outcome: std::result::Result<v2k_migrate::Outcome, String> = match &v.vsphere {
         Some(r) => match VsphereSource::connect(r.address.clone(), &r.settings) {
             Ok(remote) => v2k_migrate::migrate_from(&opts, Some(&remote), &progress)
-                .map_err(|e| error_chain(&e)),
+                .map_err(|e| v2k_inventory::one_line(&e)),
             Err(e) => Err(r.connect_error(e).to_string()),
         },
-        None => v2k_migrate::migrate(&opts, &progress).map_err(|e| error_chain(&e)),
+        None => v2k_migrate::migrate(&opts, &progress).map_err(|e| v2k_inventory::one_line(&e)),
     };
     let migrate_s = t.elapsed().as_secs_f64();
     outside += t.elapsed();
@@ -633,18 +633,6 @@ fn free_space(path: &Path) -> Option<(u64, PathBuf)> {
     }
     let s = rustix::fs::statvfs(&p).ok()?;
     Some((s.f_bavail.saturating_mul(s.f_frsize), p))
-}
-
-/// An error and its sources, one line (the wave report shows why a VM failed).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

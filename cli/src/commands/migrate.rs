@@ -187,7 +187,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             if json_mode {
                 console::emit_json(&json!({
                     "type": "failed", "source": args.source,
-                    "refused": e.is_refusal(), "error": crate::chain(&e),
+                    "refused": e.is_refusal(), "error": v2k_inventory::one_line(&e),
                 }))?;
             }
             return Err(e.into());
