@@ -693,11 +693,14 @@ fn edit_descriptor(path: &Path, from: &str, to: &str) {
     std::fs::write(path, b).unwrap();
 }
 
+/// The `parentCID=…` line, without its newline. QEMU writes the CID with `%x`, so it
+/// has 1 to 8 digits (a fixed 8 took part of the next line about one run in 16).
 fn parent_cid_line(path: &Path) -> String {
     let b = std::fs::read(path).unwrap();
     let text = String::from_utf8_lossy(&b);
     let start = text.find("parentCID=").unwrap();
-    text[start..start + 18].to_string()
+    let end = start + text[start..].find('\n').unwrap();
+    text[start..end].to_string()
 }
 
 #[test]
@@ -736,7 +739,15 @@ fn broken_snapshot_chains_are_refused() {
     // Parent CID mismatch (the base changed after the snapshot).
     std::fs::copy(d.join("d001.vmdk"), d.join("cid.vmdk")).unwrap();
     let line = parent_cid_line(&d.join("cid.vmdk"));
-    edit_descriptor(&d.join("cid.vmdk"), &line, "parentCID=0badc0de");
+    // Another CID of the same length: its last digit changed.
+    let mut other = line.clone().into_bytes();
+    let last = other.len() - 1;
+    other[last] = if other[last] == b'0' { b'1' } else { b'0' };
+    edit_descriptor(
+        &d.join("cid.vmdk"),
+        &line,
+        std::str::from_utf8(&other).unwrap(),
+    );
     assert_refused(d, "cid.vmdk", "does not match");
     // Parent that is not a VMDK.
     std::fs::write(d.join("junkx.bin"), vec![0x42u8; 4096]).unwrap();
