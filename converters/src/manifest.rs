@@ -95,6 +95,30 @@ pub struct Timing {
     pub data_mib_per_second: f64,
 }
 
+impl Timing {
+    /// The timing of a conversion that copied `virtual_bytes` of disk, `data_bytes` of
+    /// them data, in `copy_seconds` (rates per second of copy; one rule for the file and
+    /// the stream converter).
+    pub fn measured(
+        started_unix: u64,
+        copy_seconds: f64,
+        verify_seconds: f64,
+        total_seconds: f64,
+        virtual_bytes: u64,
+        data_bytes: u64,
+    ) -> Timing {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        Timing {
+            started_unix,
+            copy_seconds,
+            verify_seconds,
+            total_seconds,
+            virtual_mib_per_second: mib(virtual_bytes) / copy_seconds.max(1e-9),
+            data_mib_per_second: mib(data_bytes) / copy_seconds.max(1e-9),
+        }
+    }
+}
+
 /// Where the manifest of `output` lives.
 pub fn manifest_path(output: &Path) -> PathBuf {
     let mut name = output

@@ -166,7 +166,6 @@ pub fn convert_stream(
 
     let manifest = verify_and_commit(out, opts, size, &source_hash, disk, progress, |c| {
         let total_seconds = started.elapsed().as_secs_f64();
-        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         Manifest {
             schema_version: manifest::SCHEMA_VERSION,
             v2k_version: env!("CARGO_PKG_VERSION").into(),
@@ -189,14 +188,14 @@ pub fn convert_stream(
                 data_bytes,
             },
             hash: HashFacts::blkhash(source_hash.clone(), c.output_hash),
-            timing: Timing {
+            timing: Timing::measured(
                 started_unix,
                 copy_seconds,
-                verify_seconds: c.verify_seconds,
+                c.verify_seconds,
                 total_seconds,
-                virtual_mib_per_second: mib(size) / copy_seconds.max(1e-9),
-                data_mib_per_second: mib(data_bytes) / copy_seconds.max(1e-9),
-            },
+                size,
+                data_bytes,
+            ),
         }
     })?;
     progress.event(Event::Finished { disk });
