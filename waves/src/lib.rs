@@ -16,7 +16,7 @@ mod runner;
 pub use check::{check, CheckReport};
 pub use expand::expand;
 pub use plan::Plan;
-pub use runner::{run, RunEvent, RunOptions, RunSummary};
+pub use runner::{run, run_with, RunEvent, RunOptions, RunSummary};
 
 /// Exit status: every VM migrated (and validated where asked).
 pub const EXIT_OK: i32 = 0;

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use v2k_migrate::vsphere::VsphereSource;
-use v2k_migrate::RunDir;
+use v2k_migrate::{BootStages, RealBoot, RunDir};
 
 use crate::check::CheckReport;
 use crate::hooks::{self, HookResult};
@@ -148,6 +148,19 @@ pub fn run(
     plan: &Plan,
     checks: &CheckReport,
     opts: &RunOptions,
+    events: &(dyn Fn(RunEvent) + Sync),
+) -> Result<RunSummary> {
+    run_with(plan, checks, opts, &RealBoot, events)
+}
+
+/// [`run`] with the stages that boot something (the injector's appliance, the
+/// validation boot) given by the caller: the same seam as `v2k_migrate::migrate_with`,
+/// so a wave's orchestration (journal, resume, reports) is tested without a VM.
+pub fn run_with(
+    plan: &Plan,
+    checks: &CheckReport,
+    opts: &RunOptions,
+    boot: &dyn BootStages,
     events: &(dyn Fn(RunEvent) + Sync),
 ) -> Result<RunSummary> {
     if !checks.problems.is_empty() {
@@ -311,7 +324,7 @@ pub fn run(
                     s.spawn(move || {
                         let st = run_vm(
                             plan, wave_name, v, attempt, pre_done, est, reserved, journal,
-                            overhead, events,
+                            overhead, boot, events,
                         )
                         .unwrap_or_else(|e| {
                             events(RunEvent::Message {
@@ -393,6 +406,7 @@ fn run_vm(
     reserved: u64,
     journal: &Journal,
     overhead: &Overhead,
+    boot: &dyn BootStages,
     events: &(dyn Fn(RunEvent) + Sync),
 ) -> Result<VmStatus> {
     let start = Instant::now();
@@ -552,11 +566,12 @@ fn run_vm(
     // expired session, a lost connection) stays its own.
     let outcome: std::result::Result<v2k_migrate::Outcome, String> = match &v.vsphere {
         Some(r) => match VsphereSource::connect(r.address.clone(), &r.settings) {
-            Ok(remote) => v2k_migrate::migrate_from(&opts, Some(&remote), &progress)
+            Ok(remote) => v2k_migrate::migrate_with(&opts, Some(&remote), boot, &progress)
                 .map_err(|e| v2k_inventory::one_line(&e)),
             Err(e) => Err(r.connect_error(e).to_string()),
         },
-        None => v2k_migrate::migrate(&opts, &progress).map_err(|e| v2k_inventory::one_line(&e)),
+        None => v2k_migrate::migrate_with(&opts, None, boot, &progress)
+            .map_err(|e| v2k_inventory::one_line(&e)),
     };
     let migrate_s = t.elapsed().as_secs_f64();
     outside += t.elapsed();
