@@ -2,6 +2,10 @@
 //! of the whole pipeline. The unconverted guest has no virtio driver in its initramfs,
 //! so it must fail validation with the console's reason, and a short timeout must be
 //! reported as such rather than hang.
+//!
+//! This is the suite's one boot of debian-classic un-injected on virtio-blk
+//! (docs/architecture.md, "Testing"): it also stands for the fixture's own claim that
+//! its disks need the injector (initramfs-tools' "ALERT!  /dev/sda1 does not exist").
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -82,6 +86,13 @@ fn an_uninjected_guest_fails_validation_with_the_initramfs_reason() {
         "reason: {}\nserial: {}",
         first.reason,
         std::fs::read_to_string(&v.evidence.serial_log).unwrap_or_default()
+    );
+    // The fixture's claim: initramfs-tools looked for the root disk and gave up.
+    let serial = std::fs::read_to_string(&v.evidence.serial_log).unwrap_or_default();
+    assert!(
+        serial.contains("ALERT!  /dev/sda1 does not exist")
+            && serial.contains("Gave up waiting for root file system device"),
+        "serial: {serial}"
     );
     // The overlays are gone and the disks were not written.
     assert!(!t.path().join("validation/overlay-0.qcow2").exists());
