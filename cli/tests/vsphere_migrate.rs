@@ -141,9 +141,9 @@ fn migrate_debian_classic_from_vcsim_streams_the_local_disks_and_injects() {
 /// `vsphere:` section (CA file, 0600 password file; no password in the plan or the
 /// environment), `wave check` reads both VMs over SOAP, and `wave run` migrates the
 /// fixture VM straight from the datastore while the simulator's powered-on VM fails
-/// on its pre-flight concern without stopping the wave. Validation is off here: the
-/// remote path ends at the same pipeline as the local migration booted in
-/// cli/tests/migrate.rs.
+/// on its pre-flight concern without stopping the wave. Injection and validation are off
+/// here: the remote path ends at the same pipeline as the test above (which injects)
+/// and the local migration booted in cli/tests/migrate.rs.
 #[test]
 fn a_wave_plan_migrates_vsphere_sources() {
     let f = build(Variant::DebianClassic).expect("building the debian-classic fixture");
@@ -159,7 +159,7 @@ fn a_wave_plan_migrates_vsphere_sources() {
         format!(
             "version: 1\n\
              vsphere:\n  \"127.0.0.1:{port}\":\n    password-file: vc.pw\n    ca-file: {ca}\n\
-             defaults:\n  validate: false\n\
+             defaults:\n  validate: false\n  inject: false\n\
              waves:\n  - name: w1\n    vms:\n\
              \x20     - source: {deb}\n\
              \x20     - source: {on}\n        name: powered-on\n",
@@ -226,9 +226,15 @@ fn a_wave_plan_migrates_vsphere_sources() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
         .count();
     assert_eq!(manifests, f.vmx_flat.disks.len());
-    let log: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(out.join("conversion-log.json")).expect("the injector ran"),
-    )
-    .unwrap();
-    assert!(log.is_object() || log.is_array(), "{log}");
+    // And their hashes are the fixture's own: the same bytes as the local disks.
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let streamed: Vec<&serde_json::Value> = r["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["hash"]["source"])
+        .collect();
+    let local = content_hashes(&f.vmx_flat.disks);
+    assert_eq!(streamed, local.iter().collect::<Vec<_>>(), "{r:#}");
 }

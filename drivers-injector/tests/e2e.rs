@@ -1,6 +1,6 @@
 //! End to end on the real fixture guests: convert the VMware disks with the converters
 //! library, inject, check every change the injector reports and that the domain XML is
-//! valid for libvirt, then inject again (idempotence). Also bad inputs (blank disk,
+//! valid for libvirt, then inject again (idempotence, on debian-dracut-lvm). Also bad inputs (blank disk,
 //! damaged filesystem, unknown distribution).
 //!
 //! No boot here (docs/architecture.md, "Testing"): the injected guests' boot on virtio
@@ -192,15 +192,18 @@ fn end_to_end(variant: Variant) {
     let argv = v2k_kvm_target::qemu_argv(&t, &q, &GuestFeatures::default());
     assert!(argv.iter().any(|a| a.contains("restrict=on")), "{argv:?}");
 
-    // Idempotent: a second run changes nothing.
-    let again = inject(&opts(&vm, &disks), &mut |m| say(m)).expect("second inject");
-    assert_eq!(
-        again.status,
-        Status::AlreadyConverted,
-        "{:#?}",
-        again.changes
-    );
-    assert!(again.changes.is_empty());
+    // Idempotent: a second run changes nothing. Once, on the layout with the most to
+    // recognise (LVM root, dracut): the marker it finds is the same on every guest.
+    if variant == Variant::DebianDracutLvm {
+        let again = inject(&opts(&vm, &disks), &mut |m| say(m)).expect("second inject");
+        assert_eq!(
+            again.status,
+            Status::AlreadyConverted,
+            "{:#?}",
+            again.changes
+        );
+        assert!(again.changes.is_empty());
+    }
     // Keep the directory for a post-mortem when asked.
     if std::env::var_os("V2K_KEEP_TEST_DIRS").is_some() {
         let kept = dir.keep();
@@ -209,7 +212,7 @@ fn end_to_end(variant: Variant) {
 }
 
 #[test]
-fn debian_classic_is_injected_with_its_nic_name_pinned_and_idempotently() {
+fn debian_classic_is_injected_with_its_nic_name_pinned_and_vmware_tools_disabled() {
     end_to_end(Variant::DebianClassic);
 }
 
