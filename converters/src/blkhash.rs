@@ -18,24 +18,24 @@ use sha2::{Digest, Sha256};
 /// size of 64 KiB and more; it is a constant so that hashes compare across outputs.
 pub const BLOCK: usize = 64 * 1024;
 /// The name recorded in manifests next to the hex digest.
-pub const ALGORITHM: &str = "v2k-blkhash-sha256";
+pub(crate) const ALGORITHM: &str = "v2k-blkhash-sha256";
 
-pub type BlockDigest = [u8; 32];
+pub(crate) type BlockDigest = [u8; 32];
 
 /// Digest of a full block of zeros, computed once.
-pub fn zero_block_digest() -> BlockDigest {
+pub(crate) fn zero_block_digest() -> BlockDigest {
     static ZERO: std::sync::OnceLock<BlockDigest> = std::sync::OnceLock::new();
     *ZERO.get_or_init(|| Sha256::digest([0u8; BLOCK]).into())
 }
 
 /// Whether `buf` is all zeros, a word at a time.
-pub fn is_zero(buf: &[u8]) -> bool {
+pub(crate) fn is_zero(buf: &[u8]) -> bool {
     let (words, rest) = buf.as_chunks::<16>();
     words.iter().all(|w| u128::from_ne_bytes(*w) == 0) && rest.iter().all(|&b| b == 0)
 }
 
 /// Digest of one block (of at most [`BLOCK`] bytes).
-pub fn block_digest(block: &[u8]) -> BlockDigest {
+pub(crate) fn block_digest(block: &[u8]) -> BlockDigest {
     if block.len() == BLOCK && is_zero(block) {
         return zero_block_digest();
     }
@@ -43,7 +43,7 @@ pub fn block_digest(block: &[u8]) -> BlockDigest {
 }
 
 /// Digest of a block known to be all zeros, of `len` bytes.
-pub fn zero_digest_of_len(len: usize) -> BlockDigest {
+pub(crate) fn zero_digest_of_len(len: usize) -> BlockDigest {
     if len == BLOCK {
         zero_block_digest()
     } else {
@@ -52,12 +52,12 @@ pub fn zero_digest_of_len(len: usize) -> BlockDigest {
 }
 
 /// Appends the digests of `data` (starting on a block boundary) to `out`.
-pub fn digest_blocks(data: &[u8], out: &mut Vec<BlockDigest>) {
+pub(crate) fn digest_blocks(data: &[u8], out: &mut Vec<BlockDigest>) {
     out.extend(data.chunks(BLOCK).map(block_digest));
 }
 
 /// Appends the digests of `len` zero bytes (starting on a block boundary).
-pub fn digest_zeros(len: u64, out: &mut Vec<BlockDigest>) {
+pub(crate) fn digest_zeros(len: u64, out: &mut Vec<BlockDigest>) {
     let full = len / BLOCK as u64;
     let z = zero_block_digest();
     out.extend(std::iter::repeat_n(z, full as usize));
@@ -68,7 +68,7 @@ pub fn digest_zeros(len: u64, out: &mut Vec<BlockDigest>) {
 }
 
 /// Folds block digests, fed in disk order, into the final hash.
-pub struct Hasher {
+pub(crate) struct Hasher {
     outer: Sha256,
     blocks: u64,
 }
@@ -92,10 +92,6 @@ impl Hasher {
             self.outer.update(d);
         }
         self.blocks += digests.len() as u64;
-    }
-
-    pub fn blocks(&self) -> u64 {
-        self.blocks
     }
 
     pub fn finish(mut self, virtual_size: u64) -> String {

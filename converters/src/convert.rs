@@ -36,7 +36,7 @@ pub use crate::verify::Format;
 use crate::vmdk::{ReadSeek, Source, VmdkImage};
 
 /// Smallest work unit: 1 MiB of virtual disk.
-pub const MIN_CHUNK: u64 = 1 << 20;
+pub(crate) const MIN_CHUNK: u64 = 1 << 20;
 /// Most workers a conversion uses, whatever the thread pool holds. Memory grows by
 /// about 8 MiB per worker (two windows of 4 chunks of 1 MiB each, docs/convert.md),
 /// so 64 keeps a conversion under the documented 64 MiB + 8 MiB × workers = 576 MiB

@@ -29,7 +29,7 @@ use crate::verify::Format;
 
 /// Bytes read from the stream per step (or one cluster, if larger): the unit of
 /// zero detection and writing, and the memory a conversion holds.
-pub const STREAM_CHUNK: u64 = 1 << 20;
+pub(crate) const STREAM_CHUNK: u64 = 1 << 20;
 /// Virtual bytes between two copy-progress events.
 const PROGRESS_STEP: u64 = 16 << 20;
 

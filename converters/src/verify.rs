@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::qcow2::reader::{L2Cache, Qcow2Reader};
 
 /// Bytes hashed per work item.
-pub const CHUNK: u64 = 1 << 20;
+pub(crate) const CHUNK: u64 = 1 << 20;
 
 /// The output formats v2k writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,7 +73,7 @@ where
 }
 
 /// Content hash of a QCOW2 file, read back independently of the writer.
-pub fn hash_qcow2(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
+pub(crate) fn hash_qcow2(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
     let r = Qcow2Reader::open(path)?;
     let chunk = CHUNK.max(r.cluster_size());
     let cs = r.cluster_size();
@@ -91,7 +91,7 @@ pub fn hash_qcow2(path: &Path, progress: &dyn Fn(u64)) -> Result<String> {
 }
 
 /// Content hash of a raw file of `size` virtual bytes.
-pub fn hash_raw(path: &Path, size: u64, progress: &dyn Fn(u64)) -> Result<String> {
+pub(crate) fn hash_raw(path: &Path, size: u64, progress: &dyn Fn(u64)) -> Result<String> {
     let f = File::open(path).map_err(|e| Error::io(path, "opening", e))?;
     let meta = f
         .metadata()

@@ -47,7 +47,7 @@ const QCOW2_HEADER_LEN: usize = 80;
 const QCOW2_INCOMPAT_DATA_FILE: u64 = 1 << 2;
 
 /// Checks a disk is a standalone QCOW2 file and not one of the VM's source files.
-pub fn check_disk(path: &Path, vm: &Vm) -> Result<()> {
+pub(crate) fn check_disk(path: &Path, vm: &Vm) -> Result<()> {
     let bad = |message: String| Error::Disk {
         path: path.to_path_buf(),
         message,

@@ -10,10 +10,10 @@ use crate::error::{Error, Result};
 /// levels more; deeper is a loop or a mistake.
 pub const MAX_DEPTH: usize = 16;
 /// Stop listing after this many entries in total, so a wrong path (`/`) ends quickly.
-pub const MAX_ENTRIES: usize = 1_000_000;
+pub(crate) const MAX_ENTRIES: usize = 1_000_000;
 
 /// Whether a file name is one [`crate::load`] reads.
-pub fn is_vm_file(path: &Path) -> bool {
+pub(crate) fn is_vm_file(path: &Path) -> bool {
     path.extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .is_some_and(|e| matches!(e.as_str(), "vmx" | "ovf" | "ova"))

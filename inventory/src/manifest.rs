@@ -12,7 +12,7 @@ use sha1::Digest;
 
 /// A manifest larger than this is refused: one line per file of a package is a few
 /// hundred bytes.
-pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// Read buffer for hashing: large enough for disk speed, small enough to not matter.
 const HASH_BUF: usize = 1 << 20;
 

@@ -403,7 +403,7 @@ impl DiskMode {
         }
     }
 
-    pub fn is_independent(self) -> bool {
+    pub(crate) fn is_independent(self) -> bool {
         matches!(
             self,
             DiskMode::IndependentPersistent | DiskMode::IndependentNonpersistent

@@ -19,7 +19,7 @@ use crate::model::*;
 
 /// A descriptor larger than this is refused before parsing. vSphere and ovftool
 /// write 10–100 KiB; a long EULA in a ProductSection stays well under 1 MiB.
-pub const MAX_OVF_BYTES: u64 = 8 << 20;
+pub(crate) const MAX_OVF_BYTES: u64 = 8 << 20;
 /// OVF nests about 6 deep (Envelope/VirtualSystem/VirtualHardwareSection/Item/x);
 /// anything past this is an attack on the stack, not a descriptor.
 pub const MAX_DEPTH: usize = 64;
@@ -121,7 +121,7 @@ pub enum OvfError {
 
 /// Parses XML into a bounded tree. Fails on DOCTYPE, unknown entities, malformed XML,
 /// and the limits above.
-pub fn parse_tree(bytes: &[u8]) -> Result<Node, OvfError> {
+pub(crate) fn parse_tree(bytes: &[u8]) -> Result<Node, OvfError> {
     if bytes.len() as u64 > MAX_OVF_BYTES {
         return Err(OvfError::TooLarge);
     }
@@ -273,7 +273,7 @@ pub fn parse(bytes: &[u8]) -> Result<Descriptor, OvfError> {
 }
 
 /// Bytes per unit of a CIM programmatic unit (`byte * 2^20`, `MegaBytes`...).
-pub fn unit_bytes(units: &str) -> Option<u64> {
+pub(crate) fn unit_bytes(units: &str) -> Option<u64> {
     let u: String = units
         .chars()
         .filter(|c| !c.is_whitespace())

@@ -7,7 +7,7 @@
 use crate::model::*;
 
 /// Every concern id this module can raise, with its severity, for docs and tests.
-pub const CONCERNS: &[(&str, Severity)] = &[
+pub(crate) const CONCERNS: &[(&str, Severity)] = &[
     ("disk-missing", Severity::Critical),
     ("disk-path-refused", Severity::Critical),
     ("disk-unreadable", Severity::Critical),
@@ -52,7 +52,7 @@ pub const MAX_VCPUS: u32 = 4096;
 /// Most guest memory accepted, in MiB: 16 TiB, far above any KVM host this runs on
 /// (x86-64 KVM guests are limited by the host's physical address bits), and small
 /// enough that the value in bytes (MiB << 20) cannot overflow a u64.
-pub const MAX_MEMORY_MIB: u64 = 16 << 20;
+pub(crate) const MAX_MEMORY_MIB: u64 = 16 << 20;
 
 /// What in the VM's vCPU count and memory size KVM cannot run, as (concern id,
 /// message) pairs; empty when both are usable. Shared by [`assess`] and the KVM

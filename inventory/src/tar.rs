@@ -22,10 +22,10 @@ use std::io::{Read, Seek, SeekFrom};
 const BLOCK: u64 = 512;
 /// More members than this is not an OVA (a VM has an OVF, a manifest, a certificate
 /// and a few disks, each perhaps in chunks); it stops a header flood early.
-pub const MAX_MEMBERS: usize = 10_000;
+pub(crate) const MAX_MEMBERS: usize = 10_000;
 /// pax extended headers and GNU long names larger than this are refused: a path is at
 /// most a few KiB, and the record is read into memory.
-pub const MAX_EXTENDED_HEADER: u64 = 64 << 10;
+pub(crate) const MAX_EXTENDED_HEADER: u64 = 64 << 10;
 /// ustar octal size field maximum (11 octal digits): 8 GiB - 1.
 const USTAR_SIZE_MAX: u64 = (1 << 33) - 1;
 

@@ -18,7 +18,7 @@ use crate::probe::DiskProbe;
 
 /// A VMX larger than this is refused before it is read. Real ones are 2–20 KiB; the
 /// largest seen (long `guestinfo.*` blobs) are a few hundred KiB.
-pub const MAX_VMX_BYTES: u64 = 4 << 20;
+pub(crate) const MAX_VMX_BYTES: u64 = 4 << 20;
 
 /// Highest controller index read per bus kind (ESXi has 4 SCSI, 4 SATA, 4 NVMe, 2 IDE).
 const MAX_CONTROLLERS: u32 = 4;

@@ -23,7 +23,7 @@ impl Accel {
 }
 
 /// Whether KVM can really run guests here.
-pub fn kvm_usable() -> bool {
+pub(crate) fn kvm_usable() -> bool {
     let dev_ok = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

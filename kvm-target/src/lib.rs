@@ -70,7 +70,7 @@ impl std::fmt::Display for DiskBus {
 }
 
 /// The machine type: q35 (PCIe), what current libvirt and virt-v2v choose for x86-64.
-pub const MACHINE: &str = "q35";
+pub(crate) const MACHINE: &str = "q35";
 
 /// Where a VMware network goes on KVM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,7 +287,7 @@ impl GuestFeatures {
 /// The Hyper-V enlightenments, as QEMU `-cpu` flags (libvirt's `<hyperv>` names the
 /// same features). `hv-stimer` needs `hv-synic` and `hv-time`, `hv-synic` needs
 /// `hv-vpindex`.
-pub const HYPERV_FLAGS: [&str; 9] = [
+pub(crate) const HYPERV_FLAGS: [&str; 9] = [
     "hv-relaxed",
     "hv-vapic",
     "hv-spinlocks=0x1fff",

@@ -22,7 +22,7 @@ pub use v2k_validator::{Check, Validation};
 pub const SCHEMA_VERSION: u32 = 2;
 /// The oldest schema [`Summary`] still reads (schema 1 held the same concerns and
 /// validation, with untyped hardware rows).
-pub const OLDEST_READABLE_SCHEMA: u32 = 1;
+pub(crate) const OLDEST_READABLE_SCHEMA: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
@@ -380,7 +380,7 @@ pub fn base64(data: &[u8]) -> String {
 }
 
 /// A byte count for people: `2.0 GiB`, `512 MiB`, `4.0 KiB`, `17 B`.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
     if n < 1024 {
         return format!("{n} B");
@@ -443,7 +443,7 @@ fn nic_rows(rows: &[NicRow]) -> String {
 }
 
 /// Renders the report as one self-contained HTML page.
-pub fn render_html(r: &Report) -> String {
+pub(crate) fn render_html(r: &Report) -> String {
     let mut h = String::new();
     let ok = r.result == Outcome::Validated;
     let _ = write!(

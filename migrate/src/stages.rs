@@ -147,7 +147,7 @@ pub fn inspect(
 }
 
 /// Refuses a VM with a critical pre-flight concern.
-pub fn refuse_critical(vm: &Vm) -> std::result::Result<(), Refusal> {
+pub(crate) fn refuse_critical(vm: &Vm) -> std::result::Result<(), Refusal> {
     let critical: Vec<String> = vm
         .concerns
         .iter()
@@ -480,7 +480,7 @@ pub fn inject(
 
 /// With `--no-inject`: what an earlier run's injector left must not speak for disks
 /// that were not converted now.
-pub fn forget_injection(
+pub(crate) fn forget_injection(
     run: &RunDir,
     disks: &[PathBuf],
     manifests: &[Manifest],
@@ -499,7 +499,7 @@ pub fn forget_injection(
 }
 
 /// The concern a report carries when the guest was not converted (`--no-inject`).
-pub fn not_converted_concern() -> Concern {
+pub(crate) fn not_converted_concern() -> Concern {
     Concern {
         id: "guest-not-converted".into(),
         severity: Severity::Warning,
@@ -561,7 +561,7 @@ pub fn target(
 
 /// The files a target is written as: `domain.xml`, `qemu-cmdline.json`, `run-qemu.sh`
 /// (and the EFI variable store).
-pub const TARGET_FILES: [&str; 3] = ["domain.xml", "qemu-cmdline.json", "run-qemu.sh"];
+pub(crate) const TARGET_FILES: [&str; 3] = ["domain.xml", "qemu-cmdline.json", "run-qemu.sh"];
 
 /// Writes the target's files into `dir`, and creates an EFI guest's own variable
 /// store from the firmware's template (kept when it exists: it holds the VM's boot

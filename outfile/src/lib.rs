@@ -476,7 +476,7 @@ impl OutFile {
     }
 
     /// Sets the permission bits of the file to be (exactly `mode`, umask aside).
-    pub fn set_mode(&self, mode: u32) -> Result<()> {
+    pub(crate) fn set_mode(&self, mode: u32) -> Result<()> {
         rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode))
             .map_err(|e| Error::io(&self.tmp_path, "setting the mode of", e))
     }

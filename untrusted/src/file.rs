@@ -75,7 +75,7 @@ pub fn read_from(file: File, limit: u64, what: &str) -> io::Result<Vec<u8>> {
 
 /// The error for a file over its limit (also for callers that bound reads of their
 /// own, such as a tar member).
-pub fn too_large(limit: u64, what: &str) -> io::Error {
+pub(crate) fn too_large(limit: u64, what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::FileTooLarge,
         format!("more than {limit} bytes, the limit for a {what}"),

@@ -28,7 +28,7 @@ pub struct ExpectedNic {
 
 impl ExpectedNic {
     /// The check id: `nic:<name>`, or `nic:<mac>` for a NIC named by the guest.
-    pub fn check_id(&self) -> String {
+    pub(crate) fn check_id(&self) -> String {
         format!("nic:{}", self.name.as_deref().unwrap_or(&self.mac))
     }
 }

@@ -198,7 +198,7 @@ pub fn validate(target: &Target, expect: &Expectations, opts: &Options) -> Resul
 }
 
 /// What the serial console says went wrong, when the agent never reported.
-pub fn diagnose(serial: &str) -> Option<String> {
+pub(crate) fn diagnose(serial: &str) -> Option<String> {
     const SIGNS: &[(&str, &str)] = &[
         ("ALERT!", "the initramfs did not find the root filesystem"),
         (

@@ -21,9 +21,9 @@ use crate::error::{Error, Result};
 /// The environment variable holding the vSphere password.
 pub const PASSWORD_ENV: &str = "V2K_VSPHERE_PASSWORD";
 /// Default HTTPS port of vCenter and ESXi.
-pub const DEFAULT_PORT: u16 = 443;
+pub(crate) const DEFAULT_PORT: u16 = 443;
 /// Largest password file read (a password is short; anything bigger is a mistake).
-pub const MAX_PASSWORD_FILE: u64 = 4096;
+pub(crate) const MAX_PASSWORD_FILE: u64 = 4096;
 
 /// A parsed `vsphere://` address.
 #[derive(Debug, Clone, PartialEq, Eq)]

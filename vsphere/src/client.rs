@@ -26,32 +26,32 @@ use crate::xml::{self, escape, Element};
 
 /// Largest SOAP response accepted (64 MiB). A page of [`PAGE_OBJECTS`] VMs with
 /// every device is a few MiB; a hostile server must not make us buffer gigabytes.
-pub const MAX_SOAP_RESPONSE_BYTES: usize = 64 << 20;
+pub(crate) const MAX_SOAP_RESPONSE_BYTES: usize = 64 << 20;
 /// Objects asked for per RetrievePropertiesEx page (`maxObjects`).
-pub const PAGE_OBJECTS: u32 = 100;
+pub(crate) const PAGE_OBJECTS: u32 = 100;
 /// Most objects collected over all pages of one retrieval: far above any real
 /// vCenter (the documented maximum is 45,000 VMs), a stop for a server that pages
 /// forever.
-pub const MAX_OBJECTS: usize = 200_000;
+pub(crate) const MAX_OBJECTS: usize = 200_000;
 /// Most pages followed for one retrieval, for a server that returns empty pages
 /// with a token forever.
-pub const MAX_PAGES: usize = 10_000;
+pub(crate) const MAX_PAGES: usize = 10_000;
 /// Attempts for a request answered with HTTP 503 (busy), backing off 0.25 s, 0.5 s,
 /// 1 s, 2 s, 4 s: vCenter returns 503 while its services restart or when throttling.
 pub const MAX_ATTEMPTS_503: u32 = 6;
 /// First backoff delay; doubled at each attempt.
-pub const BACKOFF_START: Duration = Duration::from_millis(250);
+pub(crate) const BACKOFF_START: Duration = Duration::from_millis(250);
 /// The SOAPAction version used for RetrieveServiceContent, before the server's own
 /// API version is known: every vCenter and ESXi since 6.0 accepts it.
-pub const BOOTSTRAP_API_VERSION: &str = "6.0";
+pub(crate) const BOOTSTRAP_API_VERSION: &str = "6.0";
 /// Longest time to establish a TCP+TLS connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest silence while reading a response (not the whole transfer: disks take
 /// hours).
-pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The session cookie vCenter and ESXi set at Login.
-pub const SESSION_COOKIE: &str = "vmware_soap_session";
+pub(crate) const SESSION_COOKIE: &str = "vmware_soap_session";
 
 const SOAP_ENV: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 
@@ -612,7 +612,7 @@ impl Session {
 
     /// RetrievePropertiesEx over `objects` (each `obj` + optional selectSet XML),
     /// following every page.
-    pub async fn retrieve(
+    pub(crate) async fn retrieve(
         &self,
         specs: &[PropertySpec],
         object_set_xml: &str,
@@ -785,7 +785,7 @@ impl Client {
     }
 
     /// Looks an object up by inventory path (`DC/vm/folder/name`).
-    pub fn find_by_inventory_path(&self, path: &str) -> Result<Option<MoRef>> {
+    pub(crate) fn find_by_inventory_path(&self, path: &str) -> Result<Option<MoRef>> {
         let si = self
             .content()?
             .search_index

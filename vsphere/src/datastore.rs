@@ -37,12 +37,12 @@ pub const MAX_DESCRIPTOR_BYTES: usize = v2k_converters::vmdk::descriptor::MAX_DE
 /// Body chunks buffered between the network and a consumer. reqwest yields chunks of
 /// at most a TLS record's plaintext (16 KiB) to a few hundred KiB, so this holds a few
 /// MiB per disk: enough to ride out a consumer's fsync, small enough not to matter.
-pub const CHANNEL_CHUNKS: usize = 256;
+pub(crate) const CHANNEL_CHUNKS: usize = 256;
 /// Consecutive failed attempts (no byte received in between) before a download is
 /// given up. Any progress resets the count.
-pub const MAX_RESUME_ATTEMPTS: u32 = 6;
+pub(crate) const MAX_RESUME_ATTEMPTS: u32 = 6;
 /// First delay before resuming; doubled per consecutive failure.
-pub const RESUME_BACKOFF: Duration = Duration::from_millis(200);
+pub(crate) const RESUME_BACKOFF: Duration = Duration::from_millis(200);
 /// Bytes between two progress reports of one disk.
 pub const PROGRESS_STEP: u64 = 16 << 20;
 
@@ -127,7 +127,7 @@ fn check_relative(path: &str) -> std::result::Result<(), String> {
 }
 
 /// The `/folder` URL of a datastore file.
-pub fn folder_url(base: &Url, file: &DatastorePath, datacenter: &str) -> Result<Url> {
+pub(crate) fn folder_url(base: &Url, file: &DatastorePath, datacenter: &str) -> Result<Url> {
     let mut u = base.clone();
     {
         let mut segs = u
@@ -161,7 +161,7 @@ pub struct FlatDisk {
 /// Reads a descriptor (by the converter's strict parser) and finds its single flat
 /// extent. Snapshot deltas, sparse and multi-extent disks are refused with a reason
 /// (as `Error::Usage`; [`shape`] turns that into [`DiskShape::Staged`]).
-pub fn flat_extent(descriptor_file: &DatastorePath, raw: &[u8]) -> Result<FlatDisk> {
+pub(crate) fn flat_extent(descriptor_file: &DatastorePath, raw: &[u8]) -> Result<FlatDisk> {
     let d = v2k_converters::vmdk::descriptor::parse(raw)
         .map_err(|e| Error::protocol(descriptor_file.to_string(), e.to_string()))?;
     let unsupported = |why: String| Error::Usage(format!("{descriptor_file}: {why}"));
@@ -441,11 +441,11 @@ async fn stream_file(
 
 /// Deepest snapshot chain staged (vSphere allows 32 snapshots; the converter refuses
 /// deeper chains too).
-pub const MAX_STAGED_CHAIN: usize = 32;
+pub(crate) const MAX_STAGED_CHAIN: usize = 32;
 
 /// Bytes a staged extent may hold beyond its data and 1/64 for grain tables: headers,
 /// the embedded descriptor, footer and markers.
-pub const STAGED_SLACK: u64 = 16 << 20;
+pub(crate) const STAGED_SLACK: u64 = 16 << 20;
 
 /// How a disk's descriptor says it can be fetched.
 #[derive(Debug, Clone)]
@@ -497,7 +497,7 @@ impl Client {
     /// child (a linked clone's base in another folder is refused with its path).
     /// Returns the local path of the top descriptor, for the file converter, which
     /// then checks the chain (CIDs, containment, depth) like any local VMDK.
-    pub fn stage_disk(
+    pub(crate) fn stage_disk(
         &self,
         disk: usize,
         source: &DiskSource,
@@ -668,7 +668,7 @@ impl Client {
     }
 
     /// Fetches a small datastore file whole (at most `limit` bytes).
-    pub fn get_small(
+    pub(crate) fn get_small(
         &self,
         file: &DatastorePath,
         datacenter: &str,

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::xml::Element;
 
 /// The VM properties read. Unset ones are simply absent from the answer.
-pub const VM_PROPERTIES: &[&str] = &[
+pub(crate) const VM_PROPERTIES: &[&str] = &[
     "name",
     "parent",
     "config.uuid",
@@ -81,7 +81,7 @@ fn disk_usage(files: Option<&Element>, disks: Option<&Element>) -> HashMap<Strin
 }
 
 /// Deepest snapshot tree followed (vSphere allows 32 snapshots in a chain).
-pub const MAX_SNAPSHOT_DEPTH: usize = 64;
+pub(crate) const MAX_SNAPSHOT_DEPTH: usize = 64;
 
 /// The critical concern only a live source can raise.
 pub const POWERED_ON: &str = "powered-on";
@@ -281,7 +281,7 @@ fn disk_mode(s: &str) -> DiskMode {
 
 /// A disk's capacity: `capacityInBytes` when present (vSphere 5.5+), else
 /// `capacityInKB` (the simulator's built-in VMs have only that), checked.
-pub fn disk_capacity(dev: &Element) -> Result<Option<u64>> {
+pub(crate) fn disk_capacity(dev: &Element) -> Result<Option<u64>> {
     if let Some(b) = dev.child("capacityInBytes") {
         let v: i64 = b.text.trim().parse().map_err(|_| {
             Error::protocol("capacityInBytes", format!("{:?} is not an integer", b.text))

@@ -17,9 +17,9 @@ use quick_xml::name::{QName, ResolveResult};
 use quick_xml::NsReader;
 
 /// The XML Schema instance namespace, which `type` attributes are resolved against.
-pub const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
+pub(crate) const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
 /// The vSphere API namespace.
-pub const VIM25_NS: &str = "urn:vim25";
+pub(crate) const VIM25_NS: &str = "urn:vim25";
 /// The XML Schema namespace (`xsd:string`, `xsd:int` ...).
 pub const XSD_NS: &str = "http://www.w3.org/2001/XMLSchema";
 
@@ -94,7 +94,7 @@ impl Element {
 
     /// The local part of `xsi:type`, when it is a vim25 type (or has no namespace,
     /// as some servers write it).
-    pub fn vim_type(&self) -> Option<&str> {
+    pub(crate) fn vim_type(&self) -> Option<&str> {
         match &self.xsi_type {
             Some(q) if q.ns.is_none() || q.ns.as_deref() == Some(VIM25_NS) => Some(&q.local),
             _ => None,

@@ -21,7 +21,7 @@ use crate::{io, Error, Result};
 
 /// The journal's schema version (in `run-started`).
 pub const SCHEMA_VERSION: u32 = 1;
-pub const FILE_NAME: &str = "journal.jsonl";
+pub(crate) const FILE_NAME: &str = "journal.jsonl";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -159,7 +159,7 @@ impl Entry {
 }
 
 /// The journal open for appending, locked.
-pub struct Journal {
+pub(crate) struct Journal {
     path: PathBuf,
     file: Mutex<File>,
 }
@@ -218,10 +218,6 @@ impl Journal {
         f.sync_data()
             .map_err(io(format!("syncing {}", self.path.display())))?;
         Ok(())
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -23,7 +23,7 @@ pub const EXIT_OK: i32 = 0;
 /// Exit status: some VMs failed or were not run.
 pub const EXIT_FAILED: i32 = 1;
 /// Exit status: a plan error or a fatal error.
-pub const EXIT_ERROR: i32 = 2;
+pub(crate) const EXIT_ERROR: i32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -17,11 +17,11 @@ use crate::{Error, Result};
 /// The plan schema version this build reads.
 pub const SCHEMA_VERSION: u32 = 1;
 /// A plan larger than this is not a plan someone wrote by hand; refuse before parsing.
-pub const MAX_PLAN_BYTES: u64 = 4 << 20;
+pub(crate) const MAX_PLAN_BYTES: u64 = 4 << 20;
 /// Default wall-clock limit of a hook: long enough for a snapshot or a DNS change.
-pub const DEFAULT_HOOK_TIMEOUT_S: u64 = 600;
+pub(crate) const DEFAULT_HOOK_TIMEOUT_S: u64 = 600;
 /// Default seconds from power-on to the agent's report (as `v2k migrate`).
-pub const DEFAULT_BOOT_TIMEOUT_S: u64 = 300;
+pub(crate) const DEFAULT_BOOT_TIMEOUT_S: u64 = 300;
 
 /// One thing wrong with a plan, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -31,7 +31,7 @@ pub struct Problem {
     pub message: String,
 }
 
-pub fn format_problems(p: &[Problem]) -> String {
+pub(crate) fn format_problems(p: &[Problem]) -> String {
     p.iter()
         .map(|p| match p.line {
             Some(l) => format!("line {l}: {}", p.message),
@@ -45,7 +45,7 @@ pub fn format_problems(p: &[Problem]) -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct PlanFile {
+pub(crate) struct PlanFile {
     pub version: u32,
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
@@ -125,7 +125,7 @@ pub struct HookFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct StorageFile {
+pub(crate) struct StorageFile {
     pub source: PathBuf,
     pub output: PathBuf,
 }
@@ -135,7 +135,7 @@ pub struct StorageFile {
 /// `$V2K_VSPHERE_PASSWORD`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct VsphereServerFile {
+pub(crate) struct VsphereServerFile {
     pub password_file: Option<PathBuf>,
     /// SHA-256 thumbprint of the server certificate (`v2k vsphere thumbprint`).
     pub thumbprint: Option<String>,
@@ -148,7 +148,7 @@ pub struct VsphereServerFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct LimitsFile {
+pub(crate) struct LimitsFile {
     pub vms: Option<usize>,
     pub disks: Option<usize>,
     pub per_datastore: Option<usize>,
@@ -158,14 +158,14 @@ pub struct LimitsFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FailurePolicyFile {
+pub(crate) struct FailurePolicyFile {
     /// Stop the wave (and the run) after this many failed VMs; absent: continue.
     pub stop_after: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct WaveFile {
+pub(crate) struct WaveFile {
     pub name: String,
     pub stop_after: Option<u32>,
     pub vms: Vec<VmFile>,
@@ -175,7 +175,7 @@ pub struct WaveFile {
 /// serde cannot refuse unknown keys through `flatten`.)
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct VmFile {
+pub(crate) struct VmFile {
     pub source: PathBuf,
     pub name: Option<String>,
     /// Which VM of a multi-VM OVF.
@@ -281,7 +281,7 @@ pub struct VsphereRef {
 
 impl VsphereRef {
     /// `connecting to HOST:PORT as USER: why`, the one message for a failed login.
-    pub fn connect_error(&self, why: impl std::fmt::Display) -> ConnectError {
+    pub(crate) fn connect_error(&self, why: impl std::fmt::Display) -> ConnectError {
         let a = &self.address;
         ConnectError {
             host: a.host.clone(),
@@ -337,7 +337,7 @@ impl VmPlan {
     }
 
     /// The options `v2k_migrate::migrate` runs this VM with.
-    pub fn migrate_options(&self, network_map: &NetworkMap) -> v2k_migrate::Options {
+    pub(crate) fn migrate_options(&self, network_map: &NetworkMap) -> v2k_migrate::Options {
         v2k_migrate::Options {
             source: self.source.clone(),
             out: self.out.clone(),
@@ -361,7 +361,7 @@ impl VmPlan {
 
 /// The line of the first occurrence of `needle` in `text` (1-based), for problems
 /// found after parsing, when serde no longer knows where a value came from.
-pub fn line_of(text: &str, needle: &str) -> Option<usize> {
+pub(crate) fn line_of(text: &str, needle: &str) -> Option<usize> {
     if needle.is_empty() {
         return None;
     }
@@ -741,7 +741,7 @@ fn merge(d: &Settings, v: &Settings) -> Settings {
 }
 
 /// Names become directory and file names: keep them plain.
-pub fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s != "."

@@ -23,26 +23,26 @@
 //! 104     8   end-of-extensions marker     0
 //! ```
 
-pub const MAGIC: [u8; 4] = *b"QFI\xfb";
-pub const VERSION: u32 = 3;
-pub const HEADER_LEN: u32 = 104;
-pub const REFCOUNT_ORDER: u32 = 4;
+pub(crate) const MAGIC: [u8; 4] = *b"QFI\xfb";
+pub(crate) const VERSION: u32 = 3;
+pub(crate) const HEADER_LEN: u32 = 104;
+pub(crate) const REFCOUNT_ORDER: u32 = 4;
 /// Smallest and largest cluster sizes QEMU accepts (512 B and 2 MiB).
-pub const MIN_CLUSTER_BITS: u32 = 9;
-pub const MAX_CLUSTER_BITS: u32 = 21;
-pub const DEFAULT_CLUSTER_BITS: u32 = 16;
+pub(crate) const MIN_CLUSTER_BITS: u32 = 9;
+pub(crate) const MAX_CLUSTER_BITS: u32 = 21;
+pub(crate) const DEFAULT_CLUSTER_BITS: u32 = 16;
 
 /// L1/L2 entry: the cluster's refcount is exactly 1 (may be written in place).
-pub const OFLAG_COPIED: u64 = 1 << 63;
+pub(crate) const OFLAG_COPIED: u64 = 1 << 63;
 /// L2 entry: the cluster is compressed.
-pub const OFLAG_COMPRESSED: u64 = 1 << 62;
+pub(crate) const OFLAG_COMPRESSED: u64 = 1 << 62;
 /// L2 entry (v3): the cluster reads as zeros.
-pub const OFLAG_ZERO: u64 = 1;
+pub(crate) const OFLAG_ZERO: u64 = 1;
 /// Bits 9..=55 of a standard L1/L2 entry hold the host offset.
-pub const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub(crate) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
 /// Bit position where a compressed descriptor's sector count starts.
-pub fn compressed_shift(cluster_bits: u32) -> u32 {
+pub(crate) fn compressed_shift(cluster_bits: u32) -> u32 {
     62 - (cluster_bits - 8)
 }
 
@@ -134,12 +134,12 @@ pub enum HeaderError {
 }
 
 /// Entries in one L2 table (or refcount block of 64-bit entries) for a cluster size.
-pub fn l2_entries(cluster_bits: u32) -> u64 {
+pub(crate) fn l2_entries(cluster_bits: u32) -> u64 {
     1 << (cluster_bits - 3)
 }
 
 /// L1 entries needed for a virtual size.
-pub fn l1_entries(size: u64, cluster_bits: u32) -> u64 {
+pub(crate) fn l1_entries(size: u64, cluster_bits: u32) -> u64 {
     let per_l2 = (1u64 << cluster_bits) * l2_entries(cluster_bits);
     size.div_ceil(per_l2)
 }

@@ -141,7 +141,12 @@ impl Qcow2Reader {
 
     /// Whether every cluster of `[offset, offset + len)` reads as zeros without
     /// holding data (unallocated or zero-flagged), so it need not be read.
-    pub fn is_unallocated(&self, offset: u64, len: u64, cache: &mut L2Cache) -> Result<bool> {
+    pub(crate) fn is_unallocated(
+        &self,
+        offset: u64,
+        len: u64,
+        cache: &mut L2Cache,
+    ) -> Result<bool> {
         let first = offset / self.cs;
         let last = (offset + len).div_ceil(self.cs);
         let per_l2 = layout::l2_entries(self.header.cluster_bits);

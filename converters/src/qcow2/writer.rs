@@ -21,7 +21,7 @@ use super::layout::{self, Header, OFLAG_COMPRESSED, OFLAG_COPIED};
 use crate::error::{Error, Result};
 
 /// Most L1 entries accepted: QEMU refuses L1 tables over 32 MiB.
-pub const MAX_L1_ENTRIES: u64 = 32 * 1024 * 1024 / 8;
+pub(crate) const MAX_L1_ENTRIES: u64 = 32 * 1024 * 1024 / 8;
 
 /// What the writer put into the file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -211,7 +211,7 @@ impl<'f> Qcow2Writer<'f> {
 
     /// Writes consecutive guest clusters starting at `first`; `data` is a whole
     /// number of clusters (the caller zero-pads the disk's last cluster).
-    pub fn write_run(&mut self, first: u64, data: &[u8]) -> Result<()> {
+    pub(crate) fn write_run(&mut self, first: u64, data: &[u8]) -> Result<()> {
         let cs = self.cs as usize;
         debug_assert_eq!(data.len() % cs, 0);
         let n = data.len() / cs;
@@ -245,12 +245,12 @@ impl<'f> Qcow2Writer<'f> {
 
     /// Largest compressed cluster worth storing compressed; anything larger is
     /// written as a normal cluster (QEMU does the same).
-    pub fn max_compressed_len(&self) -> usize {
+    pub(crate) fn max_compressed_len(&self) -> usize {
         (self.cs - 512) as usize
     }
 
     /// Writes guest cluster `g` as a raw-deflate blob (window ≤ 4 KiB, as QEMU reads).
-    pub fn write_compressed(&mut self, g: u64, blob: &[u8]) -> Result<()> {
+    pub(crate) fn write_compressed(&mut self, g: u64, blob: &[u8]) -> Result<()> {
         let len = blob.len() as u64;
         if len == 0 || len > self.max_compressed_len() as u64 {
             return Err(Error::invalid(

@@ -21,7 +21,7 @@ use std::io::{Read, Seek, SeekFrom};
 use super::header::{SparseHeader, SECTOR};
 
 /// Granularity of the allocation bitmap: 1 MiB, the converter's smallest work unit.
-pub const GRANULE: u64 = 1 << 20;
+pub(crate) const GRANULE: u64 = 1 << 20;
 /// Header flag: a GTE of 1 means "grain reads as zeros" (VMDK 1.1 zeroed-grain GTEs).
 const FLAG_ZEROED_GRAIN_GTE: u32 = 1 << 2;
 /// Size of the marker before each compressed grain: LBA (u64) + compressed size (u32).
@@ -52,7 +52,7 @@ impl ChunkMap {
     }
 
     /// Marks `[start, start + len)` (clamped to the disk) as holding data.
-    pub fn mark(&mut self, start: u64, len: u64) {
+    pub(crate) fn mark(&mut self, start: u64, len: u64) {
         let end = start.saturating_add(len).min(self.size);
         if start >= end {
             return;
@@ -74,14 +74,14 @@ impl ChunkMap {
             .any(|g| self.bits[(g / 64) as usize] & (1 << (g % 64)) != 0)
     }
 
-    pub fn union_with(&mut self, other: &ChunkMap) {
+    pub(crate) fn union_with(&mut self, other: &ChunkMap) {
         for (a, b) in self.bits.iter_mut().zip(&other.bits) {
             *a |= b;
         }
     }
 
     /// Bytes covered by marked granules (an upper bound of the allocated bytes).
-    pub fn covered_bytes(&self) -> u64 {
+    pub(crate) fn covered_bytes(&self) -> u64 {
         let mut total = 0;
         for g in 0..self.size.div_ceil(GRANULE) {
             if self.bits[(g / 64) as usize] & (1 << (g % 64)) != 0 {
@@ -250,7 +250,7 @@ pub fn walk_sparse<R: Read + Seek + ?Sized>(
 /// found with `SEEK_DATA` / `SEEK_HOLE`; a file system that cannot say reports the
 /// whole file as data (Linux's generic answer), and one that refuses the call
 /// counts the whole extent, so a hole is never invented.
-pub fn walk_flat(
+pub(crate) fn walk_flat(
     file: &std::fs::File,
     start: u64,
     len: u64,

@@ -48,7 +48,7 @@ struct Extent {
 }
 
 /// A `Read + Seek` over the consolidated chain, newest layer first.
-pub struct ChainReader {
+pub(crate) struct ChainReader {
     /// `layers[0]` is the delta named by the user, the last is the base.
     layers: Vec<Vec<Extent>>,
     size: u64,

@@ -22,11 +22,11 @@ use std::fmt;
 /// maximum) twoGbMaxExtent disk, has 4,096 extent lines, about 170 KiB.
 pub const MAX_DESCRIPTOR_BYTES: usize = 1 << 20;
 /// Most extents accepted: a 64 TiB disk split at 2 GiB needs 32,768.
-pub const MAX_EXTENTS: usize = 32_768;
+pub(crate) const MAX_EXTENTS: usize = 32_768;
 /// Longest line accepted; a valid extent line with a long path is well under this.
-pub const MAX_LINE_BYTES: usize = 8192;
+pub(crate) const MAX_LINE_BYTES: usize = 8192;
 /// `parentCID` of a disk that has no parent.
-pub const NO_PARENT_CID: u32 = 0xffff_ffff;
+pub(crate) const NO_PARENT_CID: u32 = 0xffff_ffff;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -181,7 +181,7 @@ fn parse_hex_u32(v: &str, line: usize, key: &str) -> Result<u32, DescriptorError
 /// rewrites a shorter text in place (`CID=%x` drops leading zeros) and leaves the old
 /// tail after the new NUL, so a disk QEMU wrote to can carry bytes there (about one
 /// write in sixteen). Nothing after the NUL is interpreted.
-pub fn parse_embedded(raw: &[u8]) -> Result<Descriptor, DescriptorError> {
+pub(crate) fn parse_embedded(raw: &[u8]) -> Result<Descriptor, DescriptorError> {
     if raw.len() > MAX_DESCRIPTOR_BYTES {
         return Err(err(
             None,

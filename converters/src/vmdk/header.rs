@@ -29,7 +29,7 @@ use std::fmt;
 /// Bytes in a VMDK sector; every offset and size in the header counts these.
 pub const SECTOR: u64 = 512;
 /// "KDMV" read as a little-endian u32.
-pub const MAGIC: u32 = 0x564d_444b;
+pub(crate) const MAGIC: u32 = 0x564d_444b;
 /// Marks a streamOptimized header whose grain directory offset is in the footer.
 pub const GD_AT_END: u64 = u64::MAX;
 const FLAG_COMPRESSED: u32 = 1 << 16;
@@ -39,18 +39,18 @@ const COMPRESS_DEFLATE: u16 = 1;
 
 /// Smallest grain VMware's spec allows (8 sectors = 4 KiB); smaller values come only
 /// from crafted files and would multiply metadata reads.
-pub const MIN_GRAIN_SECTORS: u64 = 8;
+pub(crate) const MIN_GRAIN_SECTORS: u64 = 8;
 /// Largest grain accepted (2 MiB). VMware always writes 64 KiB; the cap bounds the
 /// buffer a worker holds for one grain, and so what a compressed grain may inflate to.
-pub const MAX_GRAIN_SECTORS: u64 = 4096;
+pub(crate) const MAX_GRAIN_SECTORS: u64 = 4096;
 /// QEMU refuses grain tables longer than 512 entries, and VMware writes exactly 512.
-pub const MAX_GTES_PER_GT: u32 = 512;
+pub(crate) const MAX_GTES_PER_GT: u32 = 512;
 /// Largest virtual capacity accepted: 64 TiB, just above VMware's 62 TiB maximum.
-pub const MAX_CAPACITY_SECTORS: u64 = (64u64 << 40) / SECTOR;
+pub(crate) const MAX_CAPACITY_SECTORS: u64 = (64u64 << 40) / SECTOR;
 /// QEMU's cap on the grain directory (32 Mi entries); it bounds the directory we load.
-pub const MAX_GD_ENTRIES: u64 = 32 << 20;
+pub(crate) const MAX_GD_ENTRIES: u64 = 32 << 20;
 /// The embedded descriptor is at most 1 MiB (2048 sectors); real ones are < 1 KiB.
-pub const MAX_DESCRIPTOR_SECTORS: u64 = 2048;
+pub(crate) const MAX_DESCRIPTOR_SECTORS: u64 = 2048;
 
 /// Which binary magic a file starts with. Formats are never probed beyond this:
 /// a file named `.vmdk` that is a QCOW2 (which could carry a backing file) is refused.
@@ -303,7 +303,7 @@ impl SparseHeader {
         self.capacity_sectors * SECTOR
     }
 
-    pub fn grain_bytes(&self) -> u64 {
+    pub(crate) fn grain_bytes(&self) -> u64 {
         self.grain_sectors * SECTOR
     }
 }

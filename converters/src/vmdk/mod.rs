@@ -27,7 +27,7 @@ use header::{Magic, SparseHeader, SECTOR};
 pub const MAX_CHAIN_DEPTH: usize = 32;
 
 /// `Read + Seek` that can move to another thread: one per worker.
-pub trait ReadSeek: Read + Seek + Send {}
+pub(crate) trait ReadSeek: Read + Seek + Send {}
 impl<T: Read + Seek + Send> ReadSeek for T {}
 
 /// Where a disk's bytes are: a whole file, or a byte range inside one (a member of
@@ -286,13 +286,13 @@ impl VmdkImage {
 
     /// Whether any byte of `[start, start + len)` may hold data; `false` means the
     /// range reads as zeros in every layer and need not be read.
-    pub fn maybe_allocated(&self, start: u64, len: u64) -> bool {
+    pub(crate) fn maybe_allocated(&self, start: u64, len: u64) -> bool {
         self.map.any(start, len)
     }
 
     /// A new independent reader over the virtual disk (the library's readers are
     /// not `Sync`, so each worker takes its own).
-    pub fn open_reader(&self) -> Result<Box<dyn ReadSeek>> {
+    pub(crate) fn open_reader(&self) -> Result<Box<dyn ReadSeek>> {
         let src = &self.info.source;
         let what = "opening the disk for reading";
         if let Some(r) = src.range {

@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 /// written into the one-line message, which callers embed in their own) rather than as
 /// a `#[source]`, so the message alone says everything.
 #[derive(Debug, thiserror::Error)]
-pub enum NameRefused {
+pub(crate) enum NameRefused {
     #[error("empty file name")]
     Empty,
     #[error("file name {name:?} contains NUL")]
@@ -53,7 +53,7 @@ pub enum NameRefused {
 
 /// Resolves `name` inside `dir`; the result is a regular file reached without
 /// following any symlink below `dir`. The error says why the name was refused.
-pub fn resolve_inside(dir: &Path, name: &str) -> Result<PathBuf, NameRefused> {
+pub(crate) fn resolve_inside(dir: &Path, name: &str) -> Result<PathBuf, NameRefused> {
     let named = || name.to_string();
     if name.is_empty() {
         return Err(NameRefused::Empty);

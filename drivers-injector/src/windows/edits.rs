@@ -17,23 +17,23 @@
 use super::registry::RegValue;
 
 /// The SCSI adapter setup class (storage controllers).
-pub const SCSI_CLASS_GUID: &str = "{4D36E97B-E325-11CE-BFC1-08002BE10318}";
+pub(crate) const SCSI_CLASS_GUID: &str = "{4D36E97B-E325-11CE-BFC1-08002BE10318}";
 /// virt-v2v's labels for the boot driver's DriverDatabase entries. The same names are
 /// used so that a guest converted by either tool carries one set of entries, which
 /// Windows supersedes when pnputil installs the real package at first boot.
-pub const DDB_INF: &str = "guestor.inf";
-pub const DDB_INF_LABEL: &str = "guestor.inf_tmp";
-pub const DDB_CONFIG: &str = "guestor_conf";
+pub(crate) const DDB_INF: &str = "guestor.inf";
+pub(crate) const DDB_INF_LABEL: &str = "guestor.inf_tmp";
+pub(crate) const DDB_CONFIG: &str = "guestor_conf";
 /// Where the driver packages are copied, relative to the system root.
-pub const DRIVER_DIR: &str = "Drivers\\VirtIO";
+pub(crate) const DRIVER_DIR: &str = "Drivers\\VirtIO";
 /// VMware driver services that may be boot- or system-start on the source.
-pub const VMWARE_SERVICES: [&str; 3] = ["pvscsi", "vmxnet3ndis6", "vmxnet3"];
+pub(crate) const VMWARE_SERVICES: [&str; 3] = ["pvscsi", "vmxnet3ndis6", "vmxnet3"];
 /// Windows service start types.
-pub const START_BOOT: u32 = 0;
-pub const START_DEMAND: u32 = 3;
+pub(crate) const START_BOOT: u32 = 0;
+pub(crate) const START_DEMAND: u32 = 3;
 /// ErrorControl "normal": log and continue (2 "severe" and 3 "critical" fall back to
 /// LastKnownGood).
-pub const ERROR_NORMAL: u32 = 1;
+pub(crate) const ERROR_NORMAL: u32 = 1;
 
 /// Which hive a value lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ fn edit(step: &'static str, hive: HiveName, key: &[&str], value: &str, data: Reg
 /// The PCI ids a boot driver is bound to: the transitional (legacy) and modern virtio
 /// devices, each as its full hardware id and as the vendor/device/revision form
 /// virt-v2v uses.
-pub fn pci_ids(driver: &str) -> Vec<String> {
+pub(crate) fn pci_ids(driver: &str) -> Vec<String> {
     let (legacy, legacy_sub, modern) = if driver == "vioscsi" {
         ("1004", "00081AF4", "1048")
     } else {
@@ -84,7 +84,7 @@ pub fn pci_ids(driver: &str) -> Vec<String> {
 
 /// The DriverPackages `Version` blob virt-v2v writes (Windows-Kernel-Pnp on 10/2016
 /// wants it): a header, the SCSI class GUID in its binary form, then zeros.
-pub fn ddb_version_blob() -> Vec<u8> {
+pub(crate) fn ddb_version_blob() -> Vec<u8> {
     let mut v = vec![0x00, 0xff, 0x09, 0x00, 0x00, 0x00, 0x00, 0x00];
     v.extend([
         0x7b, 0xe9, 0x36, 0x4d, 0x25, 0xe3, 0xce, 0x11, 0xbf, 0xc1, 0x08, 0x00, 0x2b, 0xe1, 0x03,
@@ -221,7 +221,10 @@ pub fn boot_driver(cs: &str, driver: &str, driver_database: bool) -> Vec<Edit> {
 }
 
 /// VMware's driver services made harmless, from their current Start/ErrorControl.
-pub fn vmware_services(cs: &str, current: &[(String, Option<u32>, Option<u32>)]) -> Vec<Edit> {
+pub(crate) fn vmware_services(
+    cs: &str,
+    current: &[(String, Option<u32>, Option<u32>)],
+) -> Vec<Edit> {
     let mut out = Vec::new();
     for (svc, start, error_control) in current {
         let key = [cs, "Services", svc.as_str()];
@@ -248,7 +251,7 @@ pub fn vmware_services(cs: &str, current: &[(String, Option<u32>, Option<u32>)])
 }
 
 /// No automatic reboot after a bug check.
-pub fn crash_control(cs: &str) -> Edit {
+pub(crate) fn crash_control(cs: &str) -> Edit {
     edit(
         "crash-control",
         HiveName::System,
@@ -259,7 +262,7 @@ pub fn crash_control(cs: &str) -> Edit {
 }
 
 /// `DevicePath` with the VirtIO folder appended, unless it is there already.
-pub fn device_path(current: Option<&str>) -> Option<Edit> {
+pub(crate) fn device_path(current: Option<&str>) -> Option<Edit> {
     let ours = format!("%SystemRoot%\\{DRIVER_DIR}");
     let cur = current.unwrap_or("%SystemRoot%\\inf");
     if cur.split(';').any(|p| p.trim().eq_ignore_ascii_case(&ours)) {

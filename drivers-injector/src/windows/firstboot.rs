@@ -27,12 +27,12 @@ use super::edits::{Edit, HiveName};
 use super::registry::RegValue;
 
 /// The service name.
-pub const SERVICE: &str = "v2k-firstboot";
+pub(crate) const SERVICE: &str = "v2k-firstboot";
 /// The folder under the system root holding the script, its log and state.
 pub const DIR: &str = "v2k";
-pub const SCRIPT: &str = "firstboot.ps1";
+pub(crate) const SCRIPT: &str = "firstboot.ps1";
 /// Runs with failures before the script gives up and disables itself.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub(crate) const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 /// Service type "own process", start "automatic", error control "ignore" (the
 /// service host is cmd.exe, which never reports to the SCM; see [`image_path`]).
 const SERVICE_OWN_PROCESS: u32 = 0x10;
@@ -77,7 +77,7 @@ fn ps_array(items: &[String]) -> String {
 /// The service's command line. cmd.exe's `start` detaches PowerShell, so the script
 /// keeps running when the SCM gives up on cmd.exe (which never reports "running");
 /// with ErrorControl "ignore" that costs one event-log line.
-pub fn image_path() -> String {
+pub(crate) fn image_path() -> String {
     format!(
         "%SystemRoot%\\System32\\cmd.exe /c start \"v2k\" /b \
          %SystemRoot%\\System32\\WindowsPowerShell\\v1.0\\powershell.exe -NoProfile \
@@ -86,7 +86,7 @@ pub fn image_path() -> String {
 }
 
 /// The service's registry values.
-pub fn service_edits(cs: &str) -> Vec<Edit> {
+pub(crate) fn service_edits(cs: &str) -> Vec<Edit> {
     let key: Vec<String> = [cs, "Services", SERVICE]
         .iter()
         .map(|s| s.to_string())

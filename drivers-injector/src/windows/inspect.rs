@@ -12,10 +12,10 @@ use crate::appliance::{gerr, Appliance};
 use crate::error::{Error, Result};
 
 /// The BitLocker volume signature: the OEM id of its boot sector, at byte 3.
-pub const BITLOCKER_OEM_ID: &[u8; 8] = b"-FVE-FS-";
+pub(crate) const BITLOCKER_OEM_ID: &[u8; 8] = b"-FVE-FS-";
 /// Hibernation file signatures (first 4 bytes of `hiberfil.sys`) of a saved session,
 /// as ntfs-3g checks them; a full shutdown leaves zeros.
-pub const HIBERNATION_SIGNATURES: [&[u8; 4]; 4] = [b"hibr", b"HIBR", b"wake", b"WAKE"];
+pub(crate) const HIBERNATION_SIGNATURES: [&[u8; 4]; 4] = [b"hibr", b"HIBR", b"wake", b"WAKE"];
 /// Most drive letters read from `MountedDevices` (A: to Z:).
 const MAX_DRIVES: usize = 26;
 /// Longest registry string carried into the report and the first-boot script.
@@ -25,7 +25,7 @@ const MAX_STATIC_NICS: usize = 32;
 /// Most addresses per static interface.
 const MAX_ADDRESSES: usize = 16;
 /// The network adapter setup class.
-pub const NET_CLASS_GUID: &str = "{4D36E972-E325-11CE-BFC1-08002BE10318}";
+pub(crate) const NET_CLASS_GUID: &str = "{4D36E972-E325-11CE-BFC1-08002BE10318}";
 
 /// Where the Windows install is, before its registry is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,10 +226,10 @@ pub struct WindowsInspection {
 }
 
 /// The marker an injection leaves under the system root.
-pub const MARKER: &str = "v2k/injected.json";
+pub(crate) const MARKER: &str = "v2k/injected.json";
 
 /// Windows' display name and virtio-win folder for a version and build.
-pub fn windows_name(
+pub(crate) fn windows_name(
     major: u32,
     minor: u32,
     build: u32,
@@ -260,10 +260,10 @@ pub fn windows_name(
 
 /// The first version whose guests v2k converts: its first-boot script needs
 /// PowerShell 2.0 and pnputil `-i -a`, both in Windows 7 / Server 2008 R2.
-pub const MIN_VERSION: (u32, u32) = (6, 1);
+pub(crate) const MIN_VERSION: (u32, u32) = (6, 1);
 
 /// Digits of a build number string ("17763", "7601.win7sp1..."), bounded.
-pub fn parse_build(s: &str) -> Option<u32> {
+pub(crate) fn parse_build(s: &str) -> Option<u32> {
     let digits: String = s
         .trim()
         .chars()
@@ -284,12 +284,12 @@ fn text(s: &str) -> String {
 }
 
 /// A dotted IPv4 address, strictly (it goes into a script).
-pub fn is_ipv4(s: &str) -> bool {
+pub(crate) fn is_ipv4(s: &str) -> bool {
     s.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 /// `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}`.
-pub fn is_guid(s: &str) -> bool {
+pub(crate) fn is_guid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 38
         && b[0] == b'{'
@@ -316,7 +316,7 @@ pub fn product_code(key: &str, uninstall: Option<&str>) -> Option<String> {
 }
 
 /// Mixed-endian GUID bytes (as Windows stores them) to text.
-pub fn guid_from_bytes(b: &[u8]) -> Option<String> {
+pub(crate) fn guid_from_bytes(b: &[u8]) -> Option<String> {
     if b.len() != 16 {
         return None;
     }
@@ -331,7 +331,7 @@ pub fn guid_from_bytes(b: &[u8]) -> Option<String> {
 
 /// Where a `MountedDevices` entry says a drive letter's volume is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MountedDevice {
+pub(crate) enum MountedDevice {
     /// An MBR partition: the disk's signature and the partition's byte offset.
     Mbr { signature: u32, offset: u64 },
     /// A GPT partition, by its partition GUID (upper case, no braces).
@@ -340,7 +340,7 @@ pub enum MountedDevice {
 
 /// Parses a `MountedDevices` entry: MBR (signature, byte offset) or GPT partition GUID.
 /// `None` for any other kind of entry (a volume GUID path, a truncated value).
-pub fn parse_mounted_device(data: &[u8]) -> Option<MountedDevice> {
+pub(crate) fn parse_mounted_device(data: &[u8]) -> Option<MountedDevice> {
     if data.len() == 12 {
         let signature = u32::from_le_bytes(data[0..4].try_into().ok()?);
         let offset = u64::from_le_bytes(data[4..12].try_into().ok()?);

@@ -37,9 +37,9 @@ use inspect::{Located, WindowsInspection};
 use registry::{Hive, RegistryChange};
 
 /// The environment variable naming the virtio-win source (virt-v2v's name too).
-pub const VIRTIO_WIN_ENV: &str = "VIRTIO_WIN";
+pub(crate) const VIRTIO_WIN_ENV: &str = "VIRTIO_WIN";
 /// Bumped when a field of [`Report`] is removed or changes meaning.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+pub(crate) const REPORT_SCHEMA_VERSION: u32 = 1;
 
 /// Windows settings of an injection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +133,7 @@ pub(crate) fn gtext(e: guestfs::Error) -> String {
 }
 
 /// The refusal when no driver source was given.
-pub fn no_source_error() -> Error {
+pub(crate) fn no_source_error() -> Error {
     Error::Refused(format!(
         "Windows guest: the virtio drivers are needed; give the virtio-win directory with \
          --virtio-win PATH or ${VIRTIO_WIN_ENV}; nothing was changed"
@@ -775,7 +775,7 @@ pub fn convert(
 
 /// The Windows inspection in the conversion log's (Linux-shaped) schema: drive
 /// letters as mounts, static interfaces as configured NICs, no kernels.
-pub fn summary_inspection(w: &WindowsInspection) -> Inspection {
+pub(crate) fn summary_inspection(w: &WindowsInspection) -> Inspection {
     Inspection {
         root: w.root.clone(),
         os_type: "windows".into(),

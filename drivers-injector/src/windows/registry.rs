@@ -18,16 +18,16 @@ pub const REG_EXPAND_SZ: i64 = 2;
 pub const REG_BINARY: i64 = 3;
 pub const REG_DWORD: i64 = 4;
 pub const REG_MULTI_SZ: i64 = 7;
-pub const REG_QWORD: i64 = 11;
+pub(crate) const REG_QWORD: i64 = 11;
 
 /// Longest value data decoded: real SYSTEM values are far below this, and the
 /// libguestfs protocol caps one message at 4 MiB anyway.
-pub const MAX_VALUE_BYTES: usize = 1 << 20;
+pub(crate) const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Most strings read out of one REG_MULTI_SZ.
-pub const MAX_MULTI_SZ_ITEMS: usize = 4096;
+pub(crate) const MAX_MULTI_SZ_ITEMS: usize = 4096;
 /// Most subkeys listed under one key (the Uninstall key of a busy server holds a few
 /// hundred).
-pub const MAX_SUBKEYS: usize = 65_536;
+pub(crate) const MAX_SUBKEYS: usize = 65_536;
 /// Deepest key path accepted (Windows' own limit is 512 levels).
 pub const MAX_DEPTH: usize = 512;
 
@@ -154,7 +154,7 @@ impl RegValue {
         }
     }
 
-    pub fn as_dword(&self) -> Option<u32> {
+    pub(crate) fn as_dword(&self) -> Option<u32> {
         match self {
             RegValue::Dword(v) => Some(*v),
             _ => None,
@@ -349,7 +349,7 @@ impl<'a> Hive<'a> {
     }
 
     /// A value of a node, decoded; `None` when absent.
-    pub fn value_of(&self, node: i64, name: &str) -> Result<Option<RegValue>> {
+    pub(crate) fn value_of(&self, node: i64, name: &str) -> Result<Option<RegValue>> {
         let v = self
             .app
             .g
@@ -419,18 +419,18 @@ impl<'a> Hive<'a> {
     }
 
     /// A string value (trimmed), if present and a string.
-    pub fn get_str(&mut self, path: &[&str], name: &str) -> Result<Option<String>> {
+    pub(crate) fn get_str(&mut self, path: &[&str], name: &str) -> Result<Option<String>> {
         Ok(self
             .get(path, name)?
             .and_then(|v| v.as_str().map(|s| s.trim().to_string())))
     }
 
-    pub fn get_dword(&mut self, path: &[&str], name: &str) -> Result<Option<u32>> {
+    pub(crate) fn get_dword(&mut self, path: &[&str], name: &str) -> Result<Option<u32>> {
         Ok(self.get(path, name)?.and_then(|v| v.as_dword()))
     }
 
     /// The node at `path`, creating missing keys.
-    pub fn ensure(&mut self, path: &[&str]) -> Result<i64> {
+    pub(crate) fn ensure(&mut self, path: &[&str]) -> Result<i64> {
         Ok(self.walk(path, true)?.unwrap_or(self.root))
     }
 

@@ -22,23 +22,23 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 
 /// Most top-level driver directories looked at (virtio-win has about 20).
-pub const MAX_DRIVER_DIRS: usize = 256;
+pub(crate) const MAX_DRIVER_DIRS: usize = 256;
 /// Most files in one `<driver>/<os>/<arch>` leaf (a driver has 3-10).
-pub const MAX_FILES_PER_DRIVER: usize = 64;
+pub(crate) const MAX_FILES_PER_DRIVER: usize = 64;
 /// Largest single file copied (real drivers are under 1 MiB; DLLs a few MiB).
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 64 << 20;
 /// Largest total copied into the guest.
-pub const MAX_TOTAL_BYTES: u64 = 512 << 20;
+pub(crate) const MAX_TOTAL_BYTES: u64 = 512 << 20;
 /// Longest file or directory name accepted.
 const MAX_NAME: usize = 64;
 /// Most entries read from an ISO's listing (virtio-win's has about 3000).
-pub const MAX_ISO_ENTRIES: usize = 100_000;
+pub(crate) const MAX_ISO_ENTRIES: usize = 100_000;
 /// Largest ISO listing read from bsdtar, in bytes.
 const MAX_ISO_LISTING: usize = 16 << 20;
 
 /// The drivers v2k needs, whatever else the tree has: without the boot storage driver
 /// the guest cannot boot, without NetKVM it is unreachable.
-pub const NET_DRIVER: &str = "netkvm";
+pub(crate) const NET_DRIVER: &str = "netkvm";
 
 /// The virtio-win directory names of the OS folders, from old to new.
 pub const OS_DIRS: [&str; 15] = [
@@ -95,7 +95,7 @@ impl Found {
 }
 
 /// A name safe in a guest path, a registry key and a single-quoted PowerShell string.
-pub fn safe_file_name(s: &str) -> bool {
+pub(crate) fn safe_file_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME
         && !s.starts_with(['.', '-'])
