@@ -32,6 +32,10 @@ pub struct Appliance {
 }
 
 /// Extracts libguestfs' own message from its error (the binding offers only `Debug`).
+/// Entries v2k lists in one guest directory tree (an ESP holds tens; a hostile guest
+/// could hold millions, each costing memory in the appliance's reply).
+const MAX_FIND_ENTRIES: usize = 100_000;
+
 pub(crate) fn gerr(call: impl Into<String>) -> impl FnOnce(guestfs::Error) -> Error {
     let call = call.into();
     move |e| Error::Guestfs {
@@ -210,6 +214,31 @@ impl Appliance {
             return Ok(Vec::new());
         }
         self.g.ls(dir).map_err(gerr(format!("listing {dir}")))
+    }
+
+    /// Every path under `dir` (full guest paths), at most [`MAX_FIND_ENTRIES`]: the
+    /// guest controls how many there are.
+    pub fn find_files(&self, dir: &str) -> Result<Vec<String>> {
+        let rel = self.g.find(dir).map_err(gerr(format!("listing {dir}")))?;
+        if rel.len() > MAX_FIND_ENTRIES {
+            return Err(Error::Refused(format!(
+                "{dir} holds {} entries, more than the {MAX_FIND_ENTRIES} v2k reads",
+                rel.len()
+            )));
+        }
+        let base = dir.trim_end_matches('/');
+        Ok(rel.into_iter().map(|r| format!("{base}/{r}")).collect())
+    }
+
+    pub fn mkdir_p(&self, p: &str) -> Result<()> {
+        self.g.mkdir_p(p).map_err(gerr(format!("creating {p}")))
+    }
+
+    /// Copies a guest file to another guest path (both inside the guest's tree).
+    pub fn copy_file(&self, from: &str, to: &str) -> Result<()> {
+        self.g
+            .cp(from, to)
+            .map_err(gerr(format!("copying {from} to {to}")))
     }
 
     pub fn glob(&self, pattern: &str) -> Result<Vec<String>> {

@@ -529,7 +529,13 @@ pub(crate) fn presence(drv: &str, builtin: &str, config: &str, dep: &str) -> Pre
 }
 
 fn bootloader(app: &Appliance) -> Result<Bootloader> {
-    let efi_cfgs = app.glob("/boot/efi/EFI/*/grub.cfg")?;
+    // GRUB for UEFI: a grub.cfg on the ESP (shim installs), or only the loader itself
+    // (GRUB installed without shim has `\EFI\<vendor>\grubx64.efi` and keeps its
+    // configuration in /boot/grub). FAT is case-insensitive; the glob is not.
+    let mut efi_cfgs = app.glob("/boot/efi/EFI/*/grub.cfg")?;
+    for loader in ["grubx64.efi", "shimx64.efi", "GRUBX64.EFI", "SHIMX64.EFI"] {
+        efi_cfgs.extend(app.glob(&format!("/boot/efi/EFI/*/{loader}"))?);
+    }
     let (kind, config) = if app.is_file("/boot/grub2/grub.cfg")? {
         ("grub2", Some("/boot/grub2/grub.cfg".to_string()))
     } else if app.is_file("/boot/grub/grub.cfg")? {

@@ -12,6 +12,7 @@
 mod agent;
 mod appliance;
 mod edit;
+mod efi;
 mod error;
 mod inspect;
 mod linux;

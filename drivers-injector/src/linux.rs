@@ -287,6 +287,12 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
         finish_grub(app, g, r, bus, &mut out)?;
     }
 
+    // A UEFI guest boots on KVM from a fresh variable store: it needs the
+    // removable-media loader (crate::efi).
+    if insp.bootloader.kind == "grub2-efi" {
+        crate::efi::install_fallback(app, &mut out.changes)?;
+    }
+
     let agent_installed = install_agent(app, plan.keep_agent, old_marker.as_ref(), &mut out)?;
 
     if !out.changes.is_empty()

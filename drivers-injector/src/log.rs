@@ -24,7 +24,8 @@ pub enum Status {
 #[serde(rename_all = "kebab-case")]
 pub struct Change {
     /// Stable step id: `initramfs`, `fstab`, `crypttab`, `default-grub`, `device-map`,
-    /// `grub-config`, `nic-pin`, `vmware-tools`, `agent`, `selinux-relabel`, `marker`.
+    /// `grub-config`, `efi-fallback`, `nic-pin`, `vmware-tools`, `agent`, `selinux-relabel`,
+    /// `marker`.
     pub step: String,
     /// The guest file changed (or created, or removed).
     pub file: String,

@@ -197,34 +197,129 @@ pub fn validate(target: &Target, expect: &Expectations, opts: &Options) -> Resul
     })
 }
 
+/// Signs on the serial console that explain a missing agent report: (sign, meaning,
+/// fatal). A fatal sign is one the guest does not get past without help (a shell, a
+/// panic, firmware with nothing to boot): once seen, waiting out the boot timeout only
+/// costs time, so the validator stops [`FATAL_GRACE`] later.
+const SIGNS: &[(&str, &str, bool)] = &[
+    (
+        "ALERT!",
+        "the initramfs did not find the root filesystem",
+        true,
+    ),
+    (
+        "does not exist.  Dropping to a shell",
+        "the initramfs did not find the root filesystem",
+        true,
+    ),
+    ("Kernel panic", "kernel panic", true),
+    (
+        "Could not boot",
+        "dracut could not boot the root filesystem",
+        true,
+    ),
+    // dracut goes on waiting after this warning; the emergency shell comes later.
+    (
+        "dracut-initqueue timeout",
+        "dracut timed out waiting for the root device",
+        false,
+    ),
+    ("You are in emergency mode", "systemd emergency mode", true),
+    (
+        "Give root password for maintenance",
+        "systemd emergency mode",
+        true,
+    ),
+    (
+        "No bootable device",
+        "the firmware found no bootable disk",
+        true,
+    ),
+    // OVMF with no boot entry and no \EFI\BOOT\BOOTX64.EFI on any disk.
+    (
+        "No bootable option or device was found",
+        "the UEFI firmware found no boot loader (no boot entry, no \\EFI\\BOOT\\BOOTX64.EFI)",
+        true,
+    ),
+    // GRUB may still find a configuration after this.
+    ("error: no such device", "GRUB did not find its root", false),
+];
+
+/// How long the validator keeps reading the console after a fatal sign (the lines
+/// after it often say why) before it stops waiting for a report that cannot come.
+pub(crate) const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the serial console says went wrong, when the agent never reported.
 pub(crate) fn diagnose(serial: &str) -> Option<String> {
-    const SIGNS: &[(&str, &str)] = &[
-        ("ALERT!", "the initramfs did not find the root filesystem"),
-        (
-            "does not exist.  Dropping to a shell",
-            "the initramfs did not find the root filesystem",
-        ),
-        ("Kernel panic", "kernel panic"),
-        (
-            "Could not boot",
-            "dracut could not boot the root filesystem",
-        ),
-        (
-            "dracut-initqueue timeout",
-            "dracut timed out waiting for the root device",
-        ),
-        ("You are in emergency mode", "systemd emergency mode"),
-        (
-            "Give root password for maintenance",
-            "systemd emergency mode",
-        ),
-        ("No bootable device", "the firmware found no bootable disk"),
-        ("error: no such device", "GRUB did not find its root"),
-    ];
-    SIGNS.iter().find_map(|(sign, meaning)| {
+    SIGNS.iter().find_map(|(sign, meaning, _)| {
         let line = serial.lines().find(|l| l.contains(sign))?;
         let line: String = line.chars().filter(|c| !c.is_control()).take(200).collect();
         Some(format!("{meaning}: \"{}\"", line.trim()))
     })
+}
+
+/// Watches the console for a fatal sign; says when to stop waiting for the report.
+#[derive(Default)]
+pub(crate) struct FatalWatch {
+    seen: Option<std::time::Instant>,
+}
+
+impl FatalWatch {
+    /// True once a fatal sign has been on the console for [`FATAL_GRACE`] at `now`.
+    pub(crate) fn give_up(&mut self, serial: &str, now: std::time::Instant) -> bool {
+        if self.seen.is_none()
+            && SIGNS
+                .iter()
+                .any(|(sign, _, fatal)| *fatal && serial.contains(sign))
+        {
+            self.seen = Some(now);
+        }
+        self.seen
+            .is_some_and(|t| now.saturating_duration_since(t) >= FATAL_GRACE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    const OVMF: &str = "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x3,0x0): Not Found\n\
+                        BdsDxe: No bootable option or device was found.\n";
+
+    #[test]
+    fn ovmf_with_nothing_to_boot_is_named_and_ends_the_wait() {
+        let d = diagnose(OVMF).unwrap();
+        assert!(
+            d.starts_with("the UEFI firmware found no boot loader"),
+            "{d}"
+        );
+        assert!(d.contains("No bootable option or device was found."), "{d}");
+        let mut w = FatalWatch::default();
+        let t0 = Instant::now();
+        assert!(!w.give_up(OVMF, t0), "stops only after the grace");
+        assert!(!w.give_up(OVMF, t0 + FATAL_GRACE - Duration::from_millis(1)));
+        assert!(w.give_up(OVMF, t0 + FATAL_GRACE));
+    }
+
+    #[test]
+    fn a_warning_the_guest_gets_past_keeps_the_wait() {
+        let serial =
+            "dracut-initqueue[312]: Warning: dracut-initqueue timeout - starting timeout scripts\n\
+                      error: no such device: 1234-abcd.\n";
+        assert!(diagnose(serial).is_some());
+        let mut w = FatalWatch::default();
+        let t0 = Instant::now();
+        assert!(!w.give_up(serial, t0));
+        assert!(!w.give_up(serial, t0 + Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn an_initramfs_shell_ends_the_wait() {
+        let serial = "Gave up waiting for root file system device.\nALERT!  /dev/sda1 does not exist.  Dropping to a shell!\n";
+        let mut w = FatalWatch::default();
+        let t0 = Instant::now();
+        w.give_up(serial, t0);
+        assert!(w.give_up(serial, t0 + FATAL_GRACE));
+    }
 }

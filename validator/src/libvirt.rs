@@ -107,6 +107,7 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
         ..Evidence::default()
     };
     let mut tail = Tail::new();
+    let mut fatal = crate::FatalWatch::default();
     let mut polls = 0u32;
     let mut stopped = false;
     loop {
@@ -132,6 +133,10 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
         }
         if start.elapsed() > opts.boot_timeout {
             ev.timed_out = true;
+            break;
+        }
+        if fatal.give_up(&tail.text, Instant::now()) {
+            // No report can come (crate::SIGNS); the diagnosis below quotes why.
             break;
         }
         std::thread::sleep(POLL);

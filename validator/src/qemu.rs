@@ -109,6 +109,7 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
         ..Evidence::default()
     };
     let mut tail = Tail::new();
+    let mut fatal = crate::FatalWatch::default();
     let mut exited = false;
     loop {
         tail.poll(&serial);
@@ -133,6 +134,10 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
         }
         if start.elapsed() > opts.boot_timeout {
             ev.timed_out = true;
+            break;
+        }
+        if fatal.give_up(&tail.text, Instant::now()) {
+            // No report can come (crate::SIGNS); the diagnosis below quotes why.
             break;
         }
         std::thread::sleep(POLL);
