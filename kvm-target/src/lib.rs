@@ -38,6 +38,12 @@ pub enum Error {
     NoMac { index: u32 },
     #[error("VM {vm:?}: refusing to build a KVM machine: {}", problems.join("; "))]
     Unrunnable { vm: String, problems: Vec<String> },
+    #[error("{disks} disks do not fit on {bus} (at most {max})")]
+    TooManyDisks {
+        disks: usize,
+        bus: DiskBus,
+        max: usize,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -59,6 +65,66 @@ impl DiskBus {
         match self {
             DiskBus::VirtioBlk => "virtio-blk",
             DiskBus::VirtioScsi => "virtio-scsi",
+        }
+    }
+}
+
+/// How many disks v2k puts on virtio-blk. Each virtio-blk disk is a PCIe device
+/// behind a root port of its own (a PCIe bus number, a hotplug slot and the
+/// firmware's I/O and memory windows each); past a few dozen disks virtio-scsi, one
+/// controller for them all, is the practical choice (Red Hat's advice for guests with
+/// many disks), and 32 root ports fill four multifunction slots of the root bus.
+pub const VIRTIO_BLK_MAX_DISKS: usize = 32;
+
+/// How many disks v2k puts on virtio-scsi: one controller, one target per disk, and
+/// QEMU's virtio-scsi addresses targets 0 to 255. VMware's own limit (4 PVSCSI
+/// controllers of 64 disks) is the same number.
+pub const VIRTIO_SCSI_MAX_DISKS: usize = 256;
+
+/// The first root-bus slot of the disks' root ports: clear of what libvirt places
+/// itself (video at 0x01, its own root ports from 0x02) and of the user-mode NICs
+/// at [`USER_NIC_FIRST_SLOT`].
+const DISK_PORT_FIRST_SLOT: usize = 0x08;
+
+/// The first root-bus slot of user-mode NICs in libvirt's `qemu:commandline`: after
+/// the disks' root ports (`VIRTIO_BLK_MAX_DISKS / 8` slots from 0x08).
+pub(crate) const USER_NIC_FIRST_SLOT: usize = 0x18;
+
+/// The functions of one PCI slot, each a root port of its own.
+const FUNCTIONS_PER_SLOT: usize = 8;
+
+const _: () = assert!(
+    DISK_PORT_FIRST_SLOT + VIRTIO_BLK_MAX_DISKS / FUNCTIONS_PER_SLOT <= USER_NIC_FIRST_SLOT
+);
+
+/// Where virtio-blk disk `i`'s root port sits on the root bus: (slot, function),
+/// eight ports per multifunction slot, in disk order. The guest scans the root bus
+/// in slot and function order and each port's bus below it, so it meets the disks
+/// in disk order and names them `vda`, `vdb`... as on VMware.
+pub(crate) fn disk_port(i: usize) -> (usize, usize) {
+    (
+        DISK_PORT_FIRST_SLOT + i / FUNCTIONS_PER_SLOT,
+        i % FUNCTIONS_PER_SLOT,
+    )
+}
+
+impl DiskBus {
+    /// How many disks this bus takes.
+    pub fn max_disks(self) -> usize {
+        match self {
+            DiskBus::VirtioBlk => VIRTIO_BLK_MAX_DISKS,
+            DiskBus::VirtioScsi => VIRTIO_SCSI_MAX_DISKS,
+        }
+    }
+
+    /// The bus for a VM of `disks` disks when this one was asked for: virtio-scsi
+    /// when there are more than virtio-blk takes (the injector and the target must
+    /// both be given the result, so the guest's device names match its disks).
+    pub fn fitting(self, disks: usize) -> DiskBus {
+        if self == DiskBus::VirtioBlk && disks > VIRTIO_BLK_MAX_DISKS {
+            DiskBus::VirtioScsi
+        } else {
+            self
         }
     }
 }
@@ -177,6 +243,13 @@ impl Target {
         vars_dir: &Path,
     ) -> Result<Target> {
         refuse_unrunnable_size(vm)?;
+        if disks.len() > bus.max_disks() {
+            return Err(Error::TooManyDisks {
+                disks: disks.len(),
+                bus,
+                max: bus.max_disks(),
+            });
+        }
         let vcpus = vm.cpu.count.max(1);
         let mut cores = vm.cpu.cores_per_socket.max(1);
         if !vcpus.is_multiple_of(cores) {
