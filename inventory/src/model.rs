@@ -288,6 +288,23 @@ pub struct Disk {
     /// Parent disks of a snapshot delta, nearest first, as named by the VMDK.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<PathBuf>,
+    /// The disk's 128-bit identifier as 32 lowercase hex digits (VMDK `ddb.uuid`,
+    /// vSphere `backing.uuid`). With `disk.EnableUUID` the guest saw it as the SCSI
+    /// NAA identifier: `/dev/disk/by-id/scsi-3<uuid>` and `wwn-0x<uuid>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+}
+
+/// A disk identifier from VMware's spellings (`60 00 C2 93 0f 83 56 40-0b 2c 08 2c ac
+/// 6f 35 74` in a VMDK, `6000C293-0f83-5640-0b2c-082cac6f3574` in vSphere) as 32
+/// lowercase hex digits; anything else (untrusted text) is `None`.
+pub fn disk_uuid(s: &str) -> Option<String> {
+    let hex: String = s
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-'))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex)
 }
 
 /// Where a disk's bytes are. The converter reads exactly this.

@@ -452,6 +452,7 @@ mod tests {
             sharing: Sharing::None,
             rdm: None,
             parents: vec![],
+            uuid: None,
         }
     }
 

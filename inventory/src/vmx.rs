@@ -566,6 +566,7 @@ fn read_slot(vmx: &Vmx, slot: Slot, dir: &Path, probe: &dyn DiskProbe, vm: &mut 
                 },
                 rdm: (kind == "rawdisk").then_some(RdmKind::RawDisk),
                 parents: Vec::new(),
+                uuid: None,
             };
             if file.starts_with("/dev/") || (kind == "rawdisk" && !lower.ends_with(".vmdk")) {
                 disk.location = DiskLocation::HostDevice { path: file };
@@ -584,6 +585,7 @@ fn read_slot(vmx: &Vmx, slot: Slot, dir: &Path, probe: &dyn DiskProbe, vm: &mut 
                                 };
                                 disk.format = f.create_type;
                                 disk.parents = f.parents;
+                                disk.uuid = f.uuid.as_deref().and_then(crate::model::disk_uuid);
                             }
                             Err(why) => vm.concerns.push(Concern {
                                 id: "disk-unreadable".into(),
@@ -748,6 +750,7 @@ mod tests {
             Ok(DiskFacts {
                 create_type: Some("vmfs".into()),
                 capacity: Some(self.0),
+                uuid: Some("60 00 C2 93 0f 83 56 40-0b 2c 08 2c ac 6f 35 74".into()),
                 ..DiskFacts::default()
             })
         }
@@ -871,6 +874,11 @@ mod tests {
         assert_eq!(vm.disks.len(), 2);
         let sata = vm.disks.iter().find(|d| d.id == "sata0:2").unwrap();
         assert_eq!(sata.capacity, Some(4096));
+        // ddb.uuid, in the one spelling the model keeps.
+        assert_eq!(
+            sata.uuid.as_deref(),
+            Some("6000c2930f8356400b2c082cac6f3574")
+        );
         assert_eq!(sata.mode, DiskMode::IndependentPersistent);
         assert!(
             matches!(&sata.location, DiskLocation::File { path, .. } if path.ends_with("a.vmdk"))

@@ -164,6 +164,16 @@ pub fn domain_xml(t: &Target, f: &GuestFeatures) -> String {
             x(&d.to_string_lossy())
         ));
         s.push_str(&format!("      <target dev='{dev}' bus='{bus}'/>\n"));
+        if let Some(u) = t.disk_uuid(i) {
+            // The VMware disk's identity (lib.rs `disk_serial`, `disk_wwn`).
+            s.push_str(&format!(
+                "      <serial>{}</serial>\n",
+                crate::disk_serial(u)
+            ));
+            if t.scsi() {
+                s.push_str(&format!("      <wwn>{}</wwn>\n", crate::disk_wwn(u)));
+            }
+        }
         if t.scsi() {
             // Target i, in disk order, as the QEMU argv's scsi-id.
             s.push_str(&format!(

@@ -215,7 +215,71 @@ pub struct Target {
     pub accel: Accel,
     pub disk_bus: DiskBus,
     pub disks: Vec<PathBuf>,
+    /// Each disk's VMware identifier (the model's `uuid`, 32 lowercase hex digits), in
+    /// disk order, when known: the target gives it to the guest as the disk's serial
+    /// (and WWN on virtio-scsi), see [`guest_by_id`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_uuids: Vec<Option<String>>,
     pub nics: Vec<TargetNic>,
+}
+
+/// The longest disk serial v2k gives: virtio-blk reports 20 bytes (the virtio spec's
+/// `VIRTIO_BLK_ID_BYTES`), and QEMU refuses a longer SCSI serial when it doubles as
+/// the device identifier.
+pub const DISK_SERIAL_BYTES: usize = 20;
+
+/// QEMU's and libvirt's WWN is 64 bits: 16 hex digits.
+const WWN_HEX_DIGITS: usize = 16;
+
+/// A disk uuid as [`v2k_inventory::model::disk_uuid`] makes it (32 lowercase hex
+/// digits); anything else from a hand-edited vm.json is dropped.
+fn checked_uuid(u: &str) -> Option<&str> {
+    (u.len() == 32
+        && u.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(u)
+}
+
+/// The serial a disk of `uuid` gets: its first 20 digits (all the bus carries;
+/// VMware's identifiers differ after the seventh digit, VMware's own prefix `6000c29`).
+pub fn disk_serial(uuid: &str) -> &str {
+    &uuid[..DISK_SERIAL_BYTES]
+}
+
+/// The WWN a virtio-scsi disk of `uuid` gets: its first 16 digits (QEMU's WWN is 64
+/// bits, VMware's NAA identifier 128), so the guest's `wwn-0x…` name is a prefix of the
+/// one it had on VMware.
+pub fn disk_wwn(uuid: &str) -> &str {
+    &uuid[..WWN_HEX_DIGITS]
+}
+
+/// The `/dev/disk/by-id/` name the guest gives a disk of `uuid` on `bus` (udev's
+/// rules: `virtio-<serial>` for virtio-blk, `wwn-0x<wwn>` for a SCSI disk with a WWN).
+pub fn guest_by_id(uuid: &str, bus: DiskBus) -> String {
+    match bus {
+        DiskBus::VirtioBlk => format!("virtio-{}", disk_serial(uuid)),
+        DiskBus::VirtioScsi => format!("wwn-0x{}", disk_wwn(uuid)),
+    }
+}
+
+/// Every `/dev/disk/by-id/` name `vm`'s disks had on VMware (with `disk.EnableUUID`:
+/// `scsi-3<uuid>`, `wwn-0x<uuid>`, `scsi-SVMware_Virtual_disk_<uuid>`) and the name each has on the target on `bus`, in
+/// disk order: what the injector rewrites in the guest's files. A partition's
+/// `-partN` suffix follows its disk's name.
+pub fn by_id_renames(vm: &Vm, bus: DiskBus) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for u in vm
+        .disks
+        .iter()
+        .filter_map(|d| d.uuid.as_deref().and_then(checked_uuid))
+    {
+        let to = guest_by_id(u, bus);
+        out.push((format!("scsi-3{u}"), to.clone()));
+        out.push((format!("wwn-0x{u}"), to.clone()));
+        // udev's name from the unit serial: vendor, model and the same digits.
+        out.push((format!("scsi-SVMware_Virtual_disk_{u}"), to));
+    }
+    out
 }
 
 /// vCPU counts and memory sizes KVM cannot run (pre-flight's critical concerns) are
@@ -282,6 +346,14 @@ impl Target {
             accel,
             disk_bus: bus,
             disks: disks.to_vec(),
+            disk_uuids: (0..disks.len())
+                .map(|i| {
+                    vm.disks
+                        .get(i)
+                        .and_then(|d| d.uuid.as_deref().and_then(checked_uuid))
+                        .map(str::to_string)
+                })
+                .collect(),
             nics,
         };
         if vm.firmware.kind == FirmwareKind::Efi {
@@ -295,6 +367,14 @@ impl Target {
 
     fn scsi(&self) -> bool {
         self.disk_bus == DiskBus::VirtioScsi
+    }
+
+    /// Disk `i`'s identifier, re-checked (a hand-edited target.json is untrusted).
+    fn disk_uuid(&self, i: usize) -> Option<&str> {
+        self.disk_uuids
+            .get(i)
+            .and_then(|u| u.as_deref())
+            .and_then(checked_uuid)
     }
 
     /// Whether the guest boots through UEFI.
@@ -397,6 +477,74 @@ mod tests {
     }
 
     #[test]
+    fn vmware_by_id_names_map_to_the_names_the_target_gives() {
+        use v2k_inventory::model::{Disk, DiskLocation, DiskMode, Sharing, SourceKind};
+        let mut vm = Vm::new_empty(SourceKind::Vmx, "/x/a.vmx".into());
+        for uuid in [
+            Some("6000c2930f8356400b2c082cac6f3574"),
+            None,
+            Some("not-hex"),
+        ] {
+            vm.disks.push(Disk {
+                id: "scsi0:0".into(),
+                slot: None,
+                capacity: None,
+                populated_size: None,
+                location: DiskLocation::Missing {
+                    reference: String::new(),
+                },
+                format: None,
+                mode: DiskMode::Persistent,
+                sharing: Sharing::None,
+                rdm: None,
+                parents: Vec::new(),
+                uuid: uuid.map(String::from),
+            });
+        }
+        let u = "6000c2930f8356400b2c082cac6f3574";
+        let blk = by_id_renames(&vm, DiskBus::VirtioBlk);
+        assert_eq!(
+            blk,
+            [
+                (
+                    format!("scsi-3{u}"),
+                    "virtio-6000c2930f8356400b2c".to_string()
+                ),
+                (
+                    format!("wwn-0x{u}"),
+                    "virtio-6000c2930f8356400b2c".to_string()
+                ),
+                (
+                    format!("scsi-SVMware_Virtual_disk_{u}"),
+                    "virtio-6000c2930f8356400b2c".to_string()
+                ),
+            ]
+        );
+        let scsi = by_id_renames(&vm, DiskBus::VirtioScsi);
+        assert!(scsi.iter().all(|(_, to)| to == "wwn-0x6000c2930f835640"));
+        // The target carries the identities in disk order; a hand-edited bad one is
+        // dropped, never written into XML.
+        vm.cpu.count = 1;
+        vm.memory_mib = 512;
+        let t = Target::from_vm(
+            &vm,
+            &[
+                PathBuf::from("/a"),
+                PathBuf::from("/b"),
+                PathBuf::from("/c"),
+            ],
+            DiskBus::VirtioBlk,
+            &NetworkMap::default(),
+            Accel::Tcg,
+            Path::new("/o"),
+        )
+        .unwrap();
+        assert_eq!(t.disk_uuids, [Some(u.to_string()), None, None]);
+        let xml = domain_xml(&t, &GuestFeatures::default());
+        assert_eq!(xml.matches("<serial>").count(), 1, "{xml}");
+    }
+
+    #[test]
     fn quotes_shell_words() {
         assert_eq!(sh_quote("-m"), "-m");
         assert_eq!(sh_quote("a b"), "'a b'");
@@ -421,6 +569,7 @@ mod tests {
             accel,
             disk_bus: DiskBus::VirtioBlk,
             disks: vec![PathBuf::from("/v/disk0.qcow2")],
+            disk_uuids: Vec::new(),
             nics: Vec::new(),
         }
     }

@@ -97,7 +97,14 @@ pub fn qemu_argv(t: &Target, q: &QemuOptions, f: &GuestFeatures) -> Vec<String> 
                 qc(&d.to_string_lossy())
             ),
         ]);
-        let boot = if i == 0 { ",bootindex=0" } else { "" };
+        let mut boot = if i == 0 { ",bootindex=0" } else { "" }.to_string();
+        if let Some(u) = t.disk_uuid(i) {
+            // The VMware disk's identity, as in the domain XML.
+            boot.push_str(&format!(",serial={}", crate::disk_serial(u)));
+            if t.scsi() {
+                boot.push_str(&format!(",wwn=0x{}", crate::disk_wwn(u)));
+            }
+        }
         if t.scsi() {
             // Target i, in disk order, as the domain XML's drive address.
             push(&[

@@ -10,7 +10,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use v2k_inventory::model::{AddressType, Nic, NicModel, SourceKind, Vm};
+use v2k_inventory::model::{
+    AddressType, Disk, DiskLocation, DiskMode, Nic, NicModel, Sharing, SourceKind, Vm,
+};
 use v2k_kvm_target::{
     domain_xml, qemu_argv, Accel, DiskBus, GuestFeatures, NetworkMap, QemuOptions, Target,
     VIRTIO_BLK_MAX_DISKS,
@@ -51,6 +53,25 @@ fn target(test: &str, dir: &Path, n: usize) -> Target {
         dvs: None,
         start_connected: true,
     });
+    // Each disk with a VMware identity (`6000c29` and the disk's number): its serial
+    // and WWN go into the XML and argv checked below.
+    for i in 0..n {
+        vm.disks.push(Disk {
+            id: format!("scsi0:{i}"),
+            slot: None,
+            capacity: Some(1 << 20),
+            populated_size: None,
+            location: DiskLocation::Missing {
+                reference: String::new(),
+            },
+            format: None,
+            mode: DiskMode::Persistent,
+            sharing: Sharing::None,
+            rdm: None,
+            parents: Vec::new(),
+            uuid: Some(format!("6000c29{i:025x}")),
+        });
+    }
     let disks = disks(dir, n);
     let bus = DiskBus::VirtioBlk.fitting(n);
     Target::from_vm(&vm, &disks, bus, &NetworkMap::default(), Accel::Tcg, dir).unwrap()
@@ -92,6 +113,17 @@ fn validate_and_define(t: &Target, dir: &Path) {
     assert_eq!(
         dumped.matches("<disk type='file' device='disk'>").count(),
         t.disks.len(),
+        "{dumped}"
+    );
+    // Every disk kept its VMware identity: the last one's serial (and WWN).
+    let last = format!("6000c29{:025x}", t.disks.len() - 1);
+    assert!(
+        dumped.contains(&format!("<serial>{}</serial>", &last[..20])),
+        "{dumped}"
+    );
+    assert_eq!(
+        dumped.contains(&format!("<wwn>{}</wwn>", &last[..16])),
+        t.disk_bus == DiskBus::VirtioScsi,
         "{dumped}"
     );
     if t.disk_bus == DiskBus::VirtioBlk {
@@ -144,8 +176,13 @@ fn qmp(argv: &[String], commands: &[&str]) -> Vec<String> {
     }
     writeln!(input, "{{\"execute\":\"quit\"}}").unwrap();
     let _ = read_reply(&mut lines);
-    let st = child.wait().unwrap();
-    assert!(st.success(), "QEMU exit: {st}");
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "QEMU exit: {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     answers.split_off(1)
 }
 
@@ -168,7 +205,16 @@ fn virtio_blk_at_its_limit_puts_each_disk_on_its_own_root_port_in_libvirt_and_qe
         &[
             "{\"execute\":\"query-pci\"}",
             "{\"execute\":\"query-block\"}",
+            "{\"execute\":\"qom-get\",\"arguments\":{\"path\":\"/machine/peripheral/v2kdisk31\",\"property\":\"serial\"}}",
         ],
+    );
+    // The last disk's VMware identity, cut to virtio-blk's 20 bytes.
+    assert_eq!(
+        answers[2],
+        format!(
+            "{{\"return\": \"{}\"}}",
+            &format!("6000c29{:025x}", 31)[..20]
+        )
     );
     // Paused before the firmware numbered the buses, QEMU shows the root bus: one
     // root port per disk (Red Hat's 1b36:000c), eight to a slot from 0x08, in disk
@@ -217,7 +263,27 @@ fn sixty_four_disks_go_to_virtio_scsi_in_libvirt_and_qemu() {
     assert_eq!(t.disk_bus, DiskBus::VirtioScsi);
     validate_and_define(&t, dir.path());
     let argv = qemu_argv(&t, &options(dir.path()), &GuestFeatures::default());
-    let answers = qmp(&argv, &["{\"execute\":\"query-block\"}"]);
+    let answers = qmp(
+        &argv,
+        &[
+            "{\"execute\":\"query-block\"}",
+            "{\"execute\":\"qom-get\",\"arguments\":{\"path\":\"/machine/peripheral/v2kdisk63\",\"property\":\"serial\"}}",
+            "{\"execute\":\"qom-get\",\"arguments\":{\"path\":\"/machine/peripheral/v2kdisk63\",\"property\":\"wwn\"}}",
+        ],
+    );
+    // The last disk's VMware identity: its first 20 digits as the serial, its first
+    // 64 bits as the WWN.
+    assert_eq!(
+        answers[1],
+        format!(
+            "{{\"return\": \"{}\"}}",
+            &format!("6000c29{:025x}", 63)[..20]
+        )
+    );
+    assert_eq!(
+        answers[2],
+        format!("{{\"return\": {}}}", 0x6000_c290_0000_0000_u64)
+    );
     let block: serde_json::Value = serde_json::from_str(&answers[0]).unwrap();
     let attached = block["return"]
         .as_array()
