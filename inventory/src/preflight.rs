@@ -25,6 +25,7 @@ pub const CONCERNS: &[(&str, Severity)] = &[
     ("snapshots-present", Severity::Warning),
     ("sriov", Severity::Warning),
     ("usb-device", Severity::Warning),
+    ("scsi-passthrough", Severity::Warning),
     ("tpm", Severity::Warning),
     ("secure-boot", Severity::Warning),
     ("nvme-controller", Severity::Warning),
@@ -384,10 +385,18 @@ pub fn assess(vm: &mut Vm) {
         );
     }
     for r in &vm.removable {
-        if matches!(
-            r.backing,
-            RemovableBacking::HostDevice | RemovableBacking::Passthrough
-        ) {
+        if r.backing == RemovableBacking::Passthrough {
+            // `deviceType = "scsi-passthru"`: any host SCSI device, most often a tape
+            // drive or a licence dongle, not a CD-ROM.
+            push(
+                "scsi-passthrough",
+                r.slot.map(|s| s.to_string()),
+                "a generic SCSI device of the ESXi host is passed through (tape, \
+                 dongle…): not carried; on KVM pass the destination host's device with \
+                 <hostdev type='scsi'>"
+                    .into(),
+            );
+        } else if r.backing == RemovableBacking::HostDevice {
             push(
                 "cdrom-host-device",
                 r.slot.map(|s| s.to_string()),
@@ -601,6 +610,31 @@ mod tests {
         assess(&mut v);
         assess(&mut v);
         assert_eq!(ids(&v), vec!["pci-passthrough", "tpm", "cbt-enabled"]);
+    }
+
+    #[test]
+    fn a_scsi_passthrough_device_is_its_own_warning_not_a_cdrom() {
+        use crate::model::{BusKind, Removable, RemovableKind, Slot};
+        let mut v = vm_with(1, 1024);
+        let slot = Slot {
+            bus: BusKind::Scsi,
+            controller: 0,
+            unit: 6,
+        };
+        v.removable.push(Removable {
+            kind: RemovableKind::Cdrom,
+            slot: Some(slot),
+            backing: RemovableBacking::Passthrough,
+            file: Some("/vmfs/devices/genscsi/naa.5000".into()),
+            start_connected: true,
+        });
+        assess(&mut v);
+        let c: Vec<(&str, Severity)> = v
+            .concerns
+            .iter()
+            .map(|c| (c.id.as_str(), c.severity))
+            .collect();
+        assert_eq!(c, [("scsi-passthrough", Severity::Warning)]);
     }
 
     #[test]
