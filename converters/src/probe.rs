@@ -20,6 +20,7 @@ impl DiskProbe for ConvertersProbe {
                 allocated_bytes: Some(i.allocated_bytes),
                 parents: i.parent_chain,
                 adapter_type: i.adapter_type,
+                uuid: i.ddb.get("uuid").cloned(),
             }),
             Err(e) => {
                 // An RDM mapping file is refused by the converter by design; say RDM

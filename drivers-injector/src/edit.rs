@@ -34,6 +34,31 @@ pub fn printable(s: &str) -> String {
 
 pub use v2k_kvm_target::DiskBus;
 
+/// `/dev/disk/by-id/` names replaced by the target's (`renames`, from
+/// [`v2k_kvm_target::by_id_renames`]): only a whole name after `by-id/`, so a name
+/// followed by `-partN`, a quote, `|` or the end of the line is renamed and a longer
+/// name that merely starts with it is not. For fstab, crypttab, GRUB and LVM filters.
+pub fn rename_by_id(text: &str, renames: &[(String, String)]) -> String {
+    const MARK: &str = "by-id/";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        let (head, tail) = rest.split_at(at + MARK.len());
+        out.push_str(head);
+        rest = tail;
+        let hit = renames.iter().find(|(from, _)| {
+            rest.strip_prefix(from.as_str())
+                .is_some_and(|after| !after.starts_with(|c: char| c.is_ascii_alphanumeric()))
+        });
+        if let Some((from, to)) = hit {
+            out.push_str(to);
+            rest = &rest[from.len()..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The new name of a whole-disk or partition device name (without `/dev/`), or `None`
 /// when it needs no change or is not a disk we rename.
 pub fn rename_device(name: &str, bus: DiskBus) -> Option<String> {
@@ -524,6 +549,56 @@ pub fn excerpt(before: &str, after: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renames_vmware_by_id_names_to_the_targets_whole_names_only() {
+        let u = "6000c2930f8356400b2c082cac6f3574";
+        let renames = vec![
+            (
+                format!("scsi-3{u}"),
+                "virtio-6000c2930f8356400b2c".to_string(),
+            ),
+            (
+                format!("wwn-0x{u}"),
+                "virtio-6000c2930f8356400b2c".to_string(),
+            ),
+        ];
+        let fstab = format!(
+            "/dev/disk/by-id/scsi-3{u}-part1 / ext4 defaults 0 1\n\
+             /dev/disk/by-id/wwn-0x{u} /data xfs defaults 0 2\n\
+             /dev/disk/by-id/scsi-3{u}ff /other ext4 defaults 0 2\n\
+             UUID=0f83 /boot ext4 defaults 0 2\n"
+        );
+        let out = rename_by_id(&fstab, &renames);
+        assert_eq!(
+            out,
+            format!(
+                "/dev/disk/by-id/virtio-6000c2930f8356400b2c-part1 / ext4 defaults 0 1\n\
+                 /dev/disk/by-id/virtio-6000c2930f8356400b2c /data xfs defaults 0 2\n\
+                 /dev/disk/by-id/scsi-3{u}ff /other ext4 defaults 0 2\n\
+                 UUID=0f83 /boot ext4 defaults 0 2\n"
+            )
+        );
+        // crypttab, GRUB and an LVM filter (a regular expression between `|`).
+        let crypttab = format!("data /dev/disk/by-id/wwn-0x{u}-part2 none luks\n");
+        assert_eq!(
+            rename_by_id(&crypttab, &renames),
+            "data /dev/disk/by-id/virtio-6000c2930f8356400b2c-part2 none luks\n"
+        );
+        let grub = format!("GRUB_CMDLINE_LINUX=\"resume=/dev/disk/by-id/scsi-3{u}-part3\"\n");
+        assert_eq!(
+            rename_by_id(&grub, &renames),
+            "GRUB_CMDLINE_LINUX=\"resume=/dev/disk/by-id/virtio-6000c2930f8356400b2c-part3\"\n"
+        );
+        let lvm = format!("  filter = [ \"a|/dev/disk/by-id/scsi-3{u}|\", \"r|.*|\" ]\n");
+        assert_eq!(
+            rename_by_id(&lvm, &renames),
+            "  filter = [ \"a|/dev/disk/by-id/virtio-6000c2930f8356400b2c|\", \"r|.*|\" ]\n"
+        );
+        // Idempotent, and nothing to do without renames.
+        assert_eq!(rename_by_id(&out, &renames), out);
+        assert_eq!(rename_by_id(&fstab, &[]), fstab);
+    }
 
     #[test]
     fn renames_scsi_ide_and_xen_disks_to_virtio_blk() {

@@ -66,6 +66,9 @@ pub struct Plan<'a> {
     pub bus: DiskBus,
     pub keep_agent: bool,
     pub pins: &'a [NicPin],
+    /// VMware `/dev/disk/by-id/` names and the target's
+    /// ([`v2k_kvm_target::by_id_renames`]).
+    pub by_id: &'a [(String, String)],
 }
 
 /// Refuses, before any change, a guest this code cannot make boot on `bus`.
@@ -231,18 +234,24 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
 
     pin_nics(app, plan.pins, &mut out)?;
 
-    // Block device names for the target bus.
+    // Block device names for the target bus, and VMware's by-id names for the
+    // target's (each rewrite is a Change in the conversion log).
     let bus = plan.bus;
+    let by_id = plan.by_id;
     edit_file(app, &mut out, "fstab", "/etc/fstab", |t| {
-        edit::rename_in_table(t, bus)
+        edit::rename_by_id(&edit::rename_in_table(t, bus), by_id)
     })?;
     edit_file(app, &mut out, "crypttab", "/etc/crypttab", |t| {
-        edit::rename_in_table(t, bus)
+        edit::rename_by_id(&edit::rename_in_table(t, bus), by_id)
     })?;
     let grub_default_changed =
         edit_file(app, &mut out, "default-grub", "/etc/default/grub", |t| {
-            edit::rename_in_default_grub(t, bus)
+            edit::rename_by_id(&edit::rename_in_default_grub(t, bus), by_id)
         })?;
+    // An LVM filter naming VMware's disks would hide them all on the target.
+    edit_file(app, &mut out, "lvm-filter", "/etc/lvm/lvm.conf", |t| {
+        edit::rename_by_id(t, by_id)
+    })?;
     for map in ["/boot/grub/device.map", "/boot/grub2/device.map"] {
         edit_file(app, &mut out, "device-map", map, |t| {
             edit::rename_in_table(t, bus)
@@ -259,6 +268,7 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
         app,
         insp,
         bus,
+        by_id,
         grub_default_changed || !initramfs.is_empty(),
     )?;
     let mut jobs: Vec<Vec<String>> = Vec::new();
@@ -284,7 +294,7 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
         } else {
             None
         };
-        finish_grub(app, g, r, bus, &mut out)?;
+        finish_grub(app, g, r, (bus, by_id), &mut out)?;
     }
 
     // A UEFI guest boots on KVM from a fresh variable store: it needs the
@@ -653,17 +663,24 @@ struct GrubJob {
     argv: Option<Vec<String>>,
 }
 
+/// A GRUB configuration's device names for the target: kernel names for the bus,
+/// VMware's by-id names for the target's.
+fn grub_names(text: &str, bus: DiskBus, by_id: &[(String, String)]) -> String {
+    edit::rename_by_id(&edit::rename_in_grub_cfg(text, bus), by_id)
+}
+
 fn plan_grub(
     app: &Appliance,
     insp: &Inspection,
     bus: DiskBus,
+    by_id: &[(String, String)],
     inputs_changed: bool,
 ) -> Result<Option<GrubJob>> {
     let Some(cfg) = insp.bootloader.config.clone() else {
         return Ok(None);
     };
     let old = app.read(&cfg)?;
-    let stale = edit::rename_in_grub_cfg(&old, bus) != old;
+    let stale = grub_names(&old, bus, by_id) != old;
     let mut argv = None;
     if (inputs_changed || stale) && insp.bootloader.kind != "grub-legacy" {
         if let Some(tool) = &insp.bootloader.mkconfig {
@@ -681,7 +698,7 @@ fn finish_grub(
     app: &Appliance,
     job: GrubJob,
     result: Option<crate::appliance::JobOutcome>,
-    bus: DiskBus,
+    (bus, by_id): (DiskBus, &[(String, String)]),
     out: &mut Outcome,
 ) -> Result<()> {
     let GrubJob { cfg, old, argv } = job;
@@ -710,7 +727,7 @@ fn finish_grub(
     // grub-mkconfig ran in the appliance, where the guest's first disk is /dev/sda:
     // device names it wrote are renamed like every other file.
     let generated = app.read(&cfg)?;
-    let new = edit::rename_in_grub_cfg(&generated, bus);
+    let new = grub_names(&generated, bus, by_id);
     if new != generated {
         app.write(&cfg, &new)?;
     }
@@ -736,7 +753,7 @@ fn finish_grub(
     // Boot Loader Specification entries (RHEL 8+) hold their own command lines.
     for entry in app.glob("/boot/loader/entries/*.conf")? {
         edit_file(app, out, "grub-config", &entry, |t| {
-            edit::rename_in_grub_cfg(t, bus)
+            grub_names(t, bus, by_id)
         })?;
     }
     Ok(())

@@ -23,9 +23,9 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Change {
-    /// Stable step id: `initramfs`, `fstab`, `crypttab`, `default-grub`, `device-map`,
-    /// `grub-config`, `efi-fallback`, `nic-pin`, `vmware-tools`, `agent`, `selinux-relabel`,
-    /// `marker`.
+    /// Stable step id: `initramfs`, `fstab`, `crypttab`, `default-grub`, `lvm-filter`,
+    /// `device-map`, `grub-config`, `efi-fallback`, `nic-pin`, `vmware-tools`, `agent`,
+    /// `selinux-relabel`, `marker`.
     pub step: String,
     /// The guest file changed (or created, or removed).
     pub file: String,

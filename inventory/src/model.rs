@@ -62,6 +62,9 @@ pub struct Vm {
     /// `disk.EnableUUID`: the guest sees stable SCSI serials.
     #[serde(default, skip_serializing_if = "is_false")]
     pub disk_enable_uuid: bool,
+    /// Placement and resource tuning set on VMware (affinity, reservations, hot-add).
+    #[serde(default, skip_serializing_if = "Tuning::is_empty")]
+    pub tuning: Tuning,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<Snapshot>,
     /// Power state when inventoried (vSphere sources only: a file does not say).
@@ -73,6 +76,74 @@ pub struct Vm {
     /// Pre-flight findings, most severe first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub concerns: Vec<Concern>,
+}
+
+/// Placement and resource tuning a VMware administrator set on the VM. KVM has an
+/// answer to each (`<cputune><vcpupin>`, `<numatune>`, `<memoryBacking>`, `<vcpu
+/// current>`/`<maxMemory>`), but it depends on the destination host, so the target
+/// does not apply it yet: pre-flight names every setting found (`tuning-not-carried`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Tuning {
+    /// Host CPUs the vCPUs may run on (VMX `sched.cpu.affinity`; `all` is none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_affinity: Vec<u32>,
+    /// Host NUMA nodes the VM may use (VMX `numa.nodeAffinity`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub numa_node_affinity: Vec<u32>,
+    /// Most vCPUs per virtual NUMA node (VMX `numa.vcpu.maxPerVirtualNode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vnuma_max_vcpus_per_node: Option<u32>,
+    /// CPU hot-add enabled (VMX `vcpu.hotadd`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cpu_hot_add: bool,
+    /// Memory hot-add enabled (VMX `mem.hotadd`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub memory_hot_add: bool,
+    /// Memory reservation in MiB (VMX `sched.mem.min`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reservation_mib: Option<u64>,
+    /// "Reserve all guest memory (all locked)" (VMX `sched.mem.pin`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub memory_pinned: bool,
+}
+
+impl Tuning {
+    pub fn is_empty(&self) -> bool {
+        *self == Tuning::default()
+    }
+}
+
+/// The most list entries v2k keeps from an affinity setting: KVM's vCPU limit
+/// (4096), which is also far beyond any host's CPU count.
+pub const MAX_AFFINITY_ENTRIES: usize = 4096;
+
+/// A VMware affinity list (`0,1,4-7`; `all` or empty is no affinity) as sorted,
+/// distinct numbers; `None` when it is not such a list (untrusted text) or names
+/// more than [`MAX_AFFINITY_ENTRIES`] entries.
+pub fn affinity_list(s: &str) -> Option<Vec<u32>> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("all") {
+        return Some(Vec::new());
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?),
+            None => {
+                let n = part.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        // Checked before the range is walked: `0-4294967295` allocates nothing.
+        let span = usize::try_from(b.checked_sub(a)?).ok()?;
+        if span >= MAX_AFFINITY_ENTRIES || out.len() + span >= MAX_AFFINITY_ENTRIES {
+            return None;
+        }
+        out.extend(a..=b);
+    }
+    Some(out.into_iter().collect())
 }
 
 /// Whether `s` is a MAC address as the model holds it (six colon-separated hex pairs);
@@ -288,6 +359,23 @@ pub struct Disk {
     /// Parent disks of a snapshot delta, nearest first, as named by the VMDK.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<PathBuf>,
+    /// The disk's 128-bit identifier as 32 lowercase hex digits (VMDK `ddb.uuid`,
+    /// vSphere `backing.uuid`). With `disk.EnableUUID` the guest saw it as the SCSI
+    /// NAA identifier: `/dev/disk/by-id/scsi-3<uuid>` and `wwn-0x<uuid>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+}
+
+/// A disk identifier from VMware's spellings (`60 00 C2 93 0f 83 56 40-0b 2c 08 2c ac
+/// 6f 35 74` in a VMDK, `6000C293-0f83-5640-0b2c-082cac6f3574` in vSphere) as 32
+/// lowercase hex digits; anything else (untrusted text) is `None`.
+pub fn disk_uuid(s: &str) -> Option<String> {
+    let hex: String = s
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-'))
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex)
 }
 
 /// Where a disk's bytes are. The converter reads exactly this.
@@ -641,6 +729,7 @@ impl Vm {
             tpm: false,
             cbt: false,
             disk_enable_uuid: false,
+            tuning: Tuning::default(),
             snapshots: Vec::new(),
             power_state: None,
             vsphere: None,

@@ -637,6 +637,7 @@ where
                         sharing,
                         rdm: None,
                         parents: Vec::new(),
+                        uuid: None,
                     });
                 }
                 Some(21 | 22) => {

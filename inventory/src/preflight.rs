@@ -25,6 +25,7 @@ pub(crate) const CONCERNS: &[(&str, Severity)] = &[
     ("snapshots-present", Severity::Warning),
     ("sriov", Severity::Warning),
     ("usb-device", Severity::Warning),
+    ("scsi-passthrough", Severity::Warning),
     ("tpm", Severity::Warning),
     ("secure-boot", Severity::Warning),
     ("nvme-controller", Severity::Warning),
@@ -35,6 +36,7 @@ pub(crate) const CONCERNS: &[(&str, Severity)] = &[
     ("manifest-skipped", Severity::Warning),
     ("vmx-invalid-text", Severity::Warning),
     ("snapshot-metadata-unreadable", Severity::Warning),
+    ("tuning-not-carried", Severity::Warning),
     ("cbt-enabled", Severity::Info),
     ("usb-controller", Severity::Info),
     ("serial-port", Severity::Info),
@@ -109,6 +111,53 @@ fn windows_before_7(id: Option<&str>) -> bool {
     id.is_some_and(|id| {
         let id = id.to_ascii_lowercase();
         !id.starts_with("windows") && (id.starts_with("win") || id.starts_with("longhorn"))
+    })
+}
+
+/// Lists each VMware tuning setting of `vm` the KVM target does not apply yet.
+fn tuning_message(vm: &Vm) -> Option<String> {
+    let t = &vm.tuning;
+    let nums = |v: &[u32]| {
+        let s: Vec<String> = v.iter().take(16).map(u32::to_string).collect();
+        let more = if v.len() > 16 { ",…" } else { "" };
+        format!("{}{more}", s.join(","))
+    };
+    let mut found = Vec::new();
+    if !t.cpu_affinity.is_empty() {
+        found.push(format!(
+            "CPU affinity {} (sched.cpu.affinity; KVM: <cputune><vcpupin>)",
+            nums(&t.cpu_affinity)
+        ));
+    }
+    if !t.numa_node_affinity.is_empty() {
+        found.push(format!(
+            "NUMA node affinity {} (numa.nodeAffinity; KVM: <numatune>)",
+            nums(&t.numa_node_affinity)
+        ));
+    }
+    if let Some(n) = t.vnuma_max_vcpus_per_node {
+        found.push(format!(
+            "{n} vCPUs per virtual NUMA node (numa.vcpu.maxPerVirtualNode; KVM: <cpu><numa>)"
+        ));
+    }
+    if t.cpu_hot_add {
+        found.push("CPU hot-add (vcpu.hotadd; KVM: <vcpu current>)".into());
+    }
+    if t.memory_hot_add {
+        found.push("memory hot-add (mem.hotadd; KVM: <maxMemory slots>)".into());
+    }
+    if t.memory_pinned {
+        found.push("all guest memory reserved and locked (sched.mem.pin; KVM: <memoryBacking><locked/>, hugepages)".into());
+    } else if let Some(mib) = t.memory_reservation_mib {
+        found.push(format!(
+            "a memory reservation of {mib} MiB (sched.mem.min; KVM: hugepages when it is all of memory)"
+        ));
+    }
+    (!found.is_empty()).then(|| {
+        format!(
+            "not applied on the KVM target, re-tune it there: {}",
+            found.join("; ")
+        )
     })
 }
 
@@ -308,6 +357,9 @@ pub fn assess(vm: &mut Vm) {
             "UEFI secure boot: the target needs OVMF with secure-boot variables".into(),
         );
     }
+    if let Some(m) = tuning_message(vm) {
+        push("tuning-not-carried", None, m);
+    }
     if vm.cbt {
         push(
             "cbt-enabled",
@@ -333,10 +385,18 @@ pub fn assess(vm: &mut Vm) {
         );
     }
     for r in &vm.removable {
-        if matches!(
-            r.backing,
-            RemovableBacking::HostDevice | RemovableBacking::Passthrough
-        ) {
+        if r.backing == RemovableBacking::Passthrough {
+            // `deviceType = "scsi-passthru"`: any host SCSI device, most often a tape
+            // drive or a licence dongle, not a CD-ROM.
+            push(
+                "scsi-passthrough",
+                r.slot.map(|s| s.to_string()),
+                "a generic SCSI device of the ESXi host is passed through (tape, \
+                 dongle…): not carried; on KVM pass the destination host's device with \
+                 <hostdev type='scsi'>"
+                    .into(),
+            );
+        } else if r.backing == RemovableBacking::HostDevice {
             push(
                 "cdrom-host-device",
                 r.slot.map(|s| s.to_string()),
@@ -452,6 +512,7 @@ mod tests {
             sharing: Sharing::None,
             rdm: None,
             parents: vec![],
+            uuid: None,
         }
     }
 
@@ -549,6 +610,55 @@ mod tests {
         assess(&mut v);
         assess(&mut v);
         assert_eq!(ids(&v), vec!["pci-passthrough", "tpm", "cbt-enabled"]);
+    }
+
+    #[test]
+    fn a_scsi_passthrough_device_is_its_own_warning_not_a_cdrom() {
+        use crate::model::{BusKind, Removable, RemovableKind, Slot};
+        let mut v = vm_with(1, 1024);
+        let slot = Slot {
+            bus: BusKind::Scsi,
+            controller: 0,
+            unit: 6,
+        };
+        v.removable.push(Removable {
+            kind: RemovableKind::Cdrom,
+            slot: Some(slot),
+            backing: RemovableBacking::Passthrough,
+            file: Some("/vmfs/devices/genscsi/naa.5000".into()),
+            start_connected: true,
+        });
+        assess(&mut v);
+        let c: Vec<(&str, Severity)> = v
+            .concerns
+            .iter()
+            .map(|c| (c.id.as_str(), c.severity))
+            .collect();
+        assert_eq!(c, [("scsi-passthrough", Severity::Warning)]);
+    }
+
+    #[test]
+    fn vmware_tuning_is_named_not_dropped_silently() {
+        let mut v = vm_with(4, 4096);
+        assess(&mut v);
+        assert!(!ids(&v).contains(&"tuning-not-carried"));
+        v.tuning.cpu_affinity = vec![0, 1];
+        v.tuning.memory_hot_add = true;
+        v.tuning.memory_reservation_mib = Some(4096);
+        assess(&mut v);
+        let c = v
+            .concerns
+            .iter()
+            .find(|c| c.id == "tuning-not-carried")
+            .unwrap();
+        assert_eq!(c.severity, Severity::Warning);
+        assert!(
+            c.message.contains("CPU affinity 0,1 (sched.cpu.affinity")
+                && c.message.contains("mem.hotadd")
+                && c.message.contains("4096 MiB (sched.mem.min"),
+            "{}",
+            c.message
+        );
     }
 
     fn vm_with(vcpus: u32, mib: u64) -> Vm {

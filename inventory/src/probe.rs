@@ -35,6 +35,8 @@ pub struct DiskFacts {
     /// only the `parentFileNameHint`, as written).
     pub parents: Vec<PathBuf>,
     pub adapter_type: Option<String>,
+    /// `ddb.uuid`, as written (see [`crate::model::disk_uuid`]).
+    pub uuid: Option<String>,
 }
 
 /// Learns [`DiskFacts`] from a file already checked by the caller. The error, with
@@ -174,6 +176,7 @@ fn probe_sparse(f: &mut std::fs::File, head: &[u8], len: u64) -> Result<DiskFact
         facts.create_type = d.create_type;
         facts.parents = d.parents;
         facts.adapter_type = d.adapter_type;
+        facts.uuid = d.uuid;
     }
     Ok(facts)
 }
@@ -222,6 +225,7 @@ pub fn header_capacity(location: &crate::model::DiskLocation) -> Option<u64> {
 }
 
 /// Parses a text descriptor: `createType`, `parentFileNameHint`, `ddb.adapterType`,
+/// `ddb.uuid`,
 /// and the capacity as the sum of the extent lines' sector counts.
 pub fn parse_descriptor(bytes: &[u8]) -> Result<DiskFacts, DescriptorError> {
     if bytes.contains(&0) {
@@ -246,6 +250,7 @@ pub fn parse_descriptor(bytes: &[u8]) -> Result<DiskFacts, DescriptorError> {
                 "createType" => facts.create_type = Some(v),
                 "parentFileNameHint" => facts.parents = vec![PathBuf::from(v)],
                 "ddb.adapterType" => facts.adapter_type = Some(v),
+                "ddb.uuid" => facts.uuid = Some(v),
                 _ => {}
             }
             continue;
@@ -280,7 +285,7 @@ pub fn parse_descriptor(bytes: &[u8]) -> Result<DiskFacts, DescriptorError> {
 mod tests {
     use super::*;
 
-    const ESXI_DESC: &str = "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"vmfs\"\n\n# Extent description\nRW 41943040 VMFS \"web01-flat.vmdk\"\n\nddb.adapterType = \"lsilogic\"\n";
+    const ESXI_DESC: &str = "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"vmfs\"\n\n# Extent description\nRW 41943040 VMFS \"web01-flat.vmdk\"\n\nddb.adapterType = \"lsilogic\"\nddb.uuid = \"60 00 C2 93 0f 83 56 40-0b 2c 08 2c ac 6f 35 74\"\n";
 
     #[test]
     fn sums_extent_lines_of_a_text_descriptor() {
@@ -288,6 +293,13 @@ mod tests {
         assert_eq!(f.create_type.as_deref(), Some("vmfs"));
         assert_eq!(f.capacity, Some(41943040 * 512));
         assert_eq!(f.adapter_type.as_deref(), Some("lsilogic"));
+        assert_eq!(
+            f.uuid
+                .as_deref()
+                .and_then(crate::model::disk_uuid)
+                .as_deref(),
+            Some("6000c2930f8356400b2c082cac6f3574")
+        );
     }
 
     #[test]

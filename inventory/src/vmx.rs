@@ -371,6 +371,7 @@ pub fn to_vm(vmx: &Vmx, path: &Path, dir: &Path, probe: &dyn DiskProbe) -> Vm {
     vm.tpm = vmx.is_true("vtpm.present");
     vm.cbt = vmx.is_true("ctkEnabled");
     vm.disk_enable_uuid = vmx.is_true("disk.EnableUUID");
+    read_tuning(vmx, &mut vm);
     if vmx.lossy {
         vm.concerns.push(Concern {
             id: "vmx-invalid-text".into(),
@@ -566,6 +567,7 @@ fn read_slot(vmx: &Vmx, slot: Slot, dir: &Path, probe: &dyn DiskProbe, vm: &mut 
                 },
                 rdm: (kind == "rawdisk").then_some(RdmKind::RawDisk),
                 parents: Vec::new(),
+                uuid: None,
             };
             if file.starts_with("/dev/") || (kind == "rawdisk" && !lower.ends_with(".vmdk")) {
                 disk.location = DiskLocation::HostDevice { path: file };
@@ -584,6 +586,7 @@ fn read_slot(vmx: &Vmx, slot: Slot, dir: &Path, probe: &dyn DiskProbe, vm: &mut 
                                 };
                                 disk.format = f.create_type;
                                 disk.parents = f.parents;
+                                disk.uuid = f.uuid.as_deref().and_then(crate::model::disk_uuid);
                             }
                             Err(why) => vm.concerns.push(Concern {
                                 id: "disk-unreadable".into(),
@@ -609,6 +612,25 @@ fn read_slot(vmx: &Vmx, slot: Slot, dir: &Path, probe: &dyn DiskProbe, vm: &mut 
             vm.disks.push(disk);
         }
     }
+}
+
+/// Placement and resource tuning ([`crate::model::Tuning`]). A value that does not
+/// parse is dropped: pre-flight then has nothing to say about it, as VMware ignores it.
+fn read_tuning(vmx: &Vmx, vm: &mut Vm) {
+    let list = |key: &str| {
+        vmx.get(key)
+            .and_then(crate::model::affinity_list)
+            .unwrap_or_default()
+    };
+    vm.tuning = crate::model::Tuning {
+        cpu_affinity: list("sched.cpu.affinity"),
+        numa_node_affinity: list("numa.nodeAffinity"),
+        vnuma_max_vcpus_per_node: vmx.num("numa.vcpu.maxPerVirtualNode").filter(|&n| n > 0),
+        cpu_hot_add: vmx.is_true("vcpu.hotadd"),
+        memory_hot_add: vmx.is_true("mem.hotadd"),
+        memory_reservation_mib: vmx.num("sched.mem.min").filter(|&n| n > 0),
+        memory_pinned: vmx.is_true("sched.mem.pin"),
+    };
 }
 
 fn read_nics(vmx: &Vmx, vm: &mut Vm) {
@@ -748,6 +770,7 @@ mod tests {
             Ok(DiskFacts {
                 create_type: Some("vmfs".into()),
                 capacity: Some(self.0),
+                uuid: Some("60 00 C2 93 0f 83 56 40-0b 2c 08 2c ac 6f 35 74".into()),
                 ..DiskFacts::default()
             })
         }
@@ -871,6 +894,11 @@ mod tests {
         assert_eq!(vm.disks.len(), 2);
         let sata = vm.disks.iter().find(|d| d.id == "sata0:2").unwrap();
         assert_eq!(sata.capacity, Some(4096));
+        // ddb.uuid, in the one spelling the model keeps.
+        assert_eq!(
+            sata.uuid.as_deref(),
+            Some("6000c2930f8356400b2c082cac6f3574")
+        );
         assert_eq!(sata.mode, DiskMode::IndependentPersistent);
         assert!(
             matches!(&sata.location, DiskLocation::File { path, .. } if path.ends_with("a.vmdk"))
@@ -878,6 +906,28 @@ mod tests {
         let raw = vm.disks.iter().find(|d| d.id == "ide1:0").unwrap();
         assert_eq!(raw.rdm, Some(RdmKind::RawDisk));
         assert!(matches!(raw.location, DiskLocation::HostDevice { .. }));
+    }
+
+    #[test]
+    fn reads_placement_and_resource_tuning() {
+        let v = Vmx::parse(
+            b"memsize = \"4096\"\nnumvcpus = \"4\"\nsched.cpu.affinity = \"0,2-3\"\nnuma.nodeAffinity = \"1\"\nnuma.vcpu.maxPerVirtualNode = \"2\"\nvcpu.hotadd = \"TRUE\"\nmem.hotadd = \"TRUE\"\nsched.mem.min = \"4096\"\nsched.mem.pin = \"TRUE\"\n",
+        )
+        .unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let t = to_vm(&v, &d.path().join("x.vmx"), d.path(), &FixedProbe(0)).tuning;
+        assert_eq!(t.cpu_affinity, [0, 2, 3]);
+        assert_eq!(t.numa_node_affinity, [1]);
+        assert_eq!(t.vnuma_max_vcpus_per_node, Some(2));
+        assert!(t.cpu_hot_add && t.memory_hot_add && t.memory_pinned);
+        assert_eq!(t.memory_reservation_mib, Some(4096));
+        // `all`, nonsense and a range too wide to walk leave no affinity.
+        let v = Vmx::parse(b"sched.cpu.affinity = \"all\"\nnuma.nodeAffinity = \"0-4294967295\"\n")
+            .unwrap();
+        let t = to_vm(&v, &d.path().join("x.vmx"), d.path(), &FixedProbe(0)).tuning;
+        assert!(t.is_empty(), "{t:?}");
+        assert_eq!(crate::model::affinity_list("3-1"), None);
+        assert_eq!(crate::model::affinity_list("x"), None);
     }
 
     #[test]

@@ -32,6 +32,8 @@ fn has(vm: &Vm, id: &str) -> bool {
 fn esxi67_centos7_reads_hardware_disk_capacity_and_vpx_mac() {
     let vm = one("esxi67-centos7/centos7-web01.vmx");
     assert_eq!(vm.name, "centos7-web01");
+    // ESXi writes `sched.cpu.affinity = "all"` and `sched.mem.min = "0"`: no tuning.
+    assert!(vm.tuning.is_empty(), "{:?}", vm.tuning);
     assert_eq!(
         vm.bios_uuid.as_deref(),
         Some("421a5b7e-8c21-d4f0-9e3b-4107c25d6601")

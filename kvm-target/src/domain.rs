@@ -1,10 +1,14 @@
-//! libvirt domain XML for a [`Target`]. Every name from the VM is escaped; disks sit on
-//! the root bus in disk order; user-mode NICs become QEMU arguments with
-//! `restrict=on` (libvirt's own user interface cannot say it).
+//! libvirt domain XML for a [`Target`]. Every name from the VM is escaped; each
+//! virtio-blk disk sits behind a PCIe root port of its own, the ports in disk order on
+//! the root bus; virtio-scsi disks are targets of one controller in disk order;
+//! user-mode NICs become QEMU arguments with `restrict=on` (libvirt's own user
+//! interface cannot say it).
 
 use quick_xml::escape::escape;
 
-use crate::{Accel, Firmware, GuestFeatures, NetTarget, Target, TargetNic};
+use crate::{
+    disk_port, Accel, Firmware, GuestFeatures, NetTarget, Target, TargetNic, USER_NIC_FIRST_SLOT,
+};
 
 /// A VM name for the `<title>`: control characters dropped (libvirt refuses them),
 /// length capped as the guest-side excerpts are.
@@ -128,6 +132,24 @@ pub fn domain_xml(t: &Target, f: &GuestFeatures) -> String {
     s.push_str("  <devices>\n");
     if t.scsi() {
         s.push_str("    <controller type='scsi' index='0' model='virtio-scsi'/>\n");
+    } else {
+        // One root port per disk, in disk order (lib.rs `disk_port`): explicit, so
+        // libvirt's own assignment (devices in its order, not ours) cannot reorder
+        // the disks the guest names vda, vdb...
+        for i in 0..t.disks.len() {
+            let (slot, function) = disk_port(i);
+            let multi = if function == 0 {
+                " multifunction='on'"
+            } else {
+                ""
+            };
+            s.push_str(&format!(
+                "    <controller type='pci' index='{}' model='pcie-root-port'>\n      \
+                 <address type='pci' domain='0x0000' bus='0x00' slot='{slot:#04x}' function='{function:#x}'{multi}/>\n    \
+                 </controller>\n",
+                i + 1
+            ));
+        }
     }
     for (i, d) in t.disks.iter().enumerate() {
         let (dev, bus) = if t.scsi() {
@@ -142,13 +164,28 @@ pub fn domain_xml(t: &Target, f: &GuestFeatures) -> String {
             x(&d.to_string_lossy())
         ));
         s.push_str(&format!("      <target dev='{dev}' bus='{bus}'/>\n"));
-        if !t.scsi() {
-            // Disks sit on the root bus in disk order, as on QEMU's own command line:
-            // behind separate PCIe root ports they may be probed out of order, and a
-            // guest that names its root /dev/vda1 would mount its data disk as root.
+        if let Some(u) = t.disk_uuid(i) {
+            // The VMware disk's identity (lib.rs `disk_serial`, `disk_wwn`).
             s.push_str(&format!(
-                "      <address type='pci' domain='0x0000' bus='0x00' slot='{:#04x}' function='0x0'/>\n",
-                0x08 + i
+                "      <serial>{}</serial>\n",
+                crate::disk_serial(u)
+            ));
+            if t.scsi() {
+                s.push_str(&format!("      <wwn>{}</wwn>\n", crate::disk_wwn(u)));
+            }
+        }
+        if t.scsi() {
+            // Target i, in disk order, as the QEMU argv's scsi-id.
+            s.push_str(&format!(
+                "      <address type='drive' controller='0' bus='0' target='{i}' unit='0'/>\n"
+            ));
+        } else {
+            // Behind its own root port (controller index i + 1), so that disk order
+            // is the guest's scan order: a guest that names its root /dev/vda1 must
+            // not meet its data disk first.
+            s.push_str(&format!(
+                "      <address type='pci' domain='0x0000' bus='{:#04x}' slot='0x00' function='0x0'/>\n",
+                i + 1
             ));
         }
         if i == 0 {
@@ -188,11 +225,12 @@ pub fn domain_xml(t: &Target, f: &GuestFeatures) -> String {
                 format!("user,id=v2knet{i},restrict=on"),
                 "-device".to_string(),
                 // An explicit slot on the root bus, clear of the ones libvirt assigns
-                // itself (video at 0x1, root ports from 0x2, ICH9 at 0x1f).
+                // itself (video at 0x1, root ports from 0x2, ICH9 at 0x1f) and of the
+                // disks' root ports.
                 format!(
                     "virtio-net-pci,netdev=v2knet{i},mac={},bus=pcie.0,addr={:#x}",
                     n.mac,
-                    0x18 + i
+                    USER_NIC_FIRST_SLOT + i
                 ),
             ] {
                 s.push_str(&format!("    <qemu:arg value='{}'/>\n", x(&arg)));

@@ -38,6 +38,12 @@ pub enum Error {
     NoMac { index: u32 },
     #[error("VM {vm:?}: refusing to build a KVM machine: {}", problems.join("; "))]
     Unrunnable { vm: String, problems: Vec<String> },
+    #[error("{disks} disks do not fit on {bus} (at most {max})")]
+    TooManyDisks {
+        disks: usize,
+        bus: DiskBus,
+        max: usize,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -59,6 +65,66 @@ impl DiskBus {
         match self {
             DiskBus::VirtioBlk => "virtio-blk",
             DiskBus::VirtioScsi => "virtio-scsi",
+        }
+    }
+}
+
+/// How many disks v2k puts on virtio-blk. Each virtio-blk disk is a PCIe device
+/// behind a root port of its own (a PCIe bus number, a hotplug slot and the
+/// firmware's I/O and memory windows each); past a few dozen disks virtio-scsi, one
+/// controller for them all, is the practical choice (Red Hat's advice for guests with
+/// many disks), and 32 root ports fill four multifunction slots of the root bus.
+pub const VIRTIO_BLK_MAX_DISKS: usize = 32;
+
+/// How many disks v2k puts on virtio-scsi: one controller, one target per disk, and
+/// QEMU's virtio-scsi addresses targets 0 to 255. VMware's own limit (4 PVSCSI
+/// controllers of 64 disks) is the same number.
+pub const VIRTIO_SCSI_MAX_DISKS: usize = 256;
+
+/// The first root-bus slot of the disks' root ports: clear of what libvirt places
+/// itself (video at 0x01, its own root ports from 0x02) and of the user-mode NICs
+/// at [`USER_NIC_FIRST_SLOT`].
+const DISK_PORT_FIRST_SLOT: usize = 0x08;
+
+/// The first root-bus slot of user-mode NICs in libvirt's `qemu:commandline`: after
+/// the disks' root ports (`VIRTIO_BLK_MAX_DISKS / 8` slots from 0x08).
+pub(crate) const USER_NIC_FIRST_SLOT: usize = 0x18;
+
+/// The functions of one PCI slot, each a root port of its own.
+const FUNCTIONS_PER_SLOT: usize = 8;
+
+const _: () = assert!(
+    DISK_PORT_FIRST_SLOT + VIRTIO_BLK_MAX_DISKS / FUNCTIONS_PER_SLOT <= USER_NIC_FIRST_SLOT
+);
+
+/// Where virtio-blk disk `i`'s root port sits on the root bus: (slot, function),
+/// eight ports per multifunction slot, in disk order. The guest scans the root bus
+/// in slot and function order and each port's bus below it, so it meets the disks
+/// in disk order and names them `vda`, `vdb`... as on VMware.
+pub(crate) fn disk_port(i: usize) -> (usize, usize) {
+    (
+        DISK_PORT_FIRST_SLOT + i / FUNCTIONS_PER_SLOT,
+        i % FUNCTIONS_PER_SLOT,
+    )
+}
+
+impl DiskBus {
+    /// How many disks this bus takes.
+    pub fn max_disks(self) -> usize {
+        match self {
+            DiskBus::VirtioBlk => VIRTIO_BLK_MAX_DISKS,
+            DiskBus::VirtioScsi => VIRTIO_SCSI_MAX_DISKS,
+        }
+    }
+
+    /// The bus for a VM of `disks` disks when this one was asked for: virtio-scsi
+    /// when there are more than virtio-blk takes (the injector and the target must
+    /// both be given the result, so the guest's device names match its disks).
+    pub fn fitting(self, disks: usize) -> DiskBus {
+        if self == DiskBus::VirtioBlk && disks > VIRTIO_BLK_MAX_DISKS {
+            DiskBus::VirtioScsi
+        } else {
+            self
         }
     }
 }
@@ -149,7 +215,71 @@ pub struct Target {
     pub accel: Accel,
     pub disk_bus: DiskBus,
     pub disks: Vec<PathBuf>,
+    /// Each disk's VMware identifier (the model's `uuid`, 32 lowercase hex digits), in
+    /// disk order, when known: the target gives it to the guest as the disk's serial
+    /// (and WWN on virtio-scsi), see [`guest_by_id`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disk_uuids: Vec<Option<String>>,
     pub nics: Vec<TargetNic>,
+}
+
+/// The longest disk serial v2k gives: virtio-blk reports 20 bytes (the virtio spec's
+/// `VIRTIO_BLK_ID_BYTES`), and QEMU refuses a longer SCSI serial when it doubles as
+/// the device identifier.
+pub const DISK_SERIAL_BYTES: usize = 20;
+
+/// QEMU's and libvirt's WWN is 64 bits: 16 hex digits.
+const WWN_HEX_DIGITS: usize = 16;
+
+/// A disk uuid as [`v2k_inventory::model::disk_uuid`] makes it (32 lowercase hex
+/// digits); anything else from a hand-edited vm.json is dropped.
+fn checked_uuid(u: &str) -> Option<&str> {
+    (u.len() == 32
+        && u.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(u)
+}
+
+/// The serial a disk of `uuid` gets: its first 20 digits (all the bus carries;
+/// VMware's identifiers differ after the seventh digit, VMware's own prefix `6000c29`).
+pub fn disk_serial(uuid: &str) -> &str {
+    &uuid[..DISK_SERIAL_BYTES]
+}
+
+/// The WWN a virtio-scsi disk of `uuid` gets: its first 16 digits (QEMU's WWN is 64
+/// bits, VMware's NAA identifier 128), so the guest's `wwn-0x…` name is a prefix of the
+/// one it had on VMware.
+pub fn disk_wwn(uuid: &str) -> &str {
+    &uuid[..WWN_HEX_DIGITS]
+}
+
+/// The `/dev/disk/by-id/` name the guest gives a disk of `uuid` on `bus` (udev's
+/// rules: `virtio-<serial>` for virtio-blk, `wwn-0x<wwn>` for a SCSI disk with a WWN).
+pub fn guest_by_id(uuid: &str, bus: DiskBus) -> String {
+    match bus {
+        DiskBus::VirtioBlk => format!("virtio-{}", disk_serial(uuid)),
+        DiskBus::VirtioScsi => format!("wwn-0x{}", disk_wwn(uuid)),
+    }
+}
+
+/// Every `/dev/disk/by-id/` name `vm`'s disks had on VMware (with `disk.EnableUUID`:
+/// `scsi-3<uuid>`, `wwn-0x<uuid>`, `scsi-SVMware_Virtual_disk_<uuid>`) and the name each has on the target on `bus`, in
+/// disk order: what the injector rewrites in the guest's files. A partition's
+/// `-partN` suffix follows its disk's name.
+pub fn by_id_renames(vm: &Vm, bus: DiskBus) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for u in vm
+        .disks
+        .iter()
+        .filter_map(|d| d.uuid.as_deref().and_then(checked_uuid))
+    {
+        let to = guest_by_id(u, bus);
+        out.push((format!("scsi-3{u}"), to.clone()));
+        out.push((format!("wwn-0x{u}"), to.clone()));
+        // udev's name from the unit serial: vendor, model and the same digits.
+        out.push((format!("scsi-SVMware_Virtual_disk_{u}"), to));
+    }
+    out
 }
 
 /// vCPU counts and memory sizes KVM cannot run (pre-flight's critical concerns) are
@@ -177,6 +307,13 @@ impl Target {
         vars_dir: &Path,
     ) -> Result<Target> {
         refuse_unrunnable_size(vm)?;
+        if disks.len() > bus.max_disks() {
+            return Err(Error::TooManyDisks {
+                disks: disks.len(),
+                bus,
+                max: bus.max_disks(),
+            });
+        }
         let vcpus = vm.cpu.count.max(1);
         let mut cores = vm.cpu.cores_per_socket.max(1);
         if !vcpus.is_multiple_of(cores) {
@@ -209,6 +346,14 @@ impl Target {
             accel,
             disk_bus: bus,
             disks: disks.to_vec(),
+            disk_uuids: (0..disks.len())
+                .map(|i| {
+                    vm.disks
+                        .get(i)
+                        .and_then(|d| d.uuid.as_deref().and_then(checked_uuid))
+                        .map(str::to_string)
+                })
+                .collect(),
             nics,
         };
         if vm.firmware.kind == FirmwareKind::Efi {
@@ -222,6 +367,14 @@ impl Target {
 
     fn scsi(&self) -> bool {
         self.disk_bus == DiskBus::VirtioScsi
+    }
+
+    /// Disk `i`'s identifier, re-checked (a hand-edited target.json is untrusted).
+    fn disk_uuid(&self, i: usize) -> Option<&str> {
+        self.disk_uuids
+            .get(i)
+            .and_then(|u| u.as_deref())
+            .and_then(checked_uuid)
     }
 
     /// Whether the guest boots through UEFI.
@@ -324,6 +477,74 @@ mod tests {
     }
 
     #[test]
+    fn vmware_by_id_names_map_to_the_names_the_target_gives() {
+        use v2k_inventory::model::{Disk, DiskLocation, DiskMode, Sharing, SourceKind};
+        let mut vm = Vm::new_empty(SourceKind::Vmx, "/x/a.vmx".into());
+        for uuid in [
+            Some("6000c2930f8356400b2c082cac6f3574"),
+            None,
+            Some("not-hex"),
+        ] {
+            vm.disks.push(Disk {
+                id: "scsi0:0".into(),
+                slot: None,
+                capacity: None,
+                populated_size: None,
+                location: DiskLocation::Missing {
+                    reference: String::new(),
+                },
+                format: None,
+                mode: DiskMode::Persistent,
+                sharing: Sharing::None,
+                rdm: None,
+                parents: Vec::new(),
+                uuid: uuid.map(String::from),
+            });
+        }
+        let u = "6000c2930f8356400b2c082cac6f3574";
+        let blk = by_id_renames(&vm, DiskBus::VirtioBlk);
+        assert_eq!(
+            blk,
+            [
+                (
+                    format!("scsi-3{u}"),
+                    "virtio-6000c2930f8356400b2c".to_string()
+                ),
+                (
+                    format!("wwn-0x{u}"),
+                    "virtio-6000c2930f8356400b2c".to_string()
+                ),
+                (
+                    format!("scsi-SVMware_Virtual_disk_{u}"),
+                    "virtio-6000c2930f8356400b2c".to_string()
+                ),
+            ]
+        );
+        let scsi = by_id_renames(&vm, DiskBus::VirtioScsi);
+        assert!(scsi.iter().all(|(_, to)| to == "wwn-0x6000c2930f835640"));
+        // The target carries the identities in disk order; a hand-edited bad one is
+        // dropped, never written into XML.
+        vm.cpu.count = 1;
+        vm.memory_mib = 512;
+        let t = Target::from_vm(
+            &vm,
+            &[
+                PathBuf::from("/a"),
+                PathBuf::from("/b"),
+                PathBuf::from("/c"),
+            ],
+            DiskBus::VirtioBlk,
+            &NetworkMap::default(),
+            Accel::Tcg,
+            Path::new("/o"),
+        )
+        .unwrap();
+        assert_eq!(t.disk_uuids, [Some(u.to_string()), None, None]);
+        let xml = domain_xml(&t, &GuestFeatures::default());
+        assert_eq!(xml.matches("<serial>").count(), 1, "{xml}");
+    }
+
+    #[test]
     fn quotes_shell_words() {
         assert_eq!(sh_quote("-m"), "-m");
         assert_eq!(sh_quote("a b"), "'a b'");
@@ -348,6 +569,7 @@ mod tests {
             accel,
             disk_bus: DiskBus::VirtioBlk,
             disks: vec![PathBuf::from("/v/disk0.qcow2")],
+            disk_uuids: Vec::new(),
             nics: Vec::new(),
         }
     }

@@ -2,7 +2,7 @@
 //! script of it. An EFI guest's writable flash is its own variable store
 //! ([`crate::firmware`]).
 
-use crate::{Accel, GuestFeatures, NetTarget, Target, HYPERV_FLAGS};
+use crate::{disk_port, Accel, GuestFeatures, NetTarget, Target, HYPERV_FLAGS};
 
 /// How to run QEMU directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,14 +97,42 @@ pub fn qemu_argv(t: &Target, q: &QemuOptions, f: &GuestFeatures) -> Vec<String> 
                 qc(&d.to_string_lossy())
             ),
         ]);
-        let boot = if i == 0 { ",bootindex=0" } else { "" };
+        let mut boot = if i == 0 { ",bootindex=0" } else { "" }.to_string();
+        if let Some(u) = t.disk_uuid(i) {
+            // The VMware disk's identity, as in the domain XML.
+            boot.push_str(&format!(",serial={}", crate::disk_serial(u)));
+            if t.scsi() {
+                boot.push_str(&format!(",wwn=0x{}", crate::disk_wwn(u)));
+            }
+        }
         if t.scsi() {
+            // Target i, in disk order, as the domain XML's drive address.
             push(&[
                 "-device",
-                &format!("scsi-hd,bus=scsi0.0,drive=disk{i}{boot}"),
+                &format!("scsi-hd,bus=scsi0.0,scsi-id={i},lun=0,drive=disk{i},id=v2kdisk{i}{boot}"),
             ]);
         } else {
-            push(&["-device", &format!("virtio-blk-pci,drive=disk{i}{boot}")]);
+            // Behind its own root port, the ports in disk order on the root bus, as
+            // in the domain XML (QEMU's automatic slots run out past ~28 devices).
+            let (slot, function) = disk_port(i);
+            let multi = if function == 0 {
+                ",multifunction=on"
+            } else {
+                ""
+            };
+            push(&[
+                "-device",
+                &format!(
+                    "pcie-root-port,id=v2kport{i},bus=pcie.0,chassis={},addr={slot:#x}.{function:#x}{multi}",
+                    i + 1
+                ),
+            ]);
+            push(&[
+                "-device",
+                &format!(
+                    "virtio-blk-pci,bus=v2kport{i},addr=0x0,drive=disk{i},id=v2kdisk{i}{boot}"
+                ),
+            ]);
         }
     }
     for (i, n) in t.nics.iter().enumerate() {

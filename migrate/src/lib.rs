@@ -272,6 +272,16 @@ pub fn migrate_with(
     if let Some(w) = warning {
         progress(Event::Message(w));
     }
+    // One bus for the injector and the target: more disks than virtio-blk takes
+    // go on virtio-scsi, and the guest's device names must say so.
+    let bus = opts.disk_bus.fitting(disks.len());
+    if bus != opts.disk_bus {
+        progress(Event::Message(format!(
+            "{} disks: using {bus} (virtio-blk takes at most {})",
+            disks.len(),
+            v2k_kvm_target::VIRTIO_BLK_MAX_DISKS
+        )));
+    }
     let injected = if !opts.inject {
         tl.skip("inject", "--no-inject: the guest was not converted");
         stages::forget_injection(&run, &disks, &converted.manifests)?;
@@ -288,7 +298,7 @@ pub fn migrate_with(
     } else {
         let t = tl.begin("inject");
         let inject = stages::InjectSettings {
-            bus: opts.disk_bus,
+            bus,
             keep_agent: opts.keep_agent,
             accel,
             virtio_win: opts.virtio_win.clone(),
@@ -310,14 +320,7 @@ pub fn migrate_with(
     // 4. target
     let t = tl.begin("target");
     let features = stages::features(injected.as_ref());
-    let target = stages::target(
-        &vm,
-        &disks,
-        opts.disk_bus,
-        &opts.network_map,
-        accel,
-        run.root(),
-    )?;
+    let target = stages::target(&vm, &disks, bus, &opts.network_map, accel, run.root())?;
     stages::write_target(run.root(), &target, &features)?;
     if let Some(uri) = &opts.define {
         stages::define(uri, &run.root().join("domain.xml"))?;

@@ -190,6 +190,8 @@ mod tests {
             accel: Accel::Tcg,
             disk_bus: DiskBus::VirtioBlk,
             disks: vec!["/var/lib/v2k/web01/disk0.qcow2".into()],
+            // A VMware disk identity: <serial> validated with the rest.
+            disk_uuids: vec![Some("6000c2930f8356400b2c082cac6f3574".into())],
             nics: vec![TargetNic {
                 mac: "00:50:56:3a:c1:01".into(),
                 vmware_network: Some("VM Network".into()),
@@ -211,6 +213,10 @@ mod tests {
         .unwrap();
         assert!(xml.contains("<name>v2k-validate-web01-1</name>"), "{xml}");
         assert!(!xml.contains("<uuid>"), "{xml}");
+        assert!(
+            xml.contains("<serial>6000c2930f8356400b2c</serial>"),
+            "{xml}"
+        );
         assert!(
             xml.contains("serial &amp; log.txt' append='off'/>"),
             "{xml}"

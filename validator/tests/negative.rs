@@ -49,6 +49,7 @@ fn unconverted_target(dir: &std::path::Path) -> (Target, Expectations) {
         accel,
         disk_bus: DiskBus::VirtioBlk,
         disks,
+        disk_uuids: Vec::new(),
         nics: vec![TargetNic {
             mac: f.mac.clone(),
             vmware_network: None,

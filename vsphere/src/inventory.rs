@@ -541,6 +541,9 @@ fn map_devices(
                     },
                     rdm,
                     parents,
+                    uuid: b
+                        .child_text("uuid")
+                        .and_then(v2k_inventory::model::disk_uuid),
                 });
             }
             "VirtualCdrom" | "VirtualFloppy" => {
@@ -752,7 +755,7 @@ mod tests {
 <propSet><name>config.hardware.device</name><val xsi:type="ArrayOfVirtualDevice">
  <VirtualDevice xsi:type="ParaVirtualSCSIController"><key>1000</key><busNumber>0</busNumber><sharedBus>noSharing</sharedBus></VirtualDevice>
  <VirtualDevice xsi:type="VirtualLsiLogicSASController"><key>1001</key><busNumber>1</busNumber><sharedBus>physicalSharing</sharedBus></VirtualDevice>
- <VirtualDevice xsi:type="VirtualDisk"><key>2000</key><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[vsanDatastore] app01/app01.vmdk</fileName><diskMode>persistent</diskMode><thinProvisioned>true</thinProvisioned></backing><controllerKey>1000</controllerKey><unitNumber>0</unitNumber><capacityInKB>41943040</capacityInKB><capacityInBytes>42949672960</capacityInBytes></VirtualDevice>
+ <VirtualDevice xsi:type="VirtualDisk"><key>2000</key><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[vsanDatastore] app01/app01.vmdk</fileName><diskMode>persistent</diskMode><thinProvisioned>true</thinProvisioned><uuid>6000C293-0f83-5640-0b2c-082cac6f3574</uuid></backing><controllerKey>1000</controllerKey><unitNumber>0</unitNumber><capacityInKB>41943040</capacityInKB><capacityInBytes>42949672960</capacityInBytes></VirtualDevice>
  <VirtualDevice xsi:type="VirtualDisk"><key>2001</key><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[ds2] app01/shared.vmdk</fileName><diskMode>independent_persistent</diskMode><sharing>sharingMultiWriter</sharing></backing><controllerKey>1001</controllerKey><unitNumber>3</unitNumber><capacityInBytes>1073741824</capacityInBytes></VirtualDevice>
  <VirtualDevice xsi:type="VirtualVmxnet3"><key>4000</key><backing xsi:type="VirtualEthernetCardDistributedVirtualPortBackingInfo"><port><switchUuid>50 1a</switchUuid><portgroupKey>dvportgroup-13</portgroupKey><portKey>7</portKey></port></backing><connectable><startConnected>true</startConnected></connectable><addressType>assigned</addressType><macAddress>00:50:56:AA:BB:CC</macAddress></VirtualDevice>
  <VirtualDevice xsi:type="VirtualE1000e"><key>4001</key><backing xsi:type="VirtualEthernetCardNetworkBackingInfo"><deviceName>VM Network</deviceName></backing><addressType>manual</addressType><macAddress>00:50:56:00:00:01</macAddress></VirtualDevice>
@@ -809,6 +812,12 @@ mod tests {
     fn maps_a_recorded_vcenter_vm() {
         let vm = recorded();
         assert_eq!(vm.name, "app&01");
+        // The disk's identity, as the guest saw it with disk.EnableUUID.
+        assert_eq!(
+            vm.disks[0].uuid.as_deref(),
+            Some("6000c2930f8356400b2c082cac6f3574")
+        );
+        assert_eq!(vm.disks[1].uuid, None);
         assert_eq!(vm.source.kind, SourceKind::Vsphere);
         assert_eq!(
             vm.bios_uuid.as_deref(),

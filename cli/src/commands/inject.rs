@@ -142,6 +142,8 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         .iter()
         .map(|d| std::path::absolute(d).with_context(|| format!("resolving {}", d.display())))
         .collect::<anyhow::Result<_>>()?;
+    // More disks than virtio-blk takes go on virtio-scsi (injector and target alike).
+    let bus = bus.fitting(disks.len());
     if !vm.disks.is_empty() && vm.disks.len() != disks.len() {
         console::say!(
             "v2k: warning: the VM has {} disk(s) and {} were given",
