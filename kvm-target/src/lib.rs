@@ -79,7 +79,7 @@ pub const VIRTIO_BLK_MAX_DISKS: usize = 32;
 /// How many disks v2k puts on virtio-scsi: one controller, one target per disk, and
 /// QEMU's virtio-scsi addresses targets 0 to 255. VMware's own limit (4 PVSCSI
 /// controllers of 64 disks) is the same number.
-pub const VIRTIO_SCSI_MAX_DISKS: usize = 256;
+pub(crate) const VIRTIO_SCSI_MAX_DISKS: usize = 256;
 
 /// The first root-bus slot of the disks' root ports: clear of what libvirt places
 /// itself (video at 0x01, its own root ports from 0x02) and of the user-mode NICs
@@ -110,7 +110,7 @@ pub(crate) fn disk_port(i: usize) -> (usize, usize) {
 
 impl DiskBus {
     /// How many disks this bus takes.
-    pub fn max_disks(self) -> usize {
+    pub(crate) fn max_disks(self) -> usize {
         match self {
             DiskBus::VirtioBlk => VIRTIO_BLK_MAX_DISKS,
             DiskBus::VirtioScsi => VIRTIO_SCSI_MAX_DISKS,
@@ -226,7 +226,7 @@ pub struct Target {
 /// The longest disk serial v2k gives: virtio-blk reports 20 bytes (the virtio spec's
 /// `VIRTIO_BLK_ID_BYTES`), and QEMU refuses a longer SCSI serial when it doubles as
 /// the device identifier.
-pub const DISK_SERIAL_BYTES: usize = 20;
+pub(crate) const DISK_SERIAL_BYTES: usize = 20;
 
 /// QEMU's and libvirt's WWN is 64 bits: 16 hex digits.
 const WWN_HEX_DIGITS: usize = 16;
@@ -242,20 +242,20 @@ fn checked_uuid(u: &str) -> Option<&str> {
 
 /// The serial a disk of `uuid` gets: its first 20 digits (all the bus carries;
 /// VMware's identifiers differ after the seventh digit, VMware's own prefix `6000c29`).
-pub fn disk_serial(uuid: &str) -> &str {
+pub(crate) fn disk_serial(uuid: &str) -> &str {
     &uuid[..DISK_SERIAL_BYTES]
 }
 
 /// The WWN a virtio-scsi disk of `uuid` gets: its first 16 digits (QEMU's WWN is 64
 /// bits, VMware's NAA identifier 128), so the guest's `wwn-0x…` name is a prefix of the
 /// one it had on VMware.
-pub fn disk_wwn(uuid: &str) -> &str {
+pub(crate) fn disk_wwn(uuid: &str) -> &str {
     &uuid[..WWN_HEX_DIGITS]
 }
 
 /// The `/dev/disk/by-id/` name the guest gives a disk of `uuid` on `bus` (udev's
 /// rules: `virtio-<serial>` for virtio-blk, `wwn-0x<wwn>` for a SCSI disk with a WWN).
-pub fn guest_by_id(uuid: &str, bus: DiskBus) -> String {
+pub(crate) fn guest_by_id(uuid: &str, bus: DiskBus) -> String {
     match bus {
         DiskBus::VirtioBlk => format!("virtio-{}", disk_serial(uuid)),
         DiskBus::VirtioScsi => format!("wwn-0x{}", disk_wwn(uuid)),
