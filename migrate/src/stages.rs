@@ -682,6 +682,7 @@ pub fn report(
         validation,
         stages,
         resumed_downloads,
+        delivery: None,
     }
 }
 

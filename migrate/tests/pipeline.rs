@@ -82,6 +82,7 @@ fn options(source: &Path, out: &Path) -> Options {
         boot_timeout: Duration::from_secs(5),
         keep_changes: false,
         define: None,
+        deliver: None,
         verify_manifest: true,
         virtio_win: None,
     }

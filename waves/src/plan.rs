@@ -64,7 +64,18 @@ pub struct PlanFile {
     pub limits: LimitsFile,
     #[serde(default)]
     pub failure_policy: FailurePolicyFile,
+    /// Where every VM of the plan is delivered (`v2k migrate --to --pool`).
+    #[serde(default)]
+    pub target: Option<TargetFile>,
     pub waves: Vec<WaveFile>,
+}
+
+/// `target:`: a libvirt URI and a storage pool on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TargetFile {
+    pub uri: String,
+    pub pool: String,
 }
 
 /// Settings a VM can take from `defaults` or override.
@@ -270,6 +281,8 @@ pub struct VmPlan {
     pub post: Option<Hook>,
     /// Line of the VM's entry in the plan.
     pub line: Option<usize>,
+    /// The plan's `target:`: where the VM is delivered after validation.
+    pub deliver: Option<v2k_migrate::Destination>,
 }
 
 /// A VM on a vSphere server, and how to connect to that server.
@@ -353,6 +366,7 @@ impl VmPlan {
             boot_timeout: self.boot_timeout,
             keep_changes: false,
             define: None,
+            deliver: self.deliver.clone(),
             verify_manifest: self.verify_manifest,
             virtio_win: self.virtio_win.clone(),
         }
@@ -437,6 +451,14 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                 f.version
             ),
         );
+    }
+    if let Some(t) = &f.target {
+        if t.uri.trim().is_empty() || t.pool.trim().is_empty() {
+            bad(
+                line_of(text, "target:"),
+                "target: uri and pool must both be set".into(),
+            );
+        }
     }
     let mut network_map = NetworkMap::default();
     for (name, target) in &f.networks {
@@ -671,6 +693,10 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                 pre,
                 post,
                 line,
+                deliver: f.target.as_ref().map(|t| v2k_migrate::Destination {
+                    uri: t.uri.clone(),
+                    pool: t.pool.clone(),
+                }),
             });
         }
         waves.push(Wave {
@@ -830,6 +856,42 @@ waves:
             parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0].virtio_win,
             None
         );
+    }
+
+    #[test]
+    fn a_target_section_delivers_every_vm_to_its_pool() {
+        let text = GOOD.replace(
+            "limits:\n",
+            "target:\n  uri: qemu+ssh://root@kvm01/system\n  pool: vms\nlimits:\n",
+        );
+        let p = parse(&text, Path::new("/plans/p.yaml")).unwrap();
+        let want = v2k_migrate::Destination {
+            uri: "qemu+ssh://root@kvm01/system".into(),
+            pool: "vms".into(),
+        };
+        for vm in &p.waves[0].vms {
+            assert_eq!(
+                vm.migrate_options(&p.network_map).deliver,
+                Some(want.clone())
+            );
+        }
+        assert_eq!(
+            parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0]
+                .migrate_options(&NetworkMap::default())
+                .deliver,
+            None
+        );
+        let e = parse_err(&GOOD.replace(
+            "limits:\n",
+            "target:\n  uri: qemu:///system\n  pool: ''\nlimits:\n",
+        ));
+        assert!(
+            e[0].message.contains("uri and pool must both be set"),
+            "{e:?}"
+        );
+        assert_eq!(e[0].line, Some(13), "the line of `target:`");
+        let e = parse_err(&GOOD.replace("limits:\n", "target:\n  uri: qemu:///system\nlimits:\n"));
+        assert!(e[0].message.contains("pool"), "{e:?}");
     }
 
     const VSPHERE: &str = "\

@@ -19,6 +19,10 @@ use crate::{console, exit};
     Writes into --out: vm.json, disks/*.qcow2 (+ manifests), conversion-log.json, domain.xml, \
     qemu-cmdline.json, run-qemu.sh, validation/ (serial log, screenshot), report.json and \
     report.html. A rerun skips stages whose outputs still verify by content hash. \
+    With --to URI --pool NAME the validated VM is delivered: its disks uploaded into the \
+    storage pool through libvirt's volume upload stream (qemu+ssh:// works; a rerun uploads \
+    only what is missing or differs) and the domain defined there, not started; a domain or \
+    volume of that name the run directory did not create is refused before any upload. \
     SOURCE may be a vSphere address, vsphere://USER@HOST[:PORT]/DATACENTER/vm/[FOLDER/]NAME: \
     the VM is read from the server and its disks streamed from the datastore into QCOW2 \
     (password from $V2K_VSPHERE_PASSWORD or --password-file; docs/vsphere.md). \
@@ -74,8 +78,15 @@ pub struct Args {
     #[arg(long)]
     keep_changes: bool,
     /// Define the domain in libvirt (not started)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "to")]
     define: bool,
+    /// Deliver to this libvirt after validation: upload the disks into --pool and
+    /// define the domain there (qemu:///system, qemu+ssh://root@host/system)
+    #[arg(long, value_name = "URI", requires = "pool")]
+    to: Option<String>,
+    /// Storage pool on --to that receives the disks (and an EFI guest's variable store)
+    #[arg(long, value_name = "NAME", requires = "to")]
+    pool: Option<String>,
     /// Accept an OVA whose manifest is missing or does not list every file
     #[arg(long)]
     no_verify_manifest: bool,
@@ -127,6 +138,11 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         boot_timeout: Duration::from_secs(args.boot_timeout),
         keep_changes: args.keep_changes,
         define: args.define.then(|| args.connect.clone()),
+        deliver: args
+            .to
+            .clone()
+            .zip(args.pool.clone())
+            .map(|(uri, pool)| v2k_migrate::Destination { uri, pool }),
         verify_manifest: !args.no_verify_manifest,
         virtio_win,
     };

@@ -1,0 +1,328 @@
+//! End-to-end tests of `v2k migrate --to URI --pool NAME` with the real binary and the
+//! real libvirt of this machine (`qemu:///system`): each test makes its own `dir`
+//! storage pool under its temp directory and a VM named with its own id, and removes
+//! both at the end. No guest boots (`--no-inject --no-validate`): what is checked is
+//! the destination — the volumes' bytes, the domain's definition, what a rerun
+//! uploads again, and the refusal of a name that is not ours.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const V2K: &str = env!("CARGO_BIN_EXE_v2k");
+const URI: &str = "qemu:///system";
+
+fn virsh(args: &[&str]) -> Output {
+    Command::new("virsh")
+        .args(["-q", "-c", URI])
+        .args(args)
+        .output()
+        .expect("virsh (scripts/setup.sh: libvirt-clients)")
+}
+
+fn virsh_ok(args: &[&str]) -> String {
+    let o = virsh(args);
+    assert!(
+        o.status.success(),
+        "virsh {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A transient `dir` pool and a VM name, both carrying the test's id; the domain and
+/// the pool are removed on drop (the volumes' files go with the temp directory).
+struct Dest {
+    dir: tempfile::TempDir,
+    pool: String,
+    name: String,
+}
+
+impl Dest {
+    fn new(test: &str) -> Dest {
+        let dir = tempfile::tempdir().unwrap();
+        let id = format!("v2k-t{}-{test}", std::process::id());
+        let pool_dir = dir.path().join("pool");
+        std::fs::create_dir(&pool_dir).unwrap();
+        let pool = format!("{id}-pool");
+        virsh_ok(&[
+            "pool-create-as",
+            &pool,
+            "dir",
+            "--target",
+            &pool_dir.to_string_lossy(),
+        ]);
+        Dest {
+            dir,
+            pool,
+            name: id,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn pool_dir(&self) -> PathBuf {
+        self.dir.path().join("pool")
+    }
+
+    /// A data VM (EFI, one 8 MiB disk with 1 MiB of a pattern) named after the test.
+    fn vmx(&self) -> PathBuf {
+        let disk = self.path().join("data.vmdk");
+        let ok = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "vmdk"])
+            .arg(&disk)
+            .arg("8M")
+            .status()
+            .expect("qemu-img (scripts/setup.sh)");
+        assert!(ok.success());
+        let ok = Command::new("qemu-io")
+            .args(["-f", "vmdk", "-c", "write -P 0x5a 1M 1M"])
+            .arg(&disk)
+            .output()
+            .expect("qemu-io (scripts/setup.sh: qemu-utils)");
+        assert!(ok.status.success());
+        let vmx = self.path().join("data.vmx");
+        std::fs::write(
+            &vmx,
+            format!(
+                "displayName = \"{}\"\nguestOS = \"debian12-64\"\nfirmware = \"efi\"\n\
+                 numvcpus = \"1\"\nmemSize = \"512\"\nscsi0.present = \"TRUE\"\n\
+                 scsi0.virtualDev = \"pvscsi\"\nscsi0:0.present = \"TRUE\"\n\
+                 scsi0:0.fileName = \"data.vmdk\"\nethernet0.present = \"TRUE\"\n\
+                 ethernet0.addressType = \"static\"\nethernet0.address = \"00:50:56:00:00:2b\"\n",
+                self.name
+            ),
+        )
+        .unwrap();
+        vmx
+    }
+
+    fn migrate(&self, vmx: &Path, out: &Path) -> Output {
+        Command::new(V2K)
+            .arg("migrate")
+            .arg(vmx)
+            .arg("--out")
+            .arg(out)
+            .args(["--no-inject", "--no-validate", "--to", URI, "--pool"])
+            .arg(&self.pool)
+            .output()
+            .unwrap()
+    }
+
+    fn volumes(&self) -> Vec<String> {
+        let mut v: Vec<String> = virsh_ok(&["vol-list", "--pool", &self.pool])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Dest {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.name]);
+        let _ = virsh(&["undefine", &self.name, "--keep-nvram"]);
+        let _ = virsh(&["pool-destroy", &self.pool]);
+    }
+}
+
+fn report(out: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap()
+}
+
+fn actions(r: &Value) -> Vec<(String, String)> {
+    r["delivery"]["volumes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no delivery in the report: {r:#}"))
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_string(),
+                v["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn ok(o: &Output) {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The disks and the EFI variable store land in the pool byte for byte, the domain is
+/// defined (persistent, not started) on the pool's paths; a rerun uploads nothing, and
+/// after a volume went missing or was cut short only that one is uploaded again.
+#[test]
+fn migrate_to_a_pool_uploads_the_disks_and_defines_the_domain_on_them() {
+    let d = Dest::new("deliver");
+    let vmx = d.vmx();
+    let out = d.path().join("run");
+    let o = d.migrate(&vmx, &out);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("deliver: started"), "{stderr}");
+    assert!(stderr.contains("uploaded"), "progress on stderr: {stderr}");
+
+    let disk_vol = format!("{}-scsi0-0.qcow2", d.name);
+    let vars_vol = format!("{}_VARS.fd", d.name);
+    let mut want = vec![disk_vol.clone(), vars_vol.clone()];
+    want.sort();
+    assert_eq!(d.volumes(), want);
+    // Byte for byte what the run directory holds.
+    assert_eq!(
+        std::fs::read(d.pool_dir().join(&disk_vol)).unwrap(),
+        std::fs::read(out.join("disks/scsi0-0.qcow2")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(d.pool_dir().join(&vars_vol)).unwrap(),
+        std::fs::read(out.join(format!("{}_VARS.fd", d.name))).unwrap()
+    );
+    // Defined persistently, not running, on the pool's paths and nothing of the run
+    // directory.
+    let info = virsh_ok(&["dominfo", &d.name]);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("State:") && l.contains("shut off")),
+        "{info}"
+    );
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Persistent:") && l.contains("yes")),
+        "{info}"
+    );
+    let xml = virsh_ok(&["dumpxml", "--inactive", &d.name]);
+    let pool_dir = d.pool_dir();
+    assert!(
+        xml.contains(&format!("file='{}'", pool_dir.join(&disk_vol).display())),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(&format!("{}</nvram>", pool_dir.join(&vars_vol).display())),
+        "{xml}"
+    );
+    assert!(!xml.contains(&*out.to_string_lossy()), "{xml}");
+
+    let r = report(&out);
+    assert_eq!(r["delivery"]["domain"], d.name.as_str());
+    assert_eq!(r["delivery"]["pool"], d.pool.as_str());
+    assert!(
+        actions(&r).iter().all(|(_, a)| a == "uploaded"),
+        "{:?}",
+        actions(&r)
+    );
+    assert!(
+        r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "deliver" && s["status"] == "done"),
+        "{r:#}"
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<h2>Delivered</h2>"), "{html}");
+
+    // A rerun: everything is there with the same content hash.
+    let o = d.migrate(&vmx, &out);
+    ok(&o);
+    let r = report(&out);
+    assert!(
+        actions(&r).iter().all(|(_, a)| a == "kept"),
+        "{:?}",
+        actions(&r)
+    );
+
+    // The disk volume lost, the variable store cut short (as a killed upload leaves
+    // it): those are uploaded again, under the same names, and nothing else.
+    virsh_ok(&["vol-delete", "--pool", &d.pool, &disk_vol]);
+    let vars_path = d.pool_dir().join(&vars_vol);
+    std::fs::write(&vars_path, b"cut").unwrap();
+    virsh_ok(&["pool-refresh", &d.pool]);
+    let o = d.migrate(&vmx, &out);
+    ok(&o);
+    let r = report(&out);
+    assert!(
+        actions(&r).iter().all(|(_, a)| a == "uploaded"),
+        "{:?}",
+        actions(&r)
+    );
+    assert_eq!(d.volumes(), want);
+    assert_eq!(
+        std::fs::read(&vars_path).unwrap(),
+        std::fs::read(out.join(format!("{}_VARS.fd", d.name))).unwrap()
+    );
+}
+
+/// A domain, or a volume, of the same name that this run directory did not create is
+/// refused before anything is uploaded: the foreign objects are left as they were.
+#[test]
+fn a_name_clash_on_the_destination_is_refused_before_anything_is_uploaded() {
+    let d = Dest::new("clash");
+    let vmx = d.vmx();
+
+    // A foreign domain of the VM's name.
+    let foreign = d.path().join("foreign.xml");
+    std::fs::write(
+        &foreign,
+        format!(
+            "<domain type='qemu'><name>{}</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64'>hvm</type></os></domain>",
+            d.name
+        ),
+    )
+    .unwrap();
+    virsh_ok(&["define", &foreign.to_string_lossy()]);
+    let out = d.path().join("run");
+    let o = d.migrate(&vmx, &out);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!("a domain named \"{}\" already exists", d.name)),
+        "{stderr}"
+    );
+    assert!(d.volumes().is_empty(), "{:?}", d.volumes());
+    let xml = virsh_ok(&["dumpxml", "--inactive", &d.name]);
+    assert!(
+        !xml.contains("<disk"),
+        "the foreign domain is untouched: {xml}"
+    );
+    virsh_ok(&["undefine", &d.name]);
+
+    // A foreign volume of the disk's name, in a fresh run directory.
+    let disk_vol = format!("{}-scsi0-0.qcow2", d.name);
+    virsh_ok(&[
+        "vol-create-as",
+        &d.pool,
+        &disk_vol,
+        "4096",
+        "--format",
+        "raw",
+    ]);
+    let out = d.path().join("run2");
+    let o = d.migrate(&vmx, &out);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!("a volume named \"{disk_vol}\" already exists")),
+        "{stderr}"
+    );
+    assert_eq!(d.volumes(), vec![disk_vol.clone()]);
+    assert_eq!(
+        std::fs::metadata(d.pool_dir().join(&disk_vol))
+            .unwrap()
+            .len(),
+        4096
+    );
+    assert!(
+        !virsh(&["dominfo", &d.name]).status.success(),
+        "no domain was defined"
+    );
+}
