@@ -326,3 +326,223 @@ fn a_name_clash_on_the_destination_is_refused_before_anything_is_uploaded() {
         "no domain was defined"
     );
 }
+
+fn rollback(run: &Path, extra: &[&str]) -> Output {
+    Command::new(V2K)
+        .arg("rollback")
+        .arg(run)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn steps(run: &Path) -> Vec<(String, String)> {
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(run.join("rollback.json")).unwrap()).unwrap();
+    r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Rollback stops (a paused domain: no guest code runs) and undefines the delivered
+/// domain, keeps its volumes, and records every step in rollback.json and the
+/// report; run again — as after a kill at any step — it finds nothing left to do and
+/// says so; `--delete-volumes` then removes only the delivery's volumes.
+#[test]
+fn rollback_stops_and_undefines_the_target_keeps_volumes_and_converges_on_rerun() {
+    let d = Dest::new("rollback");
+    let vmx = d.vmx();
+    let out = d.path().join("run");
+    ok(&d.migrate(&vmx, &out));
+    virsh_ok(&["start", "--paused", &d.name]);
+    // A volume of someone else's in the same pool is never touched.
+    virsh_ok(&[
+        "vol-create-as",
+        &d.pool,
+        "other.raw",
+        "4096",
+        "--format",
+        "raw",
+    ]);
+
+    let o = rollback(&out, &[]);
+    ok(&o);
+    assert!(
+        !virsh(&["dominfo", &d.name]).status.success(),
+        "the domain is gone"
+    );
+    let mut want = vec![
+        format!("{}-scsi0-0.qcow2", d.name),
+        format!("{}_VARS.fd", d.name),
+        "other.raw".to_string(),
+    ];
+    want.sort();
+    assert_eq!(d.volumes(), want, "volumes kept");
+    let s = steps(&out);
+    let names: Vec<&str> = s.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "stop-target",
+            "undefine-target",
+            "keep-volumes",
+            "power-on-source"
+        ]
+    );
+    assert_eq!(s[0].1, "stopped (was paused)");
+    assert!(s[1].1.contains("undefined"), "{s:?}");
+    assert!(s[2].1.starts_with("2 volume(s) kept"), "{s:?}");
+    assert!(s[3].1.contains("local source"), "{s:?}");
+    let r = report(&out);
+    assert_eq!(r["rollback"]["steps"][0]["name"], "stop-target");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<h2>Rolled back</h2>"));
+
+    // Again: nothing left to stop or undefine.
+    ok(&rollback(&out, &[]));
+    let s = steps(&out);
+    assert_eq!(s[0].1, "absent");
+    assert_eq!(s[1].1, "absent");
+
+    ok(&rollback(&out, &["--delete-volumes"]));
+    assert_eq!(d.volumes(), vec!["other.raw".to_string()]);
+    assert!(steps(&out)[2].1.starts_with("2 volume(s) deleted"));
+
+    // Delivered again after the rollback: the same names, uploaded anew.
+    ok(&d.migrate(&vmx, &out));
+    assert!(virsh(&["dominfo", &d.name]).status.success());
+}
+
+/// A domain defined by someone else under the delivered name (same name, another
+/// UUID) is refused by rollback and left running as it was.
+#[test]
+fn rollback_refuses_a_domain_it_did_not_define() {
+    let d = Dest::new("rbforeign");
+    let vmx = d.vmx();
+    let out = d.path().join("run");
+    ok(&d.migrate(&vmx, &out));
+    virsh_ok(&["undefine", &d.name, "--keep-nvram"]);
+    let foreign = d.path().join("foreign.xml");
+    std::fs::write(
+        &foreign,
+        format!(
+            "<domain type='qemu'><name>{}</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64'>hvm</type></os></domain>",
+            d.name
+        ),
+    )
+    .unwrap();
+    virsh_ok(&["define", &foreign.to_string_lossy()]);
+    let o = rollback(&out, &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("refusing to touch it"), "{stderr}");
+    assert!(virsh(&["dominfo", &d.name]).status.success());
+    assert!(!out.join("rollback.json").exists());
+}
+
+/// Without a delivery there is nothing to roll back: a clear error, exit 2.
+#[test]
+fn rollback_of_a_run_without_delivery_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let o = rollback(t.path(), &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("nothing was delivered"), "{stderr}");
+}
+
+/// A `virsh` in front of the real one that SIGKILLs v2k (its parent) when called
+/// with `step` as its subcommand: a kill -9 at exactly that step.
+fn killer_path(dir: &Path, step: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join(format!("bin-{step}"));
+    std::fs::create_dir_all(&bin).unwrap();
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v virsh"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let script = bin.join("virsh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = {step} ] && kill -9 $PPID && exit 1; done\nexec {} \"$@\"\n",
+            real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
+
+/// kill -9 at every libvirt step of a delivery (volume created but not uploaded,
+/// before the define, after the define before its UUID is recorded) and of a
+/// rollback (before the stop, the undefine, the volume deletion); each time the
+/// plain rerun converges: one domain, one volume per name, the same bytes; then
+/// nothing left behind.
+#[test]
+fn kill_9_at_every_step_of_delivery_and_rollback_then_a_rerun_converges() {
+    let d = Dest::new("kill9");
+    let vmx = d.vmx();
+    let out = d.path().join("run");
+    let disk_vol = format!("{}-scsi0-0.qcow2", d.name);
+    let vars_vol = format!("{}_VARS.fd", d.name);
+    let mut want = vec![disk_vol.clone(), vars_vol.clone()];
+    want.sort();
+    for step in ["vol-upload", "define", "domuuid"] {
+        let o = Command::new(V2K)
+            .env("PATH", killer_path(d.path(), step))
+            .arg("migrate")
+            .arg(&vmx)
+            .arg("--out")
+            .arg(&out)
+            .args(["--no-inject", "--no-validate", "--to", URI, "--pool"])
+            .arg(&d.pool)
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(o.status.signal(), Some(9), "killed at {step}");
+        ok(&d.migrate(&vmx, &out));
+        assert_eq!(d.volumes(), want, "after a kill at {step}");
+        assert_eq!(
+            std::fs::read(d.pool_dir().join(&disk_vol)).unwrap(),
+            std::fs::read(out.join("disks/scsi0-0.qcow2")).unwrap(),
+            "after a kill at {step}"
+        );
+        assert_eq!(
+            virsh_ok(&["list", "--all", "--name"])
+                .lines()
+                .filter(|l| l.trim() == d.name)
+                .count(),
+            1
+        );
+    }
+    for step in ["destroy", "undefine", "vol-delete"] {
+        virsh_ok(&["start", "--paused", &d.name]);
+        let o = Command::new(V2K)
+            .env("PATH", killer_path(d.path(), step))
+            .arg("rollback")
+            .arg(&out)
+            .arg("--delete-volumes")
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(o.status.signal(), Some(9), "killed at {step}");
+        ok(&rollback(&out, &["--delete-volumes"]));
+        assert!(!virsh(&["dominfo", &d.name]).status.success(), "{step}");
+        assert!(d.volumes().is_empty(), "after a kill at {step}");
+        // Delivered again for the next step.
+        ok(&d.migrate(&vmx, &out));
+    }
+}

@@ -108,6 +108,9 @@ pub struct Record {
     /// The domain was (about to be) defined by this run directory.
     #[serde(default)]
     pub domain_claimed: bool,
+    /// Its UUID once defined: a rollback touches only that domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_uuid: Option<String>,
 }
 
 /// A volume whose upload completed.
@@ -163,7 +166,7 @@ struct Planned {
 }
 
 /// `virsh -q -c URI ARGS...`, its stdout on success.
-fn virsh(uri: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn virsh(uri: &str, args: &[&str]) -> Result<String> {
     let o = Command::new("virsh")
         .args(["-q", "-c", uri])
         .args(args)
@@ -181,7 +184,7 @@ fn virsh(uri: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Names of every domain (running or not) on `uri`.
-fn domains(uri: &str) -> Result<Vec<String>> {
+pub(crate) fn domains(uri: &str) -> Result<Vec<String>> {
     Ok(virsh(uri, &["list", "--all", "--name"])?
         .lines()
         .map(str::trim)
@@ -192,7 +195,7 @@ fn domains(uri: &str) -> Result<Vec<String>> {
 
 /// Names of the volumes of `pool`. virsh prints `NAME  PATH`; our names hold no
 /// blank, and a foreign name with one only makes a clash more likely (the safe side).
-fn volumes(uri: &str, pool: &str) -> Result<Vec<String>> {
+pub(crate) fn volumes(uri: &str, pool: &str) -> Result<Vec<String>> {
     Ok(virsh(uri, &["vol-list", "--pool", pool])?
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -484,6 +487,8 @@ pub fn deliver(
     run.save_delivery(&rec)?;
     let xml_arg = xml_path.to_string_lossy();
     virsh(&dest.uri, &["define", &xml_arg])?;
+    rec.domain_uuid = Some(virsh(&dest.uri, &["domuuid", &domain])?.trim().to_string());
+    run.save_delivery(&rec)?;
     progress(Event::Message(format!("defined {domain} on {}", dest.uri)));
     Ok(Delivered {
         uri: dest.uri.clone(),

@@ -21,6 +21,7 @@
 
 pub mod deliver;
 pub mod report;
+pub mod rollback;
 mod rundir;
 pub mod stages;
 mod staging;

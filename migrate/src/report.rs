@@ -55,6 +55,9 @@ pub struct Report {
     /// Where `--to` delivered the VM: the destination's volumes and domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<crate::deliver::Delivered>,
+    /// The steps of `v2k rollback`, once it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<crate::rollback::Record>,
 }
 
 /// A download that broke and resumed.
@@ -582,6 +585,18 @@ pub fn render_html(r: &Report) -> String {
         }
         h.push_str("</table>");
     }
+    if let Some(rb) = &r.rollback {
+        h.push_str("<h2>Rolled back</h2><table><tr><th>Step</th><th>Outcome</th></tr>");
+        for s in &rb.steps {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                esc(&s.name),
+                esc(&s.outcome)
+            );
+        }
+        h.push_str("</table>");
+    }
     // Guest changes.
     h.push_str("<h2>Changes made to the guest</h2>");
     match &r.guest_changes {
@@ -691,6 +706,7 @@ mod tests {
             }],
             resumed_downloads: vec![],
             delivery: None,
+            rollback: None,
         }
     }
 

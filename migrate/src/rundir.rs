@@ -13,6 +13,7 @@
 //!     validation/                the validation boot's evidence
 //!     delivery.json, delivered-domain.xml   what `--to` created on the destination
 //!                                and the domain XML defined there (deliver.rs)
+//!     rollback.json              the finished steps of `v2k rollback` (rollback.rs)
 //!     report.json, report.html   the report
 //! ```
 //!
@@ -272,6 +273,10 @@ impl RunDir {
 
     pub(crate) fn save_delivery(&self, r: &crate::deliver::Record) -> Result<()> {
         self.write_json("delivery.json", r)
+    }
+
+    pub(crate) fn save_rollback(&self, r: &crate::rollback::Record) -> Result<()> {
+        self.write_json("rollback.json", r)
     }
 
     /// Writes the domain XML defined on the destination; its path.

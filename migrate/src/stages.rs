@@ -683,6 +683,7 @@ pub fn report(
         stages,
         resumed_downloads,
         delivery: None,
+        rollback: None,
     }
 }
 

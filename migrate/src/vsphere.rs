@@ -114,3 +114,57 @@ impl RemoteSource for VsphereSource {
         .collect()
     }
 }
+
+/// How long a power-on task may take before the rollback says so (vCenter answers in
+/// seconds; a minute covers a busy host's queue).
+const POWER_ON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl VsphereSource {
+    fn vm_ref(&self) -> Result<v2k_vsphere::client::MoRef, v2k_vsphere::Error> {
+        self.client
+            .find_by_inventory_path(&self.address.inventory_path)?
+            .ok_or_else(|| {
+                v2k_vsphere::Error::Usage(format!(
+                    "{}: no such VM",
+                    self.address.display_without_user()
+                ))
+            })
+    }
+
+    /// `runtime.powerState` now: `poweredOn`, `poweredOff` or `suspended`.
+    pub fn power_state(&self) -> Result<String, v2k_vsphere::Error> {
+        let vm = self.vm_ref()?;
+        let spec = v2k_vsphere::client::PropertySpec {
+            kind: "VirtualMachine".into(),
+            paths: vec!["runtime.powerState".into()],
+        };
+        let o = self
+            .client
+            .block_on(self.client.session().retrieve_one(&vm, &spec))?;
+        Ok(o.text("runtime.powerState")
+            .unwrap_or("")
+            .trim()
+            .to_string())
+    }
+}
+
+impl crate::rollback::SourcePower for VsphereSource {
+    fn describe(&self) -> String {
+        self.address.display_without_user()
+    }
+
+    fn is_powered_on(&self) -> Result<bool, BoxError> {
+        Ok(self.power_state()? == "poweredOn")
+    }
+
+    fn power_on(&self) -> Result<(), BoxError> {
+        let vm = self.vm_ref()?;
+        let r = self.client.call("PowerOnVM_Task", &vm, "")?;
+        let task = r
+            .child("returnval")
+            .and_then(v2k_vsphere::client::MoRef::from_element)
+            .ok_or_else(|| BoxError::from("PowerOnVM_Task: no task in the answer"))?;
+        self.client.wait_for_task(&task, POWER_ON_TIMEOUT)?;
+        Ok(())
+    }
+}
