@@ -19,6 +19,7 @@
 //! boot something (the libguestfs appliance, the validation boot) sit behind
 //! [`BootStages`], so the orchestration is tested without a VM.
 
+pub mod cutover;
 pub mod deliver;
 pub mod report;
 pub mod rollback;
@@ -71,6 +72,8 @@ pub struct Options {
     /// Upload the disks into a storage pool of this libvirt and define the domain
     /// there, after validation ([`deliver`]).
     pub deliver: Option<Destination>,
+    /// Shut a running remote source down before the copy ([`cutover`]).
+    pub cutover: Option<cutover::Cutover>,
     pub verify_manifest: bool,
     /// virtio-win drivers for a Windows guest (a directory); `None` reads `$VIRTIO_WIN`.
     pub virtio_win: Option<PathBuf>,
@@ -110,6 +113,8 @@ pub enum Error {
     Target(#[from] stages::TargetError),
     #[error("validating")]
     Validate(#[source] v2k_validator::Error),
+    #[error("cutting the source over")]
+    Cutover(#[source] cutover::CutoverError),
     #[error("delivering to the destination")]
     Deliver(#[source] deliver::DeliverError),
     #[error(transparent)]
@@ -164,6 +169,11 @@ pub trait RemoteSource: Sync {
         outputs: &[PathBuf],
         progress: &dyn SourceProgress,
     ) -> Vec<std::result::Result<Manifest, BoxError>>;
+    /// The source's power, when v2k can change it (a vSphere VM): for cutover and
+    /// rollback.
+    fn power(&self) -> Option<&dyn cutover::SourcePower> {
+        None
+    }
 }
 
 /// What a remote source reports while it copies: the converter's progress, and each
@@ -243,6 +253,22 @@ pub fn migrate_with(
         stages: Vec::new(),
         progress,
     };
+
+    // 0. cutover: a running source is shut down before its disks are read
+    if let Some(c) = &opts.cutover {
+        let t = tl.begin("cutover");
+        match remote.and_then(|r| r.power()) {
+            Some(p) => {
+                let detail = cutover::cut_over(p, c, progress).map_err(Error::Cutover)?;
+                tl.end(t, Done, Some(detail));
+            }
+            None => tl.end(
+                t,
+                report::StageStatus::Skipped,
+                Some("a local source: nothing to shut down".into()),
+            ),
+        }
+    }
 
     // 1. inspect
     let t = tl.begin("inspect");

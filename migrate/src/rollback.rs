@@ -31,15 +31,7 @@ pub struct Options {
     pub delete_volumes: bool,
 }
 
-/// A source VM that can be powered back on (a vSphere VM; local files have none).
-pub trait SourcePower {
-    /// What the source is called in messages.
-    fn describe(&self) -> String;
-    /// Whether the VM is powered on now.
-    fn is_powered_on(&self) -> Result<bool, BoxError>;
-    /// Powers the VM on and waits for the task.
-    fn power_on(&self) -> Result<(), BoxError>;
-}
+pub use crate::cutover::SourcePower;
 
 /// Why a rollback stopped.
 #[derive(Debug, thiserror::Error)]

@@ -74,6 +74,10 @@ impl RemoteSource for VsphereSource {
         self.address.display_without_user()
     }
 
+    fn power(&self) -> Option<&dyn crate::cutover::SourcePower> {
+        Some(self)
+    }
+
     fn load(&self) -> Result<Vm, BoxError> {
         Ok(v2k_vsphere::inventory::get_vm(
             &self.client,
@@ -115,8 +119,8 @@ impl RemoteSource for VsphereSource {
     }
 }
 
-/// How long a power-on task may take before the rollback says so (vCenter answers in
-/// seconds; a minute covers a busy host's queue).
+/// How long a power-on or power-off task may take before v2k says so (vCenter
+/// answers in seconds; a minute covers a busy host's queue).
 const POWER_ON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl VsphereSource {
@@ -148,7 +152,7 @@ impl VsphereSource {
     }
 }
 
-impl crate::rollback::SourcePower for VsphereSource {
+impl crate::cutover::SourcePower for VsphereSource {
     fn describe(&self) -> String {
         self.address.display_without_user()
     }
@@ -164,6 +168,23 @@ impl crate::rollback::SourcePower for VsphereSource {
             .child("returnval")
             .and_then(v2k_vsphere::client::MoRef::from_element)
             .ok_or_else(|| BoxError::from("PowerOnVM_Task: no task in the answer"))?;
+        self.client.wait_for_task(&task, POWER_ON_TIMEOUT)?;
+        Ok(())
+    }
+
+    fn shutdown_guest(&self) -> Result<(), BoxError> {
+        let vm = self.vm_ref()?;
+        self.client.call("ShutdownGuest", &vm, "")?;
+        Ok(())
+    }
+
+    fn power_off(&self) -> Result<(), BoxError> {
+        let vm = self.vm_ref()?;
+        let r = self.client.call("PowerOffVM_Task", &vm, "")?;
+        let task = r
+            .child("returnval")
+            .and_then(v2k_vsphere::client::MoRef::from_element)
+            .ok_or_else(|| BoxError::from("PowerOffVM_Task: no task in the answer"))?;
         self.client.wait_for_task(&task, POWER_ON_TIMEOUT)?;
         Ok(())
     }

@@ -83,6 +83,7 @@ fn options(source: &Path, out: &Path) -> Options {
         keep_changes: false,
         define: None,
         deliver: None,
+        cutover: None,
         verify_manifest: true,
         virtio_win: None,
     }

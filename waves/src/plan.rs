@@ -367,6 +367,7 @@ impl VmPlan {
             keep_changes: false,
             define: None,
             deliver: self.deliver.clone(),
+            cutover: None,
             verify_manifest: self.verify_manifest,
             virtio_win: self.virtio_win.clone(),
         }

@@ -23,6 +23,8 @@ use crate::{console, exit};
     storage pool through libvirt's volume upload stream (qemu+ssh:// works; a rerun uploads \
     only what is missing or differs) and the domain defined there, not started; a domain or \
     volume of that name the run directory did not create is refused before any upload. \
+    With --cutover a running vSphere source is shut down through VMware Tools first (waited \
+    for up to --shutdown-timeout; powered off only with --force-power-off). \
     SOURCE may be a vSphere address, vsphere://USER@HOST[:PORT]/DATACENTER/vm/[FOLDER/]NAME: \
     the VM is read from the server and its disks streamed from the datastore into QCOW2 \
     (password from $V2K_VSPHERE_PASSWORD or --password-file; docs/vsphere.md). \
@@ -87,6 +89,15 @@ pub struct Args {
     /// Storage pool on --to that receives the disks (and an EFI guest's variable store)
     #[arg(long, value_name = "NAME", requires = "to")]
     pool: Option<String>,
+    /// vSphere source: shut the running VM down through VMware Tools before the copy
+    #[arg(long)]
+    cutover: bool,
+    /// Seconds the guest may take to shut down (--cutover)
+    #[arg(long, value_name = "S", default_value_t = 300, requires = "cutover")]
+    shutdown_timeout: u64,
+    /// Power the source off when it did not shut down in time (--cutover)
+    #[arg(long, requires = "cutover")]
+    force_power_off: bool,
     /// Accept an OVA whose manifest is missing or does not list every file
     #[arg(long)]
     no_verify_manifest: bool,
@@ -143,6 +154,10 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             .clone()
             .zip(args.pool.clone())
             .map(|(uri, pool)| v2k_migrate::Destination { uri, pool }),
+        cutover: args.cutover.then_some(v2k_migrate::cutover::Cutover {
+            timeout: Duration::from_secs(args.shutdown_timeout),
+            force_power_off: args.force_power_off,
+        }),
         verify_manifest: !args.no_verify_manifest,
         virtio_win,
     };
