@@ -101,12 +101,16 @@ impl Dest {
     }
 
     fn migrate(&self, vmx: &Path, out: &Path) -> Output {
+        self.migrate_to(URI, vmx, out)
+    }
+
+    fn migrate_to(&self, uri: &str, vmx: &Path, out: &Path) -> Output {
         Command::new(V2K)
             .arg("migrate")
             .arg(vmx)
             .arg("--out")
             .arg(out)
-            .args(["--no-inject", "--no-validate", "--to", URI, "--pool"])
+            .args(["--no-inject", "--no-validate", "--to", uri, "--pool"])
             .arg(&self.pool)
             .output()
             .unwrap()
@@ -545,4 +549,117 @@ fn kill_9_at_every_step_of_delivery_and_rollback_then_a_rerun_converges() {
         // Delivered again for the next step.
         ok(&d.migrate(&vmx, &out));
     }
+}
+
+/// An sshd of the test's own on a loopback port: its host key, and a client key it
+/// accepts for root, generated under `dir`; stopped by PID on drop.
+struct Sshd {
+    child: std::process::Child,
+    /// `qemu+ssh://root@127.0.0.1:PORT/system?command=WRAPPER`: the wrapper runs ssh
+    /// with the test's key and a known-hosts file in the temp dir (nothing in ~/.ssh).
+    uri: String,
+}
+
+impl Sshd {
+    fn start(dir: &Path) -> Sshd {
+        use std::os::unix::fs::PermissionsExt;
+        let sshd = Path::new("/usr/sbin/sshd");
+        assert!(
+            sshd.exists(),
+            "missing prerequisite: /usr/sbin/sshd (scripts/setup.sh: openssh-server)"
+        );
+        let d = dir.join("ssh");
+        std::fs::create_dir_all(&d).unwrap();
+        for k in ["host", "client"] {
+            let o = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(k))
+                .output()
+                .expect("ssh-keygen (openssh-client)");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).unwrap();
+        // sshd's privilege separation directory (created by its service normally).
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        // A free loopback port: bound, read, released just before sshd takes it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = d.join("sshd_config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n",
+                d.join("host").display(),
+                d.join("authorized_keys").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let wrapper = d.join("ssh-wrapper");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec ssh -i {} -o UserKnownHostsFile={} \\\n  \
+                 -o StrictHostKeyChecking=accept-new -o BatchMode=yes \"$@\"\n",
+                d.join("client").display(),
+                d.join("known_hosts").display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "sshd did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Sshd {
+            child,
+            uri: format!(
+                "qemu+ssh://root@127.0.0.1:{port}/system?command={}",
+                wrapper.display()
+            ),
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same delivery over `qemu+ssh://` (libvirt's upload stream through an sshd the
+/// test started; no shared path is used by v2k): the volumes hold the run
+/// directory's bytes, the domain is defined; the rollback goes over the same URI.
+#[test]
+fn migrate_over_qemu_ssh_uploads_through_the_connection_and_rolls_back() {
+    let d = Dest::new("ssh");
+    let sshd = Sshd::start(d.path());
+    let vmx = d.vmx();
+    let out = d.path().join("run");
+    let o = d.migrate_to(&sshd.uri, &vmx, &out);
+    ok(&o);
+    let disk_vol = format!("{}-scsi0-0.qcow2", d.name);
+    assert_eq!(
+        std::fs::read(d.pool_dir().join(&disk_vol)).unwrap(),
+        std::fs::read(out.join("disks/scsi0-0.qcow2")).unwrap()
+    );
+    assert!(virsh(&["dominfo", &d.name]).status.success());
+    let r = report(&out);
+    assert_eq!(r["delivery"]["uri"], sshd.uri.as_str());
+    ok(&rollback(&out, &[]));
+    assert!(!virsh(&["dominfo", &d.name]).status.success());
+    assert_eq!(d.volumes().len(), 2, "volumes kept");
 }
