@@ -663,3 +663,56 @@ fn migrate_over_qemu_ssh_uploads_through_the_connection_and_rolls_back() {
     assert!(!virsh(&["dominfo", &d.name]).status.success());
     assert_eq!(d.volumes().len(), 2, "volumes kept");
 }
+
+/// `--start --autostart`: the delivered domain runs (its firmware on the empty data
+/// disk; no guest is booted) and starts with libvirt; a rerun leaves it running and
+/// refuses to upload a volume again under it; the rollback stops it.
+#[test]
+fn start_and_autostart_run_the_delivered_domain_and_a_rerun_never_rewrites_it() {
+    let d = Dest::new("start");
+    let vmx = d.vmx();
+    let out = d.path().join("run");
+    let migrate = || {
+        Command::new(V2K)
+            .arg("migrate")
+            .arg(&vmx)
+            .arg("--out")
+            .arg(&out)
+            .args(["--no-inject", "--no-validate", "--to", URI, "--pool"])
+            .arg(&d.pool)
+            .args(["--start", "--autostart"])
+            .output()
+            .unwrap()
+    };
+    ok(&migrate());
+    assert_eq!(virsh_ok(&["domstate", &d.name]).trim(), "running");
+    let info = virsh_ok(&["dominfo", &d.name]);
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("Autostart:") && l.contains("enable")),
+        "{info}"
+    );
+    let r = report(&out);
+    assert_eq!(r["delivery"]["state"], "running");
+    assert_eq!(r["delivery"]["autostart"], true);
+
+    // Again: nothing to upload, still running (not restarted).
+    ok(&migrate());
+    assert_eq!(virsh_ok(&["domstate", &d.name]).trim(), "running");
+    assert!(actions(&report(&out)).iter().all(|(_, a)| a == "kept"));
+
+    // A record that no longer proves the volumes: an upload would be needed, under a
+    // running domain: refused.
+    let rec = out.join("delivery.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&rec).unwrap()).unwrap();
+    v["uploaded"] = Value::Array(vec![]);
+    std::fs::write(&rec, serde_json::to_vec(&v).unwrap()).unwrap();
+    let o = migrate();
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("is running and volume"), "{stderr}");
+
+    ok(&rollback(&out, &[]));
+    assert_eq!(steps(&out)[0].1, "stopped (was running)");
+    assert!(!virsh(&["dominfo", &d.name]).status.success());
+}

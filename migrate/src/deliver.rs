@@ -46,6 +46,12 @@ pub struct Destination {
     pub uri: String,
     /// A storage pool defined and active on it.
     pub pool: String,
+    /// Start the domain once defined.
+    #[serde(default)]
+    pub start: bool,
+    /// Mark the domain to start with the destination's libvirt.
+    #[serde(default)]
+    pub autostart: bool,
 }
 
 /// The bytes read from a disk and written to virsh at a time: large enough that the
@@ -75,6 +81,15 @@ pub enum DeliverError {
         uri: String,
         kind: &'static str,
         name: String,
+    },
+    #[error(
+        "{uri}: domain {name:?} is running and volume {volume:?} would be uploaded again \
+         under it; stop it (v2k rollback) first"
+    )]
+    Running {
+        uri: String,
+        name: String,
+        volume: String,
     },
     #[error("reading {path}")]
     Read {
@@ -132,6 +147,13 @@ pub struct Delivered {
     pub domain: String,
     /// The disks in VM order, then the EFI variable store.
     pub volumes: Vec<DeliveredVolume>,
+    /// Marked to start with the destination's libvirt (`--autostart`).
+    #[serde(default)]
+    pub autostart: bool,
+    /// The domain's state when the delivery ended: `shut off`, or `running` after
+    /// `--start`.
+    #[serde(default)]
+    pub state: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -401,6 +423,10 @@ pub fn deliver(
         });
     }
 
+    // A running domain (started by an earlier delivery) never gets a disk rewritten
+    // under it.
+    let running = defined && virsh(&dest.uri, &["domstate", &domain])?.trim() != "shut off";
+
     let mut delivered = Vec::new();
     for (i, p) in planned.iter().enumerate() {
         let t = Instant::now();
@@ -421,6 +447,13 @@ pub fn deliver(
             )));
             VolumeAction::Kept
         } else {
+            if running {
+                return Err(DeliverError::Running {
+                    uri: dest.uri.clone(),
+                    name: domain,
+                    volume: p.name.clone(),
+                });
+            }
             if !rec.claimed.contains(&p.name) {
                 rec.claimed.push(p.name.clone());
             }
@@ -490,10 +523,22 @@ pub fn deliver(
     rec.domain_uuid = Some(virsh(&dest.uri, &["domuuid", &domain])?.trim().to_string());
     run.save_delivery(&rec)?;
     progress(Event::Message(format!("defined {domain} on {}", dest.uri)));
+    if dest.autostart {
+        virsh(&dest.uri, &["autostart", &domain])?;
+    }
+    // Started only when it is not running already (a rerun after --start).
+    let mut state = virsh(&dest.uri, &["domstate", &domain])?.trim().to_string();
+    if dest.start && state == "shut off" {
+        virsh(&dest.uri, &["start", &domain])?;
+        progress(Event::Message(format!("started {domain} on {}", dest.uri)));
+        state = virsh(&dest.uri, &["domstate", &domain])?.trim().to_string();
+    }
     Ok(Delivered {
         uri: dest.uri.clone(),
         pool: dest.pool.clone(),
         domain,
         volumes: delivered,
+        autostart: dest.autostart,
+        state,
     })
 }

@@ -76,6 +76,12 @@ pub struct PlanFile {
 pub struct TargetFile {
     pub uri: String,
     pub pool: String,
+    /// Start each delivered domain.
+    #[serde(default)]
+    pub start: bool,
+    /// Mark each delivered domain to start with the destination's libvirt.
+    #[serde(default)]
+    pub autostart: bool,
 }
 
 /// Settings a VM can take from `defaults` or override.
@@ -697,6 +703,8 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                 deliver: f.target.as_ref().map(|t| v2k_migrate::Destination {
                     uri: t.uri.clone(),
                     pool: t.pool.clone(),
+                    start: t.start,
+                    autostart: t.autostart,
                 }),
             });
         }
@@ -863,12 +871,14 @@ waves:
     fn a_target_section_delivers_every_vm_to_its_pool() {
         let text = GOOD.replace(
             "limits:\n",
-            "target:\n  uri: qemu+ssh://root@kvm01/system\n  pool: vms\nlimits:\n",
+            "target:\n  uri: qemu+ssh://root@kvm01/system\n  pool: vms\n  autostart: true\nlimits:\n",
         );
         let p = parse(&text, Path::new("/plans/p.yaml")).unwrap();
         let want = v2k_migrate::Destination {
             uri: "qemu+ssh://root@kvm01/system".into(),
             pool: "vms".into(),
+            start: false,
+            autostart: true,
         };
         for vm in &p.waves[0].vms {
             assert_eq!(

@@ -89,6 +89,12 @@ pub struct Args {
     /// Storage pool on --to that receives the disks (and an EFI guest's variable store)
     #[arg(long, value_name = "NAME", requires = "to")]
     pool: Option<String>,
+    /// Start the delivered domain on --to
+    #[arg(long, requires = "to")]
+    start: bool,
+    /// Mark the delivered domain to start with the destination's libvirt
+    #[arg(long, requires = "to")]
+    autostart: bool,
     /// vSphere source: shut the running VM down through VMware Tools before the copy
     #[arg(long)]
     cutover: bool,
@@ -149,11 +155,14 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         boot_timeout: Duration::from_secs(args.boot_timeout),
         keep_changes: args.keep_changes,
         define: args.define.then(|| args.connect.clone()),
-        deliver: args
-            .to
-            .clone()
-            .zip(args.pool.clone())
-            .map(|(uri, pool)| v2k_migrate::Destination { uri, pool }),
+        deliver: args.to.clone().zip(args.pool.clone()).map(|(uri, pool)| {
+            v2k_migrate::Destination {
+                uri,
+                pool,
+                start: args.start,
+                autostart: args.autostart,
+            }
+        }),
         cutover: args.cutover.then_some(v2k_migrate::cutover::Cutover {
             timeout: Duration::from_secs(args.shutdown_timeout),
             force_power_off: args.force_power_off,
