@@ -716,3 +716,67 @@ fn start_and_autostart_run_the_delivered_domain_and_a_rerun_never_rewrites_it() 
     assert_eq!(steps(&out)[0].1, "stopped (was running)");
     assert!(!virsh(&["dominfo", &d.name]).status.success());
 }
+
+/// A wave plan's `target:` delivers its VM; `v2k wave rollback PLAN --vm NAME` rolls
+/// it back through the journal's run directory and journals the steps.
+#[test]
+fn a_wave_plan_target_delivers_and_wave_rollback_undoes_it() {
+    let d = Dest::new("wave");
+    let vmx = d.vmx();
+    let plan = d.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nrun-dir: wrun\ntarget:\n  uri: {URI}\n  pool: {}\nwaves:\n  - name: w\n    \
+             vms:\n      - source: {}\n        name: {}\n        inject: false\n        \
+             validate: false\n",
+            d.pool,
+            vmx.display(),
+            d.name
+        ),
+    )
+    .unwrap();
+    let o = Command::new(V2K)
+        .args(["wave", "run"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(virsh(&["dominfo", &d.name]).status.success(), "delivered");
+    assert_eq!(d.volumes().len(), 2);
+
+    let o = Command::new(V2K)
+        .args(["wave", "rollback"])
+        .arg(&plan)
+        .args(["--vm", &d.name])
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("rolled back"));
+    assert!(!virsh(&["dominfo", &d.name]).status.success());
+    assert_eq!(d.volumes().len(), 2, "volumes kept");
+    let journal = std::fs::read_to_string(d.path().join("wrun/journal.jsonl")).unwrap();
+    let rolled: Vec<Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v["type"] == "vm-rolled-back")
+        .collect();
+    assert_eq!(rolled.len(), 1, "{journal}");
+    assert_eq!(rolled[0]["vm"], d.name.as_str());
+    assert!(
+        rolled[0]["steps"][1]
+            .as_str()
+            .unwrap()
+            .starts_with("undefine-target: "),
+        "{journal}"
+    );
+
+    let o = Command::new(V2K)
+        .args(["wave", "rollback"])
+        .arg(&plan)
+        .args(["--vm", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no VM \"nope\""));
+}
