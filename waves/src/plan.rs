@@ -22,6 +22,8 @@ pub const MAX_PLAN_BYTES: u64 = 4 << 20;
 pub const DEFAULT_HOOK_TIMEOUT_S: u64 = 600;
 /// Default seconds from power-on to the agent's report (as `v2k migrate`).
 pub const DEFAULT_BOOT_TIMEOUT_S: u64 = 300;
+/// Default seconds a source guest may take to shut down at cutover (as `v2k migrate`).
+pub const DEFAULT_SHUTDOWN_TIMEOUT_S: u64 = 300;
 
 /// One thing wrong with a plan, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -101,6 +103,12 @@ pub struct Settings {
     /// virtio-win driver directory for Windows guests.
     pub virtio_win: Option<PathBuf>,
     pub hooks: Option<HooksFile>,
+    /// vSphere source: shut the running VM down through VMware Tools first.
+    pub cutover: Option<bool>,
+    /// Seconds the guest may take to shut down (default 300).
+    pub shutdown_timeout: Option<u64>,
+    /// Power the VM off when it did not shut down in time.
+    pub force_power_off: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -209,6 +217,12 @@ pub struct VmFile {
     pub verify_manifest: Option<bool>,
     pub virtio_win: Option<PathBuf>,
     pub hooks: Option<HooksFile>,
+    /// vSphere source: shut the running VM down through VMware Tools first.
+    pub cutover: Option<bool>,
+    /// Seconds the guest may take to shut down (default 300).
+    pub shutdown_timeout: Option<u64>,
+    /// Power the VM off when it did not shut down in time.
+    pub force_power_off: Option<bool>,
 }
 
 impl VmFile {
@@ -225,6 +239,9 @@ impl VmFile {
             verify_manifest: self.verify_manifest,
             virtio_win: self.virtio_win.clone(),
             hooks: self.hooks.clone(),
+            cutover: self.cutover,
+            shutdown_timeout: self.shutdown_timeout,
+            force_power_off: self.force_power_off,
         }
     }
 }
@@ -289,6 +306,8 @@ pub struct VmPlan {
     pub line: Option<usize>,
     /// The plan's `target:`: where the VM is delivered after validation.
     pub deliver: Option<v2k_migrate::Destination>,
+    /// `cutover: true`: a running vSphere source is shut down before the copy.
+    pub cutover: Option<v2k_migrate::cutover::Cutover>,
 }
 
 /// A VM on a vSphere server, and how to connect to that server.
@@ -373,7 +392,7 @@ impl VmPlan {
             keep_changes: false,
             define: None,
             deliver: self.deliver.clone(),
-            cutover: None,
+            cutover: self.cutover,
             verify_manifest: self.verify_manifest,
             virtio_win: self.virtio_win.clone(),
         }
@@ -706,6 +725,15 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                     start: t.start,
                     autostart: t.autostart,
                 }),
+                cutover: s
+                    .cutover
+                    .unwrap_or(false)
+                    .then(|| v2k_migrate::cutover::Cutover {
+                        timeout: Duration::from_secs(
+                            s.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_S),
+                        ),
+                        force_power_off: s.force_power_off.unwrap_or(false),
+                    }),
             });
         }
         waves.push(Wave {
@@ -772,6 +800,9 @@ fn merge(d: &Settings, v: &Settings) -> Settings {
             }),
             (vh, dh) => vh.clone().or_else(|| dh.clone()),
         },
+        cutover: v.cutover.or(d.cutover),
+        shutdown_timeout: v.shutdown_timeout.or(d.shutdown_timeout),
+        force_power_off: v.force_power_off.or(d.force_power_off),
     }
 }
 
@@ -865,6 +896,38 @@ waves:
             parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0].virtio_win,
             None
         );
+    }
+
+    #[test]
+    fn cutover_settings_come_from_defaults_or_the_vm() {
+        let text = GOOD
+            .replace("  validate: false\n", "  validate: false\n  cutover: true\n")
+            .replace(
+                "        disk-bus: scsi\n",
+                "        disk-bus: scsi\n        shutdown-timeout: 60\n        force-power-off: true\n",
+            );
+        let p = parse(&text, Path::new("/plans/p.yaml")).unwrap();
+        let o: Vec<_> = p.waves[0]
+            .vms
+            .iter()
+            .map(|v| v.migrate_options(&p.network_map).cutover)
+            .collect();
+        assert_eq!(
+            o[0],
+            Some(v2k_migrate::cutover::Cutover {
+                timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_S),
+                force_power_off: false
+            })
+        );
+        assert_eq!(
+            o[1],
+            Some(v2k_migrate::cutover::Cutover {
+                timeout: Duration::from_secs(60),
+                force_power_off: true
+            })
+        );
+        let p = parse(GOOD, Path::new("/plans/p.yaml")).unwrap();
+        assert_eq!(p.waves[0].vms[0].cutover, None);
     }
 
     #[test]
