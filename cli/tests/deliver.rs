@@ -175,6 +175,14 @@ fn migrate_to_a_pool_uploads_the_disks_and_defines_the_domain_on_them() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("deliver: started"), "{stderr}");
     assert!(stderr.contains("uploaded"), "progress on stderr: {stderr}");
+    assert!(
+        stderr.contains("upload 0: 100%"),
+        "progress on stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("upload 1: 100%"),
+        "the variable store: {stderr}"
+    );
 
     let disk_vol = format!("{}-scsi0-0.qcow2", d.name);
     let vars_vol = format!("{}_VARS.fd", d.name);

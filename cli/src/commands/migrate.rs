@@ -188,13 +188,22 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             }
         }
         // Copy progress: JSON Lines only (the converter reports every 16 MiB); on a
-        // terminal the stage lines say enough for one VM.
+        // terminal the stage lines say enough for one VM. Uploads to the destination
+        // (every 10 %, docs/migrate.md) are told on stderr either way: over a slow
+        // link they are the long part.
         Event::Disk {
             disk,
             phase,
             done,
             total,
         } => {
+            if !json_mode && phase == "upload" {
+                console::say!(
+                    "v2k:   upload {}: {}%",
+                    disk,
+                    done.saturating_mul(100) / total.max(1)
+                );
+            }
             if json_mode {
                 let _ = console::emit_json(&json!({
                     "type": "disk-progress", "disk": disk, "phase": phase,
