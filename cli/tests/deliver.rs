@@ -779,6 +779,15 @@ fn a_wave_plan_target_delivers_and_wave_rollback_undoes_it() {
         "{journal}"
     );
 
+    // The journal with its new record still reads.
+    let o = Command::new(V2K)
+        .args(["wave", "status"])
+        .arg(d.path().join("wrun"))
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("finished"));
+
     let o = Command::new(V2K)
         .args(["wave", "rollback"])
         .arg(&plan)
