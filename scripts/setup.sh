@@ -53,6 +53,8 @@ PKGS=(
     libarchive-tools xorriso
     # vsphere: VMware's vCenter simulator (vcsim), built by the tests from govmomi's source
     golang-go golang-github-vmware-govmomi-dev curl
+    # delivery: the qemu+ssh:// test starts its own sshd on a loopback port
+    openssh-server openssh-client
 )
 
 missing() {

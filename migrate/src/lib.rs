@@ -1,10 +1,13 @@
 //! The one-VM pipeline that `v2k migrate`, `v2k inject` and the wave runner share:
 //!
 //! ```text
-//!  inspect ─▶ convert (all disks in parallel) ─▶ inject ─▶ target ─▶ validate ─▶ report
-//!  vm.json     disks/<disk>.qcow2 + manifests     conversion-log.json   validation/  report.{json,html}
+//!  inspect ─▶ convert (all disks in parallel) ─▶ inject ─▶ target ─▶ validate ─▶ deliver ─▶ report
+//!  vm.json     disks/<disk>.qcow2 + manifests     conversion-log.json   validation/  delivery.json  report.{json,html}
 //!                                               domain.xml, qemu-cmdline.json, run-qemu.sh
 //! ```
+//!
+//! `deliver` runs only with a destination ([`Options::deliver`]): the disks go into a
+//! libvirt storage pool there and the domain is defined on it ([`deliver`]).
 //!
 //! Each stage is a public function over typed values ([`stages`]); [`migrate_with`]
 //! reads as the list of them. The run directory belongs to this crate alone
@@ -16,7 +19,10 @@
 //! boot something (the libguestfs appliance, the validation boot) sit behind
 //! [`BootStages`], so the orchestration is tested without a VM.
 
+pub mod cutover;
+pub mod deliver;
 pub mod report;
+pub mod rollback;
 mod rundir;
 pub mod stages;
 mod staging;
@@ -29,6 +35,7 @@ use v2k_converters::convert as conv;
 use v2k_converters::manifest::Manifest;
 use v2k_inventory::model::Vm;
 
+pub use deliver::Destination;
 pub use report::{Outcome as ReportOutcome, Report};
 pub use rundir::{Reuse, RunDir};
 pub use stages::{BootStages, RealBoot};
@@ -62,6 +69,11 @@ pub struct Options {
     pub keep_changes: bool,
     /// Define the domain in libvirt (not started) after the target is written.
     pub define: Option<String>,
+    /// Upload the disks into a storage pool of this libvirt and define the domain
+    /// there, after validation ([`deliver`]).
+    pub deliver: Option<Destination>,
+    /// Shut a running remote source down before the copy ([`cutover`]).
+    pub cutover: Option<cutover::Cutover>,
     pub verify_manifest: bool,
     /// virtio-win drivers for a Windows guest (a directory); `None` reads `$VIRTIO_WIN`.
     pub virtio_win: Option<PathBuf>,
@@ -101,6 +113,10 @@ pub enum Error {
     Target(#[from] stages::TargetError),
     #[error("validating")]
     Validate(#[source] v2k_validator::Error),
+    #[error("cutting the source over")]
+    Cutover(#[source] cutover::CutoverError),
+    #[error("delivering to the destination")]
+    Deliver(#[source] deliver::DeliverError),
     #[error(transparent)]
     RunDir(#[from] rundir::RunDirError),
 }
@@ -153,6 +169,11 @@ pub trait RemoteSource: Sync {
         outputs: &[PathBuf],
         progress: &dyn SourceProgress,
     ) -> Vec<std::result::Result<Manifest, BoxError>>;
+    /// The source's power, when v2k can change it (a vSphere VM): for cutover and
+    /// rollback.
+    fn power(&self) -> Option<&dyn cutover::SourcePower> {
+        None
+    }
 }
 
 /// What a remote source reports while it copies: the converter's progress, and each
@@ -232,6 +253,22 @@ pub fn migrate_with(
         stages: Vec::new(),
         progress,
     };
+
+    // 0. cutover: a running source is shut down before its disks are read
+    if let Some(c) = &opts.cutover {
+        let t = tl.begin("cutover");
+        match remote.and_then(|r| r.power()) {
+            Some(p) => {
+                let detail = cutover::cut_over(p, c, progress).map_err(Error::Cutover)?;
+                tl.end(t, Done, Some(detail));
+            }
+            None => tl.end(
+                t,
+                report::StageStatus::Skipped,
+                Some("a local source: nothing to shut down".into()),
+            ),
+        }
+    }
 
     // 1. inspect
     let t = tl.begin("inspect");
@@ -363,8 +400,36 @@ pub fn migrate_with(
         (_, false) => None,
     };
 
-    // 6. report
-    let rep = stages::report(
+    // 6. deliver, unless the validation failed: a broken copy is not put in place
+    let delivered = match &opts.deliver {
+        Some(dest) if validation.as_ref().is_none_or(|v| v.passed) => {
+            let t = tl.begin("deliver");
+            let d = deliver::deliver(&run, dest, &target, &features, progress)
+                .map_err(Error::Deliver)?;
+            let uploaded = d
+                .volumes
+                .iter()
+                .filter(|v| v.action == deliver::VolumeAction::Uploaded)
+                .count();
+            let detail = format!(
+                "{} defined on {} (pool {}); {uploaded} of {} volume(s) uploaded",
+                d.domain,
+                d.uri,
+                d.pool,
+                d.volumes.len()
+            );
+            tl.end(t, Done, Some(detail));
+            Some(d)
+        }
+        Some(_) => {
+            tl.skip("deliver", "validation failed: nothing was delivered");
+            None
+        }
+        None => None,
+    };
+
+    // 7. report
+    let mut rep = stages::report(
         &vm,
         &opts.source,
         &target,
@@ -373,6 +438,7 @@ pub fn migrate_with(
         validation,
         tl.stages,
     );
+    rep.delivery = delivered;
     run.save_report(&rep)?;
     Ok(Outcome {
         report: rep,

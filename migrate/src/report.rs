@@ -52,6 +52,12 @@ pub struct Report {
     /// Downloads from a remote source that broke and resumed where they stopped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resumed_downloads: Vec<Resume>,
+    /// Where `--to` delivered the VM: the destination's volumes and domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<crate::deliver::Delivered>,
+    /// The steps of `v2k rollback`, once it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<crate::rollback::Record>,
 }
 
 /// A download that broke and resumed.
@@ -554,6 +560,43 @@ pub(crate) fn render_html(r: &Report) -> String {
         );
     }
     h.push_str("</table>");
+    if let Some(d) = &r.delivery {
+        let _ = write!(
+            h,
+            "<h2>Delivered</h2><p>Domain <code>{}</code> defined on <code>{}</code>, pool <code>{}</code>.</p>\
+             <table><tr><th>Volume</th><th>Path</th><th>Size</th><th>Content hash</th><th>Action</th></tr>",
+            esc(&d.domain),
+            esc(&d.uri),
+            esc(&d.pool)
+        );
+        for v in &d.volumes {
+            let _ = write!(
+                h,
+                "<tr><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+                esc(&v.name),
+                esc(&v.path.to_string_lossy()),
+                human_bytes(v.bytes),
+                esc(&v.content_hash),
+                match v.action {
+                    crate::deliver::VolumeAction::Uploaded => "uploaded",
+                    crate::deliver::VolumeAction::Kept => "kept (same content hash)",
+                },
+            );
+        }
+        h.push_str("</table>");
+    }
+    if let Some(rb) = &r.rollback {
+        h.push_str("<h2>Rolled back</h2><table><tr><th>Step</th><th>Outcome</th></tr>");
+        for s in &rb.steps {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                esc(&s.name),
+                esc(&s.outcome)
+            );
+        }
+        h.push_str("</table>");
+    }
     // Guest changes.
     h.push_str("<h2>Changes made to the guest</h2>");
     match &r.guest_changes {
@@ -662,6 +705,8 @@ mod tests {
                 detail: None,
             }],
             resumed_downloads: vec![],
+            delivery: None,
+            rollback: None,
         }
     }
 

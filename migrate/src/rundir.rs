@@ -11,6 +11,9 @@
 //!     windows.json               the injector's Windows report (Windows guests)
 //!     domain.xml, qemu-cmdline.json, run-qemu.sh, NAME_VARS.fd (EFI)   the KVM target
 //!     validation/                the validation boot's evidence
+//!     delivery.json, delivered-domain.xml   what `--to` created on the destination
+//!                                and the domain XML defined there (deliver.rs)
+//!     rollback.json              the finished steps of `v2k rollback` (rollback.rs)
 //!     report.json, report.html   the report
 //! ```
 //!
@@ -71,6 +74,14 @@ pub(crate) struct State {
     pub converted: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected: Option<Vec<String>>,
+}
+
+impl State {
+    /// The content hashes of the disks as they are now: after injection when the
+    /// guest was converted, else as converted.
+    pub(crate) fn current_hashes(&self) -> Option<Vec<String>> {
+        self.injected.clone().or_else(|| self.converted.clone())
+    }
 }
 
 /// What an earlier run left that may be trusted.
@@ -253,6 +264,25 @@ impl RunDir {
     pub fn save_report(&self, r: &Report) -> Result<()> {
         self.write_json("report.json", r)?;
         self.write("report.html", crate::report::render_html(r).as_bytes())
+    }
+
+    /// The delivery record (`delivery.json`).
+    pub fn load_delivery(&self) -> Result<crate::deliver::Record> {
+        self.read_json("delivery.json")
+    }
+
+    pub(crate) fn save_delivery(&self, r: &crate::deliver::Record) -> Result<()> {
+        self.write_json("delivery.json", r)
+    }
+
+    pub(crate) fn save_rollback(&self, r: &crate::rollback::Record) -> Result<()> {
+        self.write_json("rollback.json", r)
+    }
+
+    /// Writes the domain XML defined on the destination; its path.
+    pub(crate) fn save_delivered_xml(&self, xml: &str) -> Result<PathBuf> {
+        self.write("delivered-domain.xml", xml.as_bytes())?;
+        Ok(self.root.join("delivered-domain.xml"))
     }
 
     pub fn load_report(&self) -> Result<Report> {

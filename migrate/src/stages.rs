@@ -682,6 +682,8 @@ pub fn report(
         validation,
         stages,
         resumed_downloads,
+        delivery: None,
+        rollback: None,
     }
 }
 

@@ -74,6 +74,10 @@ impl RemoteSource for VsphereSource {
         self.address.display_without_user()
     }
 
+    fn power(&self) -> Option<&dyn crate::cutover::SourcePower> {
+        Some(self)
+    }
+
     fn load(&self) -> Result<Vm, BoxError> {
         Ok(v2k_vsphere::inventory::get_vm(
             &self.client,
@@ -112,5 +116,76 @@ impl RemoteSource for VsphereSource {
         .into_iter()
         .map(|r| r.map_err(BoxError::from))
         .collect()
+    }
+}
+
+/// How long a power-on or power-off task may take before v2k says so (vCenter
+/// answers in seconds; a minute covers a busy host's queue).
+const POWER_ON_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl VsphereSource {
+    fn vm_ref(&self) -> Result<v2k_vsphere::client::MoRef, v2k_vsphere::Error> {
+        self.client
+            .find_by_inventory_path(&self.address.inventory_path)?
+            .ok_or_else(|| {
+                v2k_vsphere::Error::Usage(format!(
+                    "{}: no such VM",
+                    self.address.display_without_user()
+                ))
+            })
+    }
+
+    /// `runtime.powerState` now: `poweredOn`, `poweredOff` or `suspended`.
+    pub fn power_state(&self) -> Result<String, v2k_vsphere::Error> {
+        let vm = self.vm_ref()?;
+        let spec = v2k_vsphere::client::PropertySpec {
+            kind: "VirtualMachine".into(),
+            paths: vec!["runtime.powerState".into()],
+        };
+        let o = self
+            .client
+            .block_on(self.client.session().retrieve_one(&vm, &spec))?;
+        Ok(o.text("runtime.powerState")
+            .unwrap_or("")
+            .trim()
+            .to_string())
+    }
+}
+
+impl crate::cutover::SourcePower for VsphereSource {
+    fn describe(&self) -> String {
+        self.address.display_without_user()
+    }
+
+    fn is_powered_on(&self) -> Result<bool, BoxError> {
+        Ok(self.power_state()? == "poweredOn")
+    }
+
+    fn power_on(&self) -> Result<(), BoxError> {
+        let vm = self.vm_ref()?;
+        let r = self.client.call("PowerOnVM_Task", &vm, "")?;
+        let task = r
+            .child("returnval")
+            .and_then(v2k_vsphere::client::MoRef::from_element)
+            .ok_or_else(|| BoxError::from("PowerOnVM_Task: no task in the answer"))?;
+        self.client.wait_for_task(&task, POWER_ON_TIMEOUT)?;
+        Ok(())
+    }
+
+    fn shutdown_guest(&self) -> Result<(), BoxError> {
+        let vm = self.vm_ref()?;
+        self.client.call("ShutdownGuest", &vm, "")?;
+        Ok(())
+    }
+
+    fn power_off(&self) -> Result<(), BoxError> {
+        let vm = self.vm_ref()?;
+        let r = self.client.call("PowerOffVM_Task", &vm, "")?;
+        let task = r
+            .child("returnval")
+            .and_then(v2k_vsphere::client::MoRef::from_element)
+            .ok_or_else(|| BoxError::from("PowerOffVM_Task: no task in the answer"))?;
+        self.client.wait_for_task(&task, POWER_ON_TIMEOUT)?;
+        Ok(())
     }
 }

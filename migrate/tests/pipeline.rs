@@ -82,6 +82,8 @@ fn options(source: &Path, out: &Path) -> Options {
         boot_timeout: Duration::from_secs(5),
         keep_changes: false,
         define: None,
+        deliver: None,
+        cutover: None,
         verify_manifest: true,
         virtio_win: None,
     }
@@ -95,6 +97,8 @@ struct Recording {
     /// Make the next injection stop half-way (after it changed the disks), as a
     /// killed run would.
     fail_inject: Mutex<bool>,
+    /// Make the validation report a failure.
+    fail_validate: Mutex<bool>,
 }
 
 fn log(vm: &str, disks: &[PathBuf]) -> ConversionLog {
@@ -158,7 +162,7 @@ impl BootStages for Recording {
         Ok(Validation {
             backend: opts.backend.clone(),
             accel: target.accel,
-            passed: true,
+            passed: !*self.fail_validate.lock().unwrap(),
             checks: vec![],
             evidence: Evidence {
                 serial_log: opts.work_dir.join("serial.log"),
@@ -476,4 +480,39 @@ fn a_resumed_download_leaves_a_trace_in_the_events_and_the_report() {
     );
     let json = std::fs::read_to_string(out.join("report.json")).unwrap();
     assert!(json.contains("\"resumed-downloads\""), "{json}");
+}
+
+/// A failed validation delivers nothing (the deliver stage is skipped before any
+/// libvirt call: the destination here does not even exist), and `--cutover` of a
+/// local source has nothing to shut down.
+#[test]
+fn a_failed_validation_is_not_delivered_and_a_local_source_needs_no_cutover() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(d.path(), "");
+    let out = d.path().join("out");
+    let boot = Recording::default();
+    *boot.fail_validate.lock().unwrap() = true;
+    let mut opts = options(&vmx, &out);
+    opts.deliver = Some(v2k_migrate::Destination {
+        uri: "qemu+ssh://root@nowhere.invalid/system".into(),
+        pool: "none".into(),
+        start: true,
+        autostart: false,
+    });
+    opts.cutover = Some(v2k_migrate::cutover::Cutover {
+        timeout: Duration::from_secs(1),
+        force_power_off: false,
+    });
+    let o = migrate_with(&opts, None, &boot, &quiet).unwrap();
+    use StageStatus::*;
+    let st = stages(&o.report);
+    assert_eq!(
+        st.first(),
+        Some(&("cutover".to_string(), Skipped)),
+        "{st:?}"
+    );
+    assert_eq!(st.last(), Some(&("deliver".to_string(), Skipped)), "{st:?}");
+    assert_eq!(o.report.result, Outcome::ValidationFailed);
+    assert_eq!(o.report.delivery, None);
+    assert!(!out.join("delivery.json").exists());
 }

@@ -785,7 +785,7 @@ impl Client {
     }
 
     /// Looks an object up by inventory path (`DC/vm/folder/name`).
-    pub(crate) fn find_by_inventory_path(&self, path: &str) -> Result<Option<MoRef>> {
+    pub fn find_by_inventory_path(&self, path: &str) -> Result<Option<MoRef>> {
         let si = self
             .content()?
             .search_index

@@ -131,6 +131,12 @@ pub enum Entry {
     RunFinished {
         exit_code: i32,
     },
+    /// `v2k wave rollback`: a VM's finished rollback steps (`name: outcome`).
+    VmRolledBack {
+        wave: String,
+        vm: String,
+        steps: Vec<String>,
+    },
 }
 
 impl Entry {
@@ -152,7 +158,8 @@ impl Entry {
             | Entry::Stage { wave, vm, .. }
             | Entry::VmVerified { wave, vm }
             | Entry::VmFinished { wave, vm, .. }
-            | Entry::VmNotRun { wave, vm, .. } => vec![wave, vm],
+            | Entry::VmNotRun { wave, vm, .. }
+            | Entry::VmRolledBack { wave, vm, .. } => vec![wave, vm],
             Entry::RunResumed { .. } | Entry::RunFinished { .. } => Vec::new(),
         }
     }

@@ -11,6 +11,7 @@ pub mod journal;
 pub mod plan;
 mod prescan;
 pub mod report;
+pub mod rollback;
 mod runner;
 
 pub use check::{check, CheckReport};

@@ -22,6 +22,8 @@ pub(crate) const MAX_PLAN_BYTES: u64 = 4 << 20;
 pub(crate) const DEFAULT_HOOK_TIMEOUT_S: u64 = 600;
 /// Default seconds from power-on to the agent's report (as `v2k migrate`).
 pub(crate) const DEFAULT_BOOT_TIMEOUT_S: u64 = 300;
+/// Default seconds a source guest may take to shut down at cutover (as `v2k migrate`).
+pub(crate) const DEFAULT_SHUTDOWN_TIMEOUT_S: u64 = 300;
 
 /// One thing wrong with a plan, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -64,7 +66,24 @@ pub(crate) struct PlanFile {
     pub limits: LimitsFile,
     #[serde(default)]
     pub failure_policy: FailurePolicyFile,
+    /// Where every VM of the plan is delivered (`v2k migrate --to --pool`).
+    #[serde(default)]
+    pub target: Option<TargetFile>,
     pub waves: Vec<WaveFile>,
+}
+
+/// `target:`: a libvirt URI and a storage pool on it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TargetFile {
+    pub uri: String,
+    pub pool: String,
+    /// Start each delivered domain.
+    #[serde(default)]
+    pub start: bool,
+    /// Mark each delivered domain to start with the destination's libvirt.
+    #[serde(default)]
+    pub autostart: bool,
 }
 
 /// Settings a VM can take from `defaults` or override.
@@ -84,6 +103,12 @@ pub struct Settings {
     /// virtio-win driver directory for Windows guests.
     pub virtio_win: Option<PathBuf>,
     pub hooks: Option<HooksFile>,
+    /// vSphere source: shut the running VM down through VMware Tools first.
+    pub cutover: Option<bool>,
+    /// Seconds the guest may take to shut down (default 300).
+    pub shutdown_timeout: Option<u64>,
+    /// Power the VM off when it did not shut down in time.
+    pub force_power_off: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -192,6 +217,12 @@ pub(crate) struct VmFile {
     pub verify_manifest: Option<bool>,
     pub virtio_win: Option<PathBuf>,
     pub hooks: Option<HooksFile>,
+    /// vSphere source: shut the running VM down through VMware Tools first.
+    pub cutover: Option<bool>,
+    /// Seconds the guest may take to shut down (default 300).
+    pub shutdown_timeout: Option<u64>,
+    /// Power the VM off when it did not shut down in time.
+    pub force_power_off: Option<bool>,
 }
 
 impl VmFile {
@@ -208,6 +239,9 @@ impl VmFile {
             verify_manifest: self.verify_manifest,
             virtio_win: self.virtio_win.clone(),
             hooks: self.hooks.clone(),
+            cutover: self.cutover,
+            shutdown_timeout: self.shutdown_timeout,
+            force_power_off: self.force_power_off,
         }
     }
 }
@@ -270,6 +304,10 @@ pub struct VmPlan {
     pub post: Option<Hook>,
     /// Line of the VM's entry in the plan.
     pub line: Option<usize>,
+    /// The plan's `target:`: where the VM is delivered after validation.
+    pub deliver: Option<v2k_migrate::Destination>,
+    /// `cutover: true`: a running vSphere source is shut down before the copy.
+    pub cutover: Option<v2k_migrate::cutover::Cutover>,
 }
 
 /// A VM on a vSphere server, and how to connect to that server.
@@ -353,6 +391,8 @@ impl VmPlan {
             boot_timeout: self.boot_timeout,
             keep_changes: false,
             define: None,
+            deliver: self.deliver.clone(),
+            cutover: self.cutover,
             verify_manifest: self.verify_manifest,
             virtio_win: self.virtio_win.clone(),
         }
@@ -439,6 +479,14 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                 f.version
             ),
         );
+    }
+    if let Some(t) = &f.target {
+        if t.uri.trim().is_empty() || t.pool.trim().is_empty() {
+            bad(
+                line_of(text, "target:"),
+                "target: uri and pool must both be set".into(),
+            );
+        }
     }
     let mut network_map = NetworkMap::default();
     for (name, target) in &f.networks {
@@ -674,6 +722,21 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                 pre,
                 post,
                 line,
+                deliver: f.target.as_ref().map(|t| v2k_migrate::Destination {
+                    uri: t.uri.clone(),
+                    pool: t.pool.clone(),
+                    start: t.start,
+                    autostart: t.autostart,
+                }),
+                cutover: s
+                    .cutover
+                    .unwrap_or(false)
+                    .then(|| v2k_migrate::cutover::Cutover {
+                        timeout: Duration::from_secs(
+                            s.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_S),
+                        ),
+                        force_power_off: s.force_power_off.unwrap_or(false),
+                    }),
             });
         }
         waves.push(Wave {
@@ -740,6 +803,9 @@ fn merge(d: &Settings, v: &Settings) -> Settings {
             }),
             (vh, dh) => vh.clone().or_else(|| dh.clone()),
         },
+        cutover: v.cutover.or(d.cutover),
+        shutdown_timeout: v.shutdown_timeout.or(d.shutdown_timeout),
+        force_power_off: v.force_power_off.or(d.force_power_off),
     }
 }
 
@@ -833,6 +899,76 @@ waves:
             parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0].virtio_win,
             None
         );
+    }
+
+    #[test]
+    fn cutover_settings_come_from_defaults_or_the_vm() {
+        let text = GOOD
+            .replace("  validate: false\n", "  validate: false\n  cutover: true\n")
+            .replace(
+                "        disk-bus: scsi\n",
+                "        disk-bus: scsi\n        shutdown-timeout: 60\n        force-power-off: true\n",
+            );
+        let p = parse(&text, Path::new("/plans/p.yaml")).unwrap();
+        let o: Vec<_> = p.waves[0]
+            .vms
+            .iter()
+            .map(|v| v.migrate_options(&p.network_map).cutover)
+            .collect();
+        assert_eq!(
+            o[0],
+            Some(v2k_migrate::cutover::Cutover {
+                timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_S),
+                force_power_off: false
+            })
+        );
+        assert_eq!(
+            o[1],
+            Some(v2k_migrate::cutover::Cutover {
+                timeout: Duration::from_secs(60),
+                force_power_off: true
+            })
+        );
+        let p = parse(GOOD, Path::new("/plans/p.yaml")).unwrap();
+        assert_eq!(p.waves[0].vms[0].cutover, None);
+    }
+
+    #[test]
+    fn a_target_section_delivers_every_vm_to_its_pool() {
+        let text = GOOD.replace(
+            "limits:\n",
+            "target:\n  uri: qemu+ssh://root@kvm01/system\n  pool: vms\n  autostart: true\nlimits:\n",
+        );
+        let p = parse(&text, Path::new("/plans/p.yaml")).unwrap();
+        let want = v2k_migrate::Destination {
+            uri: "qemu+ssh://root@kvm01/system".into(),
+            pool: "vms".into(),
+            start: false,
+            autostart: true,
+        };
+        for vm in &p.waves[0].vms {
+            assert_eq!(
+                vm.migrate_options(&p.network_map).deliver,
+                Some(want.clone())
+            );
+        }
+        assert_eq!(
+            parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0]
+                .migrate_options(&NetworkMap::default())
+                .deliver,
+            None
+        );
+        let e = parse_err(&GOOD.replace(
+            "limits:\n",
+            "target:\n  uri: qemu:///system\n  pool: ''\nlimits:\n",
+        ));
+        assert!(
+            e[0].message.contains("uri and pool must both be set"),
+            "{e:?}"
+        );
+        assert_eq!(e[0].line, Some(13), "the line of `target:`");
+        let e = parse_err(&GOOD.replace("limits:\n", "target:\n  uri: qemu:///system\nlimits:\n"));
+        assert!(e[0].message.contains("pool"), "{e:?}");
     }
 
     const VSPHERE: &str = "\

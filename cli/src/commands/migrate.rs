@@ -19,6 +19,12 @@ use crate::{console, exit};
     Writes into --out: vm.json, disks/*.qcow2 (+ manifests), conversion-log.json, domain.xml, \
     qemu-cmdline.json, run-qemu.sh, validation/ (serial log, screenshot), report.json and \
     report.html. A rerun skips stages whose outputs still verify by content hash. \
+    With --to URI --pool NAME the validated VM is delivered: its disks uploaded into the \
+    storage pool through libvirt's volume upload stream (qemu+ssh:// works; a rerun uploads \
+    only what is missing or differs) and the domain defined there, not started; a domain or \
+    volume of that name the run directory did not create is refused before any upload. \
+    With --cutover a running vSphere source is shut down through VMware Tools first (waited \
+    for up to --shutdown-timeout; powered off only with --force-power-off). \
     SOURCE may be a vSphere address, vsphere://USER@HOST[:PORT]/DATACENTER/vm/[FOLDER/]NAME: \
     the VM is read from the server and its disks streamed from the datastore into QCOW2 \
     (password from $V2K_VSPHERE_PASSWORD or --password-file; docs/vsphere.md). \
@@ -74,8 +80,30 @@ pub struct Args {
     #[arg(long)]
     keep_changes: bool,
     /// Define the domain in libvirt (not started)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "to")]
     define: bool,
+    /// Deliver to this libvirt after validation: upload the disks into --pool and
+    /// define the domain there (qemu:///system, qemu+ssh://root@host/system)
+    #[arg(long, value_name = "URI", requires = "pool")]
+    to: Option<String>,
+    /// Storage pool on --to that receives the disks (and an EFI guest's variable store)
+    #[arg(long, value_name = "NAME", requires = "to")]
+    pool: Option<String>,
+    /// Start the delivered domain on --to
+    #[arg(long, requires = "to")]
+    start: bool,
+    /// Mark the delivered domain to start with the destination's libvirt
+    #[arg(long, requires = "to")]
+    autostart: bool,
+    /// vSphere source: shut the running VM down through VMware Tools before the copy
+    #[arg(long)]
+    cutover: bool,
+    /// Seconds the guest may take to shut down (--cutover)
+    #[arg(long, value_name = "S", default_value_t = 300, requires = "cutover")]
+    shutdown_timeout: u64,
+    /// Power the source off when it did not shut down in time (--cutover)
+    #[arg(long, requires = "cutover")]
+    force_power_off: bool,
     /// Accept an OVA whose manifest is missing or does not list every file
     #[arg(long)]
     no_verify_manifest: bool,
@@ -127,6 +155,18 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         boot_timeout: Duration::from_secs(args.boot_timeout),
         keep_changes: args.keep_changes,
         define: args.define.then(|| args.connect.clone()),
+        deliver: args.to.clone().zip(args.pool.clone()).map(|(uri, pool)| {
+            v2k_migrate::Destination {
+                uri,
+                pool,
+                start: args.start,
+                autostart: args.autostart,
+            }
+        }),
+        cutover: args.cutover.then_some(v2k_migrate::cutover::Cutover {
+            timeout: Duration::from_secs(args.shutdown_timeout),
+            force_power_off: args.force_power_off,
+        }),
         verify_manifest: !args.no_verify_manifest,
         virtio_win,
     };
@@ -148,13 +188,22 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             }
         }
         // Copy progress: JSON Lines only (the converter reports every 16 MiB); on a
-        // terminal the stage lines say enough for one VM.
+        // terminal the stage lines say enough for one VM. Uploads to the destination
+        // (every 10 %, docs/migrate.md) are told on stderr either way: over a slow
+        // link they are the long part.
         Event::Disk {
             disk,
             phase,
             done,
             total,
         } => {
+            if !json_mode && phase == "upload" {
+                console::say!(
+                    "v2k:   upload {}: {}%",
+                    disk,
+                    done.saturating_mul(100) / total.max(1)
+                );
+            }
             if json_mode {
                 let _ = console::emit_json(&json!({
                     "type": "disk-progress", "disk": disk, "phase": phase,

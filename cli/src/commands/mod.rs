@@ -5,5 +5,6 @@ pub mod info;
 pub mod inject;
 pub mod inspect;
 pub mod migrate;
+pub mod rollback;
 pub mod vsphere;
 pub mod wave;

@@ -60,6 +60,19 @@ enum Sub {
     },
     /// Write the wave reports of a run again from its journal
     Report { run_dir: PathBuf },
+    /// Roll delivered VMs back: targets stopped and undefined, sources powered on
+    Rollback {
+        plan: PathBuf,
+        /// This VM
+        #[arg(long, conflicts_with = "wave", required_unless_present = "wave")]
+        vm: Option<String>,
+        /// Every VM of this wave
+        #[arg(long)]
+        wave: Option<String>,
+        /// Delete the volumes the deliveries uploaded (default: kept)
+        #[arg(long)]
+        delete_volumes: bool,
+    },
 }
 
 pub fn exec(args: Args) -> anyhow::Result<i32> {
@@ -74,7 +87,46 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         } => run(plan, wave, dry_run, retry_failed, json),
         Sub::Status { run_dir, json } => status(run_dir, json),
         Sub::Report { run_dir } => report(run_dir),
+        Sub::Rollback {
+            plan,
+            vm,
+            wave,
+            delete_volumes,
+        } => rollback(plan, vm, wave, delete_volumes),
     }
+}
+
+/// `v2k wave rollback`: each selected VM rolled back (docs/rollback.md); exit 1 when
+/// one of them could not be.
+fn rollback(
+    plan: PathBuf,
+    vm: Option<String>,
+    wave: Option<String>,
+    delete_volumes: bool,
+) -> anyhow::Result<i32> {
+    use v2k_waves::rollback::Selection;
+    let p = v2k_waves::plan::load(&plan)?;
+    let select = match (vm, wave) {
+        (Some(v), _) => Selection::Vm(v),
+        (None, Some(w)) => Selection::Wave(w),
+        (None, None) => anyhow::bail!("--vm or --wave is required"),
+    };
+    let opts = v2k_migrate::rollback::Options { delete_volumes };
+    let done = v2k_waves::rollback::rollback(&p, &select, &opts, &|vm, m| {
+        console::say!("v2k: {vm}: {m}");
+    })?;
+    let mut code = exit::OK;
+    let mut o = console::human_stdout();
+    for r in done {
+        match r.result {
+            Ok(_) => writeln!(o, "{}: rolled back", r.vm)?,
+            Err(e) => {
+                code = exit::FINDINGS;
+                writeln!(o, "{}: FAILED: {e}", r.vm)?;
+            }
+        }
+    }
+    Ok(code)
 }
 
 /// Loads and checks a plan; plan errors print with line numbers and end with 2.
