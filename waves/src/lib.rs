@@ -2,12 +2,13 @@
 //! before anything runs ([`check`]), run in parallel within limits through the one-VM
 //! pipeline of `v2k-migrate` ([`runner`]) with a crash-safe journal ([`journal`]) and
 //! time-limited hooks ([`hooks`]), and summed up per wave in HTML, JSON and JUnit
-//! ([`report`]). docs/waves.md describes the plan, the journal and the reports.
+//! ([`report`]) with each wave's change-failure rate and MTTR ([`metrics`]). docs/waves.md describes the plan, the journal and the reports.
 
 pub mod check;
 pub mod expand;
 mod hooks;
 pub mod journal;
+pub mod metrics;
 pub mod plan;
 mod prescan;
 pub mod report;
