@@ -6,6 +6,7 @@
 
 pub mod check;
 pub mod expand;
+pub mod gate;
 mod hooks;
 pub mod journal;
 pub mod metrics;
@@ -25,6 +26,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 /// Exit status: a plan error or a fatal error.
 pub const EXIT_ERROR: i32 = 2;
+/// Exit status: the gate held a wave (the waves before it ran; see docs/waves.md).
+pub const EXIT_HELD: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
