@@ -124,8 +124,9 @@ pub fn baseline(client: &Client, vm: &MoRef, now: u64) -> Result<Baseline> {
     summarize(&answer, &by_id, vm, from, now)
 }
 
-/// `name → key` of the counters v2k reads, from the `perfCounter` property.
-fn counter_ids(list: Option<&Element>) -> BTreeMap<&'static str, i64> {
+/// `name → key` of the counters v2k reads, from the `perfCounter` property (public
+/// for fuzzing).
+pub fn counter_ids(list: Option<&Element>) -> BTreeMap<&'static str, i64> {
     let mut m = BTreeMap::new();
     for c in list.map(|l| l.children.as_slice()).unwrap_or_default() {
         let part = |n: &str| c.child(n).and_then(|x| x.child_text("key")).map(str::trim);
@@ -147,8 +148,9 @@ fn counter_ids(list: Option<&Element>) -> BTreeMap<&'static str, i64> {
     m
 }
 
-/// The statistics of a QueryPerf answer.
-fn summarize(
+/// The statistics of a QueryPerf answer; `names` maps counter keys to the counters
+/// v2k reads (public for fuzzing).
+pub fn summarize(
     answer: &Element,
     names: &BTreeMap<i64, &'static str>,
     vm: &MoRef,
