@@ -537,6 +537,8 @@ struct Bar {
 /// name under each bar and a label above it, at the page's 14 px font.
 const CHART_BAR_WIDTH: usize = 90;
 const CHART_PLOT_HEIGHT: f64 = 100.0;
+/// Room for the longest title ("Change-failure rate per wave") at 13 px bold.
+const CHART_MIN_WIDTH: usize = 260;
 
 /// A bar chart of one figure across waves as inline SVG: no script and no colour
 /// needed to read it (values are written above the bars, this wave's bar is black and
@@ -548,8 +550,9 @@ fn chart(title: &str, bars: &[Bar], current: &str, floor: f64) -> String {
         .filter_map(|b| b.value)
         .fold(floor, f64::max)
         .max(f64::MIN_POSITIVE);
-    let width = 20 + CHART_BAR_WIDTH * bars.len().max(1);
-    let base = 30.0 + CHART_PLOT_HEIGHT;
+    let width = (20 + CHART_BAR_WIDTH * bars.len()).max(CHART_MIN_WIDTH);
+    // 40: the title line, then the label above a full-height bar.
+    let base = 40.0 + CHART_PLOT_HEIGHT;
     let mut s = String::new();
     let _ = writeln!(
         s,
