@@ -9,3 +9,6 @@ pub const FINDINGS: i32 = 1;
 pub const ERROR: i32 = 2;
 /// The command line itself was wrong (same code as a fatal error, as clap uses).
 pub const USAGE: i32 = 2;
+/// `wave run`: the plan's gate held a wave larger than the one before it (the
+/// waves before it ran; docs/waves.md, "The gate").
+pub const HELD: i32 = 3;

@@ -20,6 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Baseline(commands::baseline::Args),
     Convert(commands::convert::Args),
     Info(commands::info::Args),
     Inspect(commands::inspect::Args),
@@ -47,6 +48,7 @@ fn main() {
         }
     };
     let result = match cli.command {
+        Command::Baseline(args) => commands::baseline::exec(args),
         Command::Convert(args) => commands::convert::exec(args),
         Command::Info(args) => commands::info::exec(args),
         Command::Inspect(args) => commands::inspect::exec(args),

@@ -4,7 +4,8 @@
 //! ```text
 //! V2K-AGENT {"v":1,"ok":true,"boot":true,"root-rw":true,"mounts":[{"target":"/data","ok":true}],
 //!            "nics":[{"name":"ens192","mac":"00:50:56:3a:c1:01","ipv4":["10.0.2.15/24"]}],
-//!            "failed-units":[],"uptime":21.4}
+//!            "failed-units":[],"uptime":21.4,
+//!            "perf":{"cpu":[51234,12],"disks":[["vda",4100,2050,380,900]],"nics":[["ens192",0,0]]}}
 //! ```
 //!
 //! (on one line). `ok` is true when root is read-write and every fstab mount is present.
@@ -103,7 +104,25 @@ for u in $(systemctl --failed --plain --no-legend 2>/dev/null | awk '{print $1}'
 done
 up=$(cut -d' ' -f1 /proc/uptime)
 
-line="V2K-AGENT {\"v\":1,\"ok\":$ok,\"boot\":true,\"root-rw\":$root_rw,\"mounts\":[$mounts],\"nics\":[$nics],\"failed-units\":[$failed],\"uptime\":$up}"
+# Performance counters since boot (docs/evidence.md, "after"): CPU ticks (user..steal
+# summed, and steal) from /proc/stat; per whole disk the reads and writes completed
+# and the milliseconds spent on them from /proc/diskstats; per NIC the packets
+# dropped. Read once: no wait added to the boot. %.0f, not %d: mawk's %d is 32-bit.
+cpu=$(awk '$1 == "cpu" && NF >= 9 { for (i = 2; i <= 9; i++) t += $i; printf "[%.0f,%.0f]", t, $9; exit }' /proc/stat 2>/dev/null)
+disks=$(awk '$3 ~ /^(vd|sd|hd|xvd)[a-z]+$/ || $3 ~ /^nvme[0-9]+n[0-9]+$/ { printf "%s[\"%s\",%.0f,%.0f,%.0f,%.0f]", s, $3, $4, $7, $8, $11; s = "," }' /proc/diskstats 2>/dev/null)
+drops=
+sep=
+for d in /sys/class/net/*; do
+    n=${d##*/}
+    [ "$n" = lo ] && continue
+    rx=$(tr -cd 0-9 < "$d/statistics/rx_dropped" 2>/dev/null | cut -c1-19)
+    tx=$(tr -cd 0-9 < "$d/statistics/tx_dropped" 2>/dev/null | cut -c1-19)
+    drops="$drops$sep[\"$(esc "$n")\",${rx:-0},${tx:-0}]"
+    sep=,
+done
+perf="{\"cpu\":${cpu:-[0,0]},\"disks\":[$disks],\"nics\":[$drops]}"
+
+line="V2K-AGENT {\"v\":1,\"ok\":$ok,\"boot\":true,\"root-rw\":$root_rw,\"mounts\":[$mounts],\"nics\":[$nics],\"failed-units\":[$failed],\"uptime\":$up,\"perf\":$perf}"
 echo "$line"
 printf '%s\r\n' "$line" > /dev/ttyS0 2>/dev/null
 mkdir -p /var/lib/v2k && printf '%s\n' "$line" > /var/lib/v2k/agent-report.txt
@@ -140,6 +159,42 @@ mod tests {
         assert!(unit().contains(&format!("ExecStart={SCRIPT_PATH}")));
         let fw_cfg = v2k_kvm_target::agent::POWEROFF_FW_CFG;
         assert!(script(false).contains(&format!("/by_name/{fw_cfg}/raw")));
+    }
+
+    /// The performance block of the script, run by `sh` on this machine's own /proc
+    /// and /sys (a Linux like the guest's): its JSON parses, the CPU ticks are real and
+    /// every NIC but lo is listed.
+    #[test]
+    fn the_performance_block_reads_this_machines_counters_as_json() {
+        let s = script(false);
+        let start = s.find("cpu=$(").unwrap();
+        let end = start + s[start..].find("\n\nline=").unwrap();
+        let body = format!(
+            "esc() {{ printf '%s' \"$1\" | tr -d '\"\\\\' | tr -d '\\000-\\037'; }}\n{}\nprintf '%s' \"$perf\"\n",
+            &s[start..end]
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&body)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let cpu = v["cpu"].as_array().unwrap();
+        assert!(cpu[0].as_u64().unwrap() > 0, "{text}");
+        assert!(
+            cpu[1].as_u64().unwrap() <= cpu[0].as_u64().unwrap(),
+            "{text}"
+        );
+        let nics = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != "lo")
+            .count();
+        assert_eq!(v["nics"].as_array().unwrap().len(), nics, "{text}");
+        for d in v["disks"].as_array().unwrap() {
+            assert_eq!(d.as_array().unwrap().len(), 5, "{text}");
+        }
     }
 
     #[test]

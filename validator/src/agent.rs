@@ -24,6 +24,9 @@ pub struct AgentReport {
     pub failed_units: Vec<String>,
     #[serde(default)]
     pub uptime: f64,
+    /// Performance counters since boot (agents before this field send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf: Option<crate::perf::AgentPerf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

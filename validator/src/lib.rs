@@ -11,6 +11,7 @@
 mod agent;
 pub mod checks;
 mod libvirt;
+pub mod perf;
 mod png;
 mod qemu;
 mod qmp;

@@ -139,6 +139,8 @@ pub struct ServiceContent {
     pub view_manager: MoRef,
     pub session_manager: MoRef,
     pub search_index: Option<MoRef>,
+    /// The PerformanceManager (`v2k baseline`).
+    pub perf_manager: Option<MoRef>,
     /// `about.apiVersion` (`7.0.3.0`).
     pub api_version: String,
     /// `about.fullName`.
@@ -167,6 +169,7 @@ impl ServiceContent {
             view_manager: mo("viewManager")?,
             session_manager: mo("sessionManager")?,
             search_index: ret.child("searchIndex").and_then(MoRef::from_element),
+            perf_manager: ret.child("perfManager").and_then(MoRef::from_element),
             api_version: about_text("apiVersion"),
             full_name: about_text("fullName"),
             api_type: about_text("apiType"),

@@ -9,7 +9,8 @@
 //! [`v2k_inventory::model::Vm`] model, with pre-flight concerns),
 //! [`Client::stream_disks`] (several disks at once, resumable, each handed to a
 //! consumer as a `Read`), [`convert::download_and_convert`] (straight into QCOW2 with
-//! no temporary full copy) and [`tls::fetch_thumbprint`]. Everything the server says is
+//! no temporary full copy), [`perf::baseline`] (a VM's last day of performance
+//! counters) and [`tls::fetch_thumbprint`]. Everything the server says is
 //! untrusted: see the limits in [`client`], [`xml`] and [`datastore`], and
 //! docs/vsphere.md.
 
@@ -20,6 +21,7 @@ pub mod convert;
 pub mod datastore;
 mod error;
 pub mod inventory;
+pub mod perf;
 mod tls;
 pub mod xml;
 

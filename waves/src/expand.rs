@@ -113,7 +113,7 @@ pub fn expand(plan: &mut Plan) -> Vec<Problem> {
 
 /// A vSphere VM name as a plan name: letters, digits, `.`, `_` and `-` kept, anything
 /// else (spaces, `%`, non-ASCII) becomes `-`; at most [`MAX_NAME`] characters.
-fn plain_name(s: &str) -> String {
+pub fn plain_name(s: &str) -> String {
     let mut out: String = s
         .chars()
         .map(|c| {

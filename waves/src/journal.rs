@@ -128,6 +128,20 @@ pub enum Entry {
         overhead_seconds: f64,
         wall_seconds: f64,
     },
+    /// The gate held a wave larger than the previous one (`refused`: the run stopped
+    /// there) or was overridden (`overridden`: the wave ran anyway).
+    Gate {
+        wave: String,
+        previous: String,
+        decision: String,
+        /// Each measure that held the wave, with its figures.
+        reasons: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        override_reason: Option<String>,
+        /// Who overrode: login name and uid.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     RunFinished {
         exit_code: i32,
     },
@@ -160,6 +174,7 @@ impl Entry {
             | Entry::VmFinished { wave, vm, .. }
             | Entry::VmNotRun { wave, vm, .. }
             | Entry::VmRolledBack { wave, vm, .. } => vec![wave, vm],
+            Entry::Gate { wave, previous, .. } => vec![wave, previous],
             Entry::RunResumed { .. } | Entry::RunFinished { .. } => Vec::new(),
         }
     }

@@ -2,12 +2,14 @@
 //! before anything runs ([`check`]), run in parallel within limits through the one-VM
 //! pipeline of `v2k-migrate` ([`runner`]) with a crash-safe journal ([`journal`]) and
 //! time-limited hooks ([`hooks`]), and summed up per wave in HTML, JSON and JUnit
-//! ([`report`]). docs/waves.md describes the plan, the journal and the reports.
+//! ([`report`]) with each wave's change-failure rate and MTTR ([`metrics`]). docs/waves.md describes the plan, the journal and the reports.
 
 pub mod check;
 pub mod expand;
+pub mod gate;
 mod hooks;
 pub mod journal;
+pub mod metrics;
 pub mod plan;
 mod prescan;
 pub mod report;
@@ -24,7 +26,9 @@ pub const EXIT_OK: i32 = 0;
 /// Exit status: some VMs failed or were not run.
 pub const EXIT_FAILED: i32 = 1;
 /// Exit status: a plan error or a fatal error.
-pub(crate) const EXIT_ERROR: i32 = 2;
+pub const EXIT_ERROR: i32 = 2;
+/// Exit status: the gate held a wave (the waves before it ran; see docs/waves.md).
+pub const EXIT_HELD: i32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

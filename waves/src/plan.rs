@@ -69,6 +69,9 @@ pub(crate) struct PlanFile {
     /// Where every VM of the plan is delivered (`v2k migrate --to --pool`).
     #[serde(default)]
     pub target: Option<TargetFile>,
+    /// When a wave may be larger than the one before it (docs/waves.md, "The gate").
+    #[serde(default)]
+    pub gate: Option<GateFile>,
     pub waves: Vec<WaveFile>,
 }
 
@@ -188,6 +191,25 @@ pub(crate) struct FailurePolicyFile {
     pub stop_after: Option<u32>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GateFile {
+    /// The highest change-failure rate (a fraction, 0.1 = 10 %) of the previous wave
+    /// that lets the next one grow.
+    pub max_change_failure_rate: Option<f64>,
+    pub mttr: Option<MttrRule>,
+    /// How many times larger than the previous one a wave may be, when the measures
+    /// allow it to grow at all; absent: no limit.
+    pub grow_by: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MttrRule {
+    /// The previous wave repaired every failure, no slower than the wave before it.
+    TrendingDown,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(crate) struct WaveFile {
@@ -257,6 +279,8 @@ pub struct Plan {
     pub run_dir: PathBuf,
     pub network_map: NetworkMap,
     pub limits: Limits,
+    /// Absent: waves run whatever their size.
+    pub gate: Option<Gate>,
     pub waves: Vec<Wave>,
     /// The YAML text, to find lines for later problems.
     pub text: String,
@@ -268,6 +292,15 @@ pub struct Limits {
     pub disks: usize,
     pub per_datastore: usize,
     pub free_space_margin: u64,
+}
+
+/// The plan's `gate:`, checked ([`crate::gate`]) before a wave larger than the
+/// previous one starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gate {
+    pub max_change_failure_rate: Option<f64>,
+    pub mttr_trending_down: bool,
+    pub grow_by: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -541,6 +574,31 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
         per_datastore: zero(f.limits.per_datastore, "per-datastore", &mut bad),
         free_space_margin: f.limits.free_space_margin_mib.unwrap_or(1024) << 20,
     };
+    let gate = f.gate.as_ref().map(|g| {
+        if let Some(r) = g.max_change_failure_rate {
+            if !(0.0..=1.0).contains(&r) {
+                bad(
+                    line_of(text, "max-change-failure-rate"),
+                    format!(
+                        "gate.max-change-failure-rate is a fraction from 0 to 1 (0.1 = 10 %), not {r}"
+                    ),
+                );
+            }
+        }
+        if let Some(x) = g.grow_by {
+            if !(x.is_finite() && x >= 1.0) {
+                bad(
+                    line_of(text, "grow-by"),
+                    format!("gate.grow-by is a factor of at least 1 (2 = twice as large), not {x}"),
+                );
+            }
+        }
+        Gate {
+            max_change_failure_rate: g.max_change_failure_rate,
+            mttr_trending_down: g.mttr == Some(MttrRule::TrendingDown),
+            grow_by: g.grow_by,
+        }
+    });
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -778,6 +836,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
         run_dir,
         network_map,
         limits,
+        gate,
         waves,
         text: text.to_string(),
     })

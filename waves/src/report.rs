@@ -13,6 +13,7 @@ use v2k_migrate::report::{base64, read_summary, Check};
 
 use crate::hooks::HookResult;
 use crate::journal::{Entry, Record, VmStatus};
+use crate::metrics::WaveMetrics;
 use crate::{io, Result};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -38,6 +39,10 @@ pub struct WaveReport {
     pub wall_seconds: f64,
     /// The runner's own time (journal, scheduling, checks, reports).
     pub overhead_seconds: f64,
+    /// This wave's change-failure rate and MTTR.
+    pub metrics: WaveMetrics,
+    /// The same figures for every wave the run has started, in plan order (the charts).
+    pub trend: Vec<WaveMetrics>,
     pub vms: Vec<VmReport>,
 }
 
@@ -278,6 +283,8 @@ pub fn build(records: &[Record], wave: &str, live: bool) -> WaveReport {
         summary: s,
         wall_seconds: wall,
         overhead_seconds: overhead,
+        metrics: crate::metrics::wave(records, wave),
+        trend: crate::metrics::all(records),
         vms: list,
     }
 }
@@ -347,6 +354,28 @@ pub fn junit(r: &WaveReport) -> String {
         r.summary.not_run,
         r.wall_seconds
     );
+    // The wave's figures for CI dashboards that chart suite properties; a figure the
+    // wave does not have (no attempt, no repair) is left out rather than written as 0.
+    let m = &r.metrics;
+    x.push_str("    <properties>\n");
+    let mut prop = |name: &str, value: String| {
+        let _ = writeln!(
+            x,
+            "      <property name=\"v2k.{name}\" value=\"{}\"/>",
+            esc(&value)
+        );
+    };
+    prop("attempted", m.attempted.to_string());
+    prop("failed-changes", m.failed_changes.to_string());
+    if let Some(c) = m.change_failure_rate {
+        prop("change-failure-rate", format!("{c:.4}"));
+    }
+    prop("repaired", m.repaired.to_string());
+    prop("unrepaired", m.unrepaired.to_string());
+    if let Some(t) = m.mttr_seconds {
+        prop("mttr-seconds", format!("{t:.1}"));
+    }
+    x.push_str("    </properties>\n");
     for v in &r.vms {
         let _ = write!(
             x,
@@ -411,6 +440,161 @@ fn mib(b: u64) -> String {
 /// console PNG is far smaller; a huge one would bloat the page).
 const MAX_THUMBNAIL_BYTES: u64 = 4 << 20;
 
+/// A rate as the page shows it.
+fn percent(f: f64) -> String {
+    format!("{:.1} %", f * 100.0)
+}
+
+/// The wave's change-failure rate and MTTR in words, its failures, and both figures
+/// charted across the waves run so far.
+fn evidence(r: &WaveReport) -> String {
+    let m = &r.metrics;
+    let mut h = String::from("<h2>Change failure and repair</h2>\n<p>");
+    match m.change_failure_rate {
+        Some(c) => {
+            let _ = write!(
+                h,
+                "Change-failure rate <b>{}</b> ({} of {} VMs attempted failed at least once). ",
+                percent(c),
+                m.failed_changes,
+                m.attempted
+            );
+        }
+        None => h.push_str("No VM attempted yet. "),
+    }
+    match m.mttr_seconds {
+        Some(t) => {
+            let _ = write!(
+                h,
+                "MTTR <b>{t:.1} s</b> over {} repaired failure(s)",
+                m.repaired
+            );
+        }
+        None if m.failed_changes == 0 => h.push_str("No failure to repair"),
+        None => h.push_str("MTTR: no failure repaired yet"),
+    }
+    if m.unrepaired > 0 {
+        let _ = write!(h, "; <b>{} not repaired</b>", m.unrepaired);
+    }
+    h.push_str(".</p>\n");
+    if !m.failures.is_empty() {
+        h.push_str(
+            "<table>\n<tr><th>VM</th><th>kind</th><th>reason</th><th>repaired after</th></tr>\n",
+        );
+        for f in &m.failures {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&f.vm),
+                esc(&f.kind),
+                esc(&f.reason),
+                f.repair_seconds
+                    .map_or("not repaired".to_string(), |t| format!("{t:.1} s"))
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    let rates: Vec<Bar> = r
+        .trend
+        .iter()
+        .map(|w| Bar {
+            wave: w.wave.clone(),
+            value: w.change_failure_rate,
+            label: w
+                .change_failure_rate
+                .map_or("none attempted".into(), percent),
+        })
+        .collect();
+    let mttr: Vec<Bar> = r
+        .trend
+        .iter()
+        .map(|w| Bar {
+            wave: w.wave.clone(),
+            value: w.mttr_seconds,
+            label: match (w.mttr_seconds, w.unrepaired) {
+                (Some(t), 0) => format!("{t:.1} s"),
+                (Some(t), n) => format!("{t:.1} s, {n} open"),
+                (None, 0) => "no failure".into(),
+                (None, n) => format!("{n} open"),
+            },
+        })
+        .collect();
+    h.push_str("<div class=\"charts\">\n");
+    h.push_str(&chart("Change-failure rate per wave", &rates, &r.wave, 1.0));
+    h.push_str(&chart("MTTR per wave (seconds)", &mttr, &r.wave, 0.0));
+    h.push_str("</div>\n");
+    h
+}
+
+/// One bar of a chart: a wave, its figure (none: no bar) and the words above it.
+struct Bar {
+    wave: String,
+    value: Option<f64>,
+    label: String,
+}
+
+/// Chart geometry in SVG user units (pixels on screen): room for a 12-character wave
+/// name under each bar and a label above it, at the page's 14 px font.
+const CHART_BAR_WIDTH: usize = 90;
+const CHART_PLOT_HEIGHT: f64 = 100.0;
+/// Room for the longest title ("Change-failure rate per wave") at 13 px bold.
+const CHART_MIN_WIDTH: usize = 260;
+
+/// A bar chart of one figure across waves as inline SVG: no script and no colour
+/// needed to read it (values are written above the bars, this wave's bar is black and
+/// the others grey), so it prints. `floor` is the least top of the scale (1.0 for a
+/// rate, so 5 % does not fill the chart).
+fn chart(title: &str, bars: &[Bar], current: &str, floor: f64) -> String {
+    let top = bars
+        .iter()
+        .filter_map(|b| b.value)
+        .fold(floor, f64::max)
+        .max(f64::MIN_POSITIVE);
+    let width = (20 + CHART_BAR_WIDTH * bars.len()).max(CHART_MIN_WIDTH);
+    // 40: the title line, then the label above a full-height bar.
+    let base = 40.0 + CHART_PLOT_HEIGHT;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg width=\"{width}\" height=\"{h}\" \
+         viewBox=\"0 0 {width} {h}\" role=\"img\" aria-label=\"{t}\"><title>{t}</title>\
+         <text x=\"10\" y=\"14\" font-size=\"13\" font-weight=\"bold\">{t}</text>\
+         <line x1=\"10\" y1=\"{base}\" x2=\"{x2}\" y2=\"{base}\" stroke=\"#000\"/>",
+        h = base as usize + 22,
+        t = esc(title),
+        x2 = width - 10,
+    );
+    for (i, b) in bars.iter().enumerate() {
+        let x = 10 + CHART_BAR_WIDTH * i;
+        let cx = x + CHART_BAR_WIDTH / 2;
+        let height = b
+            .value
+            .map_or(0.0, |v| (v / top).clamp(0.0, 1.0) * CHART_PLOT_HEIGHT);
+        let fill = if b.wave == current { "#000" } else { "#888" };
+        if height > 0.0 {
+            let _ = write!(
+                s,
+                "<rect class=\"bar\" x=\"{}\" y=\"{:.1}\" width=\"{}\" height=\"{height:.1}\" fill=\"{fill}\"/>",
+                x + 15,
+                base - height,
+                CHART_BAR_WIDTH - 30
+            );
+        }
+        let name: String = b.wave.chars().take(12).collect();
+        let _ = write!(
+            s,
+            "<text x=\"{cx}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>\
+             <text x=\"{cx}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
+            base - height - 4.0,
+            esc(&b.label),
+            base + 15.0,
+            esc(&name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 pub fn html(r: &WaveReport, dir: &Path) -> String {
     let s = &r.summary;
     let mut h = String::new();
@@ -420,11 +604,11 @@ pub fn html(r: &WaveReport, dir: &Path) -> String {
 body{{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;width:100%}}\
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}}th{{background:#f3f3f3}}\
 .migrated{{background:#e6f6e6}}.failed{{background:#fbe3e3}}.not-run,.pending,.interrupted,.running{{background:#fff5d6}}\
-.cards span{{display:inline-block;margin-right:1.5em;font-size:1.3em}}img{{width:160px;border:1px solid #999}}\
+.charts svg{{margin:0 2em 1em 0;vertical-align:top}}.cards span{{display:inline-block;margin-right:1.5em;font-size:1.3em}}img{{width:160px;border:1px solid #999}}\
 ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overflow:auto;margin:0;font-size:12px}}\
 </style></head><body>\n<h1>Wave {w}</h1>\n<p class=\"cards\"><span>{t} VMs</span><span>{m} migrated</span>\
 <span>{va} validated</span><span>{f} failed</span><span>{n} not run</span><span>{p} pending</span></p>\n\
-<p>Wall time {wall:.1} s; runner overhead {oh:.2} s.</p>\n<table>\n<tr><th>VM</th><th>status</th><th>time</th>\
+<p>Wall time {wall:.1} s; runner overhead {oh:.2} s.</p>\n{evidence}<table>\n<tr><th>VM</th><th>status</th><th>time</th>\
 <th>data moved</th><th>throughput</th><th>concerns</th><th>validation</th><th>console</th><th>hooks</th></tr>\n",
         w = esc(&r.wave),
         t = s.total,
@@ -434,7 +618,8 @@ ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overfl
         n = s.not_run,
         p = s.pending,
         wall = r.wall_seconds,
-        oh = r.overhead_seconds
+        oh = r.overhead_seconds,
+        evidence = evidence(r),
     );
     for v in &r.vms {
         let name = match &v.report_html {
@@ -618,6 +803,45 @@ mod tests {
         assert!(!h.contains("http://") && !h.contains("https://"));
         assert!(h.contains("bad&lt;1&gt;"));
         assert!(h.contains("1 migrated"));
+    }
+
+    #[test]
+    fn charts_scale_bars_to_the_highest_value_and_label_every_wave() {
+        let bar = |w: &str, v: Option<f64>, l: &str| Bar {
+            wave: w.into(),
+            value: v,
+            label: l.into(),
+        };
+        let svg = chart(
+            "MTTR",
+            &[
+                bar("a", Some(30.0), "30.0 s"),
+                bar("b", Some(15.0), "15.0 s"),
+                bar("c<", None, "no failure"),
+            ],
+            "b",
+            0.0,
+        );
+        // The highest value fills the plot; half of it, half; none, no bar.
+        assert!(svg.contains("height=\"100.0\" fill=\"#888\""), "{svg}");
+        assert!(svg.contains("height=\"50.0\" fill=\"#000\""), "{svg}");
+        assert_eq!(svg.matches("<rect").count(), 2, "{svg}");
+        assert!(svg.contains(">no failure</text>") && svg.contains(">c&lt;</text>"));
+        // A rate's scale is at least 100 %: 5 % is a small bar.
+        let svg = chart("rate", &[bar("a", Some(0.05), "5.0 %")], "a", 1.0);
+        assert!(svg.contains("height=\"5.0\""), "{svg}");
+    }
+
+    #[test]
+    fn junit_carries_the_wave_figures_as_properties() {
+        let x = junit(&build(&records(), "w1", false));
+        assert!(
+            x.contains("<property name=\"v2k.attempted\" value=\"2\"/>")
+                && x.contains("<property name=\"v2k.change-failure-rate\" value=\"0.5000\"/>"),
+            "{x}"
+        );
+        // Properties come before the testcases, as the JUnit schema wants.
+        assert!(x.find("<properties>") < x.find("<testcase"), "{x}");
     }
 
     #[test]

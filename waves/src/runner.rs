@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub wave: Option<String>,
     /// Migrate again VMs that failed in an earlier, interrupted run.
     pub retry_failed: bool,
+    /// Start a wave the gate holds, for this reason (journalled with who gave it).
+    pub override_gate: Option<String>,
 }
 
 /// What the runner reports as it goes (the CLI draws bars or prints JSON Lines).
@@ -84,11 +86,19 @@ pub enum RunEvent {
         report: report::WaveReport,
         html: PathBuf,
     },
+    /// The gate held `wave` (`overridden`: it runs anyway).
+    Gate {
+        wave: String,
+        overridden: bool,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub exit_code: i32,
+    /// Why the gate held a wave, when it did (the run stopped before that wave).
+    pub held: Option<String>,
     pub waves: Vec<report::WaveReport>,
 }
 
@@ -217,9 +227,37 @@ pub fn run_with(
     let mut summaries = Vec::new();
     let mut stopped: Option<String> = None;
     let mut any_bad = false;
+    let mut held = None;
     for wave in &plan.waves {
         if opts.wave.as_ref().is_some_and(|w| w != &wave.name) {
             continue;
+        }
+        if let (Some(g), None) = (&plan.gate, &stopped) {
+            let records = crate::journal::read(&plan.run_dir)?;
+            if let Err(h) = crate::gate::check(plan, g, &records, wave) {
+                journal.append(Entry::Gate {
+                    wave: wave.name.clone(),
+                    previous: h.previous.clone(),
+                    decision: if opts.override_gate.is_some() {
+                        "overridden"
+                    } else {
+                        "refused"
+                    }
+                    .into(),
+                    reasons: h.reasons.clone(),
+                    override_reason: opts.override_gate.clone(),
+                    by: opts.override_gate.as_ref().map(|_| crate::gate::who()),
+                })?;
+                events(RunEvent::Gate {
+                    wave: wave.name.clone(),
+                    overridden: opts.override_gate.is_some(),
+                    message: h.to_string(),
+                });
+                if opts.override_gate.is_none() {
+                    held = Some(h.to_string());
+                    break;
+                }
+            }
         }
         let tw = Instant::now();
         let t = Instant::now();
@@ -382,7 +420,9 @@ pub fn run_with(
         });
         summaries.push(rep);
     }
-    let exit_code = if any_bad {
+    let exit_code = if held.is_some() {
+        crate::EXIT_HELD
+    } else if any_bad {
         crate::EXIT_FAILED
     } else {
         crate::EXIT_OK
@@ -390,6 +430,7 @@ pub fn run_with(
     journal.append(Entry::RunFinished { exit_code })?;
     Ok(RunSummary {
         exit_code,
+        held,
         waves: summaries,
     })
 }

@@ -182,8 +182,8 @@ fn run_plan(p: &Path, boot: &Recording, retry_failed: bool) -> v2k_waves::RunSum
     let checks = v2k_waves::check(&plan);
     assert!(checks.problems.is_empty(), "{:?}", checks.problems);
     let opts = RunOptions {
-        wave: None,
         retry_failed,
+        ..RunOptions::default()
     };
     let quiet = |_: RunEvent| {};
     v2k_waves::run_with(&plan, &checks, &opts, boot, &quiet).expect("the run")

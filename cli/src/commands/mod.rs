@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap arguments and its `exec`.
 
+pub mod baseline;
 pub mod convert;
 pub mod info;
 pub mod inject;

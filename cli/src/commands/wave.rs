@@ -20,7 +20,7 @@ use crate::{console, exit};
 #[command(
     long_about = "Run migration waves from a YAML plan (docs/waves.md).\n\n\
     Exit status: 0 every VM migrated (and validated where asked), 1 some VMs failed or \
-    were not run, 2 plan error or fatal error."
+    were not run, 2 plan error or fatal error, 3 (run) the plan's gate held a wave."
 )]
 pub struct Args {
     #[command(subcommand)]
@@ -48,6 +48,9 @@ enum Sub {
         /// On resume, migrate again the VMs that failed
         #[arg(long)]
         retry_failed: bool,
+        /// Start a wave the plan's gate holds; the reason and who gave it are journalled
+        #[arg(long, value_name = "REASON")]
+        override_gate: Option<String>,
         /// JSON Lines events on stdout (the default when stdout is not a terminal)
         #[arg(long)]
         json: bool,
@@ -83,8 +86,9 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             wave,
             dry_run,
             retry_failed,
+            override_gate,
             json,
-        } => run(plan, wave, dry_run, retry_failed, json),
+        } => run(plan, wave, dry_run, retry_failed, override_gate, json),
         Sub::Status { run_dir, json } => status(run_dir, json),
         Sub::Report { run_dir } => report(run_dir),
         Sub::Rollback {
@@ -236,6 +240,7 @@ fn run(
     wave: Option<String>,
     dry_run: bool,
     retry_failed: bool,
+    override_gate: Option<String>,
     json_flag: bool,
 ) -> anyhow::Result<i32> {
     let json_mode = json_flag || !std::io::stdout().is_terminal();
@@ -283,7 +288,17 @@ fn run(
     let bars = (!json_mode || json_flag) && std::io::stderr().is_terminal();
     let ui = Ui::new(bars);
     let events = |e: RunEvent| ui.event(e, json_mode);
-    let opts = RunOptions { wave, retry_failed };
+    if override_gate
+        .as_deref()
+        .is_some_and(|r| r.trim().is_empty())
+    {
+        anyhow::bail!("--override-gate needs a reason (it is journalled)");
+    }
+    let opts = RunOptions {
+        wave,
+        retry_failed,
+        override_gate,
+    };
     let summary = match v2k_waves::run(&p, &c, &opts, &events) {
         Ok(s) => s,
         Err(v2k_waves::Error::Plan(problems)) => {
@@ -293,9 +308,14 @@ fn run(
         Err(e) => return Err(e).with_context(|| format!("running {}", path.display())),
     };
     ui.clear();
+    if let Some(why) = &summary.held {
+        console::say!(
+            "v2k: {why}; repair the failures (--retry-failed) or start it anyway with --override-gate \"REASON\""
+        );
+    }
     if json_mode {
         console::emit_json(
-            &json!({"type": "run-finished", "exit-code": summary.exit_code, "run-dir": p.run_dir}),
+            &json!({"type": "run-finished", "exit-code": summary.exit_code, "run-dir": p.run_dir, "held": summary.held}),
         )?;
     } else {
         let mut o = console::human_stdout();
@@ -321,6 +341,9 @@ fn run(
                 p.run_dir.join(&w.wave).join("wave-report.html").display()
             )?;
         }
+    }
+    if summary.held.is_some() {
+        return Ok(exit::HELD);
     }
     Ok(summary.exit_code)
 }
@@ -545,7 +568,14 @@ impl Ui {
                 json!({"type": "vm-not-run", "wave": wave, "vm": vm, "reason": reason})
             }
             RunEvent::WaveFinished { wave, report, html } => {
-                json!({"type": "wave-finished", "wave": wave, "summary": report.summary, "report-html": html, "overhead-seconds": report.overhead_seconds})
+                json!({"type": "wave-finished", "wave": wave, "summary": report.summary, "report-html": html, "overhead-seconds": report.overhead_seconds, "metrics": report.metrics})
+            }
+            RunEvent::Gate {
+                wave,
+                overridden,
+                message,
+            } => {
+                json!({"type": "gate", "wave": wave, "decision": if *overridden { "overridden" } else { "refused" }, "message": message})
             }
         };
         if json_mode {
@@ -605,6 +635,15 @@ impl Ui {
             RunEvent::WaveFinished { wave, html, .. } => {
                 self.line(format!("v2k: wave {wave} finished: {}", html.display()))
             }
+            // A refusal is said once, at the end, with what to do about it.
+            RunEvent::Gate {
+                overridden: true,
+                message,
+                ..
+            } => self.line(format!(
+                "v2k: {message}; overridden (--override-gate), journalled"
+            )),
+            RunEvent::Gate { .. } => {}
         }
     }
 }

@@ -1,0 +1,114 @@
+//! `v2k baseline SOURCE...`: each vSphere VM's performance before migration (the last
+//! day of CPU ready, virtual-disk latency and NIC drops from vCenter's
+//! PerformanceManager, as min / median / p95) written as `DIR/NAME.baseline.json` and
+//! shown as a table. The reading is `v2k_vsphere::perf`; this file connects, writes
+//! through `v2k-outfile` and prints (docs/evidence.md).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::json;
+use v2k_vsphere::perf;
+
+use crate::{console, exit};
+
+/// The baseline file's schema version.
+const SCHEMA_VERSION: u32 = 1;
+
+/// Record vSphere VMs' performance before migration
+#[derive(clap::Args)]
+#[command(
+    long_about = "Record vSphere VMs' performance before migration (docs/evidence.md).\n\n\
+    Each SOURCE is a vSphere address vsphere://USER@HOST[:PORT]/DATACENTER/vm/[FOLDER/]NAME \
+    (NAME may hold * and ?). For each VM, the last day of 5-minute samples of CPU ready, \
+    virtual-disk read/write latency and NIC drops is read from the PerformanceManager and \
+    written as DIR/NAME.baseline.json. Exit status: 0 every VM read, 1 some source or VM \
+    could not be read (the others are written), 2 usage error or the directory cannot \
+    be made."
+)]
+pub struct Args {
+    /// vsphere:// addresses
+    #[arg(required = true, value_name = "SOURCE")]
+    sources: Vec<String>,
+    /// Directory for the NAME.baseline.json files (created if missing)
+    #[arg(long, value_name = "DIR")]
+    out_dir: PathBuf,
+    #[command(flatten)]
+    vsphere: crate::commands::vsphere::SourceArgs,
+    /// One JSON object per VM on stdout (the file's content)
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn exec(args: Args) -> anyhow::Result<i32> {
+    v2k_outfile::create_dir(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut worst = exit::OK;
+    let mut o = console::human_stdout();
+    for source in &args.sources {
+        if let Err(e) = one_source(source, &args, now, &mut o) {
+            console::say!("v2k: error: {}: {e:#}", console::escape(source));
+            worst = exit::FINDINGS;
+        }
+    }
+    Ok(worst)
+}
+
+fn one_source(source: &str, args: &Args, now: u64, o: &mut impl Write) -> anyhow::Result<()> {
+    if !v2k_vsphere::Address::is_vsphere(source) {
+        anyhow::bail!(
+            "not a vsphere:// address (a local VM has no performance history; docs/evidence.md)"
+        );
+    }
+    let addr = v2k_vsphere::Address::parse(source)?;
+    let client = crate::commands::vsphere::connect(&addr, &args.vsphere)?;
+    let vms = v2k_vsphere::inventory::vms_at(&client, &addr)?;
+    if vms.is_empty() {
+        anyhow::bail!("no VM matches");
+    }
+    for vm in vms {
+        let Some(vs) = &vm.vsphere else { continue };
+        let moref = v2k_vsphere::MoRef::new("VirtualMachine", vs.moref.clone());
+        let b = perf::baseline(&client, &moref, now)
+            .with_context(|| format!("reading the performance of {}", vm.name))?;
+        let doc = json!({
+            "schema-version": SCHEMA_VERSION,
+            "vm": vm.name,
+            "source": vm.source.path,
+            "baseline": b,
+        });
+        let path = file_for(&args.out_dir, &vm.name);
+        let text = serde_json::to_vec_pretty(&doc)?;
+        v2k_outfile::write_atomic(&path, &text, true)
+            .with_context(|| format!("writing {}", path.display()))?;
+        if args.json {
+            console::emit_json(&doc)?;
+            continue;
+        }
+        writeln!(o, "{} ({})", vm.name, path.display())?;
+        for (name, s) in &b.metrics {
+            writeln!(
+                o,
+                "  {name:24} min {:>9.2}  median {:>9.2}  p95 {:>9.2}  {} ({} samples)",
+                s.min, s.median, s.p95, s.unit, s.samples
+            )?;
+        }
+        for m in &b.missing {
+            writeln!(o, "  {m} not offered by the server (no sample)")?;
+        }
+    }
+    Ok(())
+}
+
+/// `DIR/NAME.baseline.json`, the VM's name made a plain file name (a vSphere name may
+/// hold `/` or anything else).
+fn file_for(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(
+        "{}.baseline.json",
+        v2k_waves::expand::plain_name(name)
+    ))
+}

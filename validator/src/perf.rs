@@ -1,0 +1,300 @@
+//! The guest's performance after migration, as the first-boot agent reads it since
+//! boot (`perf` in its report: /proc/stat, /proc/diskstats, /sys/class/net/*/statistics),
+//! turned into the same figures as the vSphere baseline (docs/evidence.md) and
+//! compared with it: before, after, change and a plain-words verdict per metric.
+//!
+//! The counters come from an untrusted guest: every division checks its divisor, and a
+//! figure that cannot be computed (no request completed, no uptime) is absent, never 0.
+
+use serde::{Deserialize, Serialize};
+
+/// `[name, reads completed, ms reading, writes completed, ms writing]`.
+pub type DiskCounters = (String, u64, u64, u64, u64);
+
+/// The agent's raw counters since boot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentPerf {
+    /// `[total ticks (user..steal), steal ticks]`.
+    pub cpu: [u64; 2],
+    /// `[name, reads completed, ms reading, writes completed, ms writing]` per whole disk.
+    #[serde(default)]
+    pub disks: Vec<DiskCounters>,
+    /// `[name, rx dropped, tx dropped]` per NIC but lo.
+    #[serde(default)]
+    pub nics: Vec<(String, u64, u64)>,
+}
+
+/// One value per metric, as the baseline names them; absent when not measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Figures {
+    /// CPU ready (vSphere) or steal (KVM guest): % of the time runnable but not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ready_percent: Option<f64>,
+    /// The worst disk's mean time per completed read / write, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_read_latency_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_write_latency_ms: Option<f64>,
+    /// Packets dropped by all NICs per 5 minutes (the baseline's interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_dropped_rx: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_dropped_tx: Option<f64>,
+}
+
+/// The baseline's interval: drops are per this many seconds on both sides.
+const INTERVAL_SECONDS: f64 = 300.0;
+
+impl AgentPerf {
+    /// The figures since boot; `uptime` is the agent's (seconds since boot).
+    pub fn figures(&self, uptime: f64) -> Figures {
+        let [total, steal] = self.cpu;
+        let worst = |pick: fn(&DiskCounters) -> (u64, u64)| {
+            self.disks
+                .iter()
+                .map(pick)
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, ms)| ms as f64 / n as f64)
+                .reduce(f64::max)
+        };
+        let per_interval = |sum: u64| {
+            (uptime.is_finite() && uptime > 0.0).then(|| sum as f64 / uptime * INTERVAL_SECONDS)
+        };
+        let rx = self.nics.iter().fold(0u64, |a, n| a.saturating_add(n.1));
+        let tx = self.nics.iter().fold(0u64, |a, n| a.saturating_add(n.2));
+        Figures {
+            cpu_ready_percent: (total > 0 && steal <= total)
+                .then(|| steal as f64 / total as f64 * 100.0),
+            disk_read_latency_ms: worst(|d| (d.1, d.2)),
+            disk_write_latency_ms: worst(|d| (d.3, d.4)),
+            net_dropped_rx: per_interval(rx).filter(|_| !self.nics.is_empty()),
+            net_dropped_tx: per_interval(tx).filter(|_| !self.nics.is_empty()),
+        }
+    }
+}
+
+/// How much worse a figure may get before it is a regression: CPU ready/steal in
+/// percentage points, latency both as a factor and in ms (a 0.2 → 0.5 ms change is
+/// noise, not a regression), drops per 5 minutes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub cpu_points: f64,
+    pub latency_factor: f64,
+    pub latency_ms: f64,
+    pub drops: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        // The field's rules of thumb: CPU ready above 5 % hurts; a doubled latency
+        // that is also 5 ms longer is felt; a few drops per 5 minutes are routine.
+        Thresholds {
+            cpu_points: 5.0,
+            latency_factor: 2.0,
+            latency_ms: 5.0,
+            drops: 10.0,
+        }
+    }
+}
+
+/// One metric before and after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Comparison {
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<f64>,
+    /// `after - before`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<f64>,
+    /// `better`, `same`, `worse` (within the thresholds), `regression`, or
+    /// `not compared` (a side is missing).
+    pub verdict: String,
+    /// The verdict in words, with the figures.
+    pub reason: String,
+}
+
+impl Comparison {
+    pub fn is_regression(&self) -> bool {
+        self.verdict == "regression"
+    }
+}
+
+/// Each metric before and after, with its verdict.
+pub fn compare(before: &Figures, after: &Figures, t: &Thresholds) -> Vec<Comparison> {
+    let rows: [(&str, &str, Option<f64>, Option<f64>); 5] = [
+        (
+            "cpu-ready-percent",
+            "%",
+            before.cpu_ready_percent,
+            after.cpu_ready_percent,
+        ),
+        (
+            "disk-read-latency-ms",
+            "ms",
+            before.disk_read_latency_ms,
+            after.disk_read_latency_ms,
+        ),
+        (
+            "disk-write-latency-ms",
+            "ms",
+            before.disk_write_latency_ms,
+            after.disk_write_latency_ms,
+        ),
+        (
+            "net-dropped-rx",
+            "per 5 min",
+            before.net_dropped_rx,
+            after.net_dropped_rx,
+        ),
+        (
+            "net-dropped-tx",
+            "per 5 min",
+            before.net_dropped_tx,
+            after.net_dropped_tx,
+        ),
+    ];
+    rows.into_iter()
+        .map(|(metric, unit, b, a)| {
+            let (verdict, reason) = match (b, a) {
+                (Some(b), Some(a)) => {
+                    let too_much = if metric.starts_with("cpu") {
+                        a > b + t.cpu_points
+                    } else if metric.starts_with("disk") {
+                        a > b * t.latency_factor && a > b + t.latency_ms
+                    } else {
+                        a > b + t.drops
+                    };
+                    // Within 1 % (or a hundredth of the unit) counts as the same.
+                    let same = (a - b).abs() <= (b.abs() * 0.01).max(0.01);
+                    let v = if too_much {
+                        "regression"
+                    } else if same {
+                        "same"
+                    } else if a < b {
+                        "better"
+                    } else {
+                        "worse"
+                    };
+                    let words = match v {
+                        "regression" => "regression beyond the threshold",
+                        "worse" => "worse, within the threshold",
+                        other => other,
+                    };
+                    (v, format!("{b:.2} → {a:.2} {unit}: {words}"))
+                }
+                (None, _) => ("not compared", "no figure before".to_string()),
+                (_, None) => ("not compared", "no figure after".to_string()),
+            };
+            Comparison {
+                metric: metric.into(),
+                before: b,
+                after: a,
+                change: b.zip(a).map(|(b, a)| a - b),
+                verdict: verdict.into(),
+                reason,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_are_steal_share_worst_disk_and_drops_per_five_minutes() {
+        let p = AgentPerf {
+            cpu: [10_000, 250],
+            disks: vec![
+                ("vda".into(), 100, 300, 50, 500),
+                ("vdb".into(), 10, 80, 0, 0),
+                // An idle disk: no request, no latency (not 0 ms).
+                ("vdc".into(), 0, 0, 0, 0),
+            ],
+            nics: vec![("ens3".into(), 6, 0), ("ens4".into(), 4, 1)],
+        };
+        let f = p.figures(600.0);
+        assert_eq!(f.cpu_ready_percent, Some(2.5));
+        assert_eq!(f.disk_read_latency_ms, Some(8.0));
+        assert_eq!(f.disk_write_latency_ms, Some(10.0));
+        assert_eq!(f.net_dropped_rx, Some(5.0));
+        assert_eq!(f.net_dropped_tx, Some(0.5));
+    }
+
+    #[test]
+    fn hostile_counters_give_no_figure_instead_of_a_wrong_one() {
+        let p = AgentPerf {
+            cpu: [0, 7],
+            disks: vec![("vda".into(), 0, 99, 0, 99)],
+            nics: vec![("e".into(), u64::MAX, u64::MAX), ("f".into(), 5, 5)],
+        };
+        let f = p.figures(0.0);
+        assert_eq!(f, Figures::default());
+        // Steal above total is not a share.
+        let p = AgentPerf {
+            cpu: [5, 7],
+            disks: vec![],
+            nics: vec![],
+        };
+        assert_eq!(p.figures(10.0).cpu_ready_percent, None);
+    }
+
+    #[test]
+    fn a_regression_is_beyond_the_threshold_and_small_changes_are_not() {
+        let before = Figures {
+            cpu_ready_percent: Some(1.0),
+            disk_read_latency_ms: Some(2.0),
+            disk_write_latency_ms: Some(4.0),
+            net_dropped_rx: Some(0.0),
+            net_dropped_tx: None,
+        };
+        let after = Figures {
+            cpu_ready_percent: Some(7.5),
+            disk_read_latency_ms: Some(3.0),
+            disk_write_latency_ms: Some(4.01),
+            net_dropped_rx: Some(0.0),
+            net_dropped_tx: Some(3.0),
+        };
+        let c = compare(&before, &after, &Thresholds::default());
+        let v: Vec<&str> = c.iter().map(|r| r.verdict.as_str()).collect();
+        assert_eq!(
+            v,
+            ["regression", "worse", "same", "same", "not compared"],
+            "{c:#?}"
+        );
+        assert_eq!(c[0].change, Some(6.5));
+        assert_eq!(
+            c[0].reason,
+            "1.00 → 7.50 %: regression beyond the threshold"
+        );
+        assert!(c[0].is_regression() && !c[1].is_regression());
+        // Doubled latency that is still under 5 ms longer: worse, not a regression.
+        let c = compare(
+            &Figures {
+                disk_read_latency_ms: Some(0.2),
+                ..Figures::default()
+            },
+            &Figures {
+                disk_read_latency_ms: Some(0.9),
+                ..Figures::default()
+            },
+            &Thresholds::default(),
+        );
+        assert_eq!(c[1].verdict, "worse");
+    }
+
+    #[test]
+    fn an_agent_report_carries_its_counters_and_older_ones_parse_without() {
+        let line = "V2K-AGENT {\"v\":1,\"ok\":true,\"boot\":true,\"root-rw\":true,\"uptime\":12.5,\
+                    \"perf\":{\"cpu\":[900,9],\"disks\":[[\"vda\",10,20,0,0]],\"nics\":[[\"ens3\",0,1]]}}";
+        let r = crate::agent::find_report(line).unwrap();
+        let p = r.perf.unwrap();
+        assert_eq!(p.figures(r.uptime).cpu_ready_percent, Some(1.0));
+        let old = "V2K-AGENT {\"v\":1,\"ok\":true,\"boot\":true,\"root-rw\":true}";
+        assert_eq!(crate::agent::find_report(old).unwrap().perf, None);
+    }
+}
