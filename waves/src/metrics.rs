@@ -10,6 +10,13 @@
 //! the successful one. A failure not yet repaired has no end and is counted apart
 //! (`unrepaired`): leaving it out of the mean would make a wave whose failures were
 //! never fixed look fast to repair.
+//!
+//! A VM rolled back (`v2k wave rollback`, a `vm-rolled-back` record) is a failed change
+//! too, and the rollback is its repair (the service is back on the source): an open
+//! failure of that VM ends there; a VM that had migrated fine and was rolled back after
+//! cutover gets a failure of kind `rolled-back` from its last successful `vm-finished`
+//! (when the change went live: the journal knows no earlier sign of trouble, so this
+//! is the longest the failure can have lasted) to the rollback.
 
 use std::collections::BTreeMap;
 
@@ -22,8 +29,8 @@ use crate::journal::{Entry, Record, VmStatus};
 #[serde(rename_all = "kebab-case")]
 pub struct Failure {
     pub vm: String,
-    /// `validation` (the boot or a check failed) or `migration` (anything earlier or a
-    /// post hook).
+    /// `validation` (the boot or a check failed), `migration` (anything earlier or a
+    /// post hook) or `rolled-back` (rolled back after a successful migration).
     pub kind: String,
     pub reason: String,
     /// Unix seconds of the failed `vm-finished` record.
@@ -61,6 +68,8 @@ pub fn wave(records: &[Record], wave: &str) -> WaveMetrics {
     // Per VM, in first-start order: its failures (at most one open at a time).
     let mut started: Vec<String> = Vec::new();
     let mut failures: BTreeMap<String, Vec<Failure>> = BTreeMap::new();
+    // When each VM's last successful attempt finished: when its change went live.
+    let mut live_since: BTreeMap<String, f64> = BTreeMap::new();
     for r in records {
         match &r.entry {
             Entry::VmStarted { wave: w, vm, .. } if w == wave && !started.contains(vm) => {
@@ -98,6 +107,32 @@ pub fn wave(records: &[Record], wave: &str) -> WaveMetrics {
                         f.repair_seconds = Some((r.time - f.failed_at).max(0.0));
                     }
                     (VmStatus::Migrated, None) => {}
+                }
+                if *status == VmStatus::Migrated {
+                    live_since.insert(vm.clone(), r.time);
+                }
+            }
+            Entry::VmRolledBack { wave: w, vm, .. } if w == wave => {
+                let list = failures.entry(vm.clone()).or_default();
+                let repair = |f: &mut Failure| {
+                    f.repaired_at = Some(r.time);
+                    f.repair_seconds = Some((r.time - f.failed_at).max(0.0));
+                };
+                match list.last_mut().filter(|f| f.repaired_at.is_none()) {
+                    Some(f) => repair(f),
+                    None => {
+                        let since = live_since.get(vm).copied().unwrap_or(r.time);
+                        let mut f = Failure {
+                            vm: vm.clone(),
+                            kind: "rolled-back".into(),
+                            reason: "rolled back after cutover".into(),
+                            failed_at: since,
+                            repaired_at: None,
+                            repair_seconds: None,
+                        };
+                        repair(&mut f);
+                        list.push(f);
+                    }
                 }
             }
             _ => {}
@@ -214,6 +249,45 @@ mod tests {
         assert_eq!(m.failures[0].kind, "migration");
         assert_eq!(m.failures[1].kind, "validation");
         assert_eq!(m.failures[1].repaired_at, None);
+    }
+
+    fn rolled_back(t: f64, vm: &str) -> Record {
+        at(
+            t,
+            Entry::VmRolledBack {
+                wave: "w".into(),
+                vm: vm.into(),
+                steps: vec!["undefine: done".into()],
+            },
+        )
+    }
+
+    #[test]
+    fn a_rollback_is_a_failed_change_and_its_repair() {
+        let r = vec![
+            started(100.0, "a"),
+            started(100.0, "b"),
+            started(100.0, "c"),
+            finished(110.0, "a", true, Some("validated")),
+            finished(130.0, "b", false, Some("validation-failed")),
+            finished(140.0, "c", true, Some("validated")),
+            // a went live at 110 and was rolled back at 410; b's open failure ends
+            // with its rollback at 190.
+            rolled_back(190.0, "b"),
+            rolled_back(410.0, "a"),
+        ];
+        let m = wave(&r, "w");
+        assert_eq!((m.attempted, m.failed_changes), (3, 2));
+        assert_eq!((m.repaired, m.unrepaired), (2, 0));
+        let a = m.failures.iter().find(|f| f.vm == "a").unwrap();
+        assert_eq!(a.kind, "rolled-back");
+        assert_eq!(a.repair_seconds, Some(300.0));
+        let b = m.failures.iter().find(|f| f.vm == "b").unwrap();
+        assert_eq!(
+            (b.kind.as_str(), b.repair_seconds),
+            ("validation", Some(60.0))
+        );
+        assert_eq!(m.mttr_seconds, Some(180.0));
     }
 
     #[test]
