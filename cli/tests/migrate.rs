@@ -130,6 +130,18 @@ fn assert_validated(o: &Output, out: &Path, backend: &str) {
         nic["ipv4"][0].as_str().unwrap().starts_with("10.0.2."),
         "{nic}"
     );
+    // The agent's performance counters since boot (docs/evidence.md, "after").
+    let perf = &v["evidence"]["agent"]["perf"];
+    assert!(perf["cpu"][0].as_u64().unwrap() > 0, "{perf}");
+    assert!(
+        perf["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d[1].as_u64().unwrap() > 0),
+        "{perf}"
+    );
+    assert_eq!(perf["nics"][0][0], "ens192", "{perf}");
     let shot = PathBuf::from(v["evidence"]["screenshot"].as_str().expect("a screenshot"));
     assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
@@ -189,17 +201,89 @@ fn assert_renders(out: &Path) {
     assert!(len > 40_000, "rendered report looks blank ({len} bytes)");
 }
 
+/// How many disks debian-classic's one boot carries: its own two and small empty data
+/// disks, so that the boot also proves a VM with more disks than one PCI bus has slots
+/// (each virtio-blk disk behind its own PCIe root port) comes up with its disks in VMX
+/// order — root on `vda`, /data on `vdb` after the injector renamed `sdX` to `vdX`.
+const MANY_DISKS: usize = 30;
+
+/// debian-classic's VMX + monolithicSparse form with `MANY_DISKS - 2` empty 1 MiB data
+/// disks added on a second PVSCSI controller's units and the first's free ones. The
+/// fixture's disks are hard links (copies across filesystems): the cache stays as it is.
+fn classic_with_many_disks(f: &v2k_fixtures::Fixture, dir: &Path) -> PathBuf {
+    for d in &f.vmx_sparse.disks {
+        let to = dir.join(d.file_name().unwrap());
+        if std::fs::hard_link(d, &to).is_err() {
+            run(Command::new("cp").arg("--sparse=always").arg(d).arg(&to));
+        }
+    }
+    let mut vmx = std::fs::read_to_string(&f.vmx_sparse.vmx).unwrap();
+    vmx.push_str("scsi1.present = \"TRUE\"\nscsi1.virtualDev = \"pvscsi\"\n");
+    // Unit 7 of a SCSI controller is the controller itself.
+    let units = (2..16)
+        .filter(|u| *u != 7)
+        .map(|u| (0, u))
+        .chain((0..16).filter(|u| *u != 7).map(|u| (1, u)));
+    for (i, (c, u)) in units.take(MANY_DISKS - 2).enumerate() {
+        let name = format!("extra{i}.vmdk");
+        run(Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "vmdk",
+                "-o",
+                "subformat=monolithicSparse",
+            ])
+            .arg(dir.join(&name))
+            .arg("1M"));
+        vmx.push_str(&format!(
+            "scsi{c}:{u}.present = \"TRUE\"\nscsi{c}:{u}.deviceType = \"scsi-hardDisk\"\n\
+             scsi{c}:{u}.fileName = \"{name}\"\n"
+        ));
+    }
+    let p = dir.join("debian-classic.vmx");
+    std::fs::write(&p, vmx).unwrap();
+    p
+}
+
+/// The guest's name of the `i`th virtio-blk disk: vda … vdz, vdaa …
+fn vd_name(i: usize) -> String {
+    let letter = |n: usize| (b'a' + n as u8) as char;
+    if i < 26 {
+        format!("vd{}", letter(i))
+    } else {
+        format!("vd{}{}", letter(i / 26 - 1), letter(i % 26))
+    }
+}
+
 /// debian-classic's one boot: only a boot shows that the migrated guest comes up on
 /// virtio with its NIC name, address and mounts, that the libvirt backend judges it from
-/// the agent's report, and what the report shows of it (screenshot, rendered page).
+/// the agent's report, what the report shows of it (screenshot, rendered page), and
+/// that thirty disks come up in order ([`MANY_DISKS`]).
 #[test]
 fn migrate_vmx_sparse_through_libvirt_validates_and_reports() {
     let f = build(Variant::DebianClassic).unwrap_or_else(|e| panic!("fixture: {e}"));
     let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let vmx = classic_with_many_disks(&f, &src);
     let out = t.path().join("run");
-    let (o, pid) = migrate_with_pid(&f.vmx_sparse.vmx, &out, &["--backend", "libvirt"]);
+    let (o, pid) = migrate_with_pid(&vmx, &out, &["--backend", "libvirt"]);
     assert_validated(&o, &out, "libvirt");
     assert_renders(&out);
+    // Every disk reached the guest, in VMX order, each behind its own root port.
+    let r = report(&out);
+    let seen: Vec<&str> = r["validation"]["evidence"]["agent"]["perf"]["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d[0].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (0..MANY_DISKS).map(vd_name).collect();
+    assert_eq!(seen, want, "the guest's disks");
+    let xml = std::fs::read_to_string(out.join("domain.xml")).unwrap();
+    assert_eq!(xml.matches("pcie-root-port").count(), MANY_DISKS, "{xml}");
     // This run's validation domain (`v2k-validate-NAME-PID`) is gone: it was transient.
     // Other tests' domains may exist at this moment; they are not this test's business.
     let list = Command::new("virsh")
