@@ -192,9 +192,15 @@ pub(crate) fn parse_embedded(raw: &[u8]) -> Result<Descriptor, DescriptorError> 
     parse(&raw[..end])
 }
 
+/// Bytes of an older text QEMU may leave after a descriptor file's NUL: its CID update
+/// rewrites the file in place with `CID=%x`, which drops leading zeros, so the new text
+/// can be up to 7 bytes shorter than the old and the old one's last bytes stay behind
+/// the new NUL (seen about once in sixteen writes). Too few for an extent line.
+const MAX_STALE_TAIL: usize = 7;
+
 /// Parses a descriptor. Descriptors are padded with NULs to whole sectors (embedded
-/// ones always, separate ones when qemu-img wrote them); in a descriptor file a NUL
-/// followed by text is refused.
+/// ones always, separate ones when qemu-img wrote them); in a descriptor file text
+/// after a NUL is refused, but for QEMU's stale tail ([`MAX_STALE_TAIL`]).
 pub fn parse(raw: &[u8]) -> Result<Descriptor, DescriptorError> {
     if raw.len() > MAX_DESCRIPTOR_BYTES {
         return Err(err(
@@ -203,7 +209,8 @@ pub fn parse(raw: &[u8]) -> Result<Descriptor, DescriptorError> {
         ));
     }
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    if raw[end..].iter().any(|&b| b != 0) {
+    let after = raw.get(end + 1..).unwrap_or_default();
+    if after.iter().rposition(|&b| b != 0) >= Some(MAX_STALE_TAIL) {
         return Err(err(None, "NUL byte inside the text"));
     }
     let bytes = &raw[..end];
@@ -340,7 +347,9 @@ createType=\"monolithicSparse\"\nRW 16384 SPARSE \"a.vmdk\"\n"
         let d = parse_embedded(&raw).unwrap();
         assert_eq!(d.create_type, "monolithicSparse");
         assert_eq!(d.extents.len(), 1);
-        // A descriptor file keeps refusing text after a NUL.
+        // A descriptor file takes QEMU's short stale tail too, and nothing longer.
+        assert_eq!(parse(&raw).unwrap().extents.len(), 1);
+        raw.splice(raw.len() - 100..raw.len() - 91, *b"RW 8 ZERO");
         assert!(parse(&raw).is_err());
     }
 
@@ -394,6 +403,23 @@ createType=\"monolithicSparse\"\nRW 16384 SPARSE \"a.vmdk\"\n"
             .unwrap_err()
             .message
             .contains("overflow"));
+    }
+
+    #[test]
+    fn a_descriptor_file_qemu_rewrote_shorter_keeps_its_text_and_drops_the_stale_tail() {
+        // `CID=0a1b2c3d` rewritten as `CID=1f` (6 bytes shorter): the old last 5 bytes
+        // and its NUL stay behind the new NUL.
+        let old = "# Disk DescriptorFile\nversion=1\nCID=0a1b2c3d\nparentCID=ffffffff\n\
+                   createType=\"monolithicFlat\"\nRW 8 FLAT \"x-flat.vmdk\" 0\n";
+        let new = old.replace("CID=0a1b2c3d", "CID=1f");
+        let mut raw = vec![0u8; 512];
+        raw[..old.len()].copy_from_slice(old.as_bytes());
+        raw[..new.len()].copy_from_slice(new.as_bytes());
+        raw[new.len()] = 0;
+        assert_ne!(raw[new.len() + 1], 0, "the stale tail is there");
+        let d = parse(&raw).unwrap();
+        assert_eq!(d.cid, Some(0x1f));
+        assert_eq!(d.extents.len(), 1);
     }
 
     #[test]
