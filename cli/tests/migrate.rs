@@ -226,17 +226,7 @@ fn classic_with_many_disks(f: &v2k_fixtures::Fixture, dir: &Path) -> PathBuf {
         .chain((0..16).filter(|u| *u != 7).map(|u| (1, u)));
     for (i, (c, u)) in units.take(MANY_DISKS - 2).enumerate() {
         let name = format!("extra{i}.vmdk");
-        run(Command::new("qemu-img")
-            .args([
-                "create",
-                "-q",
-                "-f",
-                "vmdk",
-                "-o",
-                "subformat=monolithicSparse",
-            ])
-            .arg(dir.join(&name))
-            .arg("1M"));
+        v2k_fixtures::sparse_vmdk(&dir.join(&name), "1M", None);
         vmx.push_str(&format!(
             "scsi{c}:{u}.present = \"TRUE\"\nscsi{c}:{u}.deviceType = \"scsi-hardDisk\"\n\
              scsi{c}:{u}.fileName = \"{name}\"\n"

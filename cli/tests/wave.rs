@@ -428,20 +428,7 @@ fn a_wave_killed_mid_run_resumes_without_redoing_finished_work() {
 fn a_wave_gives_an_efi_vm_its_own_variable_store() {
     let t = tempfile::tempdir().unwrap();
     let disk = t.path().join("data.vmdk");
-    let ok = Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=monolithicSparse",
-        ])
-        .arg(&disk)
-        .arg("4M")
-        .status()
-        .expect("qemu-img (scripts/setup.sh)");
-    assert!(ok.success());
+    v2k_fixtures::sparse_vmdk(&disk, "4M", None);
     let vmx = t.path().join("data.vmx");
     std::fs::write(
         &vmx,

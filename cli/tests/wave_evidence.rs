@@ -13,20 +13,7 @@ const V2K: &str = env!("CARGO_BIN_EXE_v2k");
 
 /// A 4 MiB sparse VMDK at `path`.
 fn disk(path: &Path) {
-    let ok = Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=monolithicSparse",
-        ])
-        .arg(path)
-        .arg("4M")
-        .status()
-        .expect("qemu-img (scripts/setup.sh)");
-    assert!(ok.success());
+    v2k_fixtures::sparse_vmdk(path, "4M", None);
 }
 
 /// A data VM `name` in `dir`; its disk is made only when `with_disk`.

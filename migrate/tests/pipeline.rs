@@ -36,20 +36,7 @@ fn run(cmd: &mut Command) {
 /// pattern, and one NIC.
 fn vm_dir(dir: &Path, extra: &str) -> PathBuf {
     let disk = dir.join("vm.vmdk");
-    run(Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=monolithicSparse",
-        ])
-        .arg(&disk)
-        .arg("8M"));
-    run(Command::new("qemu-io")
-        .args(["-f", "vmdk", "-c", "write -P 0x11 1M 256k"])
-        .arg(&disk));
+    v2k_fixtures::sparse_vmdk(&disk, "8M", Some((0x11, "1M", "256k")));
     let vmx = dir.join("vm.vmx");
     std::fs::write(
         &vmx,

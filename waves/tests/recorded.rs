@@ -65,20 +65,7 @@ fn vm(dir: &Path, name: &str, mac: &str, with_disk: bool) -> PathBuf {
 }
 
 fn make_disk(path: &Path) {
-    run(Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=monolithicSparse",
-        ])
-        .arg(path)
-        .arg("8M"));
-    run(Command::new("qemu-io")
-        .args(["-f", "vmdk", "-c", "write -P 0x22 2M 192k"])
-        .arg(path));
+    v2k_fixtures::sparse_vmdk(path, "8M", Some((0x22, "2M", "192k")));
 }
 
 /// The recording boot stages: what they were asked, by VM name.
