@@ -35,7 +35,7 @@ PKGS=(
     build-essential pkg-config ca-certificates time python3 jq xz-utils bc
     # converters: reference tools for differential tests
     # fixtures: guest builders
-    debootstrap grub-pc-bin grub2-common parted e2fsprogs lvm2 dosfstools
+    debootstrap grub-pc-bin grub2-common parted e2fsprogs lvm2 dosfstools xfsprogs
     fdisk kpartx udev cpio zstd
     # injector: libguestfs with a host kernel for its appliance
     libguestfs-dev libguestfs-tools guestfish linux-image-amd64 supermin

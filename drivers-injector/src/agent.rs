@@ -5,6 +5,8 @@
 //! V2K-AGENT {"v":1,"ok":true,"boot":true,"root-rw":true,"mounts":[{"target":"/data","ok":true}],
 //!            "nics":[{"name":"ens192","mac":"00:50:56:3a:c1:01","ipv4":["10.0.2.15/24"]}],
 //!            "failed-units":[],"uptime":21.4,
+//!            "firmware":{"efi":true,"secure-boot":false},
+//!            "gateways":[{"via":"10.0.2.2","dev":"ens192"}],"dns":["10.0.2.3"],
 //!            "perf":{"cpu":[51234,12],"disks":[["vda",4100,2050,380,900]],"nics":[["ens192",0,0]]}}
 //! ```
 //!
@@ -104,6 +106,34 @@ for u in $(systemctl --failed --plain --no-legend 2>/dev/null | awk '{print $1}'
 done
 up=$(cut -d' ' -f1 /proc/uptime)
 
+# Firmware: EFI when the kernel was started by it; Secure Boot from the SecureBoot
+# variable (4 attribute bytes, then 1 when enforcing). null on BIOS.
+efi=false
+sb=null
+if [ -d /sys/firmware/efi ]; then
+    efi=true
+    sb=false
+    v=/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c
+    if [ -r "$v" ] && [ "$(od -An -t u1 -j4 -N1 "$v" 2>/dev/null | tr -d ' ')" = 1 ]; then sb=true; fi
+fi
+
+# Default IPv4 routes (gateway, interface) and the resolvers in use: systemd-resolved's
+# upstream list when it runs (its /etc/resolv.conf names only the local stub).
+gws=
+sep=
+for r in $(ip -4 route show default 2>/dev/null | awk '{ v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } print v "|" d }' | head -n 8); do
+    gws="$gws$sep{\"via\":\"$(esc "${r%%|*}")\",\"dev\":\"$(esc "${r#*|}")\"}"
+    sep=,
+done
+rc=/etc/resolv.conf
+[ -r /run/systemd/resolve/resolv.conf ] && rc=/run/systemd/resolve/resolv.conf
+dns=
+sep=
+for d in $(awk '$1 == "nameserver" { print $2 }' "$rc" 2>/dev/null | head -n 8); do
+    dns="$dns$sep\"$(esc "$d")\""
+    sep=,
+done
+
 # Performance counters since boot (docs/evidence.md, "after"): CPU ticks (user..steal
 # summed, and steal) from /proc/stat; per whole disk the reads and writes completed
 # and the milliseconds spent on them from /proc/diskstats; per NIC the packets
@@ -122,7 +152,7 @@ for d in /sys/class/net/*; do
 done
 perf="{\"cpu\":${cpu:-[0,0]},\"disks\":[$disks],\"nics\":[$drops]}"
 
-line="V2K-AGENT {\"v\":1,\"ok\":$ok,\"boot\":true,\"root-rw\":$root_rw,\"mounts\":[$mounts],\"nics\":[$nics],\"failed-units\":[$failed],\"uptime\":$up,\"perf\":$perf}"
+line="V2K-AGENT {\"v\":1,\"ok\":$ok,\"boot\":true,\"root-rw\":$root_rw,\"mounts\":[$mounts],\"nics\":[$nics],\"failed-units\":[$failed],\"uptime\":$up,\"firmware\":{\"efi\":$efi,\"secure-boot\":$sb},\"gateways\":[$gws],\"dns\":[$dns],\"perf\":$perf}"
 echo "$line"
 printf '%s\r\n' "$line" > /dev/ttyS0 2>/dev/null
 mkdir -p /var/lib/v2k && printf '%s\n' "$line" > /var/lib/v2k/agent-report.txt
@@ -195,6 +225,53 @@ mod tests {
         for d in v["disks"].as_array().unwrap() {
             assert_eq!(d.as_array().unwrap().len(), 5, "{text}");
         }
+    }
+
+    /// The firmware, route and resolver block, run by `sh` on this machine: valid JSON
+    /// pieces with this machine's default route and resolvers.
+    #[test]
+    fn the_network_block_reads_this_machines_routes_and_resolvers() {
+        let s = script(false);
+        let start = s.find("# Firmware: EFI").unwrap();
+        let end = start + s[start..].find("\n# Performance counters").unwrap();
+        let body = format!(
+            "esc() {{ printf '%s' \"$1\" | tr -d '\"\\\\' | tr -d '\\000-\\037'; }}\n{}\n\
+             printf '{{\"firmware\":{{\"efi\":%s,\"secure-boot\":%s}},\"gateways\":[%s],\"dns\":[%s]}}' \
+             \"$efi\" \"$sb\" \"$gws\" \"$dns\"\n",
+            &s[start..end]
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&body)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(
+            v["firmware"]["efi"].as_bool().unwrap(),
+            std::path::Path::new("/sys/firmware/efi").is_dir(),
+            "{text}"
+        );
+        let routes = std::process::Command::new("ip")
+            .args(["-4", "route", "show", "default"])
+            .output()
+            .unwrap();
+        let routes = String::from_utf8_lossy(&routes.stdout);
+        assert_eq!(
+            v["gateways"].as_array().unwrap().len(),
+            routes.lines().count().min(8),
+            "{text} vs {routes}"
+        );
+        for g in v["gateways"].as_array().unwrap() {
+            assert!(routes.contains(g["via"].as_str().unwrap()), "{text}");
+        }
+        let rc = ["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        let servers = rc.lines().filter(|l| l.starts_with("nameserver")).count();
+        assert_eq!(v["dns"].as_array().unwrap().len(), servers.min(8), "{text}");
     }
 
     #[test]

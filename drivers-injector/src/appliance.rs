@@ -226,8 +226,13 @@ impl Appliance {
                 rel.len()
             )));
         }
+        // libguestfs gives names relative to `dir`, but with a leading `/` when `dir`
+        // is a mount point (seen on an ESP at /boot/efi: `/EFI/debian/grubx64.efi`).
         let base = dir.trim_end_matches('/');
-        Ok(rel.into_iter().map(|r| format!("{base}/{r}")).collect())
+        Ok(rel
+            .into_iter()
+            .map(|r| format!("{base}/{}", r.trim_start_matches('/')))
+            .collect())
     }
 
     pub fn mkdir_p(&self, p: &str) -> Result<()> {

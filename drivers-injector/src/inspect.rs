@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::appliance::{gerr, Appliance};
 use crate::edit::{self, DiskBus};
 use crate::error::{Error, Result};
+use crate::netconf;
 
 /// Distributions whose tools and layouts we know (libguestfs `inspect_get_distro` ids).
 pub const SUPPORTED_DISTROS: &[&str] = &[
@@ -116,6 +117,10 @@ pub struct ConfiguredNic {
     pub mac: Option<String>,
     /// The file that names it.
     pub file: String,
+    /// Its static IPv4 address, gateway and resolvers, when the configuration sets
+    /// them (checked after the validation boot: `static-ip:NAME`, `route`, `dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<crate::netconf::StaticIpv4>,
 }
 
 /// The inspection result, recorded in the conversion log.
@@ -569,7 +574,10 @@ fn bootloader(app: &Appliance) -> Result<Bootloader> {
 fn network(app: &Appliance) -> Result<(Vec<String>, Vec<ConfiguredNic>)> {
     let mut systems = Vec::new();
     let mut nics: Vec<ConfiguredNic> = Vec::new();
-    let mut add = |name: String, mac: Option<String>, file: &str| {
+    let mut add = |name: String,
+                   mac: Option<String>,
+                   file: &str,
+                   ipv4: Option<crate::netconf::StaticIpv4>| {
         if name == "lo" || !edit::is_safe_name(&name) {
             return;
         }
@@ -577,11 +585,15 @@ fn network(app: &Appliance) -> Result<(Vec<String>, Vec<ConfiguredNic>)> {
             if n.mac.is_none() {
                 n.mac = mac;
             }
+            if n.ipv4.is_none() {
+                n.ipv4 = ipv4;
+            }
         } else {
             nics.push(ConfiguredNic {
                 name,
                 mac,
                 file: file.to_string(),
+                ipv4,
             });
         }
     };
@@ -597,7 +609,8 @@ fn network(app: &Appliance) -> Result<(Vec<String>, Vec<ConfiguredNic>)> {
         if let Some(text) = app.read_opt(f)? {
             for name in edit::ifupdown_names(&text) {
                 have_ifupdown = true;
-                add(name, None, f);
+                let ipv4 = netconf::ifupdown(&text, &name);
+                add(name, None, f, ipv4);
             }
         }
     }
@@ -615,7 +628,7 @@ fn network(app: &Appliance) -> Result<(Vec<String>, Vec<ConfiguredNic>)> {
             have_networkd = true;
             let (names, mac) = edit::networkd_match(&text);
             for name in names {
-                add(name, mac.clone(), &path);
+                add(name, mac.clone(), &path, netconf::networkd(&text));
             }
         }
     }
@@ -635,6 +648,7 @@ fn network(app: &Appliance) -> Result<(Vec<String>, Vec<ConfiguredNic>)> {
                     name,
                     edit::ini_value(&text, "mac-address").map(|m| m.to_lowercase()),
                     &path,
+                    netconf::nm_keyfile(&text),
                 );
             }
         }
@@ -658,6 +672,7 @@ fn network(app: &Appliance) -> Result<(Vec<String>, Vec<ConfiguredNic>)> {
                         name,
                         edit::shell_var(&text, "HWADDR").map(|m| m.to_lowercase()),
                         &path,
+                        netconf::ifcfg(&text),
                     );
                 }
             }
@@ -671,14 +686,20 @@ fn network(app: &Appliance) -> Result<(Vec<String>, Vec<ConfiguredNic>)> {
     for path in netplan {
         if let Some(text) = app.read_opt(&path)? {
             for name in edit::netplan_ethernets(&text) {
-                add(name, None, &path);
+                let ipv4 = netconf::netplan(&text, &name);
+                add(name, None, &path, ipv4);
             }
         }
     }
     // Old udev persistent names: MAC → name.
     if let Some(text) = app.read_opt("/etc/udev/rules.d/70-persistent-net.rules")? {
         for (mac, name) in edit::udev_persistent(&text) {
-            add(name, Some(mac), "/etc/udev/rules.d/70-persistent-net.rules");
+            add(
+                name,
+                Some(mac),
+                "/etc/udev/rules.d/70-persistent-net.rules",
+                None,
+            );
         }
     }
     Ok((systems, nics))

@@ -17,6 +17,7 @@ mod error;
 mod inspect;
 mod linux;
 mod log;
+mod netconf;
 pub mod windows;
 
 use std::io::Read;
@@ -27,6 +28,7 @@ use v2k_inventory::model::{DiskLocation, Vm};
 
 pub use error::{Error, ErrorKind, Result};
 pub use log::{ConversionLog, Status};
+pub use netconf::StaticIpv4;
 pub use v2k_kvm_target::{Accel, DiskBus};
 
 /// What to inject.

@@ -839,6 +839,7 @@ mod tests {
             name: name.into(),
             mac: mac.map(str::to_string),
             file: "/etc/network/interfaces".into(),
+            ipv4: None,
         }
     }
 

@@ -14,7 +14,7 @@ use v2k_converters::vmdk::{ByteRange, Source};
 use v2k_drivers_injector::{self as injector, InjectOptions};
 use v2k_inventory::model::{Concern, DiskLocation, Severity, Vm};
 use v2k_kvm_target::{Accel, DiskBus, GuestFeatures, NetworkMap, QemuOptions, Target};
-use v2k_validator::checks::ExpectedNic;
+use v2k_validator::checks::{ExpectedFirmware, ExpectedNic};
 use v2k_validator::{Expectations, Validation};
 
 pub use v2k_drivers_injector::Injected;
@@ -611,10 +611,19 @@ pub fn define(uri: &str, domain_xml: &Path) -> std::result::Result<(), TargetErr
 // 5. validate
 
 /// What the validation boot expects of the guest: every non-root mount the injector
-/// saw, and each NIC under its pinned name and MAC. Windows names its new virtio
-/// adapters itself: every NIC of the target is expected by MAC, whatever it is called.
+/// saw, and each NIC under its pinned name and MAC, with the static addresses, default
+/// gateway and resolvers its configuration sets; the firmware the target boots with.
+/// Windows names its new virtio adapters itself: every NIC of the target is expected
+/// by MAC, whatever it is called (its addresses are the Windows agent's own check).
 pub fn expectations(injected: &Injected, target: &Target) -> Expectations {
     let log = &injected.log;
+    let static_of = |name: &str| {
+        log.inspection
+            .configured_nics
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.ipv4.as_ref())
+    };
     let nics = if injected.windows.is_some() {
         target
             .nics
@@ -622,6 +631,7 @@ pub fn expectations(injected: &Injected, target: &Target) -> Expectations {
             .map(|n| ExpectedNic {
                 name: None,
                 mac: n.mac.clone(),
+                static_ipv4: vec![],
             })
             .collect()
     } else {
@@ -630,9 +640,28 @@ pub fn expectations(injected: &Injected, target: &Target) -> Expectations {
             .map(|p| ExpectedNic {
                 name: Some(p.name.clone()),
                 mac: p.mac.clone(),
+                static_ipv4: static_of(&p.name)
+                    .map(|s| s.addresses.clone())
+                    .unwrap_or_default(),
             })
             .collect()
     };
+    // The route and resolvers of the pinned NICs' static configurations (the first
+    // gateway: one default route is what a guest has).
+    let statics: Vec<&injector::StaticIpv4> = if injected.windows.is_some() {
+        Vec::new()
+    } else {
+        log.nic_names
+            .iter()
+            .filter_map(|p| static_of(&p.name))
+            .collect()
+    };
+    let mut dns: Vec<String> = Vec::new();
+    for d in statics.iter().flat_map(|s| &s.dns) {
+        if !dns.contains(d) {
+            dns.push(d.clone());
+        }
+    }
     Expectations {
         mounts: log
             .inspection
@@ -642,6 +671,13 @@ pub fn expectations(injected: &Injected, target: &Target) -> Expectations {
             .filter(|p| p != "/")
             .collect(),
         nics,
+        // The Windows agent does not report firmware; a Linux one always does.
+        firmware: injected.windows.is_none().then(|| ExpectedFirmware {
+            efi: target.efi(),
+            secure_boot: target.firmware.secure_boot(),
+        }),
+        gateway: statics.iter().find_map(|s| s.gateway.clone()),
+        dns,
     }
 }
 

@@ -24,6 +24,15 @@ pub struct AgentReport {
     pub failed_units: Vec<String>,
     #[serde(default)]
     pub uptime: f64,
+    /// How the guest was started (agents before this field send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<AgentFirmware>,
+    /// Default IPv4 routes.
+    #[serde(default)]
+    pub gateways: Vec<AgentGateway>,
+    /// The resolvers in use.
+    #[serde(default)]
+    pub dns: Vec<String>,
     /// Performance counters since boot (agents before this field send none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perf: Option<crate::perf::AgentPerf>,
@@ -33,6 +42,22 @@ pub struct AgentReport {
 pub struct AgentMount {
     pub target: String,
     pub ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AgentFirmware {
+    pub efi: bool,
+    /// Secure Boot enforcing; `None` on BIOS.
+    #[serde(default)]
+    pub secure_boot: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentGateway {
+    /// The gateway address (`-` for a device route).
+    pub via: String,
+    pub dev: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

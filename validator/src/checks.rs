@@ -15,6 +15,33 @@ pub struct Expectations {
     /// NICs that must be up with this MAC (and name, when one is expected) and hold
     /// an IPv4 address.
     pub nics: Vec<ExpectedNic>,
+    /// The firmware the guest must have been started by (`firmware` check); `None`
+    /// when the guest's agent does not report it (Windows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<ExpectedFirmware>,
+    /// The default gateway the source's configuration sets (`route` check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Resolvers the source's configuration sets (`dns` check): each must be in use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct ExpectedFirmware {
+    pub efi: bool,
+    pub secure_boot: bool,
+}
+
+impl ExpectedFirmware {
+    fn describe(efi: bool, secure_boot: Option<bool>) -> String {
+        match (efi, secure_boot) {
+            (false, _) => "BIOS".into(),
+            (true, Some(true)) => "UEFI with Secure Boot enforcing".into(),
+            (true, _) => "UEFI, Secure Boot off".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -24,6 +51,9 @@ pub struct ExpectedNic {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub mac: String,
+    /// Static `ADDRESS/PREFIX`es the source configured on it (`static-ip:<name>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub static_ipv4: Vec<String>,
 }
 
 impl ExpectedNic {
@@ -37,7 +67,8 @@ impl ExpectedNic {
 #[serde(rename_all = "kebab-case")]
 pub struct Check {
     /// Stable id: `agent-report`, `root-rw`, `mounts`, `nic:<name>` (`nic:<mac>` when
-    /// the guest names the NIC), `failed-units`.
+    /// the guest names the NIC), `static-ip:<name>`, `route`, `dns`, `firmware`,
+    /// `failed-units`.
     /// How the guest stopped afterwards is evidence (`clean-shutdown`), not a check:
     /// a guest without an ACPI handler (no logind) is still a working guest.
     pub id: String,
@@ -83,6 +114,9 @@ pub fn judge(expect: &Expectations, ev: &Evidence, timeout: Duration) -> Vec<Che
         out.push(check("mounts", false, "not reported"));
         for n in &expect.nics {
             out.push(check(n.check_id(), false, "not reported"));
+        }
+        for id in expected_network_ids(expect) {
+            out.push(check(id, false, "not reported"));
         }
         out.push(check("failed-units", false, "not reported"));
         return out;
@@ -154,6 +188,7 @@ pub fn judge(expect: &Expectations, ev: &Evidence, timeout: Duration) -> Vec<Che
             ),
         });
     }
+    judge_network(expect, a, &mut out);
     out.push(if a.failed_units.is_empty() {
         check("failed-units", true, "no failed systemd units")
     } else {
@@ -164,6 +199,124 @@ pub fn judge(expect: &Expectations, ev: &Evidence, timeout: Duration) -> Vec<Che
         )
     });
     out
+}
+
+/// The ids of the configuration checks `expect` asks for, in report order.
+fn expected_network_ids(expect: &Expectations) -> Vec<String> {
+    let mut ids: Vec<String> = expect
+        .nics
+        .iter()
+        .filter(|n| !n.static_ipv4.is_empty())
+        .map(|n| format!("static-ip:{}", n.name.as_deref().unwrap_or(&n.mac)))
+        .collect();
+    if expect.gateway.is_some() {
+        ids.push("route".into());
+    }
+    if !expect.dns.is_empty() {
+        ids.push("dns".into());
+    }
+    if expect.firmware.is_some() {
+        ids.push("firmware".into());
+    }
+    ids
+}
+
+/// Static addresses, the default route, resolvers and firmware: what the source's
+/// configuration set, compared with what the guest reports (reasons say both).
+fn judge_network(expect: &Expectations, a: &crate::agent::AgentReport, out: &mut Vec<Check>) {
+    for n in expect.nics.iter().filter(|n| !n.static_ipv4.is_empty()) {
+        let id = format!("static-ip:{}", n.name.as_deref().unwrap_or(&n.mac));
+        let want = n.static_ipv4.join(", ");
+        out.push(match a.nics.iter().find(|r| same_mac(&r.mac, &n.mac)) {
+            None => check(
+                id,
+                false,
+                format!("expected {want}; no NIC with MAC {}", n.mac),
+            ),
+            Some(r) => {
+                let missing: Vec<&String> = n
+                    .static_ipv4
+                    .iter()
+                    .filter(|w| !r.ipv4.contains(w))
+                    .collect();
+                let found = if r.ipv4.is_empty() {
+                    "none".to_string()
+                } else {
+                    r.ipv4.join(", ")
+                };
+                if missing.is_empty() {
+                    check(id, true, format!("{} has {want}, as configured", r.name))
+                } else {
+                    check(
+                        id,
+                        false,
+                        format!("expected {want} on {}, found {found}", r.name),
+                    )
+                }
+            }
+        });
+    }
+    let found_routes = || {
+        if a.gateways.is_empty() {
+            "no default route".to_string()
+        } else {
+            a.gateways
+                .iter()
+                .map(|g| format!("via {} dev {}", g.via, g.dev))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    if let Some(gw) = &expect.gateway {
+        out.push(match a.gateways.iter().find(|g| &g.via == gw) {
+            Some(g) => check(
+                "route",
+                true,
+                format!("default route via {gw} dev {}, as configured", g.dev),
+            ),
+            None => check(
+                "route",
+                false,
+                format!(
+                    "expected a default route via {gw}, found {}",
+                    found_routes()
+                ),
+            ),
+        });
+    }
+    if !expect.dns.is_empty() {
+        let want = expect.dns.join(", ");
+        let missing = expect.dns.iter().any(|d| !a.dns.contains(d));
+        let found = if a.dns.is_empty() {
+            "none".to_string()
+        } else {
+            a.dns.join(", ")
+        };
+        out.push(if missing {
+            check(
+                "dns",
+                false,
+                format!("expected resolvers {want}, found {found}"),
+            )
+        } else {
+            check("dns", true, format!("resolvers {found} include {want}"))
+        });
+    }
+    if let Some(fw) = expect.firmware {
+        let want = ExpectedFirmware::describe(fw.efi, Some(fw.secure_boot));
+        out.push(match &a.firmware {
+            None => check("firmware", false, format!("expected {want}; not reported")),
+            Some(r) => {
+                let found = ExpectedFirmware::describe(r.efi, r.secure_boot);
+                let ok = r.efi == fw.efi && (!fw.efi || r.secure_boot == Some(fw.secure_boot));
+                if ok {
+                    check("firmware", true, format!("{found}, as the VM declares"))
+                } else {
+                    check("firmware", false, format!("expected {want}, found {found}"))
+                }
+            }
+        });
+    }
 }
 
 #[cfg(test)]
@@ -186,7 +339,9 @@ mod tests {
             nics: vec![ExpectedNic {
                 name: Some("ens192".into()),
                 mac: "00:50:56:aa:bb:cc".into(),
+                static_ipv4: vec![],
             }],
+            ..Expectations::default()
         }
     }
 
@@ -220,12 +375,15 @@ mod tests {
                 ExpectedNic {
                     name: None,
                     mac: "00:50:56:aa:bb:cc".into(),
+                    static_ipv4: vec![],
                 },
                 ExpectedNic {
                     name: None,
                     mac: "00:50:56:aa:bb:dd".into(),
+                    static_ipv4: vec![],
                 },
             ],
+            ..Expectations::default()
         };
         let ev = evidence(
             r#"V2K-AGENT {"v":1,"ok":true,"boot":true,"root-rw":true,"mounts":[{"target":"C:","ok":true}],"nics":[{"name":"Ethernet 2","mac":"00-50-56-AA-BB-CC","ipv4":["10.0.2.15/24"]},{"name":"Ethernet 3","mac":"00:50:56:aa:bb:dd","ipv4":[]}],"failed-units":[],"uptime":90}"#,
@@ -238,6 +396,92 @@ mod tests {
             !second.passed && second.reason.contains("no IPv4"),
             "{second:?}"
         );
+    }
+
+    fn static_expect() -> Expectations {
+        Expectations {
+            mounts: vec![],
+            nics: vec![ExpectedNic {
+                name: Some("ens192".into()),
+                mac: "00:50:56:aa:bb:cc".into(),
+                static_ipv4: vec!["10.0.2.50/24".into()],
+            }],
+            firmware: Some(ExpectedFirmware {
+                efi: true,
+                secure_boot: false,
+            }),
+            gateway: Some("10.0.2.2".into()),
+            dns: vec!["10.0.2.3".into()],
+        }
+    }
+
+    #[test]
+    fn static_address_route_dns_and_firmware_as_configured_pass() {
+        let ev = evidence(
+            r#"V2K-AGENT {"v":1,"ok":true,"boot":true,"root-rw":true,"mounts":[],"nics":[{"name":"ens192","mac":"00:50:56:aa:bb:cc","ipv4":["10.0.2.50/24"]}],"failed-units":[],"uptime":20,"firmware":{"efi":true,"secure-boot":false},"gateways":[{"via":"10.0.2.2","dev":"ens192"}],"dns":["10.0.2.3"]}"#,
+        );
+        let c = judge(&static_expect(), &ev, Duration::from_secs(60));
+        assert!(c.iter().all(|c| c.passed), "{c:?}");
+        let ids: Vec<&str> = c.iter().map(|c| c.id.as_str()).collect();
+        for id in ["static-ip:ens192", "route", "dns", "firmware"] {
+            assert!(ids.contains(&id), "{ids:?}");
+        }
+    }
+
+    #[test]
+    fn a_lost_static_address_route_and_resolver_fail_saying_expected_and_found() {
+        // What a NIC renamed on KVM looks like: the keyfile no longer applies, and
+        // NetworkManager's default DHCP profile takes the NIC; BIOS boot instead of UEFI.
+        let ev = evidence(
+            r#"V2K-AGENT {"v":1,"ok":true,"boot":true,"root-rw":true,"mounts":[],"nics":[{"name":"ens192","mac":"00:50:56:aa:bb:cc","ipv4":["10.0.2.15/24"]}],"failed-units":[],"uptime":20,"firmware":{"efi":false,"secure-boot":null},"gateways":[],"dns":["192.0.2.1"]}"#,
+        );
+        let c = judge(&static_expect(), &ev, Duration::from_secs(60));
+        let by = |id: &str| c.iter().find(|c| c.id == id).unwrap().clone();
+        let ip = by("static-ip:ens192");
+        assert!(!ip.passed, "{ip:?}");
+        assert!(
+            ip.reason.contains("expected 10.0.2.50/24") && ip.reason.contains("found 10.0.2.15/24")
+        );
+        let route = by("route");
+        assert!(
+            !route.passed && route.reason.contains("no default route"),
+            "{route:?}"
+        );
+        let dns = by("dns");
+        assert!(
+            !dns.passed && dns.reason.contains("found 192.0.2.1"),
+            "{dns:?}"
+        );
+        let fw = by("firmware");
+        assert!(
+            !fw.passed
+                && fw
+                    .reason
+                    .contains("expected UEFI, Secure Boot off, found BIOS"),
+            "{fw:?}"
+        );
+        // Secure Boot expected but off.
+        let mut e = static_expect();
+        e.firmware = Some(ExpectedFirmware {
+            efi: true,
+            secure_boot: true,
+        });
+        let ev = evidence(
+            r#"V2K-AGENT {"v":1,"ok":true,"boot":true,"root-rw":true,"mounts":[],"nics":[],"failed-units":[],"uptime":20,"firmware":{"efi":true,"secure-boot":false}}"#,
+        );
+        let c = judge(&e, &ev, Duration::from_secs(60));
+        let fw = c.iter().find(|c| c.id == "firmware").unwrap();
+        assert!(
+            !fw.passed && fw.reason.contains("Secure Boot enforcing"),
+            "{fw:?}"
+        );
+        // An agent without these fields fails them as not reported, never passes them.
+        let ev = evidence(
+            r#"V2K-AGENT {"v":1,"ok":true,"boot":true,"root-rw":true,"mounts":[],"nics":[{"name":"ens192","mac":"00:50:56:aa:bb:cc","ipv4":["10.0.2.50/24"]}],"failed-units":[],"uptime":20}"#,
+        );
+        let c = judge(&static_expect(), &ev, Duration::from_secs(60));
+        assert!(!c.iter().find(|c| c.id == "firmware").unwrap().passed);
+        assert!(!c.iter().find(|c| c.id == "route").unwrap().passed);
     }
 
     #[test]

@@ -242,6 +242,13 @@ const SIGNS: &[(&str, &str, bool)] = &[
         "the UEFI firmware found no boot loader (no boot entry, no \\EFI\\BOOT\\BOOTX64.EFI)",
         true,
     ),
+    // The same, on an OVMF build with its shell: after the disk, the shell is the
+    // last boot option (with QEMU's boot order restricting the options to the disk).
+    (
+        "\"EFI Internal Shell\" from Fv(",
+        "the UEFI firmware found no boot loader (no boot entry, no \\EFI\\BOOT\\BOOTX64.EFI) and started its built-in shell",
+        true,
+    ),
     // GRUB may still find a configuration after this.
     ("error: no such device", "GRUB did not find its root", false),
 ];
@@ -287,6 +294,18 @@ mod tests {
 
     const OVMF: &str = "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x3,0x0): Not Found\n\
                         BdsDxe: No bootable option or device was found.\n";
+
+    #[test]
+    fn ovmf_falling_back_to_its_shell_is_named_and_ends_the_wait() {
+        let shell = "BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x1,0x0): Not Found\n\
+                     BdsDxe: loading Boot0002 \"EFI Internal Shell\" from Fv(7CB8BDC9-F8EB-4F34-AAEA-3EE4AF6516A1)/FvFile(7C04A583-9E3E-4F1C-AD65-E05268D0B4D1)\n";
+        let d = diagnose(shell).unwrap();
+        assert!(d.contains("started its built-in shell"), "{d}");
+        let mut w = FatalWatch::default();
+        let t0 = Instant::now();
+        assert!(!w.give_up(shell, t0));
+        assert!(w.give_up(shell, t0 + FATAL_GRACE));
+    }
 
     #[test]
     fn ovmf_with_nothing_to_boot_is_named_and_ends_the_wait() {

@@ -61,7 +61,9 @@ fn unconverted_target(dir: &std::path::Path) -> (Target, Expectations) {
         nics: vec![ExpectedNic {
             name: Some("ens192".into()),
             mac: f.mac.clone(),
+            static_ipv4: vec![],
         }],
+        ..Expectations::default()
     };
     (target, expect)
 }

@@ -821,6 +821,8 @@ pub(crate) fn summary_inspection(w: &WindowsInspection) -> Inspection {
                     "HKLM\\SYSTEM\\{}\\Services\\Tcpip\\Parameters\\Interfaces\\{}",
                     w.control_set, s.interface
                 ),
+                // Windows addresses are checked by MAC in the Windows agent's report.
+                ipv4: None,
             })
             .collect(),
         vmware_tools: w
