@@ -735,6 +735,7 @@ mod tests {
                         })
                         .collect(),
                 }],
+                conversion_host: None,
             }),
             rec(Entry::VmStarted {
                 wave: "w1".into(),
