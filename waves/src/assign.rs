@@ -271,11 +271,11 @@ fn place(
                 .cmp(&vms[a].bytes)
                 .then(vms[a].order.cmp(&vms[b].order))
         });
-        let mut wave_load: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut wave_load: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
         for i in idx {
             let v = &vms[i];
             let keys = v.keys();
-            let mut best: Option<(u64, u64, usize, usize)> = None;
+            let mut best: Option<(u64, usize, u64, usize, usize)> = None;
             for (hi, h) in hosts.iter().enumerate() {
                 let mut cost = 0usize;
                 let mut ok = true;
@@ -288,19 +288,16 @@ fn place(
                 if !ok {
                     continue;
                 }
-                // The least loaded in this wave, then overall; on a tie the host that
-                // needs no more of the budgets (the rest stays for the others).
-                let cand = (
-                    wave_load.get(h.as_str()).copied().unwrap_or(0),
-                    loads.get(h).copied().unwrap_or(0),
-                    cost,
-                    hi,
-                );
+                // The least loaded in this wave (bytes, then VMs: sizes may be
+                // unknown), then overall; on a tie the host that needs no more of the
+                // budgets (the rest stays for the others).
+                let (wb, wn) = wave_load.get(h.as_str()).copied().unwrap_or((0, 0));
+                let cand = (wb, wn, loads.get(h).copied().unwrap_or(0), cost, hi);
                 if best.is_none_or(|b| cand < b) {
                     best = Some(cand);
                 }
             }
-            let Some((_, _, _, hi)) = best else {
+            let Some((.., hi)) = best else {
                 return Err(fail(format!(
                     "VM {}: no conversion host can take it within the budgets ({})",
                     v.name,
@@ -324,7 +321,9 @@ fn place(
                     users.entry(k.clone()).or_default().insert(h.clone());
                 }
             }
-            *wave_load.entry(h.as_str()).or_insert(0) += v.bytes;
+            let wl = wave_load.entry(h.as_str()).or_insert((0, 0));
+            wl.0 += v.bytes;
+            wl.1 += 1;
             *loads.entry(h.clone()).or_insert(0) += v.bytes;
             out.entry(h.clone()).or_default().push(i);
         }
@@ -367,15 +366,25 @@ pub fn read_record(out_dir: &Path) -> Result<Option<Record>> {
 /// A record for 5,000 VMs is about 1.5 MB; far more is not a record v2k wrote.
 const MAX_RECORD_BYTES: u64 = 64 << 20;
 
-/// Writes the new shard plans and the record (last: a record names only shards that
-/// exist) into `out_dir`. Existing shard files are never rewritten.
+/// Writes the new shard plans and the record into `out_dir`, together (the record
+/// last: it names only shards that exist). Existing shard files are never rewritten.
 pub fn write(out_dir: &Path, a: &Assignment) -> Result<()> {
     v2k_outfile::create_dir(out_dir)?;
+    let mut files = Vec::with_capacity(a.files.len() + 1);
     for (name, text) in &a.files {
-        v2k_outfile::write_atomic(&out_dir.join(name), text.as_bytes(), false)?;
+        files.push(v2k_outfile::OutFile::staged(
+            &out_dir.join(name),
+            text.as_bytes(),
+            false,
+        )?);
     }
     let json = serde_json::to_vec_pretty(&a.record).map_err(|e| fail(e.to_string()))?;
-    v2k_outfile::write_atomic(&out_dir.join(RECORD_FILE), &json, true)?;
+    files.push(v2k_outfile::OutFile::staged(
+        &out_dir.join(RECORD_FILE),
+        &json,
+        true,
+    )?);
+    v2k_outfile::commit_all(files)?;
     Ok(())
 }
 
@@ -714,7 +723,10 @@ struct ShardEntry<'a> {
 /// The plan as written, from which shard plans are cut: the same settings, the
 /// shard's VMs, its shares, paths made absolute (a shard lives in another directory).
 struct ShardSource {
+    /// The plan's top level without its waves.
     root: Mapping,
+    /// Each wave's mapping without its VMs.
+    waves: Vec<Value>,
     /// Every VM entry of every wave, in order (`VmPlan::entry` indexes it).
     entries: Vec<Value>,
     base: PathBuf,
@@ -728,19 +740,24 @@ impl ShardSource {
     fn new(plan: &Plan) -> Result<ShardSource> {
         let root: Value = serde_norway::from_str(&plan.text)
             .map_err(|e| fail(format!("{}: {e}", plan.path.display())))?;
-        let Value::Mapping(root) = root else {
+        let Value::Mapping(mut root) = root else {
             return Err(fail(format!("{}: not a mapping", plan.path.display())));
         };
         let mut entries = Vec::new();
-        if let Some(Value::Sequence(waves)) = root.get(key("waves")) {
-            for w in waves {
-                if let Some(Value::Sequence(vms)) = w.get("vms") {
-                    entries.extend(vms.iter().cloned());
+        let mut waves = Vec::new();
+        if let Some(Value::Sequence(ws)) = root.remove(key("waves")) {
+            for mut w in ws {
+                if let Some(Value::Sequence(vms)) =
+                    w.as_mapping_mut().and_then(|m| m.remove(key("vms")))
+                {
+                    entries.extend(vms);
                 }
+                waves.push(w);
             }
         }
         Ok(ShardSource {
             root,
+            waves,
             entries,
             base: plan.path.parent().unwrap_or(Path::new("/")).to_path_buf(),
         })
@@ -824,53 +841,52 @@ impl ShardSource {
             }
         }
         let mut waves = Vec::new();
-        if let Some(Value::Sequence(ws)) = self.root.get(key("waves")) {
-            for w in ws {
-                let name = w.get("name").and_then(|n| n.as_str()).unwrap_or_default();
-                let mut list = Vec::new();
-                for ShardEntry {
-                    wave,
-                    vm: v,
-                    esxi_host,
-                } in vms
-                {
-                    if *wave != name {
-                        continue;
-                    }
-                    let mut entry =
-                        self.entries.get(v.entry).cloned().ok_or_else(|| {
-                            fail(format!("VM {}: its plan entry is missing", v.name))
-                        })?;
-                    if let Value::Mapping(m) = &mut entry {
-                        m.insert(key("name"), key(&v.name));
-                        // A pattern entry's VMs each get their own address.
-                        let pattern = m
-                            .get(key("source"))
-                            .and_then(|s| s.as_str())
-                            .and_then(|s| Address::parse(s).ok())
-                            .is_some_and(|a| a.is_pattern());
-                        if let Some(r) = v.vsphere.as_ref().filter(|_| pattern) {
-                            m.insert(key("source"), key(&r.address.to_string()));
-                        }
-                        if let Some(e) = esxi_host {
-                            m.insert(key("esxi-host"), key(e));
-                        }
-                    }
-                    if let Some(s) = entry.get_mut("source") {
-                        self.abs(s);
-                    }
-                    self.abs_settings(&mut entry);
-                    list.push(entry);
-                }
-                if list.is_empty() {
+        for w in &self.waves {
+            let name = w.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+            let mut list = Vec::new();
+            for ShardEntry {
+                wave,
+                vm: v,
+                esxi_host,
+            } in vms
+            {
+                if *wave != name {
                     continue;
                 }
-                let mut w = w.clone();
-                if let Some(m) = w.as_mapping_mut() {
-                    m.insert(key("vms"), Value::Sequence(list));
+                let mut entry = self
+                    .entries
+                    .get(v.entry)
+                    .cloned()
+                    .ok_or_else(|| fail(format!("VM {}: its plan entry is missing", v.name)))?;
+                if let Value::Mapping(m) = &mut entry {
+                    m.insert(key("name"), key(&v.name));
+                    // A pattern entry's VMs each get their own address.
+                    let pattern = m
+                        .get(key("source"))
+                        .and_then(|s| s.as_str())
+                        .and_then(|s| Address::parse(s).ok())
+                        .is_some_and(|a| a.is_pattern());
+                    if let Some(r) = v.vsphere.as_ref().filter(|_| pattern) {
+                        m.insert(key("source"), key(&r.address.to_string()));
+                    }
+                    if let Some(e) = esxi_host {
+                        m.insert(key("esxi-host"), key(e));
+                    }
                 }
-                waves.push(w);
+                if let Some(s) = entry.get_mut("source") {
+                    self.abs(s);
+                }
+                self.abs_settings(&mut entry);
+                list.push(entry);
             }
+            if list.is_empty() {
+                continue;
+            }
+            let mut w = w.clone();
+            if let Some(m) = w.as_mapping_mut() {
+                m.insert(key("vms"), Value::Sequence(list));
+            }
+            waves.push(w);
         }
         root.insert(key("waves"), Value::Sequence(waves));
         let body =
