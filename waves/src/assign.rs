@@ -663,6 +663,17 @@ pub fn assign(
             *host_loads.entry(s.host.clone()).or_insert(0) += open.map(|v| v.bytes).sum::<u64>();
         }
     }
+    let joined = opts
+        .hosts
+        .iter()
+        .any(|h| !prev.hosts.iter().any(|p| &p.name == h));
+    if to_move.is_empty() && newly_excluded.iter().all(|h| was_excluded.contains(h)) && !joined {
+        // Nothing lost, nothing to move: the same assignment (a rerun resumes it).
+        return Ok(Assignment {
+            record: prev.clone(),
+            files: Vec::new(),
+        });
+    }
     let moving: Vec<Load> = to_move.iter().map(|(i, _)| loads[*i].clone()).collect();
     let placed = place(&moving, &hosts, &mut pool, &mut host_loads)?;
     let mut files = Vec::new();
@@ -1225,6 +1236,14 @@ mod tests {
         let mut other = plan.clone();
         other.hash = "0".repeat(64);
         assert!(assign(&other, &checks, &o, Some(&first.record)).is_err());
+        // Every host present and nothing lost: the same assignment, nothing written.
+        let same = Options {
+            hosts: hosts(3),
+            ..Options::default()
+        };
+        let again = assign(&plan, &checks, &same, Some(&first.record)).unwrap();
+        assert_eq!(again.record, first.record);
+        assert!(again.files.is_empty());
         // A host that holds shards must be named.
         let o2 = Options {
             hosts: vec!["conv0".into()],

@@ -486,7 +486,12 @@ pub fn merge(runs: &[HostRun]) -> Vec<WaveReport> {
             overhead_seconds: parts.iter().map(|(_, r)| r.overhead_seconds).sum(),
             metrics: crate::metrics::wave(&all, w),
             trend: crate::metrics::all(&all),
-            hosts: parts.iter().map(|(h, _)| h.clone()).collect(),
+            hosts: parts.iter().fold(Vec::new(), |mut v, (h, _)| {
+                if !v.contains(h) {
+                    v.push(h.clone());
+                }
+                v
+            }),
             conflicts,
             vms,
         });
