@@ -350,3 +350,340 @@ fn a_wave_over_three_hosts_keeps_the_esxi_budget_and_survives_a_lost_host() {
         "{html}"
     );
 }
+
+/// ansible-core as scripts/setup.sh installs it.
+const ANSIBLE_PLAYBOOK: &str = "/opt/v2k/ansible/bin/ansible-playbook";
+
+/// An sshd of the test's own on a loopback port (its own host key, the test's client
+/// key for root); stopped by PID.
+struct Sshd {
+    child: Child,
+    port: u16,
+}
+
+impl Sshd {
+    fn start(dir: &Path, client_pub: &Path) -> Sshd {
+        std::fs::create_dir_all(dir).unwrap();
+        keygen(&dir.join("host"));
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.join("sshd_config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
+                 Subsystem sftp internal-sftp\n",
+                dir.join("host").display(),
+                client_pub.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("missing prerequisite: /usr/sbin/sshd (scripts/setup.sh: openssh-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sshd { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn keygen(path: &Path) {
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen (openssh-client)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The process whose command line has exactly `arg` among its arguments, if any (the
+/// `v2k wave run` of one shard: its path is unique to this test).
+fn pid_with_arg(arg: &Path) -> Option<(i32, i32)> {
+    let want = arg.as_os_str().as_encoded_bytes();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmd.split(|b| *b == 0).any(|a| a == want)
+            && cmd.starts_with(env!("CARGO_BIN_EXE_v2k").as_bytes())
+        {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid pgrp: the fields after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let pgrp = rest.split(' ').nth(2)?.parse().ok()?;
+            return Some((pid, pgrp));
+        }
+    }
+    None
+}
+
+/// The whole path through Ansible: three conversion hosts are three sshd instances
+/// on 127.0.0.1 (their own host keys, a client key made here, a root directory each),
+/// `ansible/playbooks/wave.yml` assigns, distributes, runs in parallel, fetches and
+/// merges; one host is killed mid-wave (its sshd and its `v2k` process group), the
+/// playbook rerun without it completes the wave, nothing migrated twice. The sources
+/// are VMX files with `esxi-host:` (not vcsim: see docs/scale-out.md), no boot. Two
+/// playbook runs: about 2 minutes on 2 CPUs, nearly all of it Ansible's SSH.
+#[test]
+fn the_playbook_runs_a_wave_over_three_sshd_hosts_and_survives_losing_one() {
+    assert!(
+        Path::new(ANSIBLE_PLAYBOOK).exists(),
+        "missing prerequisite: {ANSIBLE_PLAYBOOK} (scripts/setup.sh installs ansible-core)"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let w = t.path();
+    let src = w.join("src");
+    let esxi: BTreeMap<String, String> = (1..=6)
+        .map(|i| (format!("vm{i}"), format!("esx{}", i % 2)))
+        .collect();
+    for name in esxi.keys() {
+        vm(&src, name);
+    }
+    let hold = w.join("hold");
+    let hook = w.join("pre.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nif [ \"$(cat {} 2>/dev/null)\" = \"$V2K_VM_NAME\" ]; then sleep 300; fi\n",
+            hold.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plan = w.join("plan.yaml");
+    let mut text = format!(
+        "version: 1\ndefaults:\n  validate: false\n  inject: false\n  backend: qemu\n  \
+         hooks:\n    pre: {{ command: [{}] }}\nlimits:\n  vms: 2\n  esxi-host-disks: 2\nwaves:\n  - name: w1\n    vms:\n",
+        hook.display()
+    );
+    for (name, e) in &esxi {
+        text.push_str(&format!(
+            "      - source: src/{name}/{name}.vmx\n        esxi-host: {e}\n"
+        ));
+    }
+    std::fs::write(&plan, text).unwrap();
+
+    // ---- three hosts, an inventory, the collection on the collections path --------
+    let ssh = w.join("ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    keygen(&ssh.join("client"));
+    let mut sshds: Vec<Sshd> = Vec::new();
+    let mut inv = String::from("[conversion_hosts]\n");
+    let roots: Vec<PathBuf> = (1..=3).map(|i| w.join(format!("hosts/conv{i}"))).collect();
+    for (i, root) in roots.iter().enumerate() {
+        std::fs::create_dir_all(root).unwrap();
+        let s = Sshd::start(&w.join(format!("sshd{i}")), &ssh.join("client.pub"));
+        inv.push_str(&format!(
+            "conv{} ansible_host=127.0.0.1 ansible_port={} v2k_root={}\n",
+            i + 1,
+            s.port,
+            root.display()
+        ));
+        sshds.push(s);
+    }
+    inv.push_str(&format!(
+        "[conversion_hosts:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n\
+         ansible_ssh_common_args=-o UserKnownHostsFile={} -o StrictHostKeyChecking=accept-new -o BatchMode=yes\n\
+         ansible_python_interpreter=/usr/bin/python3\nv2k_install_path={}\n",
+        ssh.join("client").display(),
+        ssh.join("known_hosts").display(),
+        env!("CARGO_BIN_EXE_v2k")
+    ));
+    std::fs::write(w.join("inventory.ini"), inv).unwrap();
+    let colls = w.join("collections/ansible_collections/v2k");
+    std::fs::create_dir_all(&colls).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    std::os::unix::fs::symlink(repo.join("ansible"), colls.join("migration")).unwrap();
+    let work = w.join("work");
+    let playbook = |extra: &[&str]| {
+        let mut c = Command::new(ANSIBLE_PLAYBOOK);
+        c.arg("-i")
+            .arg(w.join("inventory.ini"))
+            .arg(repo.join("ansible/playbooks/wave.yml"))
+            .arg("-e")
+            .arg(format!("v2k_plan={}", plan.display()))
+            .arg("-e")
+            .arg(format!("v2k_work={}", work.display()))
+            .arg("-e")
+            .arg(format!("v2k_controller_bin={}", env!("CARGO_BIN_EXE_v2k")))
+            .args(extra)
+            .env("ANSIBLE_COLLECTIONS_PATH", w.join("collections"))
+            .env("ANSIBLE_LOCAL_TEMP", w.join("ansible-tmp"))
+            .env("ANSIBLE_NOCOLOR", "1")
+            .current_dir(w)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+
+    // ---- first run: conv3 is lost while its second VM is in flight -----------------
+    // Which VMs conv3 gets is the assignment's: the playbook writes it first; the hold
+    // names conv3's second VM as soon as the record is there.
+    let run1 = playbook(&[]).spawn().unwrap();
+    let shard3 = roots[2].join("shards/conv3.yaml");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let lost: Vec<String> = loop {
+        if let Ok(b) = std::fs::read(work.join("shards/assignment.json")) {
+            let rec: Value = serde_json::from_slice(&b).unwrap();
+            let s = rec["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["host"] == "conv3")
+                .expect("conv3 got a shard");
+            break s["vms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].as_str().unwrap().to_string())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "the playbook never assigned");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(lost.len(), 2);
+    std::fs::write(&hold, &lost[1]).unwrap();
+    let run3 = roots[2].join("shards/conv3.run");
+    loop {
+        let j = journal(&run3);
+        let started = j
+            .iter()
+            .any(|r| r["type"] == "vm-started" && r["vm"] == lost[1].as_str());
+        let done = j
+            .iter()
+            .any(|r| r["type"] == "vm-finished" && r["vm"] == lost[0].as_str());
+        if started && done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "conv3 never reached its second VM"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The host is lost: its sshd, then its v2k and the hook's sleep (their group).
+    sshds[2].stop();
+    let (_, pgrp) = pid_with_arg(&shard3).expect("conv3's v2k is running");
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgrp}")])
+        .status();
+    std::fs::remove_file(&hold).unwrap();
+    let o = run1.wait_with_output().unwrap();
+    let out1 = String::from_utf8_lossy(&o.stdout).into_owned();
+    // conv3's task failed; the others ran and were fetched, the merge ran.
+    assert!(
+        out1.contains("conv1") && out1.contains("Merge the reports"),
+        "{out1}"
+    );
+    // What was fetched of conv3 before it was lost (here: its journal as it was).
+    let f3 = work.join("fetched/conv3/conv3.run");
+    std::fs::create_dir_all(&f3).unwrap();
+    std::fs::copy(run3.join("journal.jsonl"), f3.join("journal.jsonl")).unwrap();
+
+    // ---- rerun without conv3 -------------------------------------------------------
+    let o = playbook(&[
+        "-e",
+        r#"{"v2k_exclude": ["conv3"]}"#,
+        "--limit",
+        "all:!conv3",
+    ])
+    .output()
+    .unwrap();
+    let out2 = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out2}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rec: Value =
+        serde_json::from_slice(&std::fs::read(work.join("shards/assignment.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["generation"], 2, "{rec:#}");
+    let moved: Vec<&str> = rec["moved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(moved, [lost[1].as_str()], "{rec:#}");
+
+    // ---- the journals: every VM migrated exactly once, the budget held -------------
+    let mut migrated: BTreeMap<String, usize> = BTreeMap::new();
+    let mut intervals: Vec<(String, f64, f64)> = Vec::new();
+    for root in &roots {
+        for e in std::fs::read_dir(root.join("shards")).unwrap().flatten() {
+            if e.path().extension().is_none_or(|x| x != "run") {
+                continue;
+            }
+            let j = journal(&e.path());
+            let end = j.last().and_then(|r| r["time"].as_f64()).unwrap_or(0.0);
+            let mut open: BTreeMap<String, f64> = BTreeMap::new();
+            for r in &j {
+                let vm = r["vm"].as_str().unwrap_or_default().to_string();
+                match r["type"].as_str() {
+                    Some("vm-started") => {
+                        open.insert(vm, r["time"].as_f64().unwrap());
+                    }
+                    Some("vm-finished") => {
+                        let s = open.remove(&vm).unwrap();
+                        intervals.push((vm.clone(), s, r["time"].as_f64().unwrap()));
+                        if r["status"] == "migrated" {
+                            *migrated.entry(vm).or_default() += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for (vm, s) in open {
+                intervals.push((vm, s, end));
+            }
+        }
+    }
+    for name in esxi.keys() {
+        assert_eq!(migrated.get(name), Some(&1), "{name}: {migrated:?}");
+    }
+    for (vm, s, _) in &intervals {
+        let host = &esxi[vm];
+        let n = intervals
+            .iter()
+            .filter(|(v, a, b)| &esxi[v] == host && a <= s && s < b)
+            .count();
+        assert!(
+            n <= 2,
+            "{n} disks of {host} in flight when {vm} started: {intervals:?}"
+        );
+    }
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(work.join("merged/w1/wave-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["summary"]["migrated"], 6, "{r:#}");
+    assert_eq!(r["summary"]["total"], 6, "{r:#}");
+    assert!(r["conflicts"].is_null(), "{r:#}");
+}

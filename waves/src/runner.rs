@@ -83,7 +83,7 @@ pub enum RunEvent {
     },
     WaveFinished {
         wave: String,
-        report: report::WaveReport,
+        report: Box<report::WaveReport>,
         html: PathBuf,
     },
     /// The gate held `wave` (`overridden`: it runs anyway).
@@ -422,7 +422,7 @@ pub fn run_with(
         any_bad |= rep.summary.failed + rep.summary.not_run > 0;
         events(RunEvent::WaveFinished {
             wave: wave.name.clone(),
-            report: rep.clone(),
+            report: Box::new(rep.clone()),
             html,
         });
         summaries.push(rep);
