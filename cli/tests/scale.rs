@@ -682,3 +682,164 @@ fn the_playbook_runs_a_wave_over_three_sshd_hosts_and_survives_losing_one() {
     assert_eq!(r["summary"]["total"], 6, "{r:#}");
     assert!(r["conflicts"].is_null(), "{r:#}");
 }
+
+#[path = "../../vsphere/tests/common/mod.rs"]
+mod common;
+
+/// The ESXi hosts from vSphere's own inventory: six small VMs in VMware's simulator,
+/// three on the standalone ESXi host `DC0_H0` and three on the cluster's `DC0_C0_H0`
+/// (the plan names none: `wave assign` reads each VM's `runtime.host`), budget 2
+/// disks per ESXi host, three conversion hosts running their shards at once from the
+/// simulator's datastore (disks streamed and verified, no guest surgery, no boot).
+/// The journals' timestamps show neither ESXi host ever had more than 2 disks in
+/// flight; every VM migrated exactly once; the merged report is complete.
+#[test]
+fn a_sharded_wave_from_vcsim_keeps_each_esxi_hosts_budget() {
+    use common::*;
+    let sim = Vcsim::start();
+    let c = sim.client();
+    let ds = datastore_dir(&sim);
+    let mut esxi: BTreeMap<String, String> = BTreeMap::new();
+    for i in 1..=6 {
+        let name = format!("sv{i}");
+        let host = if i % 2 == 0 { "DC0_H0" } else { "DC0_C0_H0" };
+        let dir = ds.join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        const SIZE: usize = 2 << 20;
+        std::fs::write(dir.join("d-flat.vmdk"), pattern(SIZE, i)).unwrap();
+        std::fs::write(
+            dir.join("d.vmdk"),
+            format!(
+                "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+                 createType=\"vmfs\"\n\n# Extent description\nRW {} VMFS \"d-flat.vmdk\"\n\n\
+                 ddb.adapterType = \"pvscsi\"\n",
+                SIZE / 512
+            ),
+        )
+        .unwrap();
+        create_vm_on_host(
+            &c,
+            &name,
+            &[(format!("[LocalDS_0] {name}/d.vmdk"), SIZE as u64)],
+            &format!("00:50:56:01:03:0{i}"),
+            host,
+        );
+        esxi.insert(name, host.to_string());
+    }
+    let t = tempfile::tempdir().unwrap();
+    let pw = t.path().join("vc.pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let plan = t.path().join("plan.yaml");
+    let mut text = format!(
+        "version: 1\nvsphere:\n  \"127.0.0.1:{}\":\n    password-file: {}\n    ca-file: {}\n\
+         defaults:\n  validate: false\n  inject: false\n  backend: qemu\n\
+         limits:\n  vms: 3\n  esxi-host-disks: 2\nwaves:\n  - name: w1\n    vms:\n",
+        sim.port,
+        pw.display(),
+        pki().ca.display()
+    );
+    for name in esxi.keys() {
+        text.push_str(&format!(
+            "      - source: vsphere://{}@127.0.0.1:{}/DC0/vm/{name}\n",
+            USER.replace('@', "%40"),
+            sim.port
+        ));
+    }
+    std::fs::write(&plan, text).unwrap();
+    let shards = t.path().join("shards");
+    let o = v2k()
+        .args([
+            "wave",
+            "assign",
+            "--hosts",
+            "conv1,conv2,conv3",
+            "--json",
+            "-o",
+        ])
+        .arg(&shards)
+        .arg(&plan)
+        .env_remove("V2K_VSPHERE_PASSWORD")
+        .output()
+        .unwrap();
+    let rec: Value = serde_json::from_str(&ok(&o)).unwrap();
+    // The ESXi hosts came from the inventory, each with its budget split.
+    let budgets = &rec["budgets"]["esxi-hosts"];
+    assert_eq!(budgets["DC0_H0"], 2, "{rec:#}");
+    assert_eq!(budgets["DC0_C0_H0"], 2, "{rec:#}");
+    let mut children = Vec::new();
+    let mut runs = Vec::new();
+    for s in rec["shards"].as_array().unwrap() {
+        let root = t.path().join("hosts").join(s["host"].as_str().unwrap());
+        std::fs::create_dir_all(&root).unwrap();
+        let file = s["plan"].as_str().unwrap();
+        std::fs::copy(shards.join(file), root.join(file)).unwrap();
+        runs.push(root.join(file.replace(".yaml", ".run")));
+        children.push(
+            v2k()
+                .args(["wave", "run", "--json"])
+                .arg(root.join(file))
+                .env_remove("V2K_VSPHERE_PASSWORD")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut intervals: Vec<(String, f64, f64)> = Vec::new();
+    let mut migrated: BTreeMap<String, usize> = BTreeMap::new();
+    for run in &runs {
+        let mut open: BTreeMap<String, f64> = BTreeMap::new();
+        for r in journal(run) {
+            let vm = r["vm"].as_str().unwrap_or_default().to_string();
+            match r["type"].as_str() {
+                Some("vm-started") => {
+                    open.insert(vm, r["time"].as_f64().unwrap());
+                }
+                Some("vm-finished") => {
+                    let s = open.remove(&vm).unwrap();
+                    intervals.push((vm.clone(), s, r["time"].as_f64().unwrap()));
+                    if r["status"] == "migrated" {
+                        *migrated.entry(vm).or_default() += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for name in esxi.keys() {
+        assert_eq!(migrated.get(name), Some(&1), "{name}: {migrated:?}");
+    }
+    for (vm, s, _) in &intervals {
+        let host = &esxi[vm];
+        let n = intervals
+            .iter()
+            .filter(|(v, a, b)| &esxi[v] == host && a <= s && s < b)
+            .count();
+        assert!(
+            n <= 2,
+            "{n} disks of {host} in flight when {vm} started: {intervals:?}"
+        );
+    }
+    let merged = t.path().join("merged");
+    let o = v2k()
+        .args(["wave", "report", "-o"])
+        .arg(&merged)
+        .arg("--merge")
+        .args(&runs)
+        .output()
+        .unwrap();
+    ok(&o);
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(merged.join("w1/wave-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (&r["summary"]["total"], &r["summary"]["migrated"]),
+        (&Value::from(6), &Value::from(6)),
+        "{r:#}"
+    );
+}
