@@ -453,11 +453,11 @@ struct Running {
 
 /// Whether `next` may start beside `running` within `limits`: the disks in flight
 /// (a VM with more disks than the limit runs alone), the VMs per datastore, and the
-/// disks in flight per ESXi host. The ESXi budget has no such exception: a shard's
-/// share of it is part of a budget other conversion hosts share (`v2k wave assign`
-/// never gives a shard a share below its largest VM), so a VM with more disks than
-/// its host's limit waits until nothing else of that host is in flight, and then
-/// runs alone on it.
+/// disks in flight per ESXi host. A VM with more disks than its ESXi host's limit
+/// waits until nothing else of that host is in flight and then runs alone on it;
+/// that happens only in a hand-written plan: `v2k wave assign` never gives a shard a
+/// share below its largest VM, since a shard's share is part of a budget other
+/// conversion hosts hold the rest of.
 fn fits(limits: &crate::plan::Limits, running: &[Running], next: &Running) -> bool {
     let disks_used: usize = running.iter().map(|r| r.disks).sum();
     if !running.is_empty() && disks_used + next.disks > limits.disks {
