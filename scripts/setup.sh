@@ -99,5 +99,20 @@ if ! cargo machete --version 2>/dev/null | grep -qF "$MACHETE_VERSION"; then
     cargo install --locked --quiet "cargo-machete@$MACHETE_VERSION"
 fi
 
+# Ansible for the scale-out collection (ansible/, docs/scale-out.md): ansible-core from
+# PyPI, pinned, in its own venv on Debian's python3. Not Debian's `ansible-core`
+# package: bookworm ships 2.14, out of upstream support since 2024, and AWX/AAP
+# execution environments run current cores; one pinned version behaves the same on
+# every Debian release, and the venv leaves the system's Python alone.
+ANSIBLE_CORE_VERSION=2.19.14
+ANSIBLE_VENV=/opt/v2k/ansible
+if ! "$ANSIBLE_VENV/bin/ansible-playbook" --version 2>/dev/null | grep -qF "core $ANSIBLE_CORE_VERSION"; then
+    log "installing ansible-core $ANSIBLE_CORE_VERSION into $ANSIBLE_VENV"
+    dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'install ok installed' \
+        || apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    /usr/bin/python3 -m venv "$ANSIBLE_VENV"
+    "$ANSIBLE_VENV/bin/pip" install --quiet --disable-pip-version-check "ansible-core==$ANSIBLE_CORE_VERSION"
+fi
+
 # cargo-fuzz is only built for CI's compile check of fuzz/ (nightly is not needed for that).
 log "done"

@@ -32,6 +32,10 @@ pub struct VmCheck {
     pub disks: usize,
     /// Bytes the VM's outputs may take: the sum of its source disks' allocated bytes.
     pub estimated_bytes: u64,
+    /// The ESXi host its disks are read from: the plan's `esxi-host:`, else what the
+    /// vSphere inventory says (none for a file source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub esxi_host: Option<String>,
     pub concerns: Vec<serde_json::Value>,
     /// VMware networks of its NICs that the network map does not name (they get
     /// isolated user networking).
@@ -107,6 +111,7 @@ pub fn check(plan: &Plan) -> CheckReport {
                 out: v.out.clone(),
                 disks: 0,
                 estimated_bytes: 0,
+                esxi_host: v.esxi_host.clone(),
                 concerns: Vec::new(),
                 unmapped_networks: Vec::new(),
                 error: None,
@@ -143,6 +148,9 @@ pub fn check(plan: &Plan) -> CheckReport {
                             None => {}
                             Some(vm) => {
                                 c.disks = vm.disks.len();
+                                if c.esxi_host.is_none() {
+                                    c.esxi_host = vm.vsphere.as_ref().and_then(|s| s.host.clone());
+                                }
                                 c.estimated_bytes = vm.disks.iter().map(estimate).sum();
                                 c.concerns = vm
                                     .concerns

@@ -68,6 +68,9 @@ pub enum Entry {
         plan: PathBuf,
         plan_hash: String,
         waves: Vec<WaveInfo>,
+        /// The plan's `conversion-host:` (a shard of `v2k wave assign`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversion_host: Option<String>,
     },
     RunResumed {
         plan_hash: String,
@@ -160,11 +163,16 @@ impl Entry {
     /// write access to the run directory can edit.
     fn names(&self) -> Vec<&str> {
         match self {
-            Entry::RunStarted { waves, .. } => waves
+            Entry::RunStarted {
+                waves,
+                conversion_host,
+                ..
+            } => waves
                 .iter()
                 .flat_map(|w| {
                     std::iter::once(w.name.as_str()).chain(w.vms.iter().map(|v| v.name.as_str()))
                 })
+                .chain(conversion_host.as_deref())
                 .collect(),
             Entry::WaveStarted { wave } | Entry::WaveFinished { wave, .. } => vec![wave],
             Entry::VmStarted { wave, vm, .. }

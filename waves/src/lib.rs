@@ -4,6 +4,7 @@
 //! time-limited hooks ([`hooks`]), and summed up per wave in HTML, JSON and JUnit
 //! ([`report`]) with each wave's change-failure rate and MTTR ([`metrics`]). docs/waves.md describes the plan, the journal and the reports.
 
+pub mod assign;
 pub mod check;
 pub mod expand;
 pub mod gate;

@@ -51,6 +51,10 @@ pub(crate) struct PlanFile {
     pub version: u32,
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
+    /// The conversion host this plan is a shard for (written by `v2k wave assign`);
+    /// journalled, so a merged report says which host ran each VM.
+    #[serde(default)]
+    pub conversion_host: Option<String>,
     #[serde(default)]
     pub defaults: Settings,
     /// VMware network or port group → `network:NAME`, `bridge:NAME` or `user`.
@@ -180,6 +184,18 @@ pub(crate) struct LimitsFile {
     pub vms: Option<usize>,
     pub disks: Option<usize>,
     pub per_datastore: Option<usize>,
+    /// VMs at once from one named datastore (the key as the plan resolves it: the
+    /// `storage:` source, the source's directory, or `vsphere://HOST:PORT`), over
+    /// `per-datastore`. `v2k wave assign` writes each shard's share here.
+    #[serde(default)]
+    pub datastores: BTreeMap<String, usize>,
+    /// Disks in flight from one ESXi host (Forklift's per-host limit), for VMs whose
+    /// ESXi host is known (the VM's `esxi-host:` or the inspection).
+    pub esxi_host_disks: Option<usize>,
+    /// The same limit for one named ESXi host, over `esxi-host-disks`. `v2k wave
+    /// assign` writes each shard's share of the budget here.
+    #[serde(default)]
+    pub esxi_hosts: BTreeMap<String, usize>,
     /// Bytes kept free on the output file system beyond a VM's estimate.
     pub free_space_margin_mib: Option<u64>,
 }
@@ -245,6 +261,9 @@ pub(crate) struct VmFile {
     pub shutdown_timeout: Option<u64>,
     /// Power the VM off when it did not shut down in time.
     pub force_power_off: Option<bool>,
+    /// The ESXi host the VM's disks are read from, for `limits.esxi-host-disks`
+    /// (a vSphere source's inspection knows it; `v2k wave assign` writes it).
+    pub esxi_host: Option<String>,
 }
 
 impl VmFile {
@@ -277,6 +296,8 @@ pub struct Plan {
     /// SHA-256 of the plan's bytes: a resumed run must run the same plan.
     pub hash: String,
     pub run_dir: PathBuf,
+    /// The conversion host this plan is a shard for (`conversion-host:`).
+    pub conversion_host: Option<String>,
     pub network_map: NetworkMap,
     pub limits: Limits,
     /// Absent: waves run whatever their size.
@@ -286,12 +307,36 @@ pub struct Plan {
     pub text: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub vms: usize,
     pub disks: usize,
     pub per_datastore: usize,
+    /// Per-datastore limits over `per_datastore`, by datastore key.
+    pub datastores: BTreeMap<PathBuf, usize>,
+    /// Disks in flight per ESXi host (`usize::MAX`: no limit).
+    pub esxi_host_disks: usize,
+    /// Per-ESXi-host limits over `esxi_host_disks`.
+    pub esxi_hosts: BTreeMap<String, usize>,
     pub free_space_margin: u64,
+}
+
+impl Limits {
+    /// VMs at once from datastore `ds`.
+    pub fn datastore(&self, ds: &Path) -> usize {
+        self.datastores
+            .get(ds)
+            .copied()
+            .unwrap_or(self.per_datastore)
+    }
+
+    /// Disks in flight from ESXi host `host`.
+    pub fn esxi_host(&self, host: &str) -> usize {
+        self.esxi_hosts
+            .get(host)
+            .copied()
+            .unwrap_or(self.esxi_host_disks)
+    }
 }
 
 /// The plan's `gate:`, checked ([`crate::gate`]) before a wave larger than the
@@ -337,6 +382,12 @@ pub struct VmPlan {
     pub post: Option<Hook>,
     /// Line of the VM's entry in the plan.
     pub line: Option<usize>,
+    /// The ESXi host its disks are read from, when the plan says (`esxi-host:`).
+    pub esxi_host: Option<String>,
+    /// Index of the plan entry it comes from, counting every VM entry of every wave
+    /// in order (the VMs a pattern entry expands to share it): what `v2k wave assign`
+    /// copies into a shard.
+    pub entry: usize,
     /// The plan's `target:`: where the VM is delivered after validation.
     pub deliver: Option<v2k_migrate::Destination>,
     /// `cutover: true`: a running vSphere source is shut down before the copy.
@@ -513,6 +564,14 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
             ),
         );
     }
+    if let Some(h) = &f.conversion_host {
+        if !valid_name(h) {
+            bad(
+                line_of(text, "conversion-host:"),
+                format!("conversion-host {h:?}: use letters, digits, . _ -"),
+            );
+        }
+    }
     if let Some(t) = &f.target {
         if t.uri.trim().is_empty() || t.pool.trim().is_empty() {
             bad(
@@ -572,6 +631,27 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
         },
         disks: zero(f.limits.disks, "disks", &mut bad),
         per_datastore: zero(f.limits.per_datastore, "per-datastore", &mut bad),
+        datastores: f
+            .limits
+            .datastores
+            .iter()
+            .map(|(k, v)| {
+                let n = zero(Some(*v), k, &mut bad);
+                let key = if Address::is_vsphere(k) {
+                    PathBuf::from(k)
+                } else {
+                    abs(Path::new(k))
+                };
+                (key, n)
+            })
+            .collect(),
+        esxi_host_disks: zero(f.limits.esxi_host_disks, "esxi-host-disks", &mut bad),
+        esxi_hosts: f
+            .limits
+            .esxi_hosts
+            .iter()
+            .map(|(k, v)| (k.clone(), zero(Some(*v), k, &mut bad)))
+            .collect(),
         free_space_margin: f.limits.free_space_margin_mib.unwrap_or(1024) << 20,
     };
     let gate = f.gate.as_ref().map(|g| {
@@ -780,6 +860,8 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                 pre,
                 post,
                 line,
+                esxi_host: v.esxi_host.clone(),
+                entry: vm_index - 1,
                 deliver: f.target.as_ref().map(|t| v2k_migrate::Destination {
                     uri: t.uri.clone(),
                     pool: t.pool.clone(),
@@ -834,6 +916,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
         path: path.to_path_buf(),
         hash,
         run_dir,
+        conversion_host: f.conversion_host.clone(),
         network_map,
         limits,
         gate,

@@ -28,6 +28,13 @@ pub struct Summary {
     pub not_run: usize,
     /// Not finished: running now, or interrupted.
     pub pending: usize,
+    /// Merged reports: VMs migrated on more than one conversion host.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub conflicts: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +50,31 @@ pub struct WaveReport {
     pub metrics: WaveMetrics,
     /// The same figures for every wave the run has started, in plan order (the charts).
     pub trend: Vec<WaveMetrics>,
+    /// A merged report: the conversion hosts whose runs it merges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// A merged report: VMs migrated on more than one host (each is also in `vms`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
     pub vms: Vec<VmReport>,
+}
+
+/// A VM migrated on more than one conversion host: two copies exist.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Conflict {
+    pub vm: String,
+    pub hosts: Vec<String>,
+}
+
+/// What another host's run says of a VM (a merged report).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Elsewhere {
+    pub host: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +111,13 @@ pub struct VmReport {
     pub hooks: Vec<HookResult>,
     /// Every stage event, in order, across attempts.
     pub stages: Vec<StageEvent>,
+    /// A merged report: the conversion host whose record this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A merged report: the VM's records on other hosts (a host it moved from, or a
+    /// conflict).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub elsewhere: Vec<Elsewhere>,
 }
 
 /// The validation part of a VM's report that the wave report shows.
@@ -132,6 +170,8 @@ pub fn build(records: &[Record], wave: &str, live: bool) -> WaveReport {
         report_error: None,
         hooks: Vec::new(),
         stages: Vec::new(),
+        host: None,
+        elsewhere: Vec::new(),
     };
     for r in records {
         match &r.entry {
@@ -285,8 +325,178 @@ pub fn build(records: &[Record], wave: &str, live: bool) -> WaveReport {
         overhead_seconds: overhead,
         metrics: crate::metrics::wave(records, wave),
         trend: crate::metrics::all(records),
+        hosts: Vec::new(),
+        conflicts: Vec::new(),
         vms: list,
     }
+}
+
+/// One conversion host's run directory, for [`merge`].
+#[derive(Debug, Clone)]
+pub struct HostRun {
+    /// The plan's `conversion-host:`, else the directory's name.
+    pub host: String,
+    pub dir: PathBuf,
+    pub records: Vec<Record>,
+}
+
+impl HostRun {
+    /// Reads `dir`'s journal. VM output directories the journal names that do not
+    /// exist here but do under `dir/vms/NAME/out` (a run directory fetched from its
+    /// host) are read from there.
+    pub fn read(dir: &Path) -> Result<HostRun> {
+        let mut records = crate::journal::read(dir)?;
+        if records.is_empty() {
+            return Err(crate::Error::Journal {
+                path: dir.join(crate::journal::FILE_NAME).display().to_string(),
+                message: "no journal (not a wave run directory)".into(),
+            });
+        }
+        let mut host = None;
+        for r in &mut records {
+            if let Entry::RunStarted {
+                waves,
+                conversion_host,
+                ..
+            } = &mut r.entry
+            {
+                host = host.or(conversion_host.clone());
+                for v in waves.iter_mut().flat_map(|w| &mut w.vms) {
+                    let here = dir.join("vms").join(&v.name).join("out");
+                    if !v.out.exists() && here.is_dir() {
+                        v.out = here;
+                    }
+                }
+            }
+        }
+        let host = host.unwrap_or_else(|| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string())
+        });
+        Ok(HostRun {
+            host,
+            dir: dir.to_path_buf(),
+            records,
+        })
+    }
+}
+
+/// How far a VM got, for choosing which host's record a merged report shows.
+fn rank(status: &str) -> u8 {
+    match status {
+        "migrated" => 6,
+        "running" => 5,
+        "failed" => 4,
+        "not-run" => 3,
+        "interrupted" => 2,
+        _ => 1,
+    }
+}
+
+/// One report per wave from several hosts' runs: each VM with the host whose record
+/// went furthest (migrated, running, failed, not run, interrupted, pending), the
+/// others' records beside it; a VM migrated on two hosts is a conflict, listed and
+/// counted, never dropped.
+pub fn merge(runs: &[HostRun]) -> Vec<WaveReport> {
+    let mut waves: Vec<String> = Vec::new();
+    for r in runs {
+        for w in wave_names(&r.records) {
+            if !waves.contains(&w) {
+                waves.push(w);
+            }
+        }
+    }
+    let mut all: Vec<Record> = runs.iter().flat_map(|r| r.records.clone()).collect();
+    all.sort_by(|a, b| a.time.total_cmp(&b.time));
+    let mut out = Vec::new();
+    for w in &waves {
+        let parts: Vec<(String, WaveReport)> = runs
+            .iter()
+            .filter(|r| wave_names(&r.records).contains(w))
+            .map(|r| (r.host.clone(), build(&r.records, w, false)))
+            .collect();
+        let mut order: Vec<String> = Vec::new();
+        let mut by_vm: BTreeMap<String, Vec<(String, VmReport)>> = BTreeMap::new();
+        for (host, rep) in &parts {
+            for v in &rep.vms {
+                if !by_vm.contains_key(&v.name) {
+                    order.push(v.name.clone());
+                }
+                by_vm
+                    .entry(v.name.clone())
+                    .or_default()
+                    .push((host.clone(), v.clone()));
+            }
+        }
+        let mut s = Summary::default();
+        let mut conflicts = Vec::new();
+        let mut vms = Vec::new();
+        for name in order {
+            let mut cands = by_vm.remove(&name).unwrap_or_default();
+            // The furthest record first; among equals, the run given first.
+            cands.sort_by_key(|(_, v)| std::cmp::Reverse(rank(&v.status)));
+            let migrated: Vec<String> = cands
+                .iter()
+                .filter(|(_, v)| v.status == "migrated")
+                .map(|(h, _)| h.clone())
+                .collect();
+            let mut it = cands.into_iter();
+            let Some((host, mut v)) = it.next() else {
+                continue;
+            };
+            v.host = Some(host);
+            v.elsewhere = it
+                .filter(|(_, o)| o.status != "pending")
+                .map(|(h, o)| Elsewhere {
+                    host: h,
+                    status: o.status,
+                    reason: o.reason,
+                })
+                .collect();
+            if migrated.len() > 1 {
+                s.conflicts += 1;
+                conflicts.push(Conflict {
+                    vm: name.clone(),
+                    hosts: migrated,
+                });
+            }
+            s.total += 1;
+            match v.status.as_str() {
+                "migrated" => {
+                    s.migrated += 1;
+                    if v.result.as_deref() == Some("validated") {
+                        s.validated += 1;
+                    }
+                }
+                "failed" => s.failed += 1,
+                "not-run" => s.not_run += 1,
+                _ => s.pending += 1,
+            }
+            vms.push(v);
+        }
+        out.push(WaveReport {
+            schema_version: SCHEMA_VERSION,
+            wave: w.clone(),
+            summary: s,
+            wall_seconds: parts
+                .iter()
+                .map(|(_, r)| r.wall_seconds)
+                .fold(0.0, f64::max),
+            overhead_seconds: parts.iter().map(|(_, r)| r.overhead_seconds).sum(),
+            metrics: crate::metrics::wave(&all, w),
+            trend: crate::metrics::all(&all),
+            hosts: parts.iter().fold(Vec::new(), |mut v, (h, _)| {
+                if !v.contains(h) {
+                    v.push(h.clone());
+                }
+                v
+            }),
+            conflicts,
+            vms,
+        });
+    }
+    out
 }
 
 /// The waves the journal knows, in plan order.
@@ -342,7 +552,7 @@ pub fn junit(r: &WaveReport) -> String {
         x,
         "<testsuites name=\"v2k\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
         r.summary.total,
-        r.summary.failed + r.summary.pending,
+        r.summary.failed + r.summary.pending + r.summary.conflicts,
         r.summary.not_run
     );
     let _ = writeln!(
@@ -350,7 +560,7 @@ pub fn junit(r: &WaveReport) -> String {
         "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.1}\">",
         esc(&r.wave),
         r.summary.total,
-        r.summary.failed + r.summary.pending,
+        r.summary.failed + r.summary.pending + r.summary.conflicts,
         r.summary.not_run,
         r.wall_seconds
     );
@@ -385,6 +595,15 @@ pub fn junit(r: &WaveReport) -> String {
             v.seconds
         );
         let reason = v.reason.clone().unwrap_or_default();
+        if let Some(c) = r.conflicts.iter().find(|c| c.vm == v.name) {
+            let msg = format!("migrated on more than one host: {}", c.hosts.join(", "));
+            let _ = writeln!(
+                x,
+                ">\n      <failure message=\"{0}\">{0}</failure>\n    </testcase>",
+                esc(&msg)
+            );
+            continue;
+        }
         match v.status.as_str() {
             "migrated" => x.push_str("/>\n"),
             "not-run" => {
@@ -526,6 +745,35 @@ fn evidence(r: &WaveReport) -> String {
     h
 }
 
+/// A merged report's hosts and its conflicts, first: a conflict means two copies.
+fn merged(r: &WaveReport) -> String {
+    if r.hosts.is_empty() {
+        return String::new();
+    }
+    let mut h = format!(
+        "<p>Merged from {} conversion host(s): {}.</p>\n",
+        r.hosts.len(),
+        esc(&r.hosts.join(", "))
+    );
+    if !r.conflicts.is_empty() {
+        let _ = writeln!(
+            h,
+            "<h2>Conflicts</h2>\n<p><b>{} VM(s) migrated on more than one host</b>: two copies exist; keep one.</p>\n<ul>",
+            r.conflicts.len()
+        );
+        for c in &r.conflicts {
+            let _ = writeln!(
+                h,
+                "<li class=\"conflict\">{}: {}</li>",
+                esc(&c.vm),
+                esc(&c.hosts.join(", "))
+            );
+        }
+        h.push_str("</ul>\n");
+    }
+    h
+}
+
 /// One bar of a chart: a wave, its figure (none: no bar) and the words above it.
 struct Bar {
     wave: String,
@@ -608,7 +856,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;text-align:left}
 ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overflow:auto;margin:0;font-size:12px}}\
 </style></head><body>\n<h1>Wave {w}</h1>\n<p class=\"cards\"><span>{t} VMs</span><span>{m} migrated</span>\
 <span>{va} validated</span><span>{f} failed</span><span>{n} not run</span><span>{p} pending</span></p>\n\
-<p>Wall time {wall:.1} s; runner overhead {oh:.2} s.</p>\n{evidence}<table>\n<tr><th>VM</th><th>status</th><th>time</th>\
+<p>Wall time {wall:.1} s; runner overhead {oh:.2} s.</p>\n{merged}{evidence}<table>\n<tr><th>VM</th><th>status</th><th>time</th>\
 <th>data moved</th><th>throughput</th><th>concerns</th><th>validation</th><th>console</th><th>hooks</th></tr>\n",
         w = esc(&r.wave),
         t = s.total,
@@ -620,6 +868,7 @@ ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overfl
         wall = r.wall_seconds,
         oh = r.overhead_seconds,
         evidence = evidence(r),
+        merged = merged(r),
     );
     for v in &r.vms {
         let name = match &v.report_html {
@@ -632,6 +881,17 @@ ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overfl
         }
         if v.reverified {
             status.push_str("<br>(re-verified on resume)");
+        }
+        if let Some(host) = &v.host {
+            let _ = write!(status, "<br>on <b>{}</b>", esc(host));
+        }
+        for e in &v.elsewhere {
+            let _ = write!(
+                status,
+                "<br><small>also on {}: {}</small>",
+                esc(&e.host),
+                esc(&e.status)
+            );
         }
         if let Some(why) = &v.reason {
             let _ = write!(status, "<br><small>{}</small>", esc(why));
@@ -735,6 +995,7 @@ mod tests {
                         })
                         .collect(),
                 }],
+                conversion_host: None,
             }),
             rec(Entry::VmStarted {
                 wave: "w1".into(),
@@ -842,6 +1103,108 @@ mod tests {
         );
         // Properties come before the testcases, as the JUnit schema wants.
         assert!(x.find("<properties>") < x.find("<testcase"), "{x}");
+    }
+
+    fn host_run(host: &str, vms: &[&str], migrated: &[&str], started: &[&str]) -> HostRun {
+        let rec = |time, entry| Record { time, entry };
+        let mut r = vec![rec(
+            0.0,
+            Entry::RunStarted {
+                schema_version: 1,
+                plan: format!("/s/{host}.yaml").into(),
+                plan_hash: host.into(),
+                waves: vec![WaveInfo {
+                    name: "w1".into(),
+                    vms: vms
+                        .iter()
+                        .map(|n| VmInfo {
+                            name: n.to_string(),
+                            source: format!("/s/{n}.vmx").into(),
+                            out: format!("/nonexistent/{host}/{n}").into(),
+                            validate: false,
+                            disks: 1,
+                        })
+                        .collect(),
+                }],
+                conversion_host: Some(host.into()),
+            },
+        )];
+        for (i, vm) in started.iter().chain(migrated).enumerate() {
+            r.push(rec(
+                1.0 + i as f64,
+                Entry::VmStarted {
+                    wave: "w1".into(),
+                    vm: vm.to_string(),
+                    attempt: 1,
+                    out: "/o".into(),
+                },
+            ));
+        }
+        for (i, vm) in migrated.iter().enumerate() {
+            r.push(rec(
+                10.0 + i as f64,
+                Entry::VmFinished {
+                    wave: "w1".into(),
+                    vm: vm.to_string(),
+                    status: VmStatus::Migrated,
+                    result: Some("not-validated".into()),
+                    reason: None,
+                    seconds: 2.0,
+                    migrate_seconds: 2.0,
+                    bytes: 1 << 20,
+                    report: None,
+                },
+            ));
+        }
+        HostRun {
+            host: host.into(),
+            dir: PathBuf::from(format!("/runs/{host}")),
+            records: r,
+        }
+    }
+
+    #[test]
+    fn a_merge_shows_each_vm_with_its_host_and_reports_a_vm_migrated_twice() {
+        // conv1 migrated a and c, and was lost while running b; conv2 then migrated b
+        // and, wrongly, c again.
+        let runs = [
+            host_run("conv1", &["a", "b", "c"], &["a", "c"], &["b"]),
+            host_run("conv2", &["b", "c", "d"], &["b", "c"], &[]),
+        ];
+        let m = merge(&runs);
+        assert_eq!(m.len(), 1);
+        let r = &m[0];
+        assert_eq!(r.hosts, ["conv1", "conv2"]);
+        let vm = |n: &str| r.vms.iter().find(|v| v.name == n).unwrap();
+        assert_eq!(vm("a").host.as_deref(), Some("conv1"));
+        assert_eq!(vm("b").host.as_deref(), Some("conv2"));
+        assert_eq!(vm("b").status, "migrated");
+        assert_eq!(vm("b").elsewhere[0].host, "conv1");
+        assert_eq!(vm("b").elsewhere[0].status, "interrupted");
+        assert_eq!(vm("d").status, "pending");
+        // Nothing dropped: four VMs, the conflict counted and named.
+        assert_eq!(r.summary.total, 4);
+        assert_eq!(r.summary.migrated, 3);
+        assert_eq!(r.summary.conflicts, 1);
+        assert_eq!(r.conflicts[0].vm, "c");
+        assert_eq!(r.conflicts[0].hosts, ["conv1", "conv2"]);
+        let x = junit(r);
+        assert!(
+            x.contains("migrated on more than one host: conv1, conv2"),
+            "{x}"
+        );
+        let h = html(r, Path::new("/m/w1"));
+        assert!(
+            h.contains("<h2>Conflicts</h2>") && h.contains("on <b>conv2</b>"),
+            "{h}"
+        );
+        assert!(h.contains("also on conv1: interrupted"), "{h}");
+        let j = serde_json::to_value(r).unwrap();
+        assert_eq!(j["summary"]["conflicts"], 1);
+        assert_eq!(j["vms"][1]["host"], "conv2");
+        // A single run's report carries none of the merge fields.
+        let single = serde_json::to_value(build(&runs[0].records, "w1", false)).unwrap();
+        assert!(single.get("hosts").is_none() && single["vms"][0].get("host").is_none());
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub enum RunEvent {
     },
     WaveFinished {
         wave: String,
-        report: report::WaveReport,
+        report: Box<report::WaveReport>,
         html: PathBuf,
     },
     /// The gate held `wave` (`overridden`: it runs anyway).
@@ -219,6 +219,7 @@ pub fn run_with(
                         .collect(),
                 })
                 .collect(),
+            conversion_host: plan.conversion_host.clone(),
         })?,
     }
     let prior = prior_state(&records);
@@ -312,10 +313,10 @@ pub fn run_with(
             }
         }
         overhead.add(t.elapsed());
-        let limits = plan.limits;
-        let (tx, rx) = mpsc::channel::<(String, usize, PathBuf, u64, VmStatus)>();
+        let limits = &plan.limits;
+        let (tx, rx) = mpsc::channel::<(String, VmStatus)>();
         std::thread::scope(|s| -> Result<()> {
-            let mut running: Vec<(String, usize, PathBuf, u64)> = Vec::new();
+            let mut running: Vec<Running> = Vec::new();
             let mut stop = wave.stop_after.is_some_and(|n| failed >= n);
             loop {
                 let t = Instant::now();
@@ -342,19 +343,25 @@ pub fn run_with(
                 let mut i = 0;
                 while i < queue.len() && running.len() < limits.vms {
                     let v = queue[i];
-                    let disks = checks.vm(&v.name).map_or(1, |c| c.disks.max(1));
-                    let disks_used: usize = running.iter().map(|r| r.1).sum();
-                    let same_ds = running.iter().filter(|r| r.2 == v.datastore).count();
-                    let fits = (running.is_empty() || disks_used + disks <= limits.disks)
-                        && same_ds < limits.per_datastore;
-                    if !fits {
+                    let ck = checks.vm(&v.name);
+                    let next = Running {
+                        name: v.name.clone(),
+                        disks: ck.map_or(1, |c| c.disks.max(1)),
+                        datastore: v.datastore.clone(),
+                        esxi_host: v
+                            .esxi_host
+                            .clone()
+                            .or_else(|| ck.and_then(|c| c.esxi_host.clone())),
+                        estimate: ck.map_or(0, |c| c.estimated_bytes),
+                    };
+                    if !fits(limits, &running, &next) {
                         i += 1;
                         continue;
                     }
                     queue.remove(i);
-                    let est = checks.vm(&v.name).map_or(0, |c| c.estimated_bytes);
-                    let reserved: u64 = running.iter().map(|r| r.3).sum();
-                    running.push((v.name.clone(), disks, v.datastore.clone(), est));
+                    let est = next.estimate;
+                    let reserved: u64 = running.iter().map(|r| r.estimate).sum();
+                    running.push(next);
                     let attempt = prior.get(&v.name).map_or(0, |p| p.attempts) + 1;
                     let pre_done = prior.get(&v.name).is_some_and(|p| p.pre_hook_done);
                     let tx = tx.clone();
@@ -371,17 +378,17 @@ pub fn run_with(
                             });
                             VmStatus::Failed
                         });
-                        let _ = tx.send((v.name.clone(), disks, v.datastore.clone(), est, st));
+                        let _ = tx.send((v.name.clone(), st));
                     });
                 }
                 overhead.add(t.elapsed());
                 if running.is_empty() {
                     break;
                 }
-                let Ok((name, _, _, _, st)) = rx.recv() else {
+                let Ok((name, st)) = rx.recv() else {
                     break;
                 };
-                running.retain(|r| r.0 != name);
+                running.retain(|r| r.name != name);
                 if st == VmStatus::Failed {
                     failed += 1;
                     if wave.stop_after.is_some_and(|n| failed >= n) {
@@ -415,7 +422,7 @@ pub fn run_with(
         any_bad |= rep.summary.failed + rep.summary.not_run > 0;
         events(RunEvent::WaveFinished {
             wave: wave.name.clone(),
-            report: rep.clone(),
+            report: Box::new(rep.clone()),
             html,
         });
         summaries.push(rep);
@@ -433,6 +440,47 @@ pub fn run_with(
         held,
         waves: summaries,
     })
+}
+
+/// A VM running now, as the limits count it.
+struct Running {
+    name: String,
+    disks: usize,
+    datastore: PathBuf,
+    esxi_host: Option<String>,
+    estimate: u64,
+}
+
+/// Whether `next` may start beside `running` within `limits`: the disks in flight
+/// (a VM with more disks than the limit runs alone), the VMs per datastore, and the
+/// disks in flight per ESXi host. A VM with more disks than its ESXi host's limit
+/// waits until nothing else of that host is in flight and then runs alone on it;
+/// that happens only in a hand-written plan: `v2k wave assign` never gives a shard a
+/// share below its largest VM, since a shard's share is part of a budget other
+/// conversion hosts hold the rest of.
+fn fits(limits: &crate::plan::Limits, running: &[Running], next: &Running) -> bool {
+    let disks_used: usize = running.iter().map(|r| r.disks).sum();
+    if !running.is_empty() && disks_used + next.disks > limits.disks {
+        return false;
+    }
+    let same_ds = running
+        .iter()
+        .filter(|r| r.datastore == next.datastore)
+        .count();
+    if same_ds >= limits.datastore(&next.datastore) {
+        return false;
+    }
+    if let Some(h) = &next.esxi_host {
+        let on_host: usize = running
+            .iter()
+            .filter(|r| r.esxi_host.as_ref() == Some(h))
+            .map(|r| r.disks)
+            .sum();
+        if on_host > 0 && on_host + next.disks > limits.esxi_host(h) {
+            return false;
+        }
+    }
+    true
 }
 
 /// One VM: free space, pre hook, migrate, post hook, journal, marker.
@@ -727,6 +775,36 @@ mod tests {
         assert_eq!(p["a"].finished, Some(VmStatus::Migrated));
         assert_eq!(p["b"].finished, None);
         assert_eq!(p["b"].attempts, 1);
+    }
+
+    #[test]
+    fn the_esxi_share_and_datastore_limits_hold_back_a_vm_that_would_exceed_them() {
+        let limits = crate::plan::Limits {
+            vms: 10,
+            disks: 10,
+            per_datastore: usize::MAX,
+            datastores: [(PathBuf::from("/ds1"), 1)].into(),
+            esxi_host_disks: usize::MAX,
+            esxi_hosts: [("esx-a".to_string(), 2)].into(),
+            free_space_margin: 0,
+        };
+        let vm = |name: &str, disks, ds: &str, host: Option<&str>| Running {
+            name: name.into(),
+            disks,
+            datastore: ds.into(),
+            esxi_host: host.map(String::from),
+            estimate: 0,
+        };
+        let running = vec![vm("a", 1, "/ds2", Some("esx-a"))];
+        assert!(fits(&limits, &running, &vm("b", 1, "/ds2", Some("esx-a"))));
+        assert!(!fits(&limits, &running, &vm("b", 2, "/ds2", Some("esx-a"))));
+        // Another ESXi host, or none, is not held back by esx-a's share.
+        assert!(fits(&limits, &running, &vm("b", 2, "/ds2", Some("esx-b"))));
+        assert!(fits(&limits, &running, &vm("b", 2, "/ds2", None)));
+        // One VM at once from /ds1.
+        let running = vec![vm("a", 1, "/ds1", None)];
+        assert!(!fits(&limits, &running, &vm("b", 1, "/ds1", None)));
+        assert!(fits(&limits, &running, &vm("b", 1, "/ds3", None)));
     }
 
     #[test]

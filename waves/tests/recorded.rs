@@ -326,3 +326,65 @@ fn a_run_cut_inside_a_vm_resumes_it_and_leaves_the_others_alone() {
         ("migrated".into(), Some("validated".into()))
     );
 }
+
+/// The same plan split over two conversion hosts (`assign`), each shard run VM-free,
+/// the runs merged: every VM once, with the host that ran it, the validated VM's
+/// verdict and thumbnail carried into the merged report, the failed VM's reason kept.
+#[test]
+fn shards_of_a_plan_run_apart_merge_into_one_report_with_each_vms_host() {
+    let t = tempfile::tempdir().unwrap();
+    let p = plan(t.path());
+    let mut whole = v2k_waves::plan::load(&p).unwrap();
+    assert!(v2k_waves::expand(&mut whole).is_empty());
+    let checks = v2k_waves::check(&whole);
+    let opts = v2k_waves::assign::Options {
+        hosts: vec!["conv1".into(), "conv2".into()],
+        ..Default::default()
+    };
+    let a = v2k_waves::assign::assign(&whole, &checks, &opts, None).unwrap();
+    let shards = t.path().join("shards");
+    v2k_waves::assign::write(&shards, &a).unwrap();
+    assert_eq!(a.record.shards.len(), 2);
+    let boot = Recording::default();
+    let mut runs = Vec::new();
+    for s in &a.record.shards {
+        run_plan(&shards.join(&s.plan), &boot, false);
+        runs.push(shards.join(format!("{}.run", s.id)));
+    }
+    let host_runs: Vec<_> = runs
+        .iter()
+        .map(|d| v2k_waves::report::HostRun::read(d).unwrap())
+        .collect();
+    assert_eq!(host_runs[0].host, "conv1");
+    let merged = v2k_waves::report::merge(&host_runs);
+    assert_eq!(merged.len(), 1);
+    let r = &merged[0];
+    assert_eq!(r.hosts, ["conv1", "conv2"]);
+    assert_eq!(
+        (r.summary.total, r.summary.migrated, r.summary.failed),
+        (3, 2, 1)
+    );
+    assert!(r.conflicts.is_empty());
+    for v in &r.vms {
+        let ran_on = a
+            .record
+            .shards
+            .iter()
+            .find(|s| s.vms.iter().any(|x| x.name == v.name))
+            .unwrap();
+        assert_eq!(v.host.as_deref(), Some(ran_on.host.as_str()), "{}", v.name);
+    }
+    let va = r.vms.iter().find(|v| v.name == "a").unwrap();
+    assert!(va.validation.as_ref().unwrap().passed);
+    let vc = r.vms.iter().find(|v| v.name == "c").unwrap();
+    assert!(vc.reason.as_deref().unwrap().contains("disk-missing"));
+    let out = t.path().join("merged");
+    v2k_outfile::create_dir(&out).unwrap();
+    let html = std::fs::read_to_string(v2k_waves::report::write(&out, r).unwrap()).unwrap();
+    let thumb = format!(
+        "src=\"data:image/png;base64,{}\"",
+        v2k_migrate::report::base64(PNG)
+    );
+    assert!(html.contains(&thumb), "thumbnail not in the merged report");
+    assert!(html.contains("Merged from 2 conversion host(s): conv1, conv2."));
+}

@@ -1,4 +1,4 @@
-//! `v2k wave check|run|status|report`: batch migration waves from a YAML plan. The
+//! `v2k wave check|run|status|report|assign|rollback`: batch migration waves from a YAML plan. The
 //! plan, the runner, the journal and the reports live in the `v2k-waves` library
 //! (docs/waves.md); this file maps arguments and prints: data and JSON Lines to
 //! stdout, progress bars (on a terminal) and logs to stderr.
@@ -61,8 +61,43 @@ enum Sub {
         #[arg(long)]
         json: bool,
     },
-    /// Write the wave reports of a run again from its journal
-    Report { run_dir: PathBuf },
+    /// Write the wave reports of a run again from its journal, or merge several hosts' runs
+    Report {
+        /// The run directory
+        #[arg(required_unless_present = "merge", conflicts_with = "merge")]
+        run_dir: Option<PathBuf>,
+        /// Merge these run directories (one per conversion host) into one report per wave
+        #[arg(long, num_args = 1.., value_name = "DIR")]
+        merge: Vec<PathBuf>,
+        /// Where the merged reports go (with --merge)
+        #[arg(
+            short,
+            long,
+            value_name = "DIR",
+            requires = "merge",
+            default_value = "merged-report"
+        )]
+        out: PathBuf,
+    },
+    /// Split a plan over conversion hosts: one shard plan per host and an assignment record
+    Assign {
+        plan: PathBuf,
+        /// The conversion hosts: a file (one name a line, `#` comments) or NAME,NAME,...
+        #[arg(long, value_name = "FILE|LIST")]
+        hosts: String,
+        /// A lost host: its shards are withdrawn, its unfinished VMs move to the others
+        #[arg(long, value_name = "HOST")]
+        exclude: Vec<String>,
+        /// A run directory fetched from a host (its journal says which VMs finished)
+        #[arg(long = "journal", value_name = "DIR")]
+        journals: Vec<PathBuf>,
+        /// The output directory (its assignment.json, when present, is reassigned)
+        #[arg(short, long, value_name = "OUTDIR")]
+        out: PathBuf,
+        /// The assignment record as one JSON object on stdout
+        #[arg(long)]
+        json: bool,
+    },
     /// Roll delivered VMs back: targets stopped and undefined, sources powered on
     Rollback {
         plan: PathBuf,
@@ -90,7 +125,22 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             json,
         } => run(plan, wave, dry_run, retry_failed, override_gate, json),
         Sub::Status { run_dir, json } => status(run_dir, json),
-        Sub::Report { run_dir } => report(run_dir),
+        Sub::Report {
+            run_dir,
+            merge,
+            out,
+        } => match run_dir {
+            Some(d) => report(d),
+            None => merge_reports(merge, out),
+        },
+        Sub::Assign {
+            plan,
+            hosts,
+            exclude,
+            journals,
+            out,
+            json,
+        } => assign(plan, hosts, exclude, journals, out, json),
         Sub::Rollback {
             plan,
             vm,
@@ -437,6 +487,144 @@ fn report(run_dir: PathBuf) -> anyhow::Result<i32> {
         println!("{}", console::escape_path(&html));
     }
     Ok(worst)
+}
+
+/// `v2k wave report --merge`: one report per wave from several hosts' run
+/// directories; exit 1 when a VM did not migrate or migrated on two hosts.
+fn merge_reports(dirs: Vec<PathBuf>, out: PathBuf) -> anyhow::Result<i32> {
+    let runs = dirs
+        .iter()
+        .map(|d| {
+            v2k_waves::report::HostRun::read(d)
+                .with_context(|| format!("reading the run of {}", d.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    v2k_outfile::create_dir(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut worst = exit::OK;
+    for r in v2k_waves::report::merge(&runs) {
+        let s = &r.summary;
+        if s.failed + s.not_run + s.pending + s.conflicts > 0 {
+            worst = exit::FINDINGS;
+        }
+        for c in &r.conflicts {
+            console::say!(
+                "v2k: wave {}: VM {} migrated on more than one host: {}",
+                r.wave,
+                c.vm,
+                c.hosts.join(", ")
+            );
+        }
+        let html = v2k_waves::report::write(&out, &r)
+            .with_context(|| format!("writing the merged report of wave {}", r.wave))?;
+        println!("{}", console::escape_path(&html));
+    }
+    Ok(worst)
+}
+
+/// Longest host list file read (a list of thousands of names is far smaller).
+const MAX_HOSTS_FILE: u64 = 1 << 20;
+
+/// `--hosts`: a file of names (one a line) when such a file exists, else a comma list.
+fn host_list(arg: &str) -> anyhow::Result<Vec<String>> {
+    let p = std::path::Path::new(arg);
+    let text = if p.is_file() {
+        v2k_untrusted::file::read_to_string(p, MAX_HOSTS_FILE, "host list")
+            .with_context(|| format!("reading the host list {}", p.display()))?
+    } else {
+        arg.replace(',', "\n")
+    };
+    let hosts: Vec<String> = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if hosts.is_empty() {
+        anyhow::bail!("--hosts {arg:?}: no conversion host named");
+    }
+    Ok(hosts)
+}
+
+/// `v2k wave assign`: loads and checks the plan as `run` does, splits it, writes the
+/// shards and the record, prints one line per shard (or the record as JSON).
+fn assign(
+    path: PathBuf,
+    hosts: String,
+    exclude: Vec<String>,
+    journals: Vec<PathBuf>,
+    out: PathBuf,
+    json_mode: bool,
+) -> anyhow::Result<i32> {
+    let hosts = host_list(&hosts)?;
+    let (p, c) = match load(&path)? {
+        Ok(x) => x,
+        Err(problems) => {
+            print_problems(&path, &problems);
+            return Ok(exit::ERROR);
+        }
+    };
+    if !c.problems.is_empty() {
+        print_problems(&path, &c.problems);
+        return Ok(exit::ERROR);
+    }
+    let previous = v2k_waves::assign::read_record(&out)?;
+    let opts = v2k_waves::assign::Options {
+        hosts,
+        exclude,
+        journals,
+    };
+    let a = v2k_waves::assign::assign(&p, &c, &opts, previous.as_ref())
+        .with_context(|| format!("assigning {}", path.display()))?;
+    v2k_waves::assign::write(&out, &a)
+        .with_context(|| format!("writing into {}", out.display()))?;
+    let r = &a.record;
+    if json_mode {
+        let mut v = serde_json::to_value(r)?;
+        if let Some(m) = v.as_object_mut() {
+            m.insert("type".into(), json!("assignment"));
+        }
+        console::emit_json(&v)?;
+        return Ok(exit::OK);
+    }
+    let mut o = console::human_stdout();
+    writeln!(
+        o,
+        "{:20} {:14} {:>5} {:>10}  shares",
+        "SHARD", "HOST", "VMS", "GiB"
+    )?;
+    for s in r.shards.iter().filter(|s| !s.withdrawn) {
+        let shares = s
+            .shares
+            .esxi_hosts
+            .iter()
+            .map(|(e, n)| format!("{e}={n} disk(s)"))
+            .chain(
+                s.shares
+                    .datastores
+                    .iter()
+                    .map(|(d, n)| format!("{d}={n} VM(s)")),
+            )
+            .collect::<Vec<_>>()
+            .join(" ");
+        writeln!(
+            o,
+            "{:20} {:14} {:>5} {:>10.1}  {}",
+            console::escape(&s.id),
+            console::escape(&s.host),
+            s.vms.len(),
+            s.bytes as f64 / (1u64 << 30) as f64,
+            console::escape(&shares)
+        )?;
+    }
+    for m in r.moved.iter().filter(|m| m.generation == r.generation) {
+        writeln!(o, "moved {} from {} to {}", m.vm, m.from, m.to)?;
+    }
+    writeln!(
+        o,
+        "generation {}: {}",
+        r.generation,
+        console::escape_path(&out.join(v2k_waves::assign::RECORD_FILE))
+    )?;
+    Ok(exit::OK)
 }
 
 /// The run's display: a bar per running VM on a terminal, JSON Lines on stdout when

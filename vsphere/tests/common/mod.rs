@@ -395,6 +395,12 @@ pub fn datastore_dir(sim: &Vcsim) -> PathBuf {
 /// the given datastore files (`[LocalDS_0] dir/disk.vmdk`, capacity in bytes): PVSCSI,
 /// one VMXNET3 NIC on "VM Network" with the static `mac`, BIOS, 2 vCPUs, 1 GiB.
 pub fn create_vm_with_disks(c: &Client, name: &str, disks: &[(String, u64)], mac: &str) {
+    create_vm_on_host(c, name, disks, mac, "DC0_H0");
+}
+
+/// [`create_vm_with_disks`] on the simulated ESXi host `host` (`DC0_H0`, the
+/// standalone one, or a cluster member `DC0_C0_H0`..`DC0_C0_H2`).
+pub fn create_vm_on_host(c: &Client, name: &str, disks: &[(String, u64)], mac: &str, host: &str) {
     use v2k_vsphere::client::PropertySpec;
     use v2k_vsphere::MoRef;
     let mut devices = String::from(
@@ -450,7 +456,7 @@ pub fn create_vm_with_disks(c: &Client, name: &str, disks: &[(String, u64)], mac
         .unwrap();
     let folder = MoRef::from_element(o.get("vmFolder").unwrap()).unwrap();
     let pool = find("ResourcePool", "Resources");
-    let host = find("HostSystem", "DC0_H0");
+    let host = find("HostSystem", host);
     let r = c
         .call(
             "CreateVM_Task",

@@ -1,0 +1,845 @@
+//! A wave split over three conversion hosts with the real binary: `v2k wave assign`,
+//! each host's shard run by its own `v2k wave run` in its own root directory (the
+//! hosts run at once), one host killed mid-wave and excluded, its unfinished VMs
+//! reassigned and run, `v2k wave report --merge` of every host's run. Six small VMs on
+//! two ESXi hosts (named by the plan's `esxi-host:`) with a budget of 2 disks per ESXi
+//! host; disks copied and verified, no guest surgery, no boot (nothing here needs
+//! one). The journals' timestamps prove the budget held across the hosts, and that
+//! every VM migrated exactly once.
+//!
+//! What this does not cover (docs/scale-out.md, "Tests"): the hosts here are local
+//! processes, not Ansible over SSH, and the sources are VMX files, not vcsim.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn v2k() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_v2k"))
+}
+
+fn ok(o: &std::process::Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// `DIR/NAME/NAME.vmx` with one 8 MiB monolithicSparse disk.
+fn vm(dir: &Path, name: &str) {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    v2k_fixtures::sparse_vmdk(&d.join("disk.vmdk"), "8M", Some((0x33, "1M", "256k")));
+    std::fs::write(
+        d.join(format!("{name}.vmx")),
+        format!(
+            "displayName = \"{name}\"\nguestOS = \"debian12-64\"\nmemSize = \"512\"\n\
+             scsi0.present = \"TRUE\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"disk.vmdk\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn journal(run: &Path) -> Vec<Value> {
+    std::fs::read_to_string(run.join("journal.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A host: its root directory, where its shards are copied and run.
+struct Host {
+    name: String,
+    root: PathBuf,
+}
+
+impl Host {
+    /// Copies shard `file` from the assignment into the host's root (what the
+    /// playbook's distribution does) and starts `v2k wave run` on it.
+    fn start(&self, shards: &Path, file: &str) -> Child {
+        let dst = self.root.join(file);
+        std::fs::copy(shards.join(file), &dst).unwrap();
+        v2k()
+            .args(["wave", "run", "--json"])
+            .arg(&dst)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: a kill takes the hook's `sleep` with it.
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    fn runs(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "run"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+#[test]
+fn a_wave_over_three_hosts_keeps_the_esxi_budget_and_survives_a_lost_host() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let esxi: BTreeMap<String, String> = (1..=6)
+        .map(|i| (format!("vm{i}"), format!("esx{}", i % 2)))
+        .collect();
+    for name in esxi.keys() {
+        vm(&src, name);
+    }
+    // The pre hook holds one VM of the host the test will kill, so the kill falls
+    // inside the wave: the VM named in `hold` waits there.
+    let hold = t.path().join("hold");
+    let hook = t.path().join("pre.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nif [ \"$(cat {} 2>/dev/null)\" = \"$V2K_VM_NAME\" ]; then sleep 300; fi\n",
+            hold.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plan = t.path().join("plan.yaml");
+    let mut text = format!(
+        "version: 1\ndefaults:\n  validate: false\n  inject: false\n  backend: qemu\n  \
+         hooks:\n    pre: {{ command: [{}] }}\nlimits:\n  vms: 2\n  esxi-host-disks: 2\nwaves:\n  - name: w1\n    vms:\n",
+        hook.display()
+    );
+    for (name, e) in &esxi {
+        text.push_str(&format!(
+            "      - source: src/{name}/{name}.vmx\n        esxi-host: {e}\n"
+        ));
+    }
+    std::fs::write(&plan, text).unwrap();
+    let hosts: Vec<Host> = ["conv1", "conv2", "conv3"]
+        .iter()
+        .map(|n| {
+            let root = t.path().join("hosts").join(n);
+            std::fs::create_dir_all(&root).unwrap();
+            Host {
+                name: n.to_string(),
+                root,
+            }
+        })
+        .collect();
+    let shards = t.path().join("shards");
+
+    // ---- assign --------------------------------------------------------------------
+    let o = v2k()
+        .args([
+            "wave",
+            "assign",
+            "--hosts",
+            "conv1,conv2,conv3",
+            "--json",
+            "-o",
+        ])
+        .arg(&shards)
+        .arg(&plan)
+        .output()
+        .unwrap();
+    let rec: Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(rec["type"], "assignment");
+    let shard_of = |rec: &Value, host: &str, generation: u64| -> Option<(String, Vec<String>)> {
+        rec["shards"].as_array().unwrap().iter().find_map(|s| {
+            (s["host"] == host && s["generation"] == generation).then(|| {
+                (
+                    s["plan"].as_str().unwrap().to_string(),
+                    s["vms"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v["name"].as_str().unwrap().to_string())
+                        .collect(),
+                )
+            })
+        })
+    };
+    // Budget 2 per ESXi host over three hosts: the shares add up to 2.
+    for e in ["esx0", "esx1"] {
+        let held: u64 = rec["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|h| h["shares"]["esxi-hosts"][e].as_u64())
+            .sum();
+        assert_eq!(held, 2, "{e}: {rec:#}");
+    }
+    let (lost_file, lost_vms) = shard_of(&rec, "conv3", 1).expect("conv3 got a shard");
+    assert_eq!(lost_vms.len(), 2, "{rec:#}");
+    // conv3 finishes its first VM and is killed while its second waits in its hook.
+    std::fs::write(&hold, &lost_vms[1]).unwrap();
+
+    // ---- run on the three hosts at once, kill conv3 mid-wave -----------------------
+    let mut children = Vec::new();
+    for h in &hosts {
+        let (file, _) = shard_of(&rec, &h.name, 1).unwrap();
+        children.push((h.name.clone(), h.start(&shards, &file)));
+    }
+    let lost_run = hosts[2].root.join(lost_file.replace(".yaml", ".run"));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let j = journal(&lost_run);
+        let held = j
+            .iter()
+            .any(|r| r["type"] == "vm-started" && r["vm"] == lost_vms[1].as_str());
+        let first_done = j
+            .iter()
+            .any(|r| r["type"] == "vm-finished" && r["vm"] == lost_vms[0].as_str());
+        if held && first_done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "conv3 never finished its first VM and started its second"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (name, child) in &mut children {
+        if name == "conv3" {
+            // The whole group: v2k and the hook's sleep.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+        }
+    }
+    for (name, mut child) in children {
+        let st = child.wait().unwrap();
+        if name != "conv3" {
+            assert!(st.success(), "{name}: {st}");
+        }
+    }
+    std::fs::remove_file(&hold).unwrap();
+    let before: Vec<Value> = journal(&lost_run);
+    assert!(
+        before
+            .iter()
+            .any(|r| r["type"] == "vm-finished" && r["vm"] == lost_vms[0].as_str()),
+        "conv3 finished its first VM before the kill"
+    );
+
+    // ---- reassign without conv3, with every journal fetched so far -----------------
+    let mut a = v2k();
+    a.args([
+        "wave",
+        "assign",
+        "--hosts",
+        "conv1,conv2",
+        "--exclude",
+        "conv3",
+        "--json",
+        "-o",
+    ])
+    .arg(&shards)
+    .arg(&plan);
+    for h in &hosts {
+        for r in h.runs() {
+            a.arg("--journal").arg(r);
+        }
+    }
+    let rec2: Value = serde_json::from_str(&ok(&a.output().unwrap())).unwrap();
+    assert_eq!(rec2["generation"], 2);
+    let moved: Vec<&str> = rec2["moved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        moved,
+        [lost_vms[1].as_str()],
+        "only the unfinished VM moves: {rec2:#}"
+    );
+    let mut second = Vec::new();
+    for h in &hosts[..2] {
+        if let Some((file, _)) = shard_of(&rec2, &h.name, 2) {
+            second.push(h.start(&shards, &file));
+        }
+    }
+    assert_eq!(second.len(), 1);
+    for mut c in second {
+        assert!(c.wait().unwrap().success());
+    }
+
+    // ---- the journals: the budget held, every VM migrated exactly once -------------
+    let mut intervals: Vec<(String, f64, f64)> = Vec::new();
+    let mut migrated: BTreeMap<String, usize> = BTreeMap::new();
+    for h in &hosts {
+        for run in h.runs() {
+            let j = journal(&run);
+            let end = j.last().and_then(|r| r["time"].as_f64()).unwrap_or(0.0);
+            let mut open: BTreeMap<String, f64> = BTreeMap::new();
+            for r in &j {
+                let vm = r["vm"].as_str().unwrap_or_default().to_string();
+                match r["type"].as_str() {
+                    Some("vm-started") => {
+                        open.insert(vm, r["time"].as_f64().unwrap());
+                    }
+                    Some("vm-finished") => {
+                        let s = open.remove(&vm).unwrap();
+                        intervals.push((vm.clone(), s, r["time"].as_f64().unwrap()));
+                        if r["status"] == "migrated" {
+                            *migrated.entry(vm).or_default() += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // Killed while in flight: counted until the journal's last word.
+            for (vm, s) in open {
+                intervals.push((vm, s, end));
+            }
+        }
+    }
+    for name in esxi.keys() {
+        assert_eq!(migrated.get(name), Some(&1), "{name}: {migrated:?}");
+    }
+    for (vm, s, _) in &intervals {
+        let host = &esxi[vm];
+        let in_flight = intervals
+            .iter()
+            .filter(|(v, a, b)| &esxi[v] == host && a <= s && s < b)
+            .count();
+        assert!(
+            in_flight <= 2,
+            "{in_flight} disks of {host} in flight when {vm} started: {intervals:?}"
+        );
+    }
+
+    // ---- one merged report ---------------------------------------------------------
+    let merged = t.path().join("merged");
+    let mut m = v2k();
+    m.args(["wave", "report", "-o"]).arg(&merged).arg("--merge");
+    for h in &hosts {
+        m.args(h.runs());
+    }
+    let o = m.output().unwrap();
+    ok(&o);
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(merged.join("w1/wave-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["summary"]["total"], 6, "{r:#}");
+    assert_eq!(r["summary"]["migrated"], 6, "{r:#}");
+    assert!(r["conflicts"].is_null(), "{r:#}");
+    for v in r["vms"].as_array().unwrap() {
+        let host = v["host"].as_str().unwrap();
+        let name = v["name"].as_str().unwrap();
+        if name == lost_vms[1] {
+            assert_ne!(host, "conv3");
+            assert_eq!(v["elsewhere"][0]["host"], "conv3", "{v:#}");
+        }
+    }
+    let html = std::fs::read_to_string(merged.join("w1/wave-report.html")).unwrap();
+    assert!(
+        html.contains("Merged from 3 conversion host(s): conv1, conv2, conv3."),
+        "{html}"
+    );
+}
+
+/// ansible-core as scripts/setup.sh installs it.
+const ANSIBLE_PLAYBOOK: &str = "/opt/v2k/ansible/bin/ansible-playbook";
+
+/// An sshd of the test's own on a loopback port (its own host key, the test's client
+/// key for root); stopped by PID.
+struct Sshd {
+    child: Child,
+    port: u16,
+}
+
+impl Sshd {
+    fn start(dir: &Path, client_pub: &Path) -> Sshd {
+        std::fs::create_dir_all(dir).unwrap();
+        keygen(&dir.join("host"));
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.join("sshd_config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile none\n\
+                 Subsystem sftp internal-sftp\n",
+                dir.join("host").display(),
+                client_pub.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("missing prerequisite: /usr/sbin/sshd (scripts/setup.sh: openssh-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sshd { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn keygen(path: &Path) {
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen (openssh-client)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The process whose command line has exactly `arg` among its arguments, if any (the
+/// `v2k wave run` of one shard: its path is unique to this test).
+fn pid_with_arg(arg: &Path) -> Option<(i32, i32)> {
+    let want = arg.as_os_str().as_encoded_bytes();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmd.split(|b| *b == 0).any(|a| a == want)
+            && cmd.starts_with(env!("CARGO_BIN_EXE_v2k").as_bytes())
+        {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid pgrp: the fields after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let pgrp = rest.split(' ').nth(2)?.parse().ok()?;
+            return Some((pid, pgrp));
+        }
+    }
+    None
+}
+
+/// The whole path through Ansible: three conversion hosts are three sshd instances
+/// on 127.0.0.1 (their own host keys, a client key made here, a root directory each),
+/// `ansible/playbooks/wave.yml` assigns, distributes, runs in parallel, fetches and
+/// merges; one host is killed mid-wave (its sshd and its `v2k` process group), the
+/// playbook rerun without it completes the wave, nothing migrated twice. The sources
+/// are VMX files with `esxi-host:` (not vcsim: see docs/scale-out.md), no boot. Two
+/// playbook runs: about 2 minutes on 2 CPUs, nearly all of it Ansible's SSH.
+#[test]
+fn the_playbook_runs_a_wave_over_three_sshd_hosts_and_survives_losing_one() {
+    assert!(
+        Path::new(ANSIBLE_PLAYBOOK).exists(),
+        "missing prerequisite: {ANSIBLE_PLAYBOOK} (scripts/setup.sh installs ansible-core)"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let w = t.path();
+    let src = w.join("src");
+    let esxi: BTreeMap<String, String> = (1..=6)
+        .map(|i| (format!("vm{i}"), format!("esx{}", i % 2)))
+        .collect();
+    for name in esxi.keys() {
+        vm(&src, name);
+    }
+    let hold = w.join("hold");
+    let hook = w.join("pre.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nif [ \"$(cat {} 2>/dev/null)\" = \"$V2K_VM_NAME\" ]; then sleep 300; fi\n",
+            hold.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let plan = w.join("plan.yaml");
+    let mut text = format!(
+        "version: 1\ndefaults:\n  validate: false\n  inject: false\n  backend: qemu\n  \
+         hooks:\n    pre: {{ command: [{}] }}\nlimits:\n  vms: 2\n  esxi-host-disks: 2\nwaves:\n  - name: w1\n    vms:\n",
+        hook.display()
+    );
+    for (name, e) in &esxi {
+        text.push_str(&format!(
+            "      - source: src/{name}/{name}.vmx\n        esxi-host: {e}\n"
+        ));
+    }
+    std::fs::write(&plan, text).unwrap();
+
+    // ---- three hosts, an inventory, the collection on the collections path --------
+    let ssh = w.join("ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    keygen(&ssh.join("client"));
+    let mut sshds: Vec<Sshd> = Vec::new();
+    let mut inv = String::from("[conversion_hosts]\n");
+    let roots: Vec<PathBuf> = (1..=3).map(|i| w.join(format!("hosts/conv{i}"))).collect();
+    for (i, root) in roots.iter().enumerate() {
+        std::fs::create_dir_all(root).unwrap();
+        let s = Sshd::start(&w.join(format!("sshd{i}")), &ssh.join("client.pub"));
+        inv.push_str(&format!(
+            "conv{} ansible_host=127.0.0.1 ansible_port={} v2k_root={}\n",
+            i + 1,
+            s.port,
+            root.display()
+        ));
+        sshds.push(s);
+    }
+    inv.push_str(&format!(
+        "[conversion_hosts:vars]\nansible_user=root\nansible_ssh_private_key_file={}\n\
+         ansible_ssh_common_args=-o UserKnownHostsFile={} -o StrictHostKeyChecking=accept-new -o BatchMode=yes\n\
+         ansible_python_interpreter=/usr/bin/python3\nv2k_install_path={}\n",
+        ssh.join("client").display(),
+        ssh.join("known_hosts").display(),
+        env!("CARGO_BIN_EXE_v2k")
+    ));
+    std::fs::write(w.join("inventory.ini"), inv).unwrap();
+    let colls = w.join("collections/ansible_collections/v2k");
+    std::fs::create_dir_all(&colls).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    std::os::unix::fs::symlink(repo.join("ansible"), colls.join("migration")).unwrap();
+    let work = w.join("work");
+    let playbook = |extra: &[&str]| {
+        let mut c = Command::new(ANSIBLE_PLAYBOOK);
+        c.arg("-i")
+            .arg(w.join("inventory.ini"))
+            .arg(repo.join("ansible/playbooks/wave.yml"))
+            .arg("-e")
+            .arg(format!("v2k_plan={}", plan.display()))
+            .arg("-e")
+            .arg(format!("v2k_work={}", work.display()))
+            .arg("-e")
+            .arg(format!("v2k_controller_bin={}", env!("CARGO_BIN_EXE_v2k")))
+            .args(extra)
+            .env("ANSIBLE_COLLECTIONS_PATH", w.join("collections"))
+            .env("ANSIBLE_LOCAL_TEMP", w.join("ansible-tmp"))
+            .env("ANSIBLE_NOCOLOR", "1")
+            .current_dir(w)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+
+    // ---- first run: conv3 is lost while its second VM is in flight -----------------
+    // Which VMs conv3 gets is the assignment's: the playbook writes it first; the hold
+    // names conv3's second VM as soon as the record is there.
+    let run1 = playbook(&[]).spawn().unwrap();
+    let shard3 = roots[2].join("shards/conv3.yaml");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let lost: Vec<String> = loop {
+        if let Ok(b) = std::fs::read(work.join("shards/assignment.json")) {
+            let rec: Value = serde_json::from_slice(&b).unwrap();
+            let s = rec["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["host"] == "conv3")
+                .expect("conv3 got a shard");
+            break s["vms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].as_str().unwrap().to_string())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "the playbook never assigned");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(lost.len(), 2);
+    std::fs::write(&hold, &lost[1]).unwrap();
+    let run3 = roots[2].join("shards/conv3.run");
+    loop {
+        let j = journal(&run3);
+        let started = j
+            .iter()
+            .any(|r| r["type"] == "vm-started" && r["vm"] == lost[1].as_str());
+        let done = j
+            .iter()
+            .any(|r| r["type"] == "vm-finished" && r["vm"] == lost[0].as_str());
+        if started && done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "conv3 never reached its second VM"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The host is lost: its sshd, then its v2k and the hook's sleep (their group).
+    sshds[2].stop();
+    let (_, pgrp) = pid_with_arg(&shard3).expect("conv3's v2k is running");
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgrp}")])
+        .status();
+    std::fs::remove_file(&hold).unwrap();
+    let o = run1.wait_with_output().unwrap();
+    let out1 = String::from_utf8_lossy(&o.stdout).into_owned();
+    // conv3's task failed; the others ran and were fetched, the merge ran.
+    assert!(
+        out1.contains("conv1") && out1.contains("Merge the reports"),
+        "{out1}"
+    );
+    // What was fetched of conv3 before it was lost (here: its journal as it was).
+    let f3 = work.join("fetched/conv3/conv3.run");
+    std::fs::create_dir_all(&f3).unwrap();
+    std::fs::copy(run3.join("journal.jsonl"), f3.join("journal.jsonl")).unwrap();
+
+    // ---- rerun without conv3 -------------------------------------------------------
+    let o = playbook(&["-e", r#"{"v2k_exclude": ["conv3"]}"#])
+        .output()
+        .unwrap();
+    let out2 = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out2}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rec: Value =
+        serde_json::from_slice(&std::fs::read(work.join("shards/assignment.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["generation"], 2, "{rec:#}");
+    let moved: Vec<&str> = rec["moved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(moved, [lost[1].as_str()], "{rec:#}");
+
+    // ---- the journals: every VM migrated exactly once, the budget held -------------
+    let mut migrated: BTreeMap<String, usize> = BTreeMap::new();
+    let mut intervals: Vec<(String, f64, f64)> = Vec::new();
+    for root in &roots {
+        for e in std::fs::read_dir(root.join("shards")).unwrap().flatten() {
+            if e.path().extension().is_none_or(|x| x != "run") {
+                continue;
+            }
+            let j = journal(&e.path());
+            let end = j.last().and_then(|r| r["time"].as_f64()).unwrap_or(0.0);
+            let mut open: BTreeMap<String, f64> = BTreeMap::new();
+            for r in &j {
+                let vm = r["vm"].as_str().unwrap_or_default().to_string();
+                match r["type"].as_str() {
+                    Some("vm-started") => {
+                        open.insert(vm, r["time"].as_f64().unwrap());
+                    }
+                    Some("vm-finished") => {
+                        let s = open.remove(&vm).unwrap();
+                        intervals.push((vm.clone(), s, r["time"].as_f64().unwrap()));
+                        if r["status"] == "migrated" {
+                            *migrated.entry(vm).or_default() += 1;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for (vm, s) in open {
+                intervals.push((vm, s, end));
+            }
+        }
+    }
+    for name in esxi.keys() {
+        assert_eq!(migrated.get(name), Some(&1), "{name}: {migrated:?}");
+    }
+    for (vm, s, _) in &intervals {
+        let host = &esxi[vm];
+        let n = intervals
+            .iter()
+            .filter(|(v, a, b)| &esxi[v] == host && a <= s && s < b)
+            .count();
+        assert!(
+            n <= 2,
+            "{n} disks of {host} in flight when {vm} started: {intervals:?}"
+        );
+    }
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(work.join("merged/w1/wave-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["summary"]["migrated"], 6, "{r:#}");
+    assert_eq!(r["summary"]["total"], 6, "{r:#}");
+    assert!(r["conflicts"].is_null(), "{r:#}");
+}
+
+#[path = "../../vsphere/tests/common/mod.rs"]
+mod common;
+
+/// The ESXi hosts from vSphere's own inventory: six small VMs in VMware's simulator,
+/// three on the standalone ESXi host `DC0_H0` and three on the cluster's `DC0_C0_H0`
+/// (the plan names none: `wave assign` reads each VM's `runtime.host`), budget 2
+/// disks per ESXi host, three conversion hosts running their shards at once from the
+/// simulator's datastore (disks streamed and verified, no guest surgery, no boot).
+/// The journals' timestamps show neither ESXi host ever had more than 2 disks in
+/// flight; every VM migrated exactly once; the merged report is complete.
+#[test]
+fn a_sharded_wave_from_vcsim_keeps_each_esxi_hosts_budget() {
+    use common::*;
+    let sim = Vcsim::start();
+    let c = sim.client();
+    let ds = datastore_dir(&sim);
+    let mut esxi: BTreeMap<String, String> = BTreeMap::new();
+    for i in 1..=6 {
+        let name = format!("sv{i}");
+        let host = if i % 2 == 0 { "DC0_H0" } else { "DC0_C0_H0" };
+        let dir = ds.join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        const SIZE: usize = 2 << 20;
+        std::fs::write(dir.join("d-flat.vmdk"), pattern(SIZE, i)).unwrap();
+        std::fs::write(
+            dir.join("d.vmdk"),
+            format!(
+                "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+                 createType=\"vmfs\"\n\n# Extent description\nRW {} VMFS \"d-flat.vmdk\"\n\n\
+                 ddb.adapterType = \"pvscsi\"\n",
+                SIZE / 512
+            ),
+        )
+        .unwrap();
+        create_vm_on_host(
+            &c,
+            &name,
+            &[(format!("[LocalDS_0] {name}/d.vmdk"), SIZE as u64)],
+            &format!("00:50:56:01:03:0{i}"),
+            host,
+        );
+        esxi.insert(name, host.to_string());
+    }
+    let t = tempfile::tempdir().unwrap();
+    let pw = t.path().join("vc.pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let plan = t.path().join("plan.yaml");
+    let mut text = format!(
+        "version: 1\nvsphere:\n  \"127.0.0.1:{}\":\n    password-file: {}\n    ca-file: {}\n\
+         defaults:\n  validate: false\n  inject: false\n  backend: qemu\n\
+         limits:\n  vms: 3\n  esxi-host-disks: 2\nwaves:\n  - name: w1\n    vms:\n",
+        sim.port,
+        pw.display(),
+        pki().ca.display()
+    );
+    for name in esxi.keys() {
+        text.push_str(&format!(
+            "      - source: vsphere://{}@127.0.0.1:{}/DC0/vm/{name}\n",
+            USER.replace('@', "%40"),
+            sim.port
+        ));
+    }
+    std::fs::write(&plan, text).unwrap();
+    let shards = t.path().join("shards");
+    let o = v2k()
+        .args([
+            "wave",
+            "assign",
+            "--hosts",
+            "conv1,conv2,conv3",
+            "--json",
+            "-o",
+        ])
+        .arg(&shards)
+        .arg(&plan)
+        .env_remove("V2K_VSPHERE_PASSWORD")
+        .output()
+        .unwrap();
+    let rec: Value = serde_json::from_str(&ok(&o)).unwrap();
+    // The ESXi hosts came from the inventory, each with its budget split.
+    let budgets = &rec["budgets"]["esxi-hosts"];
+    assert_eq!(budgets["DC0_H0"], 2, "{rec:#}");
+    assert_eq!(budgets["DC0_C0_H0"], 2, "{rec:#}");
+    let mut children = Vec::new();
+    let mut runs = Vec::new();
+    for s in rec["shards"].as_array().unwrap() {
+        let root = t.path().join("hosts").join(s["host"].as_str().unwrap());
+        std::fs::create_dir_all(&root).unwrap();
+        let file = s["plan"].as_str().unwrap();
+        std::fs::copy(shards.join(file), root.join(file)).unwrap();
+        runs.push(root.join(file.replace(".yaml", ".run")));
+        children.push(
+            v2k()
+                .args(["wave", "run", "--json"])
+                .arg(root.join(file))
+                .env_remove("V2K_VSPHERE_PASSWORD")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut intervals: Vec<(String, f64, f64)> = Vec::new();
+    let mut migrated: BTreeMap<String, usize> = BTreeMap::new();
+    for run in &runs {
+        let mut open: BTreeMap<String, f64> = BTreeMap::new();
+        for r in journal(run) {
+            let vm = r["vm"].as_str().unwrap_or_default().to_string();
+            match r["type"].as_str() {
+                Some("vm-started") => {
+                    open.insert(vm, r["time"].as_f64().unwrap());
+                }
+                Some("vm-finished") => {
+                    let s = open.remove(&vm).unwrap();
+                    intervals.push((vm.clone(), s, r["time"].as_f64().unwrap()));
+                    if r["status"] == "migrated" {
+                        *migrated.entry(vm).or_default() += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for name in esxi.keys() {
+        assert_eq!(migrated.get(name), Some(&1), "{name}: {migrated:?}");
+    }
+    for (vm, s, _) in &intervals {
+        let host = &esxi[vm];
+        let n = intervals
+            .iter()
+            .filter(|(v, a, b)| &esxi[v] == host && a <= s && s < b)
+            .count();
+        assert!(
+            n <= 2,
+            "{n} disks of {host} in flight when {vm} started: {intervals:?}"
+        );
+    }
+    let merged = t.path().join("merged");
+    let o = v2k()
+        .args(["wave", "report", "-o"])
+        .arg(&merged)
+        .arg("--merge")
+        .args(&runs)
+        .output()
+        .unwrap();
+    ok(&o);
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(merged.join("w1/wave-report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (&r["summary"]["total"], &r["summary"]["migrated"]),
+        (&Value::from(6), &Value::from(6)),
+        "{r:#}"
+    );
+}
