@@ -78,10 +78,10 @@ pub struct Vm {
     pub concerns: Vec<Concern>,
 }
 
-/// Placement and resource tuning a VMware administrator set on the VM. KVM has an
-/// answer to each (`<cputune><vcpupin>`, `<numatune>`, `<memoryBacking>`, `<vcpu
-/// current>`/`<maxMemory>`), but it depends on the destination host, so the target
-/// does not apply it yet: pre-flight names every setting found (`tuning-not-carried`).
+/// Placement and resource tuning a VMware administrator set on the VM. The KVM
+/// target maps each onto the destination host (`<cputune><vcpupin>`, `<numatune>`,
+/// `<cpu><numa>`, `<memoryBacking>`, `<vcpu current>`/`<maxMemory>`: kvm-target's
+/// `tuning` module); pre-flight names what no target carries (`tuning-not-carried`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Tuning {
