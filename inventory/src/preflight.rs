@@ -38,8 +38,11 @@ pub(crate) const CONCERNS: &[(&str, Severity)] = &[
     ("snapshot-metadata-unreadable", Severity::Warning),
     ("tuning-not-carried", Severity::Warning),
     ("domain-name-collision", Severity::Critical),
+    ("fault-tolerance-secondary", Severity::Critical),
     ("tuning-host-too-small", Severity::Warning),
     ("disk-file-shared", Severity::Warning),
+    ("fault-tolerance", Severity::Warning),
+    ("guest-free-space-low", Severity::Warning),
     ("hugepages-unavailable", Severity::Warning),
     ("cbt-enabled", Severity::Info),
     ("usb-controller", Severity::Info),
@@ -339,6 +342,40 @@ pub fn assess(vm: &mut Vm) {
     if let Some(m) = tuning_message(vm) {
         push("tuning-not-carried", None, m);
     }
+    match vm.fault_tolerance {
+        Some(FaultTolerance::Secondary) => push(
+            "fault-tolerance-secondary",
+            None,
+            "the Fault Tolerance secondary of a protected VM (a shadow copy kept in \
+             lockstep): migrate its primary instead"
+                .into(),
+        ),
+        Some(_) => push(
+            "fault-tolerance",
+            None,
+            "vSphere Fault Tolerance protects this VM: KVM has no lockstep twin, the \
+             migrated VM runs unprotected"
+                .into(),
+        ),
+        None => {}
+    }
+    for fs in &vm.guest_filesystems {
+        if let Some(min) = free_space_minimum(&fs.path) {
+            if fs.free < min {
+                push(
+                    "guest-free-space-low",
+                    Some(fs.path.clone()),
+                    format!(
+                        "{} free of {}: the conversion writes into it (initramfs, drivers, \
+                         agent) and needs at least {} MiB",
+                        human(fs.free),
+                        human(fs.capacity),
+                        min >> 20
+                    ),
+                );
+            }
+        }
+    }
     if vm.cbt {
         push(
             "cbt-enabled",
@@ -447,6 +484,25 @@ pub fn assess(vm: &mut Vm) {
     }
     vm.concerns
         .sort_by(|a, b| a.severity.cmp(&b.severity).then_with(|| a.id.cmp(&b.id)));
+}
+
+/// The free space a guest filesystem needs for the injector's edits, by mount
+/// point: virt-v2v's minimums (100 MiB on `/` and `C:`, 50 MiB on `/boot`), which
+/// Forklift checks as well; other filesystems are not written to.
+fn free_space_minimum(path: &str) -> Option<u64> {
+    const MIB: u64 = 1 << 20;
+    let p = path.trim_end_matches(['/', '\\']);
+    match p {
+        "" => Some(100 * MIB),
+        "/boot" => Some(50 * MIB),
+        _ if p.eq_ignore_ascii_case("c:") => Some(100 * MIB),
+        _ => None,
+    }
+}
+
+/// `12.5 MiB`: a size for a concern's message.
+fn human(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
 /// The longest libvirt domain name v2k gives.
@@ -803,6 +859,49 @@ mod tests {
             vms.iter().all(|v| v.concerns.is_empty()),
             "{:?}",
             vms[0].concerns
+        );
+    }
+
+    #[test]
+    fn fault_tolerance_and_low_guest_free_space_are_named() {
+        let mut v = vm_with(1, 512);
+        v.fault_tolerance = Some(FaultTolerance::Secondary);
+        assess(&mut v);
+        assert_eq!(ids(&v), ["fault-tolerance-secondary"]);
+        assert!(v.has_critical());
+        let mut v = vm_with(1, 512);
+        v.fault_tolerance = Some(FaultTolerance::Primary);
+        let fs = |path: &str, free: u64| GuestFilesystem {
+            path: path.into(),
+            capacity: 10 << 30,
+            free,
+        };
+        v.guest_filesystems = vec![
+            fs("/", 99 << 20),
+            fs("/boot/", 60 << 20),
+            fs("/data", 0),
+            fs("C:\\", 10 << 20),
+        ];
+        assess(&mut v);
+        assert_eq!(
+            ids(&v),
+            [
+                "fault-tolerance",
+                "guest-free-space-low",
+                "guest-free-space-low"
+            ]
+        );
+        let low: Vec<_> = v
+            .concerns
+            .iter()
+            .filter(|c| c.id == "guest-free-space-low")
+            .map(|c| c.subject.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(low, ["/", "C:\\"]);
+        assert!(
+            v.concerns[1].message.contains("99.0 MiB free"),
+            "{}",
+            v.concerns[1].message
         );
     }
 
