@@ -547,14 +547,26 @@ fn disk_file_key(l: &DiskLocation) -> Option<String> {
     }
 }
 
+/// Which of [`assess_together`]'s checks apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Together {
+    /// Both: the VMs' domains will meet (one `v2k inspect`, a plan that delivers
+    /// every VM to one destination).
+    All,
+    /// Only the shared disk files: the VMs' domains never meet (a plan without a
+    /// destination defines no domain; validation domains have unique names).
+    DisksOnly,
+}
+
 /// Adds the concerns only VMs seen together show (one `v2k inspect` of several
 /// sources, one wave plan's check): names the KVM target would make one domain
-/// name (`domain-name-collision`), and one disk file in two VMs without
-/// multi-writer on both (`disk-file-shared`). Calling it twice adds nothing twice.
-pub fn assess_together(vms: &mut [Vm]) {
+/// name (`domain-name-collision`, with [`Together::All`]), and one disk file in two
+/// VMs without multi-writer on both (`disk-file-shared`). Calling it twice adds
+/// nothing twice.
+pub fn assess_together(vms: &mut [Vm], which: Together) {
     let mut found: Vec<(usize, &'static str, Option<String>, String)> = Vec::new();
     let names: Vec<String> = vms.iter().map(|v| domain_name(&v.name)).collect();
-    for (i, n) in names.iter().enumerate() {
+    for (i, n) in names.iter().enumerate().filter(|_| which == Together::All) {
         let others: Vec<String> = (0..vms.len())
             .filter(|&j| j != i && names[j] == *n)
             .map(|j| format!("{:?}", vms[j].name))
@@ -829,8 +841,11 @@ mod tests {
         let mut c = vm_with(1, 512);
         c.name = "db".into();
         let mut vms = vec![a, b, c];
-        assess_together(&mut vms);
-        assess_together(&mut vms);
+        let mut alone = vms.clone();
+        assess_together(&mut alone, Together::DisksOnly);
+        assert_eq!(ids(&alone[0]), ["disk-file-shared"]);
+        assess_together(&mut vms, Together::All);
+        assess_together(&mut vms, Together::All);
         assert_eq!(ids(&vms[0]), ["domain-name-collision", "disk-file-shared"]);
         assert_eq!(ids(&vms[1]), ["domain-name-collision", "disk-file-shared"]);
         assert!(vms[2].concerns.is_empty());
@@ -854,7 +869,7 @@ mod tests {
             }
         }
         vms[1].name = "web02".into();
-        assess_together(&mut vms);
+        assess_together(&mut vms, Together::All);
         assert!(
             vms.iter().all(|v| v.concerns.is_empty()),
             "{:?}",

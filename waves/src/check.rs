@@ -166,9 +166,21 @@ pub fn check(plan: &Plan) -> CheckReport {
             vms.push(c);
         }
     }
-    // What only shows across the plan's VMs (two with one domain name, one disk
-    // file in two), then each VM's concerns and whether they refuse it.
-    v2k_inventory::preflight::assess_together(&mut models);
+    // What only shows across the plan's VMs (one disk file in two; two with one
+    // domain name when the plan delivers them all to one destination, where the
+    // domains meet), then each VM's concerns and whether they refuse it.
+    use v2k_inventory::preflight::Together;
+    let delivered = plan
+        .waves
+        .iter()
+        .flat_map(|w| &w.vms)
+        .any(|v| v.deliver.is_some());
+    let which = if delivered {
+        Together::All
+    } else {
+        Together::DisksOnly
+    };
+    v2k_inventory::preflight::assess_together(&mut models, which);
     for (i, vm) in read.into_iter().zip(models) {
         let c = &mut vms[i];
         c.concerns = vm
@@ -237,7 +249,7 @@ mod tests {
     }
 
     #[test]
-    fn two_plan_vms_that_become_one_domain_name_fail_the_check() {
+    fn two_delivered_plan_vms_that_become_one_domain_name_fail_the_check() {
         let d = tempfile::tempdir().unwrap();
         for (file, name) in [("a.vmx", "db 1"), ("b.vmx", "db/1")] {
             std::fs::write(
@@ -247,7 +259,12 @@ mod tests {
             .unwrap();
         }
         let text = "version: 1\nwaves:\n  - name: w\n    vms:\n      - source: a.vmx\n      - source: b.vmx\n";
+        // Without a destination their domains never meet.
         let p = crate::plan::parse(text, &d.path().join("p.yaml")).unwrap();
+        let r = check(&p);
+        assert!(r.vms.iter().all(|v| v.error.is_none()), "{:?}", r.vms);
+        let text = format!("target:\n  uri: qemu:///system\n  pool: vms\n{text}");
+        let p = crate::plan::parse(&text, &d.path().join("p.yaml")).unwrap();
         let r = check(&p);
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         for v in &r.vms {

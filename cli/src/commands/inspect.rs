@@ -95,7 +95,8 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         }
     }
     // What only shows across them: two VMs with one domain name, one disk file.
-    v2k_inventory::preflight::assess_together(&mut all);
+    use v2k_inventory::preflight::Together;
+    v2k_inventory::preflight::assess_together(&mut all, Together::All);
     let vms = all.len();
     let mut critical = 0usize;
     for vm in all {
