@@ -76,6 +76,51 @@ fn json_is_one_tagged_vm_per_line_then_a_summary() {
     );
 }
 
+/// Two VMX files beside one another: names that become one libvirt domain name, and
+/// one disk file in both without multi-writer, are only seen inspecting them together.
+#[test]
+fn vms_inspected_together_with_one_domain_name_and_one_disk_file_are_named() {
+    let d = tempfile::tempdir().unwrap();
+    linux_vm(d.path(), "web 01", "");
+    linux_vm(
+        d.path(),
+        "web_01",
+        "scsi0:1.present = \"TRUE\"\nscsi0:1.fileName = \"web 01.vmdk\"\n",
+    );
+    let out = v2k(&["inspect", "--json", "web 01.vmx", "web_01.vmx"], d.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["concerns"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| c["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        ids(&lines[0]),
+        ["domain-name-collision", "disk-file-shared"],
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        ids(&lines[1]),
+        ["domain-name-collision", "disk-file-shared"],
+        "{}",
+        lines[1]
+    );
+    assert_eq!(lines[1]["concerns"][1]["subject"], "scsi0:1");
+    // Alone, neither is a concern.
+    let out = v2k(&["inspect", "--json", "web_01.vmx"], d.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
 #[test]
 fn a_critical_concern_exits_1() {
     let d = tempfile::tempdir().unwrap();

@@ -209,17 +209,54 @@ fn assert_renders(out: &Path) {
 /// order — root on `vda`, /data on `vdb` after the injector renamed `sdX` to `vdX`.
 const MANY_DISKS: usize = 30;
 
-/// debian-classic's VMX + monolithicSparse form with `MANY_DISKS - 2` empty 1 MiB data
-/// disks added on a second PVSCSI controller's units and the first's free ones. The
-/// fixture's disks are hard links (copies across filesystems): the cache stays as it is.
+/// debian-classic's VMX + monolithicSparse form with `MANY_DISKS - 2` data disks added
+/// on a second PVSCSI controller's units and the first's free ones: empty 1 MiB ones,
+/// and a first one mounted by its VMware by-id name (below). The fixture's data disk is
+/// a hard link (a copy across filesystems), its root disk a copy: the cache stays as
+/// it is.
 fn classic_with_many_disks(f: &v2k_fixtures::Fixture, dir: &Path) -> PathBuf {
-    for d in &f.vmx_sparse.disks {
+    for (i, d) in f.vmx_sparse.disks.iter().enumerate() {
         let to = dir.join(d.file_name().unwrap());
-        if std::fs::hard_link(d, &to).is_err() {
+        // The root disk is copied: the fstab line below is written into it.
+        if i == 0 || std::fs::hard_link(d, &to).is_err() {
             run(Command::new("cp").arg("--sparse=always").arg(d).arg(&to));
         }
     }
+    // The by-id proof: the first extra disk holds an ext4 filesystem and a VMware
+    // identity (ddb.uuid, seen by the guest with disk.EnableUUID), and the guest's
+    // fstab mounts it by the name VMware gives it, /dev/disk/by-id/scsi-3<uuid>; the
+    // injector must rewrite it to the target's name for the mount to come up.
+    let flat = dir.join("extra0-flat.vmdk");
+    std::fs::File::create(&flat)
+        .unwrap()
+        .set_len(BYID_MIB << 20)
+        .unwrap();
+    run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&flat));
+    std::fs::write(
+        dir.join("extra0.vmdk"),
+        format!(
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+             createType=\"monolithicFlat\"\n\nRW {} FLAT \"extra0-flat.vmdk\" 0\n\n\
+             ddb.adapterType = \"lsilogic\"\nddb.uuid = \"{BYID_UUID}\"\n",
+            BYID_MIB * 2048
+        ),
+    )
+    .unwrap();
+    let root = dir.join(f.vmx_sparse.disks[0].file_name().unwrap());
+    // The direct backend on TCG: it runs anywhere (the injector forces TCG only when
+    // the VM runs on TCG; a KVM that refuses the appliance's MSRs aborts it).
+    run(Command::new("guestfish")
+        .env("LIBGUESTFS_BACKEND", "direct")
+        .env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+        .args(["--rw", "--format=vmdk", "-a"])
+        .arg(&root)
+        .args(["-i", "mkdir-p", "/byid", ":", "write-append", "/etc/fstab"])
+        .arg(format!(
+            "/dev/disk/by-id/{} /byid ext4 defaults,nofail 0 2\n",
+            byid_name()
+        )));
     let mut vmx = std::fs::read_to_string(&f.vmx_sparse.vmx).unwrap();
+    vmx.push_str("disk.EnableUUID = \"TRUE\"\n");
     vmx.push_str("scsi1.present = \"TRUE\"\nscsi1.virtualDev = \"pvscsi\"\n");
     // Unit 7 of a SCSI controller is the controller itself.
     let units = (2..16)
@@ -228,7 +265,9 @@ fn classic_with_many_disks(f: &v2k_fixtures::Fixture, dir: &Path) -> PathBuf {
         .chain((0..16).filter(|u| *u != 7).map(|u| (1, u)));
     for (i, (c, u)) in units.take(MANY_DISKS - 2).enumerate() {
         let name = format!("extra{i}.vmdk");
-        v2k_fixtures::sparse_vmdk(&dir.join(&name), "1M", None);
+        if i > 0 {
+            v2k_fixtures::sparse_vmdk(&dir.join(&name), "1M", None);
+        }
         vmx.push_str(&format!(
             "scsi{c}:{u}.present = \"TRUE\"\nscsi{c}:{u}.deviceType = \"scsi-hardDisk\"\n\
              scsi{c}:{u}.fileName = \"{name}\"\n"
@@ -237,6 +276,16 @@ fn classic_with_many_disks(f: &v2k_fixtures::Fixture, dir: &Path) -> PathBuf {
     let p = dir.join("debian-classic.vmx");
     std::fs::write(&p, vmx).unwrap();
     p
+}
+
+/// The by-id disk's size, and its VMware identity as a VMDK writes it.
+const BYID_MIB: u64 = 8;
+const BYID_UUID: &str = "60 00 C2 9b 1d 00 00 00-00 00 00 00 00 00 b1 d0";
+
+/// The name a VMware guest gives that disk with disk.EnableUUID: `scsi-3` and the
+/// identity's 32 hex digits.
+fn byid_name() -> String {
+    format!("scsi-3{}", BYID_UUID.replace([' ', '-'], "").to_lowercase())
 }
 
 /// The guest's name of the `i`th virtio-blk disk: vda … vdz, vdaa …
@@ -276,6 +325,18 @@ fn migrate_vmx_sparse_through_libvirt_validates_and_reports() {
     assert_eq!(seen, want, "the guest's disks");
     let xml = std::fs::read_to_string(out.join("domain.xml")).unwrap();
     assert_eq!(xml.matches("pcie-root-port").count(), MANY_DISKS, "{xml}");
+    // The disk mounted by its VMware by-id name came up under the target's name.
+    let mounts = &r["validation"]["evidence"]["agent"]["mounts"];
+    assert!(
+        mounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["target"] == "/byid" && m["ok"] == true),
+        "{mounts}"
+    );
+    let log = std::fs::read_to_string(out.join("conversion-log.json")).unwrap();
+    assert!(log.contains(&byid_name()), "no by-id rewrite logged: {log}");
     // This run's validation domain (`v2k-validate-NAME-PID`) is gone: it was transient.
     // Other tests' domains may exist at this moment; they are not this test's business.
     let list = Command::new("virsh")

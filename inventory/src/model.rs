@@ -62,6 +62,13 @@ pub struct Vm {
     /// `disk.EnableUUID`: the guest sees stable SCSI serials.
     #[serde(default, skip_serializing_if = "is_false")]
     pub disk_enable_uuid: bool,
+    /// vSphere Fault Tolerance on this VM (vSphere `config.ftInfo`, VMX `ft.*` keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_tolerance: Option<FaultTolerance>,
+    /// The guest's filesystems with their free space, as VMware Tools reported them
+    /// (vSphere `guest.disk`); empty when unknown (files, or no Tools).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guest_filesystems: Vec<GuestFilesystem>,
     /// Placement and resource tuning set on VMware (affinity, reservations, hot-add).
     #[serde(default, skip_serializing_if = "Tuning::is_empty")]
     pub tuning: Tuning,
@@ -78,10 +85,32 @@ pub struct Vm {
     pub concerns: Vec<Concern>,
 }
 
-/// Placement and resource tuning a VMware administrator set on the VM. KVM has an
-/// answer to each (`<cputune><vcpupin>`, `<numatune>`, `<memoryBacking>`, `<vcpu
-/// current>`/`<maxMemory>`), but it depends on the destination host, so the target
-/// does not apply it yet: pre-flight names every setting found (`tuning-not-carried`).
+/// A VM's part in vSphere Fault Tolerance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultTolerance {
+    /// The protected VM (`ftInfo.role` 1).
+    Primary,
+    /// A shadow copy kept in lockstep (`ftInfo.role` 2 and up): not a VM to migrate.
+    Secondary,
+    /// FT settings without a role (VMX `ft.*` keys).
+    Configured,
+}
+
+/// One guest filesystem as VMware Tools reports it (vSphere `GuestDiskInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GuestFilesystem {
+    /// Where it is mounted (`/`, `/boot`, `C:\`); untrusted text.
+    pub path: String,
+    pub capacity: u64,
+    pub free: u64,
+}
+
+/// Placement and resource tuning a VMware administrator set on the VM. The KVM
+/// target maps each onto the destination host (`<cputune><vcpupin>`, `<numatune>`,
+/// `<cpu><numa>`, `<memoryBacking>`, `<vcpu current>`/`<maxMemory>`: kvm-target's
+/// `tuning` module); pre-flight names what no target carries (`tuning-not-carried`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Tuning {
@@ -729,6 +758,8 @@ impl Vm {
             tpm: false,
             cbt: false,
             disk_enable_uuid: false,
+            fault_tolerance: None,
+            guest_filesystems: Vec::new(),
             tuning: Tuning::default(),
             snapshots: Vec::new(),
             power_state: None,

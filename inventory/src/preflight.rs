@@ -37,6 +37,13 @@ pub(crate) const CONCERNS: &[(&str, Severity)] = &[
     ("vmx-invalid-text", Severity::Warning),
     ("snapshot-metadata-unreadable", Severity::Warning),
     ("tuning-not-carried", Severity::Warning),
+    ("domain-name-collision", Severity::Critical),
+    ("fault-tolerance-secondary", Severity::Critical),
+    ("tuning-host-too-small", Severity::Warning),
+    ("disk-file-shared", Severity::Warning),
+    ("fault-tolerance", Severity::Warning),
+    ("guest-free-space-low", Severity::Warning),
+    ("hugepages-unavailable", Severity::Warning),
     ("cbt-enabled", Severity::Info),
     ("usb-controller", Severity::Info),
     ("serial-port", Severity::Info),
@@ -93,13 +100,19 @@ fn severity(id: &str) -> Severity {
         .unwrap_or(Severity::Warning)
 }
 
-fn add(vm: &mut Vm, id: &str, subject: Option<String>, message: String) {
-    vm.concerns.push(Concern {
+/// A concern of id `id` (one of [`CONCERNS`], whose severity it takes): for the stages
+/// after pre-flight that find one (the KVM target's host-dependent tuning).
+pub fn concern(id: &str, subject: Option<String>, message: String) -> Concern {
+    Concern {
         id: id.to_string(),
         severity: severity(id),
         subject,
         message,
-    });
+    }
+}
+
+fn add(vm: &mut Vm, id: &str, subject: Option<String>, message: String) {
+    vm.concerns.push(concern(id, subject, message));
 }
 
 /// Whether a VMware guest id names a Windows older than 7 / Server 2008 R2. VMware's ids
@@ -114,51 +127,20 @@ fn windows_before_7(id: Option<&str>) -> bool {
     })
 }
 
-/// Lists each VMware tuning setting of `vm` the KVM target does not apply yet.
+/// The VMware tuning of `vm` no KVM target carries: a memory reservation of less
+/// than all of memory (KVM has no partial reservation). Everything else is mapped
+/// onto the destination host by the KVM target, which raises its own concerns
+/// (`tuning-host-too-small`, `hugepages-unavailable`) when that host cannot take it.
 fn tuning_message(vm: &Vm) -> Option<String> {
     let t = &vm.tuning;
-    let nums = |v: &[u32]| {
-        let s: Vec<String> = v.iter().take(16).map(u32::to_string).collect();
-        let more = if v.len() > 16 { ",…" } else { "" };
-        format!("{}{more}", s.join(","))
-    };
-    let mut found = Vec::new();
-    if !t.cpu_affinity.is_empty() {
-        found.push(format!(
-            "CPU affinity {} (sched.cpu.affinity; KVM: <cputune><vcpupin>)",
-            nums(&t.cpu_affinity)
-        ));
+    match t.memory_reservation_mib {
+        Some(mib) if !t.memory_pinned && mib < vm.memory_mib => Some(format!(
+            "a memory reservation of {mib} of {} MiB (sched.mem.min): KVM has no partial \
+             reservation; only a reservation of all memory becomes hugepages",
+            vm.memory_mib
+        )),
+        _ => None,
     }
-    if !t.numa_node_affinity.is_empty() {
-        found.push(format!(
-            "NUMA node affinity {} (numa.nodeAffinity; KVM: <numatune>)",
-            nums(&t.numa_node_affinity)
-        ));
-    }
-    if let Some(n) = t.vnuma_max_vcpus_per_node {
-        found.push(format!(
-            "{n} vCPUs per virtual NUMA node (numa.vcpu.maxPerVirtualNode; KVM: <cpu><numa>)"
-        ));
-    }
-    if t.cpu_hot_add {
-        found.push("CPU hot-add (vcpu.hotadd; KVM: <vcpu current>)".into());
-    }
-    if t.memory_hot_add {
-        found.push("memory hot-add (mem.hotadd; KVM: <maxMemory slots>)".into());
-    }
-    if t.memory_pinned {
-        found.push("all guest memory reserved and locked (sched.mem.pin; KVM: <memoryBacking><locked/>, hugepages)".into());
-    } else if let Some(mib) = t.memory_reservation_mib {
-        found.push(format!(
-            "a memory reservation of {mib} MiB (sched.mem.min; KVM: hugepages when it is all of memory)"
-        ));
-    }
-    (!found.is_empty()).then(|| {
-        format!(
-            "not applied on the KVM target, re-tune it there: {}",
-            found.join("; ")
-        )
-    })
 }
 
 /// Adds every concern about `vm` (keeping those its reader already added), then sorts
@@ -360,6 +342,40 @@ pub fn assess(vm: &mut Vm) {
     if let Some(m) = tuning_message(vm) {
         push("tuning-not-carried", None, m);
     }
+    match vm.fault_tolerance {
+        Some(FaultTolerance::Secondary) => push(
+            "fault-tolerance-secondary",
+            None,
+            "the Fault Tolerance secondary of a protected VM (a shadow copy kept in \
+             lockstep): migrate its primary instead"
+                .into(),
+        ),
+        Some(_) => push(
+            "fault-tolerance",
+            None,
+            "vSphere Fault Tolerance protects this VM: KVM has no lockstep twin, the \
+             migrated VM runs unprotected"
+                .into(),
+        ),
+        None => {}
+    }
+    for fs in &vm.guest_filesystems {
+        if let Some(min) = free_space_minimum(&fs.path) {
+            if fs.free < min {
+                push(
+                    "guest-free-space-low",
+                    Some(fs.path.clone()),
+                    format!(
+                        "{} free of {}: the conversion writes into it (initramfs, drivers, \
+                         agent) and needs at least {} MiB",
+                        human(fs.free),
+                        human(fs.capacity),
+                        min >> 20
+                    ),
+                );
+            }
+        }
+    }
     if vm.cbt {
         push(
             "cbt-enabled",
@@ -468,6 +484,151 @@ pub fn assess(vm: &mut Vm) {
     }
     vm.concerns
         .sort_by(|a, b| a.severity.cmp(&b.severity).then_with(|| a.id.cmp(&b.id)));
+}
+
+/// The free space a guest filesystem needs for the injector's edits, by mount
+/// point: virt-v2v's minimums (100 MiB on `/` and `C:`, 50 MiB on `/boot`), which
+/// Forklift checks as well; other filesystems are not written to.
+fn free_space_minimum(path: &str) -> Option<u64> {
+    const MIB: u64 = 1 << 20;
+    let p = path.trim_end_matches(['/', '\\']);
+    match p {
+        "" => Some(100 * MIB),
+        "/boot" => Some(50 * MIB),
+        _ if p.eq_ignore_ascii_case("c:") => Some(100 * MIB),
+        _ => None,
+    }
+}
+
+/// `12.5 MiB`: a size for a concern's message.
+fn human(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+/// The longest libvirt domain name v2k gives.
+const DOMAIN_NAME_CHARS: usize = 64;
+
+/// The libvirt domain (and file) name a VM called `name` gets: anything but
+/// `[A-Za-z0-9._-]` replaced by `_`, at most 64 characters, never starting with `.`
+/// or `-`. The one rule: the KVM target names its domain with it, and
+/// [`assess_together`] finds the VMs it would give one name.
+pub fn domain_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(DOMAIN_NAME_CHARS)
+        .collect();
+    if s.is_empty() || s.starts_with(['.', '-']) {
+        format!("v2k-{s}")
+    } else {
+        s
+    }
+}
+
+/// Where a disk's bytes live, as a key two VMs' disks can share: a local file, or a
+/// datastore path; `None` for what is not one file (an OVA member is the package's
+/// own copy).
+fn disk_file_key(l: &DiskLocation) -> Option<String> {
+    match l {
+        DiskLocation::File { path, .. } => Some(path.display().to_string()),
+        DiskLocation::Datastore {
+            datacenter,
+            datastore,
+            path,
+            ..
+        } => Some(format!("{datacenter}/[{datastore}] {path}")),
+        _ => None,
+    }
+}
+
+/// Which of [`assess_together`]'s checks apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Together {
+    /// Both: the VMs' domains will meet (one `v2k inspect`, a plan that delivers
+    /// every VM to one destination).
+    All,
+    /// Only the shared disk files: the VMs' domains never meet (a plan without a
+    /// destination defines no domain; validation domains have unique names).
+    DisksOnly,
+}
+
+/// Adds the concerns only VMs seen together show (one `v2k inspect` of several
+/// sources, one wave plan's check): names the KVM target would make one domain
+/// name (`domain-name-collision`, with [`Together::All`]), and one disk file in two
+/// VMs without multi-writer on both (`disk-file-shared`). Calling it twice adds
+/// nothing twice.
+pub fn assess_together(vms: &mut [Vm], which: Together) {
+    let mut found: Vec<(usize, &'static str, Option<String>, String)> = Vec::new();
+    let names: Vec<String> = vms.iter().map(|v| domain_name(&v.name)).collect();
+    for (i, n) in names.iter().enumerate().filter(|_| which == Together::All) {
+        let others: Vec<String> = (0..vms.len())
+            .filter(|&j| j != i && names[j] == *n)
+            .map(|j| format!("{:?}", vms[j].name))
+            .collect();
+        if !others.is_empty() {
+            found.push((
+                i,
+                "domain-name-collision",
+                None,
+                format!(
+                    "VM {:?} and {} all become libvirt domain {n:?}: one would replace                      the other on the destination; rename them apart on VMware first",
+                    vms[i].name,
+                    others.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut by_file: std::collections::BTreeMap<String, Vec<(usize, usize)>> = Default::default();
+    for (i, vm) in vms.iter().enumerate() {
+        for (k, d) in vm.disks.iter().enumerate() {
+            if let Some(key) = disk_file_key(&d.location) {
+                by_file.entry(key).or_default().push((i, k));
+            }
+        }
+    }
+    for (file, users) in &by_file {
+        for &(i, k) in users {
+            let d = &vms[i].disks[k];
+            let others: Vec<String> = users
+                .iter()
+                .filter(|&&(j, _)| j != i)
+                .map(|&(j, l)| format!("{} of VM {:?}", vms[j].disks[l].id, vms[j].name))
+                .collect();
+            let all_multi = users
+                .iter()
+                .all(|&(j, l)| vms[j].disks[l].sharing == Sharing::MultiWriter);
+            if !others.is_empty() && !all_multi {
+                found.push((
+                    i,
+                    "disk-file-shared",
+                    Some(d.id.clone()),
+                    format!(
+                        "disk file {file} is also {} without multi-writer on both: each \
+                         migrated VM gets its own copy, and they stop sharing its data",
+                        others.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    for (i, id, subject, message) in found {
+        let vm = &mut vms[i];
+        if !vm
+            .concerns
+            .iter()
+            .any(|c| c.id == id && c.subject == subject)
+        {
+            add(vm, id, subject, message);
+        }
+        vm.concerns
+            .sort_by(|a, b| a.severity.cmp(&b.severity).then_with(|| a.id.cmp(&b.id)));
+    }
 }
 
 /// `name-000001.vmdk`: the name VMware gives a snapshot delta, so a delta is seen even
@@ -638,13 +799,16 @@ mod tests {
     }
 
     #[test]
-    fn vmware_tuning_is_named_not_dropped_silently() {
+    fn only_the_tuning_no_kvm_target_carries_is_named() {
         let mut v = vm_with(4, 4096);
-        assess(&mut v);
-        assert!(!ids(&v).contains(&"tuning-not-carried"));
+        // Affinity, hot-add and a full reservation are the KVM target's to map.
         v.tuning.cpu_affinity = vec![0, 1];
         v.tuning.memory_hot_add = true;
         v.tuning.memory_reservation_mib = Some(4096);
+        assess(&mut v);
+        assert!(!ids(&v).contains(&"tuning-not-carried"), "{:?}", v.concerns);
+        // A partial reservation has no KVM answer.
+        v.tuning.memory_reservation_mib = Some(1024);
         assess(&mut v);
         let c = v
             .concerns
@@ -653,12 +817,115 @@ mod tests {
             .unwrap();
         assert_eq!(c.severity, Severity::Warning);
         assert!(
-            c.message.contains("CPU affinity 0,1 (sched.cpu.affinity")
-                && c.message.contains("mem.hotadd")
-                && c.message.contains("4096 MiB (sched.mem.min"),
+            c.message.contains("1024 of 4096 MiB (sched.mem.min)"),
             "{}",
             c.message
         );
+    }
+
+    #[test]
+    fn vms_seen_together_with_one_domain_name_or_one_disk_file_are_named() {
+        let file = |p: &str| DiskLocation::File {
+            path: p.into(),
+            compression: None,
+        };
+        let mut a = vm_with(1, 512);
+        a.name = "web 01".into();
+        a.disks.push(disk(file("/vms/shared.vmdk"), Some(1)));
+        a.disks.push(disk(file("/vms/a.vmdk"), Some(1)));
+        let mut b = vm_with(1, 512);
+        b.name = "web/01".into();
+        let mut d = disk(file("/vms/shared.vmdk"), Some(1));
+        d.id = "scsi0:3".into();
+        b.disks.push(d);
+        let mut c = vm_with(1, 512);
+        c.name = "db".into();
+        let mut vms = vec![a, b, c];
+        let mut alone = vms.clone();
+        assess_together(&mut alone, Together::DisksOnly);
+        assert_eq!(ids(&alone[0]), ["disk-file-shared"]);
+        assess_together(&mut vms, Together::All);
+        assess_together(&mut vms, Together::All);
+        assert_eq!(ids(&vms[0]), ["domain-name-collision", "disk-file-shared"]);
+        assert_eq!(ids(&vms[1]), ["domain-name-collision", "disk-file-shared"]);
+        assert!(vms[2].concerns.is_empty());
+        let m = &vms[0].concerns[0].message;
+        assert!(
+            m.contains("\"web 01\" and \"web/01\"") && m.contains("\"web_01\""),
+            "{m}"
+        );
+        let m = &vms[0].concerns[1];
+        assert_eq!(m.subject.as_deref(), Some("scsi0:0"));
+        assert!(
+            m.message.contains("scsi0:3 of VM \"web/01\""),
+            "{}",
+            m.message
+        );
+        // Multi-writer on both: a cluster disk, `disk-shared`'s business, not this.
+        for v in &mut vms {
+            v.concerns.clear();
+            for d in &mut v.disks {
+                d.sharing = Sharing::MultiWriter;
+            }
+        }
+        vms[1].name = "web02".into();
+        assess_together(&mut vms, Together::All);
+        assert!(
+            vms.iter().all(|v| v.concerns.is_empty()),
+            "{:?}",
+            vms[0].concerns
+        );
+    }
+
+    #[test]
+    fn fault_tolerance_and_low_guest_free_space_are_named() {
+        let mut v = vm_with(1, 512);
+        v.fault_tolerance = Some(FaultTolerance::Secondary);
+        assess(&mut v);
+        assert_eq!(ids(&v), ["fault-tolerance-secondary"]);
+        assert!(v.has_critical());
+        let mut v = vm_with(1, 512);
+        v.fault_tolerance = Some(FaultTolerance::Primary);
+        let fs = |path: &str, free: u64| GuestFilesystem {
+            path: path.into(),
+            capacity: 10 << 30,
+            free,
+        };
+        v.guest_filesystems = vec![
+            fs("/", 99 << 20),
+            fs("/boot/", 60 << 20),
+            fs("/data", 0),
+            fs("C:\\", 10 << 20),
+        ];
+        assess(&mut v);
+        assert_eq!(
+            ids(&v),
+            [
+                "fault-tolerance",
+                "guest-free-space-low",
+                "guest-free-space-low"
+            ]
+        );
+        let low: Vec<_> = v
+            .concerns
+            .iter()
+            .filter(|c| c.id == "guest-free-space-low")
+            .map(|c| c.subject.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(low, ["/", "C:\\"]);
+        assert!(
+            v.concerns[1].message.contains("99.0 MiB free"),
+            "{}",
+            v.concerns[1].message
+        );
+    }
+
+    #[test]
+    fn domain_names_keep_only_safe_characters() {
+        assert_eq!(domain_name("web 01/x"), "web_01_x");
+        assert_eq!(domain_name("-x"), "v2k--x");
+        assert_eq!(domain_name(""), "v2k-");
+        assert_eq!(domain_name(&"a".repeat(100)).len(), 64);
     }
 
     fn vm_with(vcpus: u32, mib: u64) -> Vm {

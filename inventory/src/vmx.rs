@@ -372,6 +372,12 @@ pub fn to_vm(vmx: &Vmx, path: &Path, dir: &Path, probe: &dyn DiskProbe) -> Vm {
     vm.cbt = vmx.is_true("ctkEnabled");
     vm.disk_enable_uuid = vmx.is_true("disk.EnableUUID");
     read_tuning(vmx, &mut vm);
+    // Fault Tolerance leaves `ft.*` keys (FT's checkpointing settings are `ftcpt.*`,
+    // present in ordinary VMs too, and do not count).
+    // Keys are kept lowercase.
+    if vmx.keys().any(|k| k.starts_with("ft.")) {
+        vm.fault_tolerance = Some(crate::model::FaultTolerance::Configured);
+    }
     if vmx.lossy {
         vm.concerns.push(Concern {
             id: "vmx-invalid-text".into(),

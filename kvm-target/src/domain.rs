@@ -6,6 +6,7 @@
 
 use quick_xml::escape::escape;
 
+use crate::tuning::{cpuset, MEMORY_SLOTS};
 use crate::{
     disk_port, Accel, Firmware, GuestFeatures, NetTarget, Target, TargetNic, USER_NIC_FIRST_SLOT,
 };
@@ -61,8 +62,44 @@ pub fn domain_xml(t: &Target, f: &GuestFeatures) -> String {
         "  <title>{}</title>\n  <description>Converted from VMware by v2k</description>\n",
         x(&printable(&t.name))
     ));
+    let tu = &t.tuning;
+    if let Some(max) = tu.max_memory_mib {
+        s.push_str(&format!(
+            "  <maxMemory slots='{MEMORY_SLOTS}' unit='MiB'>{max}</maxMemory>\n"
+        ));
+    }
     s.push_str(&format!("  <memory unit='MiB'>{}</memory>\n", t.memory_mib));
-    s.push_str(&format!("  <vcpu placement='static'>{}</vcpu>\n", t.vcpus));
+    if let Some(size) = tu.hugepage_kib {
+        // All of VMware's reservation: on hugepages, never swapped (tuning.rs).
+        s.push_str(&format!(
+            "  <memoryBacking>\n    <hugepages>\n      <page size='{size}' unit='KiB'/>\n    \
+             </hugepages>\n    <locked/>\n  </memoryBacking>\n"
+        ));
+    }
+    if t.max_vcpus() > t.vcpus {
+        s.push_str(&format!(
+            "  <vcpu placement='static' current='{}'>{}</vcpu>\n",
+            t.vcpus,
+            t.max_vcpus()
+        ));
+    } else {
+        s.push_str(&format!("  <vcpu placement='static'>{}</vcpu>\n", t.vcpus));
+    }
+    if !tu.vcpu_cpuset.is_empty() {
+        // Every vCPU (hot-added ones too) on the set, as VMware schedules them.
+        s.push_str("  <cputune>\n");
+        let set = cpuset(&tu.vcpu_cpuset);
+        for v in 0..t.max_vcpus() {
+            s.push_str(&format!("    <vcpupin vcpu='{v}' cpuset='{set}'/>\n"));
+        }
+        s.push_str("  </cputune>\n");
+    }
+    if !tu.memory_nodes.is_empty() {
+        s.push_str(&format!(
+            "  <numatune>\n    <memory mode='strict' nodeset='{}'/>\n  </numatune>\n",
+            cpuset(&tu.memory_nodes)
+        ));
+    }
     match &t.firmware {
         Firmware::Efi { secure_boot, vars } => {
             s.push_str("  <os firmware='efi'>\n");
@@ -111,9 +148,20 @@ pub fn domain_xml(t: &Target, f: &GuestFeatures) -> String {
         Accel::Tcg => s.push_str("  <cpu mode='custom' match='exact' check='none'>\n    <model fallback='allow'>qemu64</model>\n"),
     }
     s.push_str(&format!(
-        "    <topology sockets='{}' dies='1' cores='{}' threads='1'/>\n  </cpu>\n",
+        "    <topology sockets='{}' dies='1' cores='{}' threads='1'/>\n",
         t.sockets, t.cores
     ));
+    if !tu.guest_cells.is_empty() {
+        s.push_str("    <numa>\n");
+        for (i, c) in tu.guest_cells.iter().enumerate() {
+            s.push_str(&format!(
+                "      <cell id='{i}' cpus='{}-{}' memory='{}' unit='MiB'/>\n",
+                c.first_cpu, c.last_cpu, c.memory_mib
+            ));
+        }
+        s.push_str("    </numa>\n");
+    }
+    s.push_str("  </cpu>\n");
     if *f == GuestFeatures::default() {
         s.push_str("  <clock offset='utc'/>\n");
     } else {

@@ -1,8 +1,9 @@
 //! The KVM target of a migrated VM: from the VM model and its converted disks, one
 //! [`Target`] written two ways — libvirt domain XML ([`domain_xml`]) and a QEMU argv
 //! ([`qemu_argv`]) — plus what both need: the accelerator ([`accel`]), the disk bus,
-//! the UEFI firmware and the VM's own variable store ([`firmware`]), and the constants
-//! the first-boot agent and the validator agree on ([`agent`]).
+//! the UEFI firmware and the VM's own variable store ([`firmware`]), the VMware tuning
+//! mapped onto the destination host ([`tuning`], [`host`]), and the constants the
+//! first-boot agent and the validator agree on ([`agent`]).
 //!
 //! Every name from the VM (untrusted VMware metadata) is escaped in XML and quoted in
 //! shell. Unmapped networks get isolated QEMU user networking (`restrict=on`): a guest
@@ -14,7 +15,9 @@ pub mod accel;
 pub mod agent;
 mod domain;
 pub mod firmware;
+pub mod host;
 mod qemu;
+pub mod tuning;
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +27,9 @@ use v2k_inventory::model::{is_mac, FirmwareKind, OsFamily, Vm};
 pub use accel::Accel;
 pub use domain::domain_xml;
 pub use firmware::Firmware;
+pub use host::{HostSource, HostTopology};
 pub use qemu::{qemu_argv, qemu_script, sh_quote, QemuOptions};
+pub use tuning::{KvmTuning, TuningMapping};
 
 /// Why a target cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +226,10 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disk_uuids: Vec<Option<String>>,
     pub nics: Vec<TargetNic>,
+    /// VMware's placement and resource tuning as applied on the destination host
+    /// ([`Target::tune`]); `sockets` already counts a CPU hot-add maximum.
+    #[serde(default, skip_serializing_if = "KvmTuning::is_empty")]
+    pub tuning: KvmTuning,
 }
 
 /// The longest disk serial v2k gives: virtio-blk reports 20 bytes (the virtio spec's
@@ -355,6 +364,7 @@ impl Target {
                 })
                 .collect(),
             nics,
+            tuning: KvmTuning::default(),
         };
         if vm.firmware.kind == FirmwareKind::Efi {
             t.firmware = Firmware::Efi {
@@ -363,6 +373,29 @@ impl Target {
             };
         }
         Ok(t)
+    }
+
+    /// Applies `vm`'s VMware tuning on `host` (the destination, see
+    /// [`tuning`]); returns the concerns about what the host cannot take.
+    pub fn tune(&mut self, vm: &Vm, host: &HostTopology) -> Vec<v2k_inventory::model::Concern> {
+        let p = tuning::plan(vm, self.vcpus, self.cores, self.memory_mib, host);
+        self.tuning = p.tuning;
+        self.sockets = p.sockets;
+        p.concerns
+    }
+
+    /// This target for a validation boot on the conversion host: without what binds
+    /// it to the destination's hardware ([`KvmTuning::without_host_placement`]).
+    pub fn for_validation(&self) -> Target {
+        Target {
+            tuning: self.tuning.without_host_placement(),
+            ..self.clone()
+        }
+    }
+
+    /// vCPUs the machine is built for (the hot-add maximum, else `vcpus`).
+    pub(crate) fn max_vcpus(&self) -> u32 {
+        self.tuning.max_vcpus_or(self.vcpus)
     }
 
     fn scsi(&self) -> bool {
@@ -383,25 +416,11 @@ impl Target {
     }
 
     /// A name usable as a libvirt domain name and in file names: the VM name with
-    /// anything but `[A-Za-z0-9._-]` replaced by `_`.
+    /// anything but `[A-Za-z0-9._-]` replaced by `_` (pre-flight's
+    /// [`domain_name`](v2k_inventory::preflight::domain_name), so that it can tell
+    /// VMs that would get one name).
     pub fn safe_name(&self) -> String {
-        let s: String = self
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(64)
-            .collect();
-        if s.is_empty() || s.starts_with(['.', '-']) {
-            format!("v2k-{s}")
-        } else {
-            s
-        }
+        v2k_inventory::preflight::domain_name(&self.name)
     }
 }
 
@@ -571,6 +590,7 @@ mod tests {
             disks: vec![PathBuf::from("/v/disk0.qcow2")],
             disk_uuids: Vec::new(),
             nics: Vec::new(),
+            tuning: KvmTuning::default(),
         }
     }
 

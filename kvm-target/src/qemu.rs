@@ -62,14 +62,41 @@ pub fn qemu_argv(t: &Target, q: &QemuOptions, f: &GuestFeatures) -> Vec<String> 
     if f.localtime {
         push(&["-rtc", "base=localtime,driftfix=slew"]);
     }
+    // What the guest sees of the tuning (hot-add room, vNUMA cells); the host
+    // placement (pinning, NUMA binding, hugepages) is libvirt's, in domain.xml only.
+    let tu = &t.tuning;
     push(&[
         "-smp",
         &format!(
-            "{},sockets={},cores={},threads=1",
-            t.vcpus, t.sockets, t.cores
+            "{},maxcpus={},sockets={},cores={},threads=1",
+            t.vcpus,
+            t.max_vcpus(),
+            t.sockets,
+            t.cores
         ),
     ]);
-    push(&["-m", &t.memory_mib.to_string()]);
+    match tu.max_memory_mib {
+        Some(max) => push(&[
+            "-m",
+            &format!(
+                "{},slots={},maxmem={max}M",
+                t.memory_mib,
+                crate::tuning::MEMORY_SLOTS
+            ),
+        ]),
+        None => push(&["-m", &t.memory_mib.to_string()]),
+    }
+    for (i, c) in tu.guest_cells.iter().enumerate() {
+        push(&[
+            "-object",
+            &format!("memory-backend-ram,id=v2kmem{i},size={}M", c.memory_mib),
+            "-numa",
+            &format!(
+                "node,nodeid={i},cpus={}-{},memdev=v2kmem{i}",
+                c.first_cpu, c.last_cpu
+            ),
+        ]);
+    }
     push(&["-nodefaults", "-display", "none", "-serial", &q.serial]);
     if let (Some((code, _)), Some(vars)) = (t.firmware.images(), t.firmware.vars()) {
         if t.firmware.secure_boot() {

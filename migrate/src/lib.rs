@@ -41,7 +41,7 @@ pub use rundir::{Reuse, RunDir};
 pub use stages::{BootStages, RealBoot};
 // The vocabulary callers configure a migration with (the wave plan, the CLI), so
 // that they need not depend on the stages behind this crate.
-pub use v2k_kvm_target::{Accel, DiskBus, NetTarget, NetworkMap};
+pub use v2k_kvm_target::{Accel, DiskBus, HostSource, NetTarget, NetworkMap};
 pub use v2k_validator::Backend;
 
 /// A boxed error from a stage a caller plugs in (a remote source).
@@ -77,6 +77,9 @@ pub struct Options {
     pub verify_manifest: bool,
     /// virtio-win drivers for a Windows guest (a directory); `None` reads `$VIRTIO_WIN`.
     pub virtio_win: Option<PathBuf>,
+    /// The destination host whose CPUs, NUMA nodes and hugepages VMware's tuning is
+    /// mapped onto (`--host-topology`; a plan's `target: host-topology:`).
+    pub host_topology: HostSource,
 }
 
 /// What `migrate` reports as it goes.
@@ -357,7 +360,11 @@ pub fn migrate_with(
     // 4. target
     let t = tl.begin("target");
     let features = stages::features(injected.as_ref());
-    let target = stages::target(&vm, &disks, bus, &opts.network_map, accel, run.root())?;
+    let mut target = stages::target(&vm, &disks, bus, &opts.network_map, accel, run.root())?;
+    for c in stages::tune(&mut target, &vm, &opts.host_topology)? {
+        progress(Event::Message(format!("warning: {}: {}", c.id, c.message)));
+        vm.concerns.push(c);
+    }
     stages::write_target(run.root(), &target, &features)?;
     if let Some(uri) = &opts.define {
         stages::define(uri, &run.root().join("domain.xml"))?;

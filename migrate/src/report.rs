@@ -39,6 +39,10 @@ pub struct Report {
     /// guest that was not converted, for one).
     #[serde(default)]
     pub concerns: Vec<Concern>,
+    /// Each VMware tuning setting and what the KVM target made of it (shown in the
+    /// hardware table as VMware → KVM).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tuning: Vec<v2k_kvm_target::TuningMapping>,
     /// One converter manifest per disk (docs/convert.md).
     #[serde(default)]
     pub disks: Vec<Manifest>,
@@ -484,6 +488,17 @@ pub(crate) fn render_html(r: &Report) -> String {
             esc(&b).replace('\n', "<br>")
         );
     }
+    // VMware's tuning, each setting beside its KVM answer (or why it is not carried).
+    for m in &r.tuning {
+        let _ = write!(
+            h,
+            "<tr class=\"tuning\"><th>{}</th><td><code>{}</code></td><td>{}{}</td></tr>",
+            esc(&m.setting),
+            esc(&m.vmware),
+            if m.carried { "→ " } else { "✗ " },
+            esc(&m.kvm)
+        );
+    }
     h.push_str("</table>");
     // Validation.
     h.push_str("<h2>Validation</h2>");
@@ -694,6 +709,7 @@ mod tests {
             },
             target_hardware: Hardware::default(),
             concerns: vec![],
+            tuning: vec![],
             disks: vec![],
             guest_changes: None,
             validation: None,
@@ -724,6 +740,35 @@ mod tests {
         let body = &h[h.find("<body>").unwrap()..];
         assert!(!body.contains('{'), "no JSON inside the page: {body}");
         assert!(h.contains("3.2 s") || h.contains("3.3 s"), "{h}");
+    }
+
+    #[test]
+    fn each_tuning_mapping_is_a_vmware_to_kvm_row_of_the_hardware_table() {
+        let mut r = report();
+        r.tuning = vec![
+            v2k_kvm_target::TuningMapping {
+                setting: "CPU affinity".into(),
+                vmware: "sched.cpu.affinity = 0-3,6".into(),
+                kvm: "<vcpupin> every vCPU on host CPUs 0-3,6".into(),
+                carried: true,
+            },
+            v2k_kvm_target::TuningMapping {
+                setting: "Memory hot-add".into(),
+                vmware: "mem.hotadd = TRUE".into(),
+                kvm: "not carried: no room".into(),
+                carried: false,
+            },
+        ];
+        let h = render_html(&r);
+        let table =
+            &h[h.find("<h2>Hardware</h2>").unwrap()..h.find("<h2>Validation</h2>").unwrap()];
+        assert!(
+            table.contains("<th>CPU affinity</th><td><code>sched.cpu.affinity = 0-3,6</code></td><td>→ &lt;vcpupin&gt; every vCPU on host CPUs 0-3,6</td>"),
+            "{table}"
+        );
+        assert!(table.contains("<td>✗ not carried: no room</td>"), "{table}");
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.tuning, r.tuning);
     }
 
     #[test]

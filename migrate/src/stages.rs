@@ -539,6 +539,8 @@ pub enum TargetError {
         #[source]
         source: v2k_outfile::Error,
     },
+    #[error("reading the destination host's topology")]
+    Host(#[source] v2k_kvm_target::host::HostError),
     #[error("running virsh define")]
     DefineRun(#[source] std::io::Error),
     #[error("virsh define: {0}")]
@@ -557,6 +559,22 @@ pub fn target(
     dir: &Path,
 ) -> std::result::Result<Target, TargetError> {
     Ok(Target::from_vm(vm, disks, bus, network_map, accel, dir)?)
+}
+
+/// Maps `vm`'s VMware tuning onto the destination `host` (read only when the VM
+/// has tuning to place: cores per socket alone needs no host); returns the concerns
+/// about what the host cannot take.
+pub fn tune(
+    target: &mut Target,
+    vm: &Vm,
+    host: &v2k_kvm_target::HostSource,
+) -> std::result::Result<Vec<Concern>, TargetError> {
+    let topology = if vm.tuning.is_empty() {
+        v2k_kvm_target::HostTopology::default()
+    } else {
+        host.load().map_err(TargetError::Host)?
+    };
+    Ok(target.tune(vm, &topology))
 }
 
 /// The files a target is written as: `domain.xml`, `qemu-cmdline.json`, `run-qemu.sh`
@@ -713,6 +731,7 @@ pub fn report(
         source_hardware: report::source_hardware(vm),
         target_hardware: report::target_hardware(target, &sizes),
         concerns: vm.concerns.clone(),
+        tuning: target.tuning.mappings.clone(),
         disks,
         guest_changes,
         validation,

@@ -73,6 +73,7 @@ fn options(source: &Path, out: &Path) -> Options {
         cutover: None,
         verify_manifest: true,
         virtio_win: None,
+        host_topology: v2k_migrate::HostSource::Local,
     }
 }
 

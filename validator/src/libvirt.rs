@@ -43,14 +43,16 @@ fn wait_gone(uri: &str, name: &str, limit: Duration) -> bool {
 }
 
 /// The validation domain's XML: the target's, with a unique name, no UUID (so it
-/// cannot clash with a defined domain of the same VM) and the console logged.
+/// cannot clash with a defined domain of the same VM), the console logged, and
+/// without the destination's host placement (pinning, NUMA binding, hugepages: this
+/// boot runs on the conversion host).
 pub fn validation_xml(
     t: &Target,
     f: &GuestFeatures,
     name: &str,
     serial_log: &Path,
 ) -> Result<String> {
-    let mut tt = t.clone();
+    let mut tt = t.for_validation();
     tt.uuid = None;
     tt.name = name.to_string();
     let xml = domain_xml(&tt, f);
@@ -197,6 +199,7 @@ mod tests {
                 vmware_network: Some("VM Network".into()),
                 target: NetTarget::User,
             }],
+            tuning: Default::default(),
         }
     }
 

@@ -55,6 +55,7 @@ fn unconverted_target(dir: &std::path::Path) -> (Target, Expectations) {
             vmware_network: None,
             target: NetTarget::User,
         }],
+        tuning: Default::default(),
     };
     let expect = Expectations {
         mounts: vec!["/data".into()],

@@ -35,6 +35,8 @@ pub(crate) const VM_PROPERTIES: &[&str] = &[
     "config.hardware.device",
     "config.changeTrackingEnabled",
     "config.extraConfig",
+    "config.ftInfo",
+    "guest.disk",
     "config.template",
     "runtime.powerState",
     "runtime.host",
@@ -225,6 +227,27 @@ pub fn get_vm(client: &Client, inventory_path: &str) -> Result<Vm> {
     })
 }
 
+/// Most guest filesystems kept from `guest.disk` (a guest reports one per mount).
+const MAX_GUEST_FILESYSTEMS: usize = 256;
+
+/// The guest's filesystems from VMware Tools' `guest.disk` (`GuestDiskInfo`:
+/// `diskPath`, `capacity`, `freeSpace`); an entry without numbers is left out.
+fn guest_filesystems(e: Option<&Element>) -> Vec<GuestFilesystem> {
+    e.map(|e| e.children.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|d| {
+            let n = |k| d.child_text(k).and_then(|v| v.trim().parse::<u64>().ok());
+            Some(GuestFilesystem {
+                path: d.child_text("diskPath")?.trim().chars().take(256).collect(),
+                capacity: n("capacity")?,
+                free: n("freeSpace")?,
+            })
+        })
+        .take(MAX_GUEST_FILESYSTEMS)
+        .collect()
+}
+
 fn int<T: std::str::FromStr>(e: Option<&Element>) -> Option<T> {
     e.and_then(|e| e.text.trim().parse().ok())
 }
@@ -380,6 +403,20 @@ pub fn map_vm(o: &ObjectContent, names: &Names, server: &str) -> Result<Vm> {
             }
         }
     }
+    if let Some(ft) = o.get("config.ftInfo") {
+        // `role` 1 is the primary, 2 and up its secondaries.
+        vm.fault_tolerance = Some(
+            match ft
+                .child_text("role")
+                .and_then(|r| r.trim().parse::<i64>().ok())
+            {
+                Some(1) => FaultTolerance::Primary,
+                Some(_) => FaultTolerance::Secondary,
+                None => FaultTolerance::Configured,
+            },
+        );
+    }
+    vm.guest_filesystems = guest_filesystems(o.get("guest.disk"));
     vm.power_state = match o.text("runtime.powerState") {
         Some("poweredOn") => Some(PowerState::PoweredOn),
         Some("poweredOff") => Some(PowerState::PoweredOff),
@@ -776,6 +813,34 @@ mod tests {
             ("App-Frontend".into(), None),
         );
         map_vm(&objs[0], &names, "vc.example:443").unwrap()
+    }
+
+    #[test]
+    fn a_fault_tolerance_secondary_and_a_full_root_are_pre_flight_concerns() {
+        let text = VCENTER_VM.replace(
+            "<propSet><name>snapshot</name>",
+            "<propSet><name>config.ftInfo</name><val xsi:type=\"FaultToleranceSecondaryConfigInfo\"><instanceUuid>5011</instanceUuid><role>2</role></val></propSet>\
+             <propSet><name>guest.disk</name><val xsi:type=\"ArrayOfGuestDiskInfo\"><GuestDiskInfo><diskPath>/</diskPath><capacity>10737418240</capacity><freeSpace>1048576</freeSpace></GuestDiskInfo><GuestDiskInfo><diskPath>/srv</diskPath><capacity>x</capacity><freeSpace>0</freeSpace></GuestDiskInfo></val></propSet>\
+             <propSet><name>snapshot</name>",
+        );
+        let e = el(&format!(
+            "<r xmlns=\"urn:vim25\"><returnval>{text}</returnval></r>"
+        ));
+        let (objs, _) = crate::client::parse_retrieve_result(&e).unwrap();
+        let vm = map_vm(&objs[0], &Names::default(), "vc.example:443").unwrap();
+        assert_eq!(vm.fault_tolerance, Some(FaultTolerance::Secondary));
+        assert_eq!(
+            vm.guest_filesystems,
+            [GuestFilesystem {
+                path: "/".into(),
+                capacity: 10 << 30,
+                free: 1 << 20
+            }]
+        );
+        let ids: Vec<&str> = vm.concerns.iter().map(|c| c.id.as_str()).collect();
+        assert!(ids.contains(&"fault-tolerance-secondary"), "{ids:?}");
+        assert!(ids.contains(&"guest-free-space-low"), "{ids:?}");
+        assert_eq!(recorded().fault_tolerance, None);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! every hook program is an executable file, every bridge in the network map exists on
 //! this host; and each VM read through `v2k_inventory::load` for its pre-flight
 //! concerns, its disk count (for `limits.disks`) and an estimate of the bytes it
-//! will write (for the free-space check). Reference problems are plan errors; a VM
+//! will write (for the free-space check), and across the plan's VMs for the concerns
+//! only they show together (one domain name, one disk file: pre-flight's
+//! `assess_together`). Reference problems are plan errors; a VM
 //! whose description cannot be read or carries a critical concern is reported, and
 //! fails when it runs, without stopping the others.
 
@@ -78,6 +80,9 @@ pub fn check(plan: &Plan) -> CheckReport {
         }
     }
     let mut vms = Vec::new();
+    // The VMs read, and the index of each one's check in `vms`.
+    let mut models: Vec<Vm> = Vec::new();
+    let mut read: Vec<usize> = Vec::new();
     let mut sessions = Sessions::default();
     for w in &plan.waves {
         for v in &w.vms {
@@ -152,23 +157,6 @@ pub fn check(plan: &Plan) -> CheckReport {
                                     c.esxi_host = vm.vsphere.as_ref().and_then(|s| s.host.clone());
                                 }
                                 c.estimated_bytes = vm.disks.iter().map(estimate).sum();
-                                c.concerns = vm
-                                    .concerns
-                                    .iter()
-                                    .map(|x| serde_json::to_value(x).unwrap_or_default())
-                                    .collect();
-                                let crit: Vec<String> = vm
-                                    .concerns
-                                    .iter()
-                                    .filter(|x| x.severity == Severity::Critical)
-                                    .map(|x| format!("{} ({})", x.id, x.message))
-                                    .collect();
-                                if !crit.is_empty() {
-                                    c.error = Some(format!(
-                                        "critical pre-flight concerns: {}",
-                                        crit.join("; ")
-                                    ));
-                                }
                                 for n in vm.nics.iter().filter_map(|n| n.network.as_ref()) {
                                     if !plan.network_map.0.iter().any(|(k, _)| k == n)
                                         && !c.unmapped_networks.contains(n)
@@ -176,12 +164,46 @@ pub fn check(plan: &Plan) -> CheckReport {
                                         c.unmapped_networks.push(n.clone());
                                     }
                                 }
+                                read.push(vms.len());
+                                models.push(vm);
                             }
                         }
                     }
                 }
             }
             vms.push(c);
+        }
+    }
+    // What only shows across the plan's VMs (one disk file in two; two with one
+    // domain name when the plan delivers them all to one destination, where the
+    // domains meet), then each VM's concerns and whether they refuse it.
+    use v2k_inventory::preflight::Together;
+    let delivered = plan
+        .waves
+        .iter()
+        .flat_map(|w| &w.vms)
+        .any(|v| v.deliver.is_some());
+    let which = if delivered {
+        Together::All
+    } else {
+        Together::DisksOnly
+    };
+    v2k_inventory::preflight::assess_together(&mut models, which);
+    for (i, vm) in read.into_iter().zip(models) {
+        let c = &mut vms[i];
+        c.concerns = vm
+            .concerns
+            .iter()
+            .map(|x| serde_json::to_value(x).unwrap_or_default())
+            .collect();
+        let crit: Vec<String> = vm
+            .concerns
+            .iter()
+            .filter(|x| x.severity == Severity::Critical)
+            .map(|x| format!("{} ({})", x.id, x.message))
+            .collect();
+        if !crit.is_empty() {
+            c.error = Some(format!("critical pre-flight concerns: {}", crit.join("; ")));
         }
     }
     CheckReport { problems, vms }
@@ -232,6 +254,35 @@ mod tests {
             "{:?}",
             r.problems
         );
+    }
+
+    #[test]
+    fn two_delivered_plan_vms_that_become_one_domain_name_fail_the_check() {
+        let d = tempfile::tempdir().unwrap();
+        for (file, name) in [("a.vmx", "db 1"), ("b.vmx", "db/1")] {
+            std::fs::write(
+                d.path().join(file),
+                format!("displayName = \"{name}\"\nnumvcpus = \"1\"\nmemsize = \"512\"\nguestOS = \"debian12-64\"\n"),
+            )
+            .unwrap();
+        }
+        let text = "version: 1\nwaves:\n  - name: w\n    vms:\n      - source: a.vmx\n      - source: b.vmx\n";
+        // Without a destination their domains never meet.
+        let p = crate::plan::parse(text, &d.path().join("p.yaml")).unwrap();
+        let r = check(&p);
+        assert!(r.vms.iter().all(|v| v.error.is_none()), "{:?}", r.vms);
+        let text = format!("target:\n  uri: qemu:///system\n  pool: vms\n{text}");
+        let p = crate::plan::parse(&text, &d.path().join("p.yaml")).unwrap();
+        let r = check(&p);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        for v in &r.vms {
+            let e = v.error.as_deref().unwrap_or_default();
+            assert!(
+                e.contains("domain-name-collision") && e.contains("\"db_1\""),
+                "{v:?}"
+            );
+        }
+        assert_eq!(r.exit_code(), crate::EXIT_FAILED);
     }
 
     #[test]

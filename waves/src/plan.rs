@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::Digest;
 use v2k_migrate::vsphere::{Address, Client, ConnectSettings, PASSWORD_ENV};
-use v2k_migrate::{Accel, Backend, DiskBus, NetworkMap};
+use v2k_migrate::{Accel, Backend, DiskBus, HostSource, NetworkMap};
 
 use crate::{Error, Result};
 
@@ -91,6 +91,10 @@ pub struct TargetFile {
     /// Mark each delivered domain to start with the destination's libvirt.
     #[serde(default)]
     pub autostart: bool,
+    /// The destination's `virsh capabilities` (a file, relative to the plan, or a
+    /// libvirt URI) that VMware's tuning is mapped onto; default: `uri`'s.
+    #[serde(default)]
+    pub host_topology: Option<String>,
 }
 
 /// Settings a VM can take from `defaults` or override.
@@ -392,6 +396,8 @@ pub struct VmPlan {
     pub deliver: Option<v2k_migrate::Destination>,
     /// `cutover: true`: a running vSphere source is shut down before the copy.
     pub cutover: Option<v2k_migrate::cutover::Cutover>,
+    /// The host VMware's tuning is mapped onto (the plan's `target:`, else this one).
+    pub host_topology: HostSource,
 }
 
 /// A VM on a vSphere server, and how to connect to that server.
@@ -479,6 +485,7 @@ impl VmPlan {
             cutover: self.cutover,
             verify_manifest: self.verify_manifest,
             virtio_win: self.virtio_win.clone(),
+            host_topology: self.host_topology.clone(),
         }
     }
 }
@@ -572,6 +579,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
             );
         }
     }
+    let mut host_topology = HostSource::Local;
     if let Some(t) = &f.target {
         if t.uri.trim().is_empty() || t.pool.trim().is_empty() {
             bad(
@@ -579,6 +587,15 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                 "target: uri and pool must both be set".into(),
             );
         }
+        host_topology = match t.host_topology.as_deref().map(HostSource::parse) {
+            None => HostSource::Uri(t.uri.clone()),
+            Some(Ok(HostSource::File(p))) => HostSource::File(abs(&p)),
+            Some(Ok(h)) => h,
+            Some(Err(e)) => {
+                bad(line_of(text, "host-topology:"), format!("target: {e}"));
+                HostSource::Local
+            }
+        };
     }
     let mut network_map = NetworkMap::default();
     for (name, target) in &f.networks {
@@ -877,6 +894,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                         ),
                         force_power_off: s.force_power_off.unwrap_or(false),
                     }),
+                host_topology: host_topology.clone(),
             });
         }
         waves.push(Wave {
@@ -1073,6 +1091,37 @@ waves:
         );
         let p = parse(GOOD, Path::new("/plans/p.yaml")).unwrap();
         assert_eq!(p.waves[0].vms[0].cutover, None);
+    }
+
+    #[test]
+    fn a_target_maps_tuning_onto_its_own_host_unless_the_plan_names_one() {
+        let with = |extra: &str| {
+            let text = GOOD.replace(
+                "limits:\n",
+                &format!(
+                    "target:\n  uri: qemu+ssh://root@kvm01/system\n  pool: vms\n{extra}limits:\n"
+                ),
+            );
+            parse(&text, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0]
+                .migrate_options(&NetworkMap::default())
+                .host_topology
+        };
+        assert_eq!(
+            with(""),
+            HostSource::Uri("qemu+ssh://root@kvm01/system".into())
+        );
+        assert_eq!(
+            with("  host-topology: caps/kvm01.xml\n"),
+            HostSource::File("/plans/caps/kvm01.xml".into())
+        );
+        assert_eq!(
+            with("  host-topology: qemu:///system\n"),
+            HostSource::Uri("qemu:///system".into())
+        );
+        assert_eq!(
+            parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0].host_topology,
+            HostSource::Local
+        );
     }
 
     #[test]

@@ -84,30 +84,32 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         labels.push(a.clone());
         results.push(load_vsphere(a, &args.vsphere));
     }
-    let mut vms = 0usize;
-    let mut critical = 0usize;
+    let mut all: Vec<Vm> = Vec::new();
     for (path, result) in labels.iter().zip(results) {
         match result {
-            Ok(list) => {
-                for vm in list {
-                    vms += 1;
-                    if vm.has_critical() {
-                        critical += 1;
-                    }
-                    if args.json {
-                        let body = serde_json::to_string(&vm).context("encoding the VM model")?;
-                        // The tag goes first (the model serialises as a non-empty object)
-                        // so a reader can dispatch on it before parsing the rest.
-                        emit_line(&format!("{{\"type\":\"vm\",{}", &body[1..]))?;
-                    } else {
-                        print_table(&vm)?;
-                    }
-                }
-            }
+            Ok(list) => all.extend(list),
             Err(e) => {
                 failures += 1;
                 report(&e.context(format!("inspecting {path}")));
             }
+        }
+    }
+    // What only shows across them: two VMs with one domain name, one disk file.
+    use v2k_inventory::preflight::Together;
+    v2k_inventory::preflight::assess_together(&mut all, Together::All);
+    let vms = all.len();
+    let mut critical = 0usize;
+    for vm in all {
+        if vm.has_critical() {
+            critical += 1;
+        }
+        if args.json {
+            let body = serde_json::to_string(&vm).context("encoding the VM model")?;
+            // The tag goes first (the model serialises as a non-empty object)
+            // so a reader can dispatch on it before parsing the rest.
+            emit_line(&format!("{{\"type\":\"vm\",{}", &body[1..]))?;
+        } else {
+            print_table(&vm)?;
         }
     }
     if args.json {

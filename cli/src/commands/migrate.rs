@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
-use v2k_migrate::{migrate_from, Accel, Backend, DiskBus, Event, NetworkMap, Options};
+use v2k_migrate::{migrate_from, Accel, Backend, DiskBus, Event, HostSource, NetworkMap, Options};
 
 use super::inject::{AccelArg, BusArg};
 use crate::{console, exit};
@@ -104,6 +104,11 @@ pub struct Args {
     /// Power the source off when it did not shut down in time (--cutover)
     #[arg(long, requires = "cutover")]
     force_power_off: bool,
+    /// The destination's topology (a `virsh capabilities` file, or a libvirt URI)
+    /// that VMware's CPU/NUMA affinity and hugepage reservation are mapped onto
+    /// (default: --to's host, else this one)
+    #[arg(long, value_name = "FILE|URI")]
+    host_topology: Option<String>,
     /// Accept an OVA whose manifest is missing or does not list every file
     #[arg(long)]
     no_verify_manifest: bool,
@@ -169,6 +174,11 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         }),
         verify_manifest: !args.no_verify_manifest,
         virtio_win,
+        host_topology: match (&args.host_topology, &args.to) {
+            (Some(h), _) => HostSource::parse(h)?,
+            (None, Some(to)) => HostSource::Uri(to.clone()),
+            (None, None) => HostSource::Local,
+        },
     };
     let json_mode = args.json;
     let progress = move |e: Event| match e {
