@@ -46,7 +46,7 @@ ROWS=()
 boot_row() {
     local v=$1 tool=$2 secs=$3 fw=$4 want=$5; shift 5
     local out net name addr kind
-    out=$(bash "$HERE/tests/fixtures/boot.sh" --bus virtio --firmware "$fw" --nic-slot 5 \
+    out=$(bash "$HERE/tests/fixtures/boot.sh" --bus virtio --firmware "$fw" --nic-slot 5 --mac "$MAC" \
         --timeout "$TIMEOUT" --serial-log "$WORKDIR/$v-$tool.serial.log" "$@")
     kind=$(sed -n 's/^outcome=//p' <<<"$out")
     net=$(sed -n 's/^marker_net=//p' <<<"$out")
@@ -63,6 +63,7 @@ for v in "${VARIANTS[@]}"; do
     VMX=$FIX/vmx-sparse/$v.vmx
     FW=$(jq -r .guest.firmware "$FIX/manifest.json")
     WANT=$(jq -r .guest.ipv4.address "$FIX/manifest.json")
+    MAC=$(jq -r .mac "$FIX/manifest.json")
     echo "== $v ($FW, expects $WANT on ens192)" >&2
 
     rm -rf "$WORKDIR/$v-v2k"
