@@ -194,23 +194,29 @@ mod tests {
     /// The performance block of the script, run by `sh` on this machine's own /proc
     /// and /sys (a Linux like the guest's): its JSON parses, the CPU ticks are real and
     /// every NIC but lo is listed.
-    #[test]
-    fn the_performance_block_reads_this_machines_counters_as_json() {
+    /// Runs the script's lines from `from` up to `to` with `sh` on this machine, after
+    /// the script's own `esc`, then `print` (a shell line printing JSON); the JSON and
+    /// its text.
+    fn run_block(from: &str, to: &str, print: &str) -> (serde_json::Value, String) {
         let s = script(false);
-        let start = s.find("cpu=$(").unwrap();
-        let end = start + s[start..].find("\n\nline=").unwrap();
-        let body = format!(
-            "esc() {{ printf '%s' \"$1\" | tr -d '\"\\\\' | tr -d '\\000-\\037'; }}\n{}\nprintf '%s' \"$perf\"\n",
-            &s[start..end]
-        );
+        let start = s.find(from).unwrap();
+        let end = start + s[start..].find(to).unwrap();
+        let esc_at = s.find("esc() {").unwrap();
+        let esc = s[esc_at..].lines().next().unwrap();
+        let body = format!("{esc}\n{}\n{print}\n", &s[start..end]);
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(&body)
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (v, text)
+    }
+
+    #[test]
+    fn the_performance_block_reads_this_machines_counters_as_json() {
+        let (v, text) = run_block("cpu=$(", "\n\nline=", "printf '%s' \"$perf\"");
         let cpu = v["cpu"].as_array().unwrap();
         assert!(cpu[0].as_u64().unwrap() > 0, "{text}");
         assert!(
@@ -231,23 +237,12 @@ mod tests {
     /// pieces with this machine's default route and resolvers.
     #[test]
     fn the_network_block_reads_this_machines_routes_and_resolvers() {
-        let s = script(false);
-        let start = s.find("# Firmware: EFI").unwrap();
-        let end = start + s[start..].find("\n# Performance counters").unwrap();
-        let body = format!(
-            "esc() {{ printf '%s' \"$1\" | tr -d '\"\\\\' | tr -d '\\000-\\037'; }}\n{}\n\
-             printf '{{\"firmware\":{{\"efi\":%s,\"secure-boot\":%s}},\"gateways\":[%s],\"dns\":[%s]}}' \
-             \"$efi\" \"$sb\" \"$gws\" \"$dns\"\n",
-            &s[start..end]
+        let (v, text) = run_block(
+            "# Firmware: EFI",
+            "\n# Performance counters",
+            "printf '{\"firmware\":{\"efi\":%s,\"secure-boot\":%s},\"gateways\":[%s],\"dns\":[%s]}' \
+             \"$efi\" \"$sb\" \"$gws\" \"$dns\"",
         );
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&body)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         assert_eq!(
             v["firmware"]["efi"].as_bool().unwrap(),
             std::path::Path::new("/sys/firmware/efi").is_dir(),
