@@ -150,7 +150,7 @@ pub(crate) const MAX_AFFINITY_ENTRIES: usize = 4096;
 /// A VMware affinity list (`0,1,4-7`; `all` or empty is no affinity) as sorted,
 /// distinct numbers; `None` when it is not such a list (untrusted text) or names
 /// more than [`MAX_AFFINITY_ENTRIES`] entries.
-pub(crate) fn affinity_list(s: &str) -> Option<Vec<u32>> {
+pub fn affinity_list(s: &str) -> Option<Vec<u32>> {
     let s = s.trim();
     if s.is_empty() || s.eq_ignore_ascii_case("all") {
         return Some(Vec::new());

@@ -36,6 +36,11 @@ pub(crate) const VM_PROPERTIES: &[&str] = &[
     "config.changeTrackingEnabled",
     "config.extraConfig",
     "config.ftInfo",
+    "config.cpuAffinity",
+    "config.cpuHotAddEnabled",
+    "config.memoryHotAddEnabled",
+    "config.memoryAllocation",
+    "config.memoryReservationLockedToMax",
     "guest.disk",
     "config.template",
     "runtime.powerState",
@@ -248,6 +253,30 @@ fn guest_filesystems(e: Option<&Element>) -> Vec<GuestFilesystem> {
         .collect()
 }
 
+/// The VM's placement and resource tuning from its first-class vSphere properties (the
+/// VMX keys of [`Tuning`] that vCenter does not list in `extraConfig`): the CPU affinity
+/// set, hot-add flags, the memory reservation (MB) and "reserve all guest memory".
+/// A value that does not parse is dropped, as the VMX reader does.
+fn read_tuning(o: &ObjectContent, t: &mut Tuning) {
+    if let Some(a) = o.get("config.cpuAffinity") {
+        let set: Vec<&str> = a
+            .children
+            .iter()
+            .filter(|c| c.name == "affinitySet")
+            .map(|c| c.text.trim())
+            .collect();
+        t.cpu_affinity = affinity_list(&set.join(",")).unwrap_or_default();
+    }
+    t.cpu_hot_add = boolean(o.get("config.cpuHotAddEnabled"));
+    t.memory_hot_add = boolean(o.get("config.memoryHotAddEnabled"));
+    t.memory_reservation_mib = o
+        .get("config.memoryAllocation")
+        .and_then(|m| m.child_text("reservation"))
+        .and_then(|r| r.trim().parse::<u64>().ok())
+        .filter(|&r| r > 0);
+    t.memory_pinned = boolean(o.get("config.memoryReservationLockedToMax"));
+}
+
 fn int<T: std::str::FromStr>(e: Option<&Element>) -> Option<T> {
     e.and_then(|e| e.text.trim().parse().ok())
 }
@@ -400,9 +429,14 @@ pub fn map_vm(o: &ObjectContent, names: &Names, server: &str) -> Result<Vm> {
             let val = ov.child_text("value").unwrap_or_default().trim();
             if key.eq_ignore_ascii_case("disk.EnableUUID") {
                 vm.disk_enable_uuid = val.eq_ignore_ascii_case("true");
+            } else if key.eq_ignore_ascii_case("numa.nodeAffinity") {
+                vm.tuning.numa_node_affinity = affinity_list(val).unwrap_or_default();
+            } else if key.eq_ignore_ascii_case("numa.vcpu.maxPerVirtualNode") {
+                vm.tuning.vnuma_max_vcpus_per_node = val.parse().ok().filter(|&n| n > 0);
             }
         }
     }
+    read_tuning(o, &mut vm.tuning);
     if let Some(ft) = o.get("config.ftInfo") {
         // `role` 1 is the primary, 2 and up its secondaries.
         vm.fault_tolerance = Some(
@@ -788,6 +822,12 @@ mod tests {
 <propSet><name>config.hardware.numCoresPerSocket</name><val xsi:type="xsd:int">2</val></propSet>
 <propSet><name>config.hardware.memoryMB</name><val xsi:type="xsd:int">8192</val></propSet>
 <propSet><name>config.changeTrackingEnabled</name><val xsi:type="xsd:boolean">true</val></propSet>
+<propSet><name>config.cpuAffinity</name><val xsi:type="VirtualMachineAffinityInfo"><affinitySet>4</affinitySet><affinitySet>5</affinitySet><affinitySet>6</affinitySet><affinitySet>7</affinitySet></val></propSet>
+<propSet><name>config.cpuHotAddEnabled</name><val xsi:type="xsd:boolean">true</val></propSet>
+<propSet><name>config.memoryHotAddEnabled</name><val xsi:type="xsd:boolean">false</val></propSet>
+<propSet><name>config.memoryAllocation</name><val xsi:type="ResourceAllocationInfo"><reservation>8192</reservation><expandableReservation>false</expandableReservation><limit>-1</limit></val></propSet>
+<propSet><name>config.memoryReservationLockedToMax</name><val xsi:type="xsd:boolean">true</val></propSet>
+<propSet><name>config.extraConfig</name><val xsi:type="ArrayOfOptionValue"><OptionValue xsi:type="OptionValue"><key>numa.nodeAffinity</key><value xsi:type="xsd:string">1</value></OptionValue><OptionValue xsi:type="OptionValue"><key>numa.vcpu.maxPerVirtualNode</key><value xsi:type="xsd:string">x</value></OptionValue></val></propSet>
 <propSet><name>runtime.powerState</name><val xsi:type="VirtualMachinePowerState">poweredOff</val></propSet>
 <propSet><name>config.hardware.device</name><val xsi:type="ArrayOfVirtualDevice">
  <VirtualDevice xsi:type="ParaVirtualSCSIController"><key>1000</key><busNumber>0</busNumber><sharedBus>noSharing</sharedBus></VirtualDevice>
@@ -813,6 +853,42 @@ mod tests {
             ("App-Frontend".into(), None),
         );
         map_vm(&objs[0], &names, "vc.example:443").unwrap()
+    }
+
+    /// [tuned]: what the VMX reader takes from `sched.*`, `vcpu.hotadd`, `mem.hotadd`,
+    /// vCenter gives as properties; `numa.*` stay in extraConfig. A value that does not
+    /// parse (`numa.vcpu.maxPerVirtualNode = x`) is dropped.
+    #[test]
+    fn tuning_comes_from_the_vm_properties_and_extra_config() {
+        let t = recorded().tuning;
+        assert_eq!(t.cpu_affinity, [4, 5, 6, 7]);
+        assert_eq!(t.numa_node_affinity, [1]);
+        assert_eq!(t.vnuma_max_vcpus_per_node, None);
+        assert!(t.cpu_hot_add && !t.memory_hot_add);
+        assert_eq!(t.memory_reservation_mib, Some(8192));
+        assert!(t.memory_pinned);
+        // A VM without them has no tuning.
+        let bare = VCENTER_VM
+            .lines()
+            .filter(|l| {
+                ![
+                    "cpuAffinity",
+                    "HotAdd",
+                    "memoryAllocation",
+                    "LockedToMax",
+                    "extraConfig",
+                ]
+                .iter()
+                .any(|k| l.contains(k))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e = el(&format!(
+            "<r xmlns=\"urn:vim25\"><returnval>{bare}</returnval></r>"
+        ));
+        let (objs, _) = crate::client::parse_retrieve_result(&e).unwrap();
+        let vm = map_vm(&objs[0], &Names::default(), "vc.example:443").unwrap();
+        assert!(vm.tuning.is_empty(), "{:?}", vm.tuning);
     }
 
     #[test]

@@ -55,6 +55,11 @@ pub struct Args {
     /// Accelerator for the appliance and the target (default: KVM when usable)
     #[arg(long, value_enum)]
     accel: Option<AccelArg>,
+    /// The destination's topology (a `virsh capabilities` file, or a libvirt URI)
+    /// that VMware's CPU/NUMA affinity and hugepage reservation are mapped onto
+    /// (default: this host)
+    #[arg(long, value_name = "FILE|URI")]
+    host_topology: Option<String>,
     /// JSON Lines on stdout instead of the readable summary
     #[arg(long)]
     json: bool,
@@ -158,7 +163,16 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     // The same stages as `v2k migrate`: the target is made first, so a VM it cannot
     // keep (a NIC without a MAC) is refused before the guest is touched.
-    let target = stages::target(&vm, &disks, bus, &map, accel, &out)?;
+    let mut target = stages::target(&vm, &disks, bus, &map, accel, &out)?;
+    // VMware's tuning mapped onto the destination, as `v2k migrate` does; what the
+    // host cannot take is said, not fatal (docs/migrate.md, "Tuning").
+    let host = match &args.host_topology {
+        Some(h) => v2k_migrate::HostSource::parse(h)?,
+        None => v2k_migrate::HostSource::Local,
+    };
+    for c in stages::tune(&mut target, &vm, &host)? {
+        eprintln!("v2k inject: {:?}: {}: {}", c.severity, c.id, c.message);
+    }
     let settings = stages::InjectSettings {
         bus,
         keep_agent: args.keep_agent,
