@@ -184,6 +184,17 @@ fn inject_writes_the_target_and_an_efi_guest_gets_its_own_variable_store() {
         .expect("a vm line");
     vm["firmware"] = serde_json::json!({"kind": "efi"});
     vm["name"] = serde_json::json!("classic-efi");
+    // And pinned to host CPUs 2-3 on VMware: mapped onto a two-CPU destination
+    // (--host-topology), the pin is renumbered onto its CPUs 0-1.
+    vm["tuning"] = serde_json::json!({"cpu-affinity": [2, 3]});
+    let caps = t.path().join("caps.xml");
+    std::fs::write(
+        &caps,
+        "<capabilities><host><topology><cells num='1'><cell id='0'>\
+         <memory unit='KiB'>4194304</memory>\
+         <cpus num='2'><cpu id='0'/><cpu id='1'/></cpus></cell></cells></topology></host></capabilities>",
+    )
+    .unwrap();
     let model = t.path().join("vm.json");
     std::fs::write(&model, vm.to_string()).unwrap();
     let out = t.path().join("out");
@@ -195,6 +206,8 @@ fn inject_writes_the_target_and_an_efi_guest_gets_its_own_variable_store() {
         out.display().to_string(),
         "--accel".into(),
         "tcg".into(),
+        "--host-topology".into(),
+        caps.display().to_string(),
     ];
     args.extend(disks.iter().map(|d| d.display().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -220,6 +233,7 @@ fn inject_writes_the_target_and_an_efi_guest_gets_its_own_variable_store() {
     assert!(!argv.contains(template), "{argv}");
     let xml = std::fs::read_to_string(out.join("domain.xml")).unwrap();
     assert!(xml.contains("<nvram>"), "{xml}");
+    assert!(xml.contains("<vcpupin vcpu='0' cpuset='0-1'/>"), "{xml}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(out.join("run-qemu.sh"))
         .unwrap()
