@@ -56,6 +56,57 @@ fn journal(run: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// From the runs' journals: every VM of `esxi` (VM → its ESXi host; one disk each)
+/// migrated exactly once, and no ESXi host ever had more than `budget` disks in
+/// flight. A VM still open when its journal ends (its host killed in flight) counts
+/// until the journal's last record.
+fn assert_exactly_once_within_budget(
+    runs: &[PathBuf],
+    esxi: &BTreeMap<String, String>,
+    budget: usize,
+) {
+    let mut intervals: Vec<(String, f64, f64)> = Vec::new();
+    let mut migrated: BTreeMap<String, usize> = BTreeMap::new();
+    for run in runs {
+        let j = journal(run);
+        let end = j.last().and_then(|r| r["time"].as_f64()).unwrap_or(0.0);
+        let mut open: BTreeMap<String, f64> = BTreeMap::new();
+        for r in &j {
+            let vm = r["vm"].as_str().unwrap_or_default().to_string();
+            match r["type"].as_str() {
+                Some("vm-started") => {
+                    open.insert(vm, r["time"].as_f64().unwrap());
+                }
+                Some("vm-finished") => {
+                    let s = open.remove(&vm).unwrap();
+                    intervals.push((vm.clone(), s, r["time"].as_f64().unwrap()));
+                    if r["status"] == "migrated" {
+                        *migrated.entry(vm).or_default() += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (vm, s) in open {
+            intervals.push((vm, s, end));
+        }
+    }
+    for name in esxi.keys() {
+        assert_eq!(migrated.get(name), Some(&1), "{name}: {migrated:?}");
+    }
+    for (vm, s, _) in &intervals {
+        let host = &esxi[vm];
+        let in_flight = intervals
+            .iter()
+            .filter(|(v, a, b)| &esxi[v] == host && a <= s && s < b)
+            .count();
+        assert!(
+            in_flight <= budget,
+            "{in_flight} disks of {host} in flight when {vm} started: {intervals:?}"
+        );
+    }
+}
+
 /// A host: its root directory, where its shards are copied and run.
 struct Host {
     name: String,
@@ -277,49 +328,8 @@ fn a_wave_over_three_hosts_keeps_the_esxi_budget_and_survives_a_lost_host() {
     }
 
     // ---- the journals: the budget held, every VM migrated exactly once -------------
-    let mut intervals: Vec<(String, f64, f64)> = Vec::new();
-    let mut migrated: BTreeMap<String, usize> = BTreeMap::new();
-    for h in &hosts {
-        for run in h.runs() {
-            let j = journal(&run);
-            let end = j.last().and_then(|r| r["time"].as_f64()).unwrap_or(0.0);
-            let mut open: BTreeMap<String, f64> = BTreeMap::new();
-            for r in &j {
-                let vm = r["vm"].as_str().unwrap_or_default().to_string();
-                match r["type"].as_str() {
-                    Some("vm-started") => {
-                        open.insert(vm, r["time"].as_f64().unwrap());
-                    }
-                    Some("vm-finished") => {
-                        let s = open.remove(&vm).unwrap();
-                        intervals.push((vm.clone(), s, r["time"].as_f64().unwrap()));
-                        if r["status"] == "migrated" {
-                            *migrated.entry(vm).or_default() += 1;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            // Killed while in flight: counted until the journal's last word.
-            for (vm, s) in open {
-                intervals.push((vm, s, end));
-            }
-        }
-    }
-    for name in esxi.keys() {
-        assert_eq!(migrated.get(name), Some(&1), "{name}: {migrated:?}");
-    }
-    for (vm, s, _) in &intervals {
-        let host = &esxi[vm];
-        let in_flight = intervals
-            .iter()
-            .filter(|(v, a, b)| &esxi[v] == host && a <= s && s < b)
-            .count();
-        assert!(
-            in_flight <= 2,
-            "{in_flight} disks of {host} in flight when {vm} started: {intervals:?}"
-        );
-    }
+    let runs: Vec<PathBuf> = hosts.iter().flat_map(Host::runs).collect();
+    assert_exactly_once_within_budget(&runs, &esxi, 2);
 
     // ---- one merged report ---------------------------------------------------------
     let merged = t.path().join("merged");
@@ -630,51 +640,13 @@ fn the_playbook_runs_a_wave_over_three_sshd_hosts_and_survives_losing_one() {
     assert_eq!(moved, [lost[1].as_str()], "{rec:#}");
 
     // ---- the journals: every VM migrated exactly once, the budget held -------------
-    let mut migrated: BTreeMap<String, usize> = BTreeMap::new();
-    let mut intervals: Vec<(String, f64, f64)> = Vec::new();
-    for root in &roots {
-        for e in std::fs::read_dir(root.join("shards")).unwrap().flatten() {
-            if e.path().extension().is_none_or(|x| x != "run") {
-                continue;
-            }
-            let j = journal(&e.path());
-            let end = j.last().and_then(|r| r["time"].as_f64()).unwrap_or(0.0);
-            let mut open: BTreeMap<String, f64> = BTreeMap::new();
-            for r in &j {
-                let vm = r["vm"].as_str().unwrap_or_default().to_string();
-                match r["type"].as_str() {
-                    Some("vm-started") => {
-                        open.insert(vm, r["time"].as_f64().unwrap());
-                    }
-                    Some("vm-finished") => {
-                        let s = open.remove(&vm).unwrap();
-                        intervals.push((vm.clone(), s, r["time"].as_f64().unwrap()));
-                        if r["status"] == "migrated" {
-                            *migrated.entry(vm).or_default() += 1;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            for (vm, s) in open {
-                intervals.push((vm, s, end));
-            }
-        }
-    }
-    for name in esxi.keys() {
-        assert_eq!(migrated.get(name), Some(&1), "{name}: {migrated:?}");
-    }
-    for (vm, s, _) in &intervals {
-        let host = &esxi[vm];
-        let n = intervals
-            .iter()
-            .filter(|(v, a, b)| &esxi[v] == host && a <= s && s < b)
-            .count();
-        assert!(
-            n <= 2,
-            "{n} disks of {host} in flight when {vm} started: {intervals:?}"
-        );
-    }
+    let runs: Vec<PathBuf> = roots
+        .iter()
+        .flat_map(|root| std::fs::read_dir(root.join("shards")).unwrap().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "run"))
+        .collect();
+    assert_exactly_once_within_budget(&runs, &esxi, 2);
     let r: Value =
         serde_json::from_slice(&std::fs::read(work.join("merged/w1/wave-report.json")).unwrap())
             .unwrap();
@@ -790,41 +762,7 @@ fn a_sharded_wave_from_vcsim_keeps_each_esxi_hosts_budget() {
         let o = c.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let mut intervals: Vec<(String, f64, f64)> = Vec::new();
-    let mut migrated: BTreeMap<String, usize> = BTreeMap::new();
-    for run in &runs {
-        let mut open: BTreeMap<String, f64> = BTreeMap::new();
-        for r in journal(run) {
-            let vm = r["vm"].as_str().unwrap_or_default().to_string();
-            match r["type"].as_str() {
-                Some("vm-started") => {
-                    open.insert(vm, r["time"].as_f64().unwrap());
-                }
-                Some("vm-finished") => {
-                    let s = open.remove(&vm).unwrap();
-                    intervals.push((vm.clone(), s, r["time"].as_f64().unwrap()));
-                    if r["status"] == "migrated" {
-                        *migrated.entry(vm).or_default() += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    for name in esxi.keys() {
-        assert_eq!(migrated.get(name), Some(&1), "{name}: {migrated:?}");
-    }
-    for (vm, s, _) in &intervals {
-        let host = &esxi[vm];
-        let n = intervals
-            .iter()
-            .filter(|(v, a, b)| &esxi[v] == host && a <= s && s < b)
-            .count();
-        assert!(
-            n <= 2,
-            "{n} disks of {host} in flight when {vm} started: {intervals:?}"
-        );
-    }
+    assert_exactly_once_within_budget(&runs, &esxi, 2);
     let merged = t.path().join("merged");
     let o = v2k()
         .args(["wave", "report", "-o"])
