@@ -171,7 +171,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         None => v2k_migrate::HostSource::Local,
     };
     for c in stages::tune(&mut target, &vm, &host)? {
-        eprintln!("v2k inject: {:?}: {}: {}", c.severity, c.id, c.message);
+        console::say!("v2k: {:?}: {}: {}", c.severity, c.id, c.message);
     }
     let settings = stages::InjectSettings {
         bus,
