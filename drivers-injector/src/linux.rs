@@ -303,7 +303,13 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
         crate::efi::install_fallback(app, &mut out.changes)?;
     }
 
-    let agent_installed = install_agent(app, plan.keep_agent, old_marker.as_ref(), &mut out)?;
+    let agent_installed = install_agent(
+        app,
+        plan.keep_agent,
+        &insp.enabled_services,
+        old_marker.as_ref(),
+        &mut out,
+    )?;
 
     if !out.changes.is_empty()
         && matches!(
@@ -445,13 +451,7 @@ fn finish_tools_removal(
 /// Whatever is left of VMware Tools (a tarball install, a failed purge): at least
 /// not started.
 fn disable_tool_units(app: &Appliance, out: &mut Outcome) -> Result<()> {
-    for unit in [
-        "open-vm-tools.service",
-        "vmtoolsd.service",
-        "vgauth.service",
-        "vmware-tools.service",
-        "run-vmblock\\x2dfuse.mount",
-    ] {
+    for &unit in crate::inspect::VMWARE_TOOL_UNITS {
         for wants in app.glob("/etc/systemd/system/*.wants")? {
             let link = format!("{}/{unit}", wants.trim_end_matches('/'));
             if app.g.is_symlink(&link).unwrap_or(false) {
@@ -790,6 +790,7 @@ fn appliance_disk_map(app: &Appliance) -> Result<Vec<(String, usize)>> {
 fn install_agent(
     app: &Appliance,
     keep: bool,
+    services: &[String],
     marker: Option<&Marker>,
     out: &mut Outcome,
 ) -> Result<bool> {
@@ -797,7 +798,13 @@ fn install_agent(
         out.same("agent", "the agent already reported and removed itself");
         return Ok(true);
     }
-    put(app, out, "agent", agent::SCRIPT_PATH, &agent::script(keep))?;
+    put(
+        app,
+        out,
+        "agent",
+        agent::SCRIPT_PATH,
+        &agent::script(keep, services),
+    )?;
     app.g
         .chmod(0o755, agent::SCRIPT_PATH)
         .map_err(gerr("chmod agent"))?;

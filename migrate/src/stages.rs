@@ -40,6 +40,15 @@ pub trait BootStages: Sync {
         expect: &Expectations,
         opts: &v2k_validator::Options,
     ) -> std::result::Result<Validation, v2k_validator::Error>;
+
+    /// Starts the delivered domain on its destination and checks it there.
+    fn after_cutover(
+        &self,
+        expect: &Expectations,
+        opts: &v2k_validator::AfterCutover,
+    ) -> std::result::Result<Validation, v2k_validator::Error> {
+        v2k_validator::after_cutover(expect, opts)
+    }
 }
 
 /// libguestfs and a real boot (QEMU or libvirt).
@@ -696,6 +705,8 @@ pub fn expectations(injected: &Injected, target: &Target) -> Expectations {
         }),
         gateway: statics.iter().find_map(|s| s.gateway.clone()),
         dns,
+        services: log.inspection.enabled_services.clone(),
+        reachability: false,
     }
 }
 
@@ -738,6 +749,7 @@ pub fn report(
         stages,
         resumed_downloads,
         delivery: None,
+        after_cutover: None,
         rollback: None,
     }
 }

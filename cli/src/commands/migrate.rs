@@ -23,13 +23,17 @@ use crate::{console, exit};
     storage pool through libvirt's volume upload stream (qemu+ssh:// works; a rerun uploads \
     only what is missing or differs) and the domain defined there, not started; a domain or \
     volume of that name the run directory did not create is refused before any upload. \
+    With --start the domain is started paused, its console watched over the libvirt \
+    connection and its first boot judged there (checks after cutover: the validation's, \
+    the services the source enabled, the default gateway, the resolvers), unless \
+    --no-check-after-cutover. \
     With --cutover a running vSphere source is shut down through VMware Tools first (waited \
     for up to --shutdown-timeout; powered off only with --force-power-off). \
     SOURCE may be a vSphere address, vsphere://USER@HOST[:PORT]/DATACENTER/vm/[FOLDER/]NAME: \
     the VM is read from the server and its disks streamed from the datastore into QCOW2 \
     (password from $V2K_VSPHERE_PASSWORD or --password-file; docs/vsphere.md). \
     Exit status: 0 migrated and validated (or migrated, with --no-validate), 1 migrated but \
-    validation failed, 2 error."
+    validation failed or, with --start, the checks after cutover failed, 2 error."
 )]
 pub struct Args {
     /// The VM: a .vmx, .ovf or .ova, or a vsphere:// address
@@ -95,6 +99,10 @@ pub struct Args {
     /// Mark the delivered domain to start with the destination's libvirt
     #[arg(long, requires = "to")]
     autostart: bool,
+    /// With --start: start the domain without watching its first boot (no checks
+    /// after cutover)
+    #[arg(long, requires = "start")]
+    no_check_after_cutover: bool,
     /// vSphere source: shut the running VM down through VMware Tools before the copy
     #[arg(long)]
     cutover: bool,
@@ -168,6 +176,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                 autostart: args.autostart,
             }
         }),
+        check_after_cutover: !args.no_check_after_cutover,
         cutover: args.cutover.then_some(v2k_migrate::cutover::Cutover {
             timeout: Duration::from_secs(args.shutdown_timeout),
             force_power_off: args.force_power_off,
