@@ -268,12 +268,20 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             "type": "migrated", "vm": r.vm, "result": r.result,
             "report": outcome.report_dir.join("report.json"), "report-html": html,
             "checks": r.validation.as_ref().map(|v| &v.checks),
+            "after-cutover": r.after_cutover.as_ref().map(|v| json!({"passed": v.passed, "checks": v.checks})),
         }))?;
     } else {
         use std::io::Write;
         let mut o = console::human_stdout();
         writeln!(o, "{}: {}", r.vm, r.result)?;
-        if let Some(v) = &r.validation {
+        let mut boots = Vec::new();
+        boots.extend(r.validation.iter().map(|v| (None, v)));
+        boots.extend(r.after_cutover.iter().map(|v| (Some("after cutover"), v)));
+        for (title, v) in boots {
+            if let Some(t) = title {
+                let verdict = if v.passed { "passed" } else { "FAILED" };
+                writeln!(o, "{t}: {verdict}")?;
+            }
             for c in &v.checks {
                 writeln!(
                     o,
