@@ -69,7 +69,14 @@ pub struct Plan<'a> {
     /// VMware `/dev/disk/by-id/` names and the target's
     /// ([`v2k_kvm_target::by_id_renames`]).
     pub by_id: &'a [(String, String)],
+    /// VMware WWIDs and the target's identifiers
+    /// ([`v2k_kvm_target::wwid_renames`]).
+    pub wwids: &'a [(String, String)],
 }
+
+/// The most files of one directory (udev rules, multipath's conf.d) the injector
+/// reads for disk names: the guest decides how many there are.
+const MAX_CONFIG_FILES: usize = 256;
 
 /// Refuses, before any change, a guest this code cannot make boot on `bus`.
 pub fn check(insp: &Inspection, bus: DiskBus) -> Result<()> {
@@ -252,6 +259,38 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
     edit_file(app, &mut out, "lvm-filter", "/etc/lvm/lvm.conf", |t| {
         edit::rename_by_id(t, by_id)
     })?;
+    // Multipath and udev rules (Oracle ASM's among them) name disks by WWID or by-id
+    // path: both rewritten to what the target's disks are called.
+    let ids = |t: &str| edit::rename_wwid(&edit::rename_by_id(t, by_id), plan.wwids);
+    if !by_id.is_empty() {
+        let mut files: Vec<String> = [
+            "/etc/multipath.conf",
+            "/etc/multipath/wwids",
+            "/etc/multipath/bindings",
+        ]
+        .map(String::from)
+        .to_vec();
+        for (dir, ext) in [("/etc/multipath/conf.d", ".conf"), ("/etc/udev/rules.d", ".rules")] {
+            let mut names: Vec<String> = app
+                .ls(dir)?
+                .into_iter()
+                .filter(|n| n.ends_with(ext) && edit::is_safe_name(n))
+                .collect();
+            names.sort();
+            names.truncate(MAX_CONFIG_FILES);
+            files.extend(names.into_iter().map(|n| format!("{dir}/{n}")));
+        }
+        for f in files {
+            let step = if f.contains("udev") {
+                "udev-rules"
+            } else {
+                "multipath"
+            };
+            if app.is_file(&f)? {
+                edit_file(app, &mut out, step, &f, ids)?;
+            }
+        }
+    }
     for map in ["/boot/grub/device.map", "/boot/grub2/device.map"] {
         edit_file(app, &mut out, "device-map", map, |t| {
             edit::rename_in_table(t, bus)
