@@ -46,7 +46,11 @@ pub fn parse_window(s: &str) -> std::result::Result<u64, String> {
 
 /// Where a VM stands with respect to its way back.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "state", rename_all = "kebab-case")]
+#[serde(
+    tag = "state",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case"
+)]
 pub enum Window {
     /// Delivered; the window is open for this many more seconds (`None`: the plan
     /// set no window, so it never closes by itself).
@@ -389,6 +393,10 @@ mod tests {
             }
         );
         assert_eq!(open[&key].describe(), "rollback window: 50m left");
+        assert_eq!(
+            serde_json::to_value(&open[&key]).unwrap(),
+            serde_json::json!({"state": "open", "delivered-at": 100.0, "seconds-left": 3000.0})
+        );
         let closed = states(&r, 100.0 + 3600.0 + 7200.0);
         assert_eq!(closed[&key].describe(), "rollback window closed 2h 0m ago");
         // Not delivered: no window at all.
