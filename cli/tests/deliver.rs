@@ -5,31 +5,16 @@
 //! the destination — the volumes' bytes, the domain's definition, what a rerun
 //! uploads again, and the refusal of a name that is not ours.
 
+#[path = "support/libvirt.rs"]
+mod libvirt;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use libvirt::{virsh, virsh_ok, URI};
 use serde_json::Value;
 
 const V2K: &str = env!("CARGO_BIN_EXE_v2k");
-const URI: &str = "qemu:///system";
-
-fn virsh(args: &[&str]) -> Output {
-    Command::new("virsh")
-        .args(["-q", "-c", URI])
-        .args(args)
-        .output()
-        .expect("virsh (scripts/setup.sh: libvirt-clients)")
-}
-
-fn virsh_ok(args: &[&str]) -> String {
-    let o = virsh(args);
-    assert!(
-        o.status.success(),
-        "virsh {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// A transient `dir` pool and a VM name, both carrying the test's id; the domain and
 /// the pool are removed on drop (the volumes' files go with the temp directory).

@@ -357,7 +357,10 @@ fn migrate_vmx_sparse_through_libvirt_validates_and_reports() {
             .any(|m| m["target"] == "/asm" && m["ok"] == true),
         "{mounts}"
     );
-    assert!(log.contains("\"udev-rules\""), "no udev rule rewrite logged: {log}");
+    assert!(
+        log.contains("\"udev-rules\""),
+        "no udev rule rewrite logged: {log}"
+    );
     // This run's validation domain (`v2k-validate-NAME-PID`) is gone: it was transient.
     // Other tests' domains may exist at this moment; they are not this test's business.
     let list = Command::new("virsh")

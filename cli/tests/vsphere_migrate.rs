@@ -9,11 +9,14 @@
 
 #[path = "../../vsphere/tests/common/mod.rs"]
 mod common;
+#[path = "support/libvirt.rs"]
+mod libvirt;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use common::*;
+use libvirt::{virsh, virsh_ok};
 use v2k_fixtures::{build, Variant};
 
 /// Copies the fixture's ESXi-style disks into the simulated datastore under `dir`
@@ -85,24 +88,6 @@ fn content_hashes(disks: &[std::path::PathBuf]) -> Vec<serde_json::Value> {
             m["hash"]["source"].clone()
         })
         .collect()
-}
-
-fn virsh(args: &[&str]) -> std::process::Output {
-    Command::new("virsh")
-        .args(["-q", "-c", "qemu:///system"])
-        .args(args)
-        .output()
-        .expect("virsh (scripts/setup.sh: libvirt-clients)")
-}
-
-fn virsh_ok(args: &[&str]) -> String {
-    let o = virsh(args);
-    assert!(
-        o.status.success(),
-        "virsh {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// This test's libvirt network, pool and domain, removed on drop.

@@ -594,16 +594,24 @@ mod tests {
         );
         let got = rename_wwid(&udev, &renames);
         assert_eq!(got.matches("36000c2930f835640\"").count(), 2, "{got}");
-        assert!(got.contains(&format!("3{u}ff")), "a longer id is another disk: {got}");
+        assert!(
+            got.contains(&format!("3{u}ff")),
+            "a longer id is another disk: {got}"
+        );
         assert!(got.contains(&format!("93{u}")), "{got}");
         let wwids = format!("# Multipath wwids, Version : 1.0\n/3{u}/\n");
         assert_eq!(
             rename_wwid(&wwids, &renames),
             "# Multipath wwids, Version : 1.0\n/36000c2930f835640/\n"
         );
-        let conf = format!("multipaths {{\n  multipath {{\n    wwid 3{u}\n    alias ora_data\n  }}\n}}\n");
+        let conf =
+            format!("multipaths {{\n  multipath {{\n    wwid 3{u}\n    alias ora_data\n  }}\n}}\n");
         assert!(rename_wwid(&conf, &renames).contains("wwid 36000c2930f835640\n"));
-        assert_eq!(rename_wwid("née 3 ", &renames), "née 3 ", "non-ASCII text passes");
+        assert_eq!(
+            rename_wwid("née 3 ", &renames),
+            "née 3 ",
+            "non-ASCII text passes"
+        );
     }
 
     #[test]

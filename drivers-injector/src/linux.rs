@@ -270,7 +270,10 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
         ]
         .map(String::from)
         .to_vec();
-        for (dir, ext) in [("/etc/multipath/conf.d", ".conf"), ("/etc/udev/rules.d", ".rules")] {
+        for (dir, ext) in [
+            ("/etc/multipath/conf.d", ".conf"),
+            ("/etc/udev/rules.d", ".rules"),
+        ] {
             let mut names: Vec<String> = app
                 .ls(dir)?
                 .into_iter()

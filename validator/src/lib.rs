@@ -297,29 +297,7 @@ fn observe(uri: &str, name: &str, opts: &AfterCutover) -> Result<Evidence> {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let shot = opts.work_dir.join("screenshot.png");
-    let raw = opts.work_dir.join("screenshot.raw");
-    if run_tool(
-        Command::new("virsh")
-            .args(["-q", "-c", uri, "screenshot", name])
-            .arg(&raw),
-    )
-    .is_ok()
-    {
-        if let Ok(bytes) = std::fs::read(&raw) {
-            let png = if bytes.starts_with(b"\x89PNG") {
-                Some(bytes)
-            } else {
-                png::ppm_to_png(&bytes)
-            };
-            if let Some(p) = png {
-                if v2k_outfile::write_atomic(&shot, &p, true).is_ok() {
-                    ev.screenshot = Some(shot);
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&raw);
-    }
+    ev.screenshot = libvirt::screenshot(uri, name, &opts.work_dir);
     let text = console.text();
     drop(console);
     v2k_outfile::write_atomic(&serial, text.as_bytes(), true)?;

@@ -189,6 +189,8 @@ pub struct Finalized {
     /// `finalized`, `finalized-early` (window closed by the operator), or why not.
     pub outcome: String,
     pub done: bool,
+    /// Held by the open window (not an error of the VM's).
+    pub refused: bool,
 }
 
 /// Finalizes the selected VMs of `plan`'s run: each delivered VM whose window has
@@ -231,6 +233,10 @@ pub fn finalize(
     let st = states(&records, now);
     let mut out = Vec::new();
     for (wave, vm) in chosen {
+        let open = matches!(
+            st.get(&(wave.clone(), vm.clone())),
+            Some(Window::Open { .. })
+        );
         let (outcome, done) = match st.get(&(wave.clone(), vm.clone())) {
             None => ("not delivered: nothing to finalize".to_string(), false),
             Some(Window::RolledBack { .. }) => ("rolled back: nothing to finalize".into(), false),
@@ -271,6 +277,7 @@ pub fn finalize(
             wave,
             vm,
             outcome,
+            refused: open && !done,
             done,
         });
     }

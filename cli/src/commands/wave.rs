@@ -170,6 +170,22 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
     }
 }
 
+/// The plan and the VMs `--vm` or `--wave` select (rollback, finalize).
+fn plan_and_selection(
+    plan: &std::path::Path,
+    vm: Option<String>,
+    wave: Option<String>,
+) -> anyhow::Result<(plan::Plan, v2k_waves::rollback::Selection)> {
+    use v2k_waves::rollback::Selection;
+    let p = v2k_waves::plan::load(plan)?;
+    let select = match (vm, wave) {
+        (Some(v), _) => Selection::Vm(v),
+        (None, Some(w)) => Selection::Wave(w),
+        (None, None) => anyhow::bail!("--vm or --wave is required"),
+    };
+    Ok((p, select))
+}
+
 /// `v2k wave finalize`: exit 0 every selected VM final, 3 one was refused within
 /// its rollback window, 1 one could not be finalized (never delivered, rolled back).
 fn finalize(
@@ -178,13 +194,7 @@ fn finalize(
     wave: Option<String>,
     close_window: Option<String>,
 ) -> anyhow::Result<i32> {
-    use v2k_waves::rollback::Selection;
-    let p = v2k_waves::plan::load(&plan)?;
-    let select = match (vm, wave) {
-        (Some(v), _) => Selection::Vm(v),
-        (None, Some(w)) => Selection::Wave(w),
-        (None, None) => anyhow::bail!("--vm or --wave is required"),
-    };
+    let (p, select) = plan_and_selection(&plan, vm, wave)?;
     if close_window.as_deref().is_some_and(|r| r.trim().is_empty()) {
         anyhow::bail!("--close-window needs a reason");
     }
@@ -201,12 +211,10 @@ fn finalize(
     let mut code = exit::OK;
     let mut o = console::human_stdout();
     for r in done {
-        if !r.done {
-            code = if r.outcome.starts_with("refused") {
-                exit::HELD
-            } else {
-                code.max(exit::FINDINGS)
-            };
+        if r.refused {
+            code = exit::HELD;
+        } else if !r.done {
+            code = code.max(exit::FINDINGS);
         }
         writeln!(o, "{}: {}", r.vm, r.outcome)?;
     }
@@ -221,13 +229,7 @@ fn rollback(
     wave: Option<String>,
     delete_volumes: bool,
 ) -> anyhow::Result<i32> {
-    use v2k_waves::rollback::Selection;
-    let p = v2k_waves::plan::load(&plan)?;
-    let select = match (vm, wave) {
-        (Some(v), _) => Selection::Vm(v),
-        (None, Some(w)) => Selection::Wave(w),
-        (None, None) => anyhow::bail!("--vm or --wave is required"),
-    };
+    let (p, select) = plan_and_selection(&plan, vm, wave)?;
     let opts = v2k_migrate::rollback::Options { delete_volumes };
     let done = v2k_waves::rollback::rollback(&p, &select, &opts, &|vm, m| {
         console::say!("v2k: {vm}: {m}");
