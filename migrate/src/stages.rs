@@ -615,7 +615,7 @@ pub fn write_target(
     let mut json = serde_json::to_vec_pretty(&argv).expect("a list of strings serialises");
     json.push(b'\n');
     write(TARGET_FILES[1], &json, 0o644)?;
-    let script = v2k_kvm_target::qemu_script(&argv);
+    let script = v2k_kvm_target::qemu_script(&argv, &t.tuning.vcpu_cpuset);
     write(TARGET_FILES[2], script.as_bytes(), 0o755)
 }
 
