@@ -470,7 +470,10 @@ pub fn migrate_with(
             after_cutover = previous;
         } else {
             let t = tl.begin("after-cutover");
-            let expect = stages::expectations(done, &target);
+            let mut expect = stages::expectations(done, &target);
+            // On the VM's own network now: its gateway and resolvers must answer.
+            // (The Windows first-boot service does not report them.)
+            expect.reachability = done.windows.is_none();
             let aopts = v2k_validator::AfterCutover {
                 uri: d.uri.clone(),
                 domain: d.domain.clone(),

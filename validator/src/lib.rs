@@ -218,8 +218,9 @@ const CONSOLE_CONNECT: Duration = Duration::from_secs(60);
 
 /// Starts the delivered domain where it will live and judges it there: started
 /// paused, its console attached (over the libvirt connection), then resumed, so the
-/// first-boot agent's report cannot pass unseen; then `expect`'s checks plus the VM's
-/// own network (`reachability`). The domain is left running: this is production.
+/// first-boot agent's report cannot pass unseen; then `expect`'s checks (with
+/// `reachability`, the VM's own network: its caller sets it for agents that report
+/// it). The domain is left running: this is production.
 /// A domain already running is refused: its first boot, and the report, are gone.
 pub fn after_cutover(expect: &Expectations, opts: &AfterCutover) -> Result<Validation> {
     let start = std::time::Instant::now();
@@ -252,9 +253,7 @@ pub fn after_cutover(expect: &Expectations, opts: &AfterCutover) -> Result<Valid
             return Err(e);
         }
     };
-    let mut expect = expect.clone();
-    expect.reachability = true;
-    let checks = checks::judge(&expect, &evidence, opts.boot_timeout);
+    let checks = checks::judge(expect, &evidence, opts.boot_timeout);
     Ok(Validation {
         backend: Backend::Libvirt {
             uri: uri.to_string(),
