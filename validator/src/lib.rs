@@ -266,6 +266,25 @@ pub fn after_cutover(expect: &Expectations, opts: &AfterCutover) -> Result<Valid
     })
 }
 
+/// The verdict of a first boot that could not be watched at all (`why`): one failed
+/// `agent-report` check naming the cause.
+pub fn unobserved(uri: &str, accel: Accel, why: &str) -> Validation {
+    Validation {
+        backend: Backend::Libvirt {
+            uri: uri.to_string(),
+        },
+        accel,
+        passed: false,
+        checks: vec![Check {
+            id: "agent-report".into(),
+            passed: false,
+            reason: format!("the first boot could not be watched: {why}"),
+        }],
+        evidence: Evidence::default(),
+        total_seconds: 0.0,
+    }
+}
+
 fn observe(uri: &str, name: &str, opts: &AfterCutover) -> Result<Evidence> {
     let mut console = console::Console::attach(uri, name, CONSOLE_CONNECT)?;
     run_tool(Command::new("virsh").args(["-q", "-c", uri, "resume", name]))?;
