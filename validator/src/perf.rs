@@ -74,15 +74,19 @@ impl AgentPerf {
     }
 }
 
-/// How much worse a figure may get before it is a regression: CPU ready/steal in
-/// percentage points, latency both as a factor and in ms (a 0.2 → 0.5 ms change is
-/// noise, not a regression), drops per 5 minutes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How much worse a figure may get before it is a regression, keyed by the metric
+/// names (a plan's `thresholds:`, `v2k migrate --threshold METRIC=VALUE`): CPU
+/// ready/steal in percentage points; latency in ms *and* as a factor (both must be
+/// exceeded: a 0.2 → 0.9 ms change is noise, not a regression); drops per 5 minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Thresholds {
-    pub cpu_points: f64,
+    pub cpu_ready_percent: f64,
+    pub disk_read_latency_ms: f64,
+    pub disk_write_latency_ms: f64,
     pub latency_factor: f64,
-    pub latency_ms: f64,
-    pub drops: f64,
+    pub net_dropped_rx: f64,
+    pub net_dropped_tx: f64,
 }
 
 impl Default for Thresholds {
@@ -90,10 +94,67 @@ impl Default for Thresholds {
         // The field's rules of thumb: CPU ready above 5 % hurts; a doubled latency
         // that is also 5 ms longer is felt; a few drops per 5 minutes are routine.
         Thresholds {
-            cpu_points: 5.0,
+            cpu_ready_percent: 5.0,
+            disk_read_latency_ms: 5.0,
+            disk_write_latency_ms: 5.0,
             latency_factor: 2.0,
-            latency_ms: 5.0,
-            drops: 10.0,
+            net_dropped_rx: 10.0,
+            net_dropped_tx: 10.0,
+        }
+    }
+}
+
+impl Thresholds {
+    /// Refuses a threshold that compares nothing sensibly: negative, not finite, or a
+    /// latency factor below 1 (which would call an improvement a regression).
+    pub fn check(&self) -> Result<(), String> {
+        let all = [
+            ("cpu-ready-percent", self.cpu_ready_percent),
+            ("disk-read-latency-ms", self.disk_read_latency_ms),
+            ("disk-write-latency-ms", self.disk_write_latency_ms),
+            ("latency-factor", self.latency_factor),
+            ("net-dropped-rx", self.net_dropped_rx),
+            ("net-dropped-tx", self.net_dropped_tx),
+        ];
+        for (name, v) in all {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("threshold {name}: {v} is not a number ≥ 0"));
+            }
+        }
+        if self.latency_factor < 1.0 {
+            return Err(format!(
+                "threshold latency-factor: {} is below 1",
+                self.latency_factor
+            ));
+        }
+        Ok(())
+    }
+
+    /// The threshold in words, for a row's reason.
+    fn describe(&self, metric: &str, unit: &str) -> String {
+        match metric {
+            "cpu-ready-percent" => format!("+{} points", self.cpu_ready_percent),
+            "disk-read-latency-ms" => {
+                format!("×{} and +{} ms", self.latency_factor, self.disk_read_latency_ms)
+            }
+            "disk-write-latency-ms" => format!(
+                "×{} and +{} ms",
+                self.latency_factor, self.disk_write_latency_ms
+            ),
+            "net-dropped-rx" => format!("+{} {unit}", self.net_dropped_rx),
+            _ => format!("+{} {unit}", self.net_dropped_tx),
+        }
+    }
+
+    /// Whether `after` is worse than `before` beyond the threshold of `metric`.
+    fn exceeded(&self, metric: &str, before: f64, after: f64) -> bool {
+        let latency = |ms: f64| after > before * self.latency_factor && after > before + ms;
+        match metric {
+            "cpu-ready-percent" => after > before + self.cpu_ready_percent,
+            "disk-read-latency-ms" => latency(self.disk_read_latency_ms),
+            "disk-write-latency-ms" => latency(self.disk_write_latency_ms),
+            "net-dropped-rx" => after > before + self.net_dropped_rx,
+            _ => after > before + self.net_dropped_tx,
         }
     }
 }
@@ -161,13 +222,7 @@ pub fn compare(before: &Figures, after: &Figures, t: &Thresholds) -> Vec<Compari
         .map(|(metric, unit, b, a)| {
             let (verdict, reason) = match (b, a) {
                 (Some(b), Some(a)) => {
-                    let too_much = if metric.starts_with("cpu") {
-                        a > b + t.cpu_points
-                    } else if metric.starts_with("disk") {
-                        a > b * t.latency_factor && a > b + t.latency_ms
-                    } else {
-                        a > b + t.drops
-                    };
+                    let too_much = t.exceeded(metric, b, a);
                     // Within 1 % (or a hundredth of the unit) counts as the same.
                     let same = (a - b).abs() <= (b.abs() * 0.01).max(0.01);
                     let v = if too_much {
@@ -180,9 +235,12 @@ pub fn compare(before: &Figures, after: &Figures, t: &Thresholds) -> Vec<Compari
                         "worse"
                     };
                     let words = match v {
-                        "regression" => "regression beyond the threshold",
-                        "worse" => "worse, within the threshold",
-                        other => other,
+                        "regression" => format!(
+                            "regression beyond the threshold ({})",
+                            t.describe(metric, unit)
+                        ),
+                        "worse" => "worse, within the threshold".to_string(),
+                        other => other.to_string(),
                     };
                     (v, format!("{b:.2} → {a:.2} {unit}: {words}"))
                 }
@@ -269,7 +327,7 @@ mod tests {
         assert_eq!(c[0].change, Some(6.5));
         assert_eq!(
             c[0].reason,
-            "1.00 → 7.50 %: regression beyond the threshold"
+            "1.00 → 7.50 %: regression beyond the threshold (+5 points)"
         );
         assert!(c[0].is_regression() && !c[1].is_regression());
         // Doubled latency that is still under 5 ms longer: worse, not a regression.
@@ -285,6 +343,42 @@ mod tests {
             &Thresholds::default(),
         );
         assert_eq!(c[1].verdict, "worse");
+    }
+
+    #[test]
+    fn thresholds_are_named_by_metric_and_nonsense_is_refused() {
+        let t: Thresholds =
+            serde_json::from_str(r#"{"cpu-ready-percent": 2, "latency-factor": 1.5}"#).unwrap();
+        assert_eq!(t.cpu_ready_percent, 2.0);
+        assert_eq!(t.latency_factor, 1.5);
+        // Unnamed ones keep their defaults.
+        assert_eq!(t.net_dropped_rx, Thresholds::default().net_dropped_rx);
+        assert!(t.check().is_ok());
+        let e = serde_json::from_str::<Thresholds>(r#"{"cpu-ready": 2}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `cpu-ready`"), "{e}");
+        let bad = Thresholds {
+            latency_factor: 0.5,
+            ..Thresholds::default()
+        };
+        assert!(bad.check().unwrap_err().contains("latency-factor"));
+        let bad = Thresholds {
+            net_dropped_tx: -1.0,
+            ..Thresholds::default()
+        };
+        assert!(bad.check().unwrap_err().contains("net-dropped-tx"));
+        // A tighter CPU threshold turns the same change into a regression.
+        let (b, a) = (
+            Figures {
+                cpu_ready_percent: Some(1.0),
+                ..Figures::default()
+            },
+            Figures {
+                cpu_ready_percent: Some(4.0),
+                ..Figures::default()
+            },
+        );
+        assert_eq!(compare(&b, &a, &Thresholds::default())[0].verdict, "worse");
+        assert_eq!(compare(&b, &a, &t)[0].verdict, "regression");
     }
 
     #[test]
