@@ -21,6 +21,7 @@
 
 pub mod cutover;
 pub mod deliver;
+pub mod performance;
 pub mod report;
 pub mod rollback;
 mod rundir;
@@ -80,6 +81,9 @@ pub struct Options {
     /// The destination host whose CPUs, NUMA nodes and hugepages VMware's tuning is
     /// mapped onto (`--host-topology`; a plan's `target: host-topology:`).
     pub host_topology: HostSource,
+    /// Compare the validation's figures with a baseline (`--baseline`, a plan's
+    /// `baseline-dir:`): the report's `performance` section ([`performance`]).
+    pub performance: Option<performance::Settings>,
 }
 
 /// What `migrate` reports as it goes.
@@ -146,10 +150,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// 0 migrated (and validated, when asked), 1 migrated but validation failed.
+    /// 0 migrated (and validated, when asked), 1 migrated but validation failed or
+    /// (with fail-on-regression) performance regressed.
     pub fn exit_code(&self) -> i32 {
         match self.report.result {
-            ReportOutcome::ValidationFailed => 1,
+            ReportOutcome::ValidationFailed | ReportOutcome::PerformanceRegression => 1,
             _ => 0,
         }
     }
@@ -406,9 +411,20 @@ pub fn migrate_with(
         }
         (_, false) => None,
     };
+    // Before and after, when a baseline was given: a regression with
+    // fail-on-regression fails the VM as a failed check does.
+    let performance = opts
+        .performance
+        .as_ref()
+        .map(|s| performance::evaluate(s, validation.as_ref()));
+    let regressed = performance.as_ref().is_some_and(|p| p.fails());
 
     // 6. deliver, unless the validation failed: a broken copy is not put in place
     let delivered = match &opts.deliver {
+        Some(_) if regressed => {
+            tl.skip("deliver", "performance regressed: nothing was delivered");
+            None
+        }
         Some(dest) if validation.as_ref().is_none_or(|v| v.passed) => {
             let t = tl.begin("deliver");
             let d = deliver::deliver(&run, dest, &target, &features, progress)
@@ -446,6 +462,13 @@ pub fn migrate_with(
         tl.stages,
     );
     rep.delivery = delivered;
+    if let Some(p) = performance {
+        rep.concerns.extend(p.concern());
+        if regressed && rep.result == ReportOutcome::Validated {
+            rep.result = ReportOutcome::PerformanceRegression;
+        }
+        rep.performance = Some(p);
+    }
     run.save_report(&rep)?;
     Ok(Outcome {
         report: rep,
