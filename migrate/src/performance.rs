@@ -12,9 +12,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use v2k_inventory::model::{Concern, Severity};
-use v2k_validator::perf::{compare, Comparison, Figures, Thresholds};
+use v2k_validator::perf::{compare, Comparison, Figures};
+/// The thresholds' type, for callers that configure a migration (the CLI, a plan).
+pub use v2k_validator::perf::Thresholds;
 use v2k_validator::Validation;
-use v2k_vsphere::perf::BaselineFile;
+/// The baseline file's type, for callers that read or write one (the wave runner).
+pub use v2k_vsphere::perf::BaselineFile;
 
 /// What to compare a migration's figures with, and how strictly.
 #[derive(Debug, Clone, PartialEq)]

@@ -614,7 +614,14 @@ fn run_vm(
             );
         }
     }
-    let opts = v.migrate_options(&plan.network_map);
+    let mut opts = v.migrate_options(&plan.network_map);
+    opts.performance = performance(v);
+    if let Some(why) = opts.performance.as_ref().and_then(|p| p.missing.as_ref()) {
+        events(RunEvent::Message {
+            vm: v.name.clone(),
+            text: format!("warning: no baseline to compare with: {why}"),
+        });
+    }
     let progress = |e: v2k_migrate::Event| match e {
         v2k_migrate::Event::Stage { name, status } => {
             let t = Instant::now();
@@ -681,6 +688,14 @@ fn run_vm(
                     bytes,
                     rj,
                 )
+            } else if let Some(p) = o.report.performance.as_ref().filter(|p| p.fails()) {
+                (
+                    VmStatus::Failed,
+                    Some(o.report.result.to_string()),
+                    Some(format!("performance regression: {}", p.verdict)),
+                    bytes,
+                    rj,
+                )
             } else {
                 let why: Vec<String> = o
                     .report
@@ -726,6 +741,31 @@ fn run_vm(
         }
     }
     finish(status, result, reason, migrate_s, bytes, report, outside)
+}
+
+/// What the VM's report compares its validation with: `baseline-dir/NAME.baseline.json`
+/// when the plan names a directory (a missing or unreadable file is said in the
+/// report, not fatal: the VM still migrates).
+fn performance(v: &VmPlan) -> Option<v2k_migrate::performance::Settings> {
+    let file = v
+        .baseline_dir
+        .as_ref()?
+        .join(format!("{}.baseline.json", v.name));
+    let (baseline, missing) = if file.exists() {
+        match v2k_migrate::performance::BaselineFile::read(&file) {
+            Ok(b) => (Some(b), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, Some(format!("{}: not found", file.display())))
+    };
+    Some(v2k_migrate::performance::Settings {
+        file,
+        baseline,
+        missing,
+        thresholds: v.thresholds,
+        fail_on_regression: v.fail_on_regression,
+    })
 }
 
 /// Bytes available to an unprivileged writer on the file system that will hold

@@ -82,7 +82,7 @@ fn one_source(source: &str, args: &Args, now: u64, o: &mut impl Write) -> anyhow
         v2k_outfile::write_atomic(&path, &text, true)
             .with_context(|| format!("writing {}", path.display()))?;
         if args.json {
-            console::emit_json(&doc)?;
+            console::emit_json(&serde_json::to_value(&doc)?)?;
             continue;
         }
         writeln!(o, "{} ({})", vm.name, path.display())?;
