@@ -96,6 +96,24 @@ pub struct BaselineFileError {
 }
 
 impl BaselineFile {
+    /// Reads `vm`'s last day from the server (`now`: Unix seconds): what `v2k
+    /// baseline` writes and a wave's first run records.
+    pub fn take(client: &Client, vm: &v2k_inventory::model::Vm, now: u64) -> Result<BaselineFile> {
+        let Some(vs) = &vm.vsphere else {
+            return Err(Error::Usage(format!(
+                "{}: not a vSphere VM (a local VM has no performance history)",
+                vm.name
+            )));
+        };
+        let moref = MoRef::new("VirtualMachine", vs.moref.clone());
+        Ok(BaselineFile {
+            schema_version: FILE_SCHEMA_VERSION,
+            vm: vm.name.clone(),
+            source: vm.source.path.display().to_string(),
+            baseline: baseline(client, &moref, now)?,
+        })
+    }
+
     /// Reads and checks `path` (bounded: the file may come from anywhere).
     pub fn read(path: &Path) -> std::result::Result<BaselineFile, BaselineFileError> {
         let err = |why: String| BaselineFileError {

@@ -154,6 +154,20 @@ pub enum Entry {
         vm: String,
         steps: Vec<String>,
     },
+    /// A vSphere VM's performance before migration, read on its first attempt
+    /// (before any cutover) and kept in `file` for every later attempt: `metrics`
+    /// the day's medians, `missing` what the server had no sample of; or `error`.
+    VmBaseline {
+        wave: String,
+        vm: String,
+        file: PathBuf,
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        metrics: std::collections::BTreeMap<String, f64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        missing: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl Entry {
@@ -181,7 +195,8 @@ impl Entry {
             | Entry::VmVerified { wave, vm }
             | Entry::VmFinished { wave, vm, .. }
             | Entry::VmNotRun { wave, vm, .. }
-            | Entry::VmRolledBack { wave, vm, .. } => vec![wave, vm],
+            | Entry::VmRolledBack { wave, vm, .. }
+            | Entry::VmBaseline { wave, vm, .. } => vec![wave, vm],
             Entry::Gate { wave, previous, .. } => vec![wave, previous],
             Entry::RunResumed { .. } | Entry::RunFinished { .. } => Vec::new(),
         }

@@ -67,16 +67,8 @@ fn one_source(source: &str, args: &Args, now: u64, o: &mut impl Write) -> anyhow
         anyhow::bail!("no VM matches");
     }
     for vm in vms {
-        let Some(vs) = &vm.vsphere else { continue };
-        let moref = v2k_vsphere::MoRef::new("VirtualMachine", vs.moref.clone());
-        let b = perf::baseline(&client, &moref, now)
+        let doc = perf::BaselineFile::take(&client, &vm, now)
             .with_context(|| format!("reading the performance of {}", vm.name))?;
-        let doc = perf::BaselineFile {
-            schema_version: perf::FILE_SCHEMA_VERSION,
-            vm: vm.name.clone(),
-            source: vm.source.path.display().to_string(),
-            baseline: b,
-        };
         let path = file_for(&args.out_dir, &vm.name);
         let text = serde_json::to_vec_pretty(&doc)?;
         v2k_outfile::write_atomic(&path, &text, true)
