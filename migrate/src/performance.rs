@@ -100,6 +100,10 @@ pub fn before(b: &BaselineFile) -> Figures {
         disk_write_latency_ms: m("disk-write-latency-ms"),
         net_dropped_rx: m("net-dropped-rx"),
         net_dropped_tx: m("net-dropped-tx"),
+        // A baseline made by the agent's probe on the source's hardware has these.
+        probe_cpu_ms: m("probe-cpu-ms"),
+        probe_read_p50_ms: m("probe-read-p50-ms"),
+        probe_read_p95_ms: m("probe-read-p95-ms"),
     }
 }
 

@@ -22,6 +22,27 @@ pub struct AgentPerf {
     /// `[name, rx dropped, tx dropped]` per NIC but lo.
     #[serde(default)]
     pub nics: Vec<(String, u64, u64)>,
+    /// The fixed probe's figures (agents before it send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+}
+
+/// The agent's fixed probe: a CPU loop of fixed work and O_DIRECT 4 KiB random reads
+/// from the root disk (docs/evidence.md, "The probe"). Each figure is absent when the
+/// guest could not make it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Probe {
+    /// Milliseconds the CPU loop took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<f64>,
+    /// Reads timed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reads: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_p95_ms: Option<f64>,
 }
 
 /// One value per metric, as the baseline names them; absent when not measured.
@@ -41,6 +62,19 @@ pub struct Figures {
     pub net_dropped_rx: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_dropped_tx: Option<f64>,
+    /// The probe: the CPU loop's ms and the reads' p50 / p95 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_cpu_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_read_p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_read_p95_ms: Option<f64>,
+}
+
+/// A probe figure as a number: finite and not negative, else absent (the guest's
+/// text is untrusted).
+fn sane(v: Option<f64>) -> Option<f64> {
+    v.filter(|v| v.is_finite() && *v >= 0.0)
 }
 
 /// The baseline's interval: drops are per this many seconds on both sides.
@@ -70,6 +104,10 @@ impl AgentPerf {
             disk_write_latency_ms: worst(|d| (d.3, d.4)),
             net_dropped_rx: per_interval(rx).filter(|_| !self.nics.is_empty()),
             net_dropped_tx: per_interval(tx).filter(|_| !self.nics.is_empty()),
+            // A CPU loop of 0 ms did not run (or the clock did not move).
+            probe_cpu_ms: sane(self.probe.as_ref().and_then(|p| p.cpu_ms)).filter(|v| *v > 0.0),
+            probe_read_p50_ms: sane(self.probe.as_ref().and_then(|p| p.read_p50_ms)),
+            probe_read_p95_ms: sane(self.probe.as_ref().and_then(|p| p.read_p95_ms)),
         }
     }
 }
@@ -87,6 +125,12 @@ pub struct Thresholds {
     pub latency_factor: f64,
     pub net_dropped_rx: f64,
     pub net_dropped_tx: f64,
+    /// The probe's CPU loop: ms longer and `cpu-factor` times longer (both).
+    pub probe_cpu_ms: f64,
+    pub cpu_factor: f64,
+    /// The probe's reads: ms longer and `latency-factor` times longer (both).
+    pub probe_read_p50_ms: f64,
+    pub probe_read_p95_ms: f64,
 }
 
 impl Default for Thresholds {
@@ -100,6 +144,12 @@ impl Default for Thresholds {
             latency_factor: 2.0,
             net_dropped_rx: 10.0,
             net_dropped_tx: 10.0,
+            // The probe: a CPU half again as slow and 20 ms longer; reads doubled and
+            // 1 ms (median) or 5 ms (p95) longer.
+            probe_cpu_ms: 20.0,
+            cpu_factor: 1.5,
+            probe_read_p50_ms: 1.0,
+            probe_read_p95_ms: 5.0,
         }
     }
 }
@@ -115,17 +165,20 @@ impl Thresholds {
             ("latency-factor", self.latency_factor),
             ("net-dropped-rx", self.net_dropped_rx),
             ("net-dropped-tx", self.net_dropped_tx),
+            ("probe-cpu-ms", self.probe_cpu_ms),
+            ("cpu-factor", self.cpu_factor),
+            ("probe-read-p50-ms", self.probe_read_p50_ms),
+            ("probe-read-p95-ms", self.probe_read_p95_ms),
         ];
         for (name, v) in all {
             if !v.is_finite() || v < 0.0 {
                 return Err(format!("threshold {name}: {v} is not a number ≥ 0"));
             }
         }
-        if self.latency_factor < 1.0 {
-            return Err(format!(
-                "threshold latency-factor: {} is below 1",
-                self.latency_factor
-            ));
+        for (name, f) in [("latency-factor", self.latency_factor), ("cpu-factor", self.cpu_factor)] {
+            if f < 1.0 {
+                return Err(format!("threshold {name}: {f} is below 1"));
+            }
         }
         Ok(())
     }
@@ -142,17 +195,28 @@ impl Thresholds {
                 self.latency_factor, self.disk_write_latency_ms
             ),
             "net-dropped-rx" => format!("+{} {unit}", self.net_dropped_rx),
+            "probe-cpu-ms" => format!("×{} and +{} ms", self.cpu_factor, self.probe_cpu_ms),
+            "probe-read-p50-ms" => {
+                format!("×{} and +{} ms", self.latency_factor, self.probe_read_p50_ms)
+            }
+            "probe-read-p95-ms" => {
+                format!("×{} and +{} ms", self.latency_factor, self.probe_read_p95_ms)
+            }
             _ => format!("+{} {unit}", self.net_dropped_tx),
         }
     }
 
     /// Whether `after` is worse than `before` beyond the threshold of `metric`.
     fn exceeded(&self, metric: &str, before: f64, after: f64) -> bool {
-        let latency = |ms: f64| after > before * self.latency_factor && after > before + ms;
+        let both = |factor: f64, ms: f64| after > before * factor && after > before + ms;
+        let latency = |ms: f64| both(self.latency_factor, ms);
         match metric {
             "cpu-ready-percent" => after > before + self.cpu_ready_percent,
             "disk-read-latency-ms" => latency(self.disk_read_latency_ms),
             "disk-write-latency-ms" => latency(self.disk_write_latency_ms),
+            "probe-cpu-ms" => both(self.cpu_factor, self.probe_cpu_ms),
+            "probe-read-p50-ms" => latency(self.probe_read_p50_ms),
+            "probe-read-p95-ms" => latency(self.probe_read_p95_ms),
             "net-dropped-rx" => after > before + self.net_dropped_rx,
             _ => after > before + self.net_dropped_tx,
         }
@@ -184,8 +248,18 @@ impl Comparison {
     }
 }
 
-/// Each metric before and after, with its verdict.
+/// Each metric before and after, with its verdict. The probe's rows are there only
+/// when the before has the probe (a vSphere baseline never has: no row that could
+/// never be compared).
 pub fn compare(before: &Figures, after: &Figures, t: &Thresholds) -> Vec<Comparison> {
+    let probe = [
+        ("probe-cpu-ms", before.probe_cpu_ms, after.probe_cpu_ms),
+        ("probe-read-p50-ms", before.probe_read_p50_ms, after.probe_read_p50_ms),
+        ("probe-read-p95-ms", before.probe_read_p95_ms, after.probe_read_p95_ms),
+    ]
+    .into_iter()
+    .filter(|(_, b, _)| b.is_some())
+    .map(|(m, b, a)| (m, "ms", b, a));
     let rows: [(&str, &str, Option<f64>, Option<f64>); 5] = [
         (
             "cpu-ready-percent",
@@ -219,6 +293,7 @@ pub fn compare(before: &Figures, after: &Figures, t: &Thresholds) -> Vec<Compari
         ),
     ];
     rows.into_iter()
+        .chain(probe)
         .map(|(metric, unit, b, a)| {
             let (verdict, reason) = match (b, a) {
                 (Some(b), Some(a)) => {
@@ -274,6 +349,7 @@ mod tests {
                 ("vdc".into(), 0, 0, 0, 0),
             ],
             nics: vec![("ens3".into(), 6, 0), ("ens4".into(), 4, 1)],
+            probe: None,
         };
         let f = p.figures(600.0);
         assert_eq!(f.cpu_ready_percent, Some(2.5));
@@ -289,6 +365,13 @@ mod tests {
             cpu: [0, 7],
             disks: vec![("vda".into(), 0, 99, 0, 99)],
             nics: vec![("e".into(), u64::MAX, u64::MAX), ("f".into(), 5, 5)],
+            // A probe the guest botched: no figure, not a wrong one.
+            probe: Some(Probe {
+                cpu_ms: Some(0.0),
+                reads: Some(3),
+                read_p50_ms: Some(-1.0),
+                read_p95_ms: None,
+            }),
         };
         let f = p.figures(0.0);
         assert_eq!(f, Figures::default());
@@ -297,6 +380,7 @@ mod tests {
             cpu: [5, 7],
             disks: vec![],
             nics: vec![],
+            probe: None,
         };
         assert_eq!(p.figures(10.0).cpu_ready_percent, None);
     }
@@ -309,6 +393,7 @@ mod tests {
             disk_write_latency_ms: Some(4.0),
             net_dropped_rx: Some(0.0),
             net_dropped_tx: None,
+            ..Figures::default()
         };
         let after = Figures {
             cpu_ready_percent: Some(7.5),
@@ -316,6 +401,7 @@ mod tests {
             disk_write_latency_ms: Some(4.01),
             net_dropped_rx: Some(0.0),
             net_dropped_tx: Some(3.0),
+            ..Figures::default()
         };
         let c = compare(&before, &after, &Thresholds::default());
         let v: Vec<&str> = c.iter().map(|r| r.verdict.as_str()).collect();
@@ -379,6 +465,62 @@ mod tests {
         );
         assert_eq!(compare(&b, &a, &Thresholds::default())[0].verdict, "worse");
         assert_eq!(compare(&b, &a, &t)[0].verdict, "regression");
+    }
+
+    #[test]
+    fn the_probe_is_compared_only_when_the_before_has_it() {
+        let line = "V2K-AGENT {\"v\":1,\"ok\":true,\"boot\":true,\"root-rw\":true,\"uptime\":9,\
+                    \"perf\":{\"cpu\":[9,0],\"disks\":[],\"nics\":[],\
+                    \"probe\":{\"cpu-ms\":80.5,\"reads\":64,\"read-p50-ms\":0.4,\"read-p95-ms\":9.0}}}";
+        let after = crate::agent::find_report(line)
+            .unwrap()
+            .perf
+            .unwrap()
+            .figures(9.0);
+        assert_eq!(
+            (after.probe_cpu_ms, after.probe_read_p50_ms, after.probe_read_p95_ms),
+            (Some(80.5), Some(0.4), Some(9.0))
+        );
+        // A vSphere baseline has no probe: no probe rows at all.
+        let c = compare(&Figures::default(), &after, &Thresholds::default());
+        assert_eq!(c.len(), 5);
+        // A before with the probe: CPU 50 → 80.5 ms is ×1.6 and +30.5 ms, a
+        // regression; p50 0.3 → 0.4 worse; p95 2 → 9 ms doubled and 7 ms longer.
+        let before = Figures {
+            probe_cpu_ms: Some(50.0),
+            probe_read_p50_ms: Some(0.3),
+            probe_read_p95_ms: Some(2.0),
+            ..Figures::default()
+        };
+        let c = compare(&before, &after, &Thresholds::default());
+        let v: Vec<(&str, &str)> = c[5..]
+            .iter()
+            .map(|r| (r.metric.as_str(), r.verdict.as_str()))
+            .collect();
+        assert_eq!(
+            v,
+            [
+                ("probe-cpu-ms", "regression"),
+                ("probe-read-p50-ms", "worse"),
+                ("probe-read-p95-ms", "regression")
+            ]
+        );
+        assert_eq!(
+            c[5].reason,
+            "50.00 → 80.50 ms: regression beyond the threshold (×1.5 and +20 ms)"
+        );
+        let lax = Thresholds {
+            cpu_factor: 2.0,
+            ..Thresholds::default()
+        };
+        assert_eq!(compare(&before, &after, &lax)[5].verdict, "worse");
+        assert!(Thresholds {
+            cpu_factor: 0.9,
+            ..Thresholds::default()
+        }
+        .check()
+        .unwrap_err()
+        .contains("cpu-factor"));
     }
 
     #[test]
