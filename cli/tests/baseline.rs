@@ -136,7 +136,12 @@ fn baseline_reads_a_days_counters_from_vcsim_and_stores_them() {
         &["--threshold", "cpu-ready-percent=2", "--fail-on-regression"],
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(
         stdout.contains(
             "performance: Not compared: the migrated VM was not booted, so there are no figures after."
@@ -158,10 +163,16 @@ fn baseline_reads_a_days_counters_from_vcsim_and_stores_them() {
         row["before"], stored["baseline"]["metrics"]["cpu-ready-percent"]["median"],
         "the before is the day's median"
     );
-    assert_eq!((row["verdict"].as_str(), row["reason"].as_str()), (Some("not compared"), Some("no figure after")));
+    assert_eq!(
+        (row["verdict"].as_str(), row["reason"].as_str()),
+        (Some("not compared"), Some("no figure after"))
+    );
     assert!(row.get("after").is_none(), "absent, never 0: {row}");
     let html = std::fs::read_to_string(t.path().join("out/report.html")).unwrap();
-    assert!(html.contains("<h2>Performance before and after</h2>"), "{html}");
+    assert!(
+        html.contains("<h2>Performance before and after</h2>"),
+        "{html}"
+    );
 
     // A threshold of no metric, or a baseline that is not one, stop before anything
     // is written (exit 2), named.

@@ -270,7 +270,10 @@ fn a_wave_plan_migrates_vsphere_sources() {
     let p = &r["performance"];
     assert_eq!(
         p["baseline"],
-        run_dir.join("vms/deb-wave/baseline.json").display().to_string(),
+        run_dir
+            .join("vms/deb-wave/baseline.json")
+            .display()
+            .to_string(),
         "{p:#}"
     );
     assert!(
@@ -280,7 +283,12 @@ fn a_wave_plan_migrates_vsphere_sources() {
     // A retry of the failed VM reuses the baseline of its first attempt (the source
     // may have been cut over since): no second reading, the file unchanged.
     let o = run(&["wave", "run", "--json", "--retry-failed"]);
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(journal().len(), 2, "read again on a retry");
     let again: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&on_file).unwrap()).unwrap();

@@ -339,7 +339,11 @@ mod tests {
             .arg(&img)
             .output()
             .expect("losetup (util-linux), run as root");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let dev = Loop(String::from_utf8_lossy(&out.stdout).trim().to_string());
         let mounts = d.path().join("mounts");
         std::fs::write(&mounts, format!("{} / ext4 rw,relatime 0 0\n", dev.0)).unwrap();

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use v2k_inventory::model::{Concern, Severity};
-use v2k_validator::perf::{compare, Comparison, Figures};
 /// The thresholds' type, for callers that configure a migration (the CLI, a plan).
 pub use v2k_validator::perf::Thresholds;
+use v2k_validator::perf::{compare, Comparison, Figures};
 use v2k_validator::Validation;
 /// The baseline file's type, for callers that read or write one (the wave runner).
 pub use v2k_vsphere::perf::BaselineFile;
@@ -165,9 +165,7 @@ pub fn evaluate(s: &Settings, validation: Option<&Validation>) -> Performance {
             )
         };
         if tcg {
-            v.push_str(
-                " Measured under TCG (no KVM): these timings are not production timings.",
-            );
+            v.push_str(" Measured under TCG (no KVM): these timings are not production timings.");
         }
         v
     };
@@ -260,14 +258,22 @@ pub(crate) mod tests {
         assert_eq!(row("net-dropped-rx").verdict, "not compared");
         assert_eq!(p.regressions, vec!["disk-read-latency-ms".to_string()]);
         assert!(
-            p.verdict.starts_with("Regression in 1 of 2 metric(s) compared: disk-read-latency-ms 2.00 → 12.00 ms"),
+            p.verdict.starts_with(
+                "Regression in 1 of 2 metric(s) compared: disk-read-latency-ms 2.00 → 12.00 ms"
+            ),
             "{}",
             p.verdict
         );
         assert!(!p.fails(), "a warning unless fail-on-regression");
         let c = p.concern().unwrap();
-        assert_eq!((c.id.as_str(), c.severity), ("performance-regression", Severity::Warning));
-        assert_eq!((p.baseline_from, p.after_accel.as_deref()), (Some(1_000), Some("kvm")));
+        assert_eq!(
+            (c.id.as_str(), c.severity),
+            ("performance-regression", Severity::Warning)
+        );
+        assert_eq!(
+            (p.baseline_from, p.after_accel.as_deref()),
+            (Some(1_000), Some("kvm"))
+        );
         let strict = Settings {
             fail_on_regression: true,
             ..s.clone()
@@ -283,8 +289,18 @@ pub(crate) mod tests {
         };
         let p = evaluate(&loose, Some(&validation(crate::Accel::Tcg)));
         assert!(!p.fails() && p.concern().is_none());
-        assert!(p.verdict.starts_with("No regression: of 2 metric(s) compared, 0 better, 0 the same, 2 worse"), "{}", p.verdict);
-        assert!(p.verdict.contains("not production timings"), "{}", p.verdict);
+        assert!(
+            p.verdict.starts_with(
+                "No regression: of 2 metric(s) compared, 0 better, 0 the same, 2 worse"
+            ),
+            "{}",
+            p.verdict
+        );
+        assert!(
+            p.verdict.contains("not production timings"),
+            "{}",
+            p.verdict
+        );
     }
 
     #[test]
@@ -296,14 +312,19 @@ pub(crate) mod tests {
         assert!(p.regressions.is_empty() && !p.fails());
         let mut v = validation(crate::Accel::Kvm);
         v.evidence.agent.as_mut().unwrap().perf = None::<AgentPerf>;
-        assert!(evaluate(&s, Some(&v)).verdict.contains("no performance counters"));
+        assert!(evaluate(&s, Some(&v))
+            .verdict
+            .contains("no performance counters"));
         let none = Settings {
             baseline: None,
             missing: Some("dir/b.json: not found".into()),
             ..s
         };
         let p = evaluate(&none, Some(&validation(crate::Accel::Kvm)));
-        assert_eq!(p.verdict, "Not compared: no baseline (dir/b.json: not found).");
+        assert_eq!(
+            p.verdict,
+            "Not compared: no baseline (dir/b.json: not found)."
+        );
         assert!(p.rows.iter().all(|r| r.verdict == "not compared"));
         assert_eq!(p.baseline_from, None);
     }

@@ -838,7 +838,10 @@ mod tests {
             part.contains("<p class=\"warning\">Regression in 1 of 2 metric(s) compared: disk-read-latency-ms"),
             "{part}"
         );
-        assert!(part.contains("<code>b/&lt;web&gt;.baseline.json</code>"), "{part}");
+        assert!(
+            part.contains("<code>b/&lt;web&gt;.baseline.json</code>"),
+            "{part}"
+        );
         assert!(
             part.contains("<tr><td>disk-read-latency-ms</td><td>2.00</td><td>12.00</td><td>+10.00</td><td><span class=\"badge fail\">regression</span></td>"),
             "{part}"

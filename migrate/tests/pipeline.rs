@@ -576,7 +576,11 @@ fn a_baseline_puts_before_and_after_in_the_report_and_fail_on_regression_fails_t
     let o = migrate_with(&opts, None, &boot, &quiet).unwrap();
     assert_eq!(o.report.result, Outcome::Validated);
     assert_eq!(o.exit_code(), 0);
-    let p = o.report.performance.as_ref().expect("a performance section");
+    let p = o
+        .report
+        .performance
+        .as_ref()
+        .expect("a performance section");
     let rows: Vec<(&str, Option<f64>, Option<f64>, &str)> = p
         .rows
         .iter()
@@ -593,7 +597,11 @@ fn a_baseline_puts_before_and_after_in_the_report_and_fail_on_regression_fails_t
         ]
     );
     assert_eq!(p.after_accel.as_deref(), Some("tcg"));
-    assert!(p.verdict.contains("not production timings"), "{}", p.verdict);
+    assert!(
+        p.verdict.contains("not production timings"),
+        "{}",
+        p.verdict
+    );
     let c = o
         .report
         .concerns
@@ -603,7 +611,10 @@ fn a_baseline_puts_before_and_after_in_the_report_and_fail_on_regression_fails_t
     assert_eq!(c.severity, v2k_inventory::model::Severity::Warning);
     assert_eq!(c.subject.as_deref(), Some("disk-read-latency-ms"));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.contains("<h2>Performance before and after</h2>"), "{html}");
+    assert!(
+        html.contains("<h2>Performance before and after</h2>"),
+        "{html}"
+    );
     let back = v2k_migrate::RunDir::at(&out).load_report().unwrap();
     assert_eq!(back.performance, o.report.performance);
 

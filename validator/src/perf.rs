@@ -175,7 +175,10 @@ impl Thresholds {
                 return Err(format!("threshold {name}: {v} is not a number ≥ 0"));
             }
         }
-        for (name, f) in [("latency-factor", self.latency_factor), ("cpu-factor", self.cpu_factor)] {
+        for (name, f) in [
+            ("latency-factor", self.latency_factor),
+            ("cpu-factor", self.cpu_factor),
+        ] {
             if f < 1.0 {
                 return Err(format!("threshold {name}: {f} is below 1"));
             }
@@ -188,7 +191,10 @@ impl Thresholds {
         match metric {
             "cpu-ready-percent" => format!("+{} points", self.cpu_ready_percent),
             "disk-read-latency-ms" => {
-                format!("×{} and +{} ms", self.latency_factor, self.disk_read_latency_ms)
+                format!(
+                    "×{} and +{} ms",
+                    self.latency_factor, self.disk_read_latency_ms
+                )
             }
             "disk-write-latency-ms" => format!(
                 "×{} and +{} ms",
@@ -197,10 +203,16 @@ impl Thresholds {
             "net-dropped-rx" => format!("+{} {unit}", self.net_dropped_rx),
             "probe-cpu-ms" => format!("×{} and +{} ms", self.cpu_factor, self.probe_cpu_ms),
             "probe-read-p50-ms" => {
-                format!("×{} and +{} ms", self.latency_factor, self.probe_read_p50_ms)
+                format!(
+                    "×{} and +{} ms",
+                    self.latency_factor, self.probe_read_p50_ms
+                )
             }
             "probe-read-p95-ms" => {
-                format!("×{} and +{} ms", self.latency_factor, self.probe_read_p95_ms)
+                format!(
+                    "×{} and +{} ms",
+                    self.latency_factor, self.probe_read_p95_ms
+                )
             }
             _ => format!("+{} {unit}", self.net_dropped_tx),
         }
@@ -254,8 +266,16 @@ impl Comparison {
 pub fn compare(before: &Figures, after: &Figures, t: &Thresholds) -> Vec<Comparison> {
     let probe = [
         ("probe-cpu-ms", before.probe_cpu_ms, after.probe_cpu_ms),
-        ("probe-read-p50-ms", before.probe_read_p50_ms, after.probe_read_p50_ms),
-        ("probe-read-p95-ms", before.probe_read_p95_ms, after.probe_read_p95_ms),
+        (
+            "probe-read-p50-ms",
+            before.probe_read_p50_ms,
+            after.probe_read_p50_ms,
+        ),
+        (
+            "probe-read-p95-ms",
+            before.probe_read_p95_ms,
+            after.probe_read_p95_ms,
+        ),
     ]
     .into_iter()
     .filter(|(_, b, _)| b.is_some())
@@ -478,7 +498,11 @@ mod tests {
             .unwrap()
             .figures(9.0);
         assert_eq!(
-            (after.probe_cpu_ms, after.probe_read_p50_ms, after.probe_read_p95_ms),
+            (
+                after.probe_cpu_ms,
+                after.probe_read_p50_ms,
+                after.probe_read_p95_ms
+            ),
             (Some(80.5), Some(0.4), Some(9.0))
         );
         // A vSphere baseline has no probe: no probe rows at all.

@@ -122,8 +122,8 @@ impl BaselineFile {
         };
         let b = v2k_untrusted::file::read(path, MAX_FILE_BYTES, "a baseline file")
             .map_err(|e| err(e.to_string()))?;
-        let f: BaselineFile = serde_json::from_slice(&b)
-            .map_err(|e| err(format!("not a v2k baseline file: {e}")))?;
+        let f: BaselineFile =
+            serde_json::from_slice(&b).map_err(|e| err(format!("not a v2k baseline file: {e}")))?;
         if f.schema_version != FILE_SCHEMA_VERSION {
             return Err(err(format!(
                 "baseline schema {} is not readable by this v2k (reads {FILE_SCHEMA_VERSION})",
@@ -458,7 +458,10 @@ mod tests {
         assert_eq!(BaselineFile::read(&p).unwrap(), f);
         std::fs::write(&p, r#"{"schema-version": 7}"#).unwrap();
         let e = BaselineFile::read(&p).unwrap_err().to_string();
-        assert!(e.contains("a.baseline.json") && e.contains("not a v2k baseline"), "{e}");
+        assert!(
+            e.contains("a.baseline.json") && e.contains("not a v2k baseline"),
+            "{e}"
+        );
         let mut v = serde_json::to_value(&f).unwrap();
         v["schema-version"] = 2.into();
         std::fs::write(&p, v.to_string()).unwrap();

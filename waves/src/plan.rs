@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::Digest;
-use v2k_migrate::vsphere::{Address, Client, ConnectSettings, PASSWORD_ENV};
 use v2k_migrate::performance::Thresholds;
+use v2k_migrate::vsphere::{Address, Client, ConnectSettings, PASSWORD_ENV};
 use v2k_migrate::{Accel, Backend, DiskBus, HostSource, NetworkMap};
 
 use crate::{Error, Result};
@@ -866,7 +866,10 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                     })
                 };
             if let Some(Err(e)) = s.thresholds.map(|t| t.check()) {
-                bad(line_of(text, "thresholds:").or(line), format!("VM {name}: {e}"));
+                bad(
+                    line_of(text, "thresholds:").or(line),
+                    format!("VM {name}: {e}"),
+                );
             }
             let hooks = s.hooks.clone().unwrap_or_default();
             let pre = hook(&hooks.pre, "pre", &mut bad);

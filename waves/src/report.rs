@@ -956,7 +956,11 @@ ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overfl
                 } else {
                     format!(
                         "<b>{}</b> ({})",
-                        if p.failed { "REGRESSION, failed" } else { "regression" },
+                        if p.failed {
+                            "REGRESSION, failed"
+                        } else {
+                            "regression"
+                        },
                         esc(&p.regressions.join(", "))
                     )
                 }

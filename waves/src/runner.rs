@@ -839,7 +839,10 @@ fn performance(
             Ok(Some(settings(own, Ok(b))))
         }
         Err(e) => {
-            let why = format!("reading the baseline from vSphere: {}", v2k_inventory::one_line(&e));
+            let why = format!(
+                "reading the baseline from vSphere: {}",
+                v2k_inventory::one_line(&e)
+            );
             journal(entry(Default::default(), Vec::new(), Some(why.clone())))?;
             Ok(Some(settings(own, Err(why))))
         }

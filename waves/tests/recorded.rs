@@ -479,13 +479,20 @@ fn a_plans_baselines_give_each_vm_before_and_after_and_a_strict_regression_fails
             .clone()
     };
     let perf = vm("slow")["performance"].clone();
-    assert_eq!(perf["regressions"], serde_json::json!(["disk-read-latency-ms"]), "{perf:#}");
+    assert_eq!(
+        perf["regressions"],
+        serde_json::json!(["disk-read-latency-ms"]),
+        "{perf:#}"
+    );
     assert_eq!(perf["failed"], false);
     // The plan's CPU threshold (2 points) is used: 1 % → 2 % is worse, not a regression.
     let report: Value =
         serde_json::from_slice(&std::fs::read(run.join("vms/slow/out/report.json")).unwrap())
             .unwrap();
-    assert_eq!(report["performance"]["thresholds"]["cpu-ready-percent"], 2.0);
+    assert_eq!(
+        report["performance"]["thresholds"]["cpu-ready-percent"],
+        2.0
+    );
     assert_eq!(report["performance"]["rows"][0]["verdict"], "worse");
     assert!(
         report["concerns"]
@@ -504,17 +511,28 @@ fn a_plans_baselines_give_each_vm_before_and_after_and_a_strict_regression_fails
             .starts_with("performance regression: Regression in 1 of 2 metric(s) compared"),
         "{strict:#}"
     );
-    assert_eq!(r["metrics"]["failures"][0]["kind"], "performance", "{:#}", r["metrics"]);
+    assert_eq!(
+        r["metrics"]["failures"][0]["kind"], "performance",
+        "{:#}",
+        r["metrics"]
+    );
     let verdict = vm("nobase")["performance"]["verdict"].clone();
     assert!(
-        verdict.as_str().unwrap().starts_with("Not compared: no baseline (")
-            && verdict.as_str().unwrap().contains("nobase.baseline.json: not found"),
+        verdict
+            .as_str()
+            .unwrap()
+            .starts_with("Not compared: no baseline (")
+            && verdict
+                .as_str()
+                .unwrap()
+                .contains("nobase.baseline.json: not found"),
         "{verdict}"
     );
     let html = std::fs::read_to_string(run.join("w1/wave-report.html")).unwrap();
     assert!(
         html.contains("<li>performance: <b>regression</b> (disk-read-latency-ms)</li>")
-            && html.contains("<li>performance: <b>REGRESSION, failed</b> (disk-read-latency-ms)</li>"),
+            && html
+                .contains("<li>performance: <b>REGRESSION, failed</b> (disk-read-latency-ms)</li>"),
         "{html}"
     );
 }
