@@ -760,8 +760,9 @@ pub const BASELINE_FILE: &str = "baseline.json";
 /// What the VM's report compares its validation with (docs/evidence.md):
 /// `baseline-dir/NAME.baseline.json` when the plan names a directory and the file is
 /// there; else, for a vSphere source, the baseline this run recorded in the VM's
-/// directory, read from the server on the VM's first attempt — before its cutover
-/// shuts the source down — and journalled (`vm-baseline`). A baseline that cannot be
+/// directory, read from the server once, on the VM's first attempt — before its
+/// cutover shuts the source down; without `cutover:` on the first attempt that gets
+/// one — and journalled (`vm-baseline`). A baseline that cannot be
 /// had is said in the report and as a warning; the VM still migrates.
 fn performance(
     v: &VmPlan,
@@ -802,11 +803,11 @@ fn performance(
     if own.exists() {
         return Ok(Some(settings(own.clone(), read(&own))));
     }
-    if attempt > 1 {
-        // A later attempt may follow a cutover: the source's day is no longer the
-        // one before migration.
+    if attempt > 1 && v.cutover.is_some() {
+        // A later attempt may follow this VM's cutover: the source's day is no
+        // longer the one before migration. (Without cutover the source still runs.)
         let why = format!(
-            "{}: not recorded on the VM's first attempt (see the journal)",
+            "{}: not recorded on the VM's first attempt, and its cutover may have shut the source down since (see the journal)",
             own.display()
         );
         return Ok(Some(settings(own, Err(why))));
