@@ -91,6 +91,27 @@ impl Performance {
     }
 }
 
+/// The part of a report's `performance` that the wave report shows, read leniently
+/// (no threshold names): a report written by a later v2k, with thresholds this one
+/// does not know, still reads.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Brief {
+    #[serde(default)]
+    pub regressions: Vec<String>,
+    #[serde(default)]
+    pub fail_on_regression: bool,
+    #[serde(default)]
+    pub verdict: String,
+}
+
+impl Brief {
+    /// As [`Performance::fails`].
+    pub fn fails(&self) -> bool {
+        self.fail_on_regression && !self.regressions.is_empty()
+    }
+}
+
 /// The baseline's "before": each metric's median over the day.
 pub fn before(b: &BaselineFile) -> Figures {
     let m = |name: &str| b.baseline.metrics.get(name).map(|s| s.median);

@@ -307,7 +307,7 @@ pub struct Summary {
     #[serde(default)]
     pub validation: Option<Validation>,
     #[serde(default)]
-    pub performance: Option<crate::performance::Performance>,
+    pub performance: Option<crate::performance::Brief>,
 }
 
 /// Why a report cannot be read.
@@ -869,6 +869,21 @@ mod tests {
         assert_eq!(v["stages"][0]["status"], "done");
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_summary_reads_a_later_performance_section_it_does_not_fully_know() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("report.json");
+        let mut v = serde_json::to_value(report()).unwrap();
+        v["performance"] = serde_json::json!({
+            "baseline": "b.json", "thresholds": {"some-later-metric": 3.0},
+            "fail-on-regression": true, "rows": [], "regressions": ["probe-cpu-ms"],
+            "verdict": "Regression in 1 of 1 metric(s) compared: …"
+        });
+        std::fs::write(&p, v.to_string()).unwrap();
+        let b = read_summary(&p).unwrap().performance.unwrap();
+        assert!(b.fails() && b.verdict.starts_with("Regression"), "{b:?}");
     }
 
     #[test]
