@@ -55,6 +55,9 @@ PKGS=(
     golang-go golang-github-vmware-govmomi-dev curl
     # delivery: the qemu+ssh:// test starts its own sshd on a loopback port
     openssh-server openssh-client
+    # after cutover: the test's isolated libvirt network (DHCP, DNS and the gateway
+    # the guest asks) runs libvirt's dnsmasq
+    dnsmasq-base
 )
 
 missing() {

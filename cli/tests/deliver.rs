@@ -5,31 +5,16 @@
 //! the destination — the volumes' bytes, the domain's definition, what a rerun
 //! uploads again, and the refusal of a name that is not ours.
 
+#[path = "support/libvirt.rs"]
+mod libvirt;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use libvirt::{virsh, virsh_ok, URI};
 use serde_json::Value;
 
 const V2K: &str = env!("CARGO_BIN_EXE_v2k");
-const URI: &str = "qemu:///system";
-
-fn virsh(args: &[&str]) -> Output {
-    Command::new("virsh")
-        .args(["-q", "-c", URI])
-        .args(args)
-        .output()
-        .expect("virsh (scripts/setup.sh: libvirt-clients)")
-}
-
-fn virsh_ok(args: &[&str]) -> String {
-    let o = virsh(args);
-    assert!(
-        o.status.success(),
-        "virsh {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// A transient `dir` pool and a VM name, both carrying the test's id; the domain and
 /// the pool are removed on drop (the volumes' files go with the temp directory).
@@ -796,4 +781,85 @@ fn a_wave_plan_target_delivers_and_wave_rollback_undoes_it() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no VM \"nope\""));
+}
+
+/// A plan's `rollback-window:`: `wave status` shows the time left; `wave finalize`
+/// (which ends the way back) is refused within it (exit 3) until the operator closes
+/// it early with a reason, journalled with who; a finalized VM is not rolled back.
+#[test]
+fn the_rollback_window_holds_finalize_and_a_finalized_vm_is_not_rolled_back() {
+    let d = Dest::new("window");
+    let vmx = d.vmx();
+    let plan = d.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nrun-dir: wrun\nrollback-window: 2h\ntarget:\n  uri: {URI}\n  pool: {}\n\
+             waves:\n  - name: w\n    vms:\n      - source: {}\n        name: {}\n        \
+             inject: false\n        validate: false\n",
+            d.pool,
+            vmx.display(),
+            d.name
+        ),
+    )
+    .unwrap();
+    let v2k = |args: &[&str]| {
+        Command::new(V2K)
+            .args(args)
+            .arg(&plan)
+            .args(["--vm", &d.name])
+            .output()
+            .unwrap()
+    };
+    ok(&Command::new(V2K)
+        .args(["wave", "run"])
+        .arg(&plan)
+        .output()
+        .unwrap());
+    let status = || {
+        let o = Command::new(V2K)
+            .args(["wave", "status"])
+            .arg(d.path().join("wrun"))
+            .output()
+            .unwrap();
+        ok(&o);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let s = status();
+    assert!(s.contains("[rollback window: 1h 59m left]"), "{s}");
+
+    let o = v2k(&["wave", "finalize"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert!(
+        out.contains("refused: rollback window: 1h 59m left"),
+        "{out}"
+    );
+
+    let o = Command::new(V2K)
+        .args(["wave", "finalize"])
+        .arg(&plan)
+        .args(["--vm", &d.name, "--close-window", "owner signed off"])
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("finalized early"));
+    assert!(status().contains("[finalized: no rollback]"));
+
+    let o = v2k(&["wave", "rollback"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("was finalized by"), "{out}");
+    assert!(virsh(&["dominfo", &d.name]).status.success(), "kept");
+
+    let journal = std::fs::read_to_string(d.path().join("wrun/journal.jsonl")).unwrap();
+    let fin: Vec<Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v["type"] == "vm-finalized")
+        .collect();
+    assert_eq!(fin.len(), 1, "{journal}");
+    assert_eq!(fin[0]["early-reason"], "owner signed off", "{journal}");
+    assert!(fin[0]["by"].as_str().unwrap().contains("uid"), "{journal}");
+    assert!(!journal.contains("vm-rolled-back"), "{journal}");
 }

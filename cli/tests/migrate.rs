@@ -234,7 +234,10 @@ fn classic_with_many_disks(f: &v2k_fixtures::Fixture, dir: &Path) -> PathBuf {
     // The by-id proof: the first extra disk holds an ext4 filesystem and a VMware
     // identity (ddb.uuid, seen by the guest with disk.EnableUUID), and the guest's
     // fstab mounts it by the name VMware gives it, /dev/disk/by-id/scsi-3<uuid>; the
-    // injector must rewrite it to the target's name for the mount to come up.
+    // injector must rewrite it to the target's name for the mount to come up. The
+    // same filesystem is mounted a second time through a udev rule in Oracle ASM's
+    // style, which names the disk by its WWID (`ID_SERIAL` = 3<uuid>): the injector
+    // must rewrite that to the target's identifier for the link, and so /asm, to exist.
     let flat = dir.join("extra0-flat.vmdk");
     std::fs::File::create(&flat)
         .unwrap()
@@ -259,10 +262,18 @@ fn classic_with_many_disks(f: &v2k_fixtures::Fixture, dir: &Path) -> PathBuf {
         .env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
         .args(["--rw", "--format=vmdk", "-a"])
         .arg(&root)
-        .args(["-i", "mkdir-p", "/byid", ":", "write-append", "/etc/fstab"])
+        .args(["-i", "mkdir-p", "/byid", ":", "mkdir-p", "/asm", ":"])
+        .args(["write-append", "/etc/fstab"])
         .arg(format!(
-            "/dev/disk/by-id/{} /byid ext4 defaults,nofail 0 2\n",
+            "/dev/disk/by-id/{} /byid ext4 defaults,nofail 0 2\n\
+             /dev/oracleasm/disks/DATA1 /asm ext4 defaults,nofail 0 2\n",
             byid_name()
+        ))
+        .args([":", "write", "/etc/udev/rules.d/99-oracle-asmdevices.rules"])
+        .arg(format!(
+            "KERNEL==\"sd*|vd*\", ENV{{DEVTYPE}}==\"disk\", ENV{{ID_SERIAL}}==\"{}\", \
+             SYMLINK+=\"oracleasm/disks/DATA1\"\n",
+            byid_name().trim_start_matches("scsi-")
         )));
     let mut vmx = std::fs::read_to_string(&f.vmx_sparse.vmx).unwrap();
     vmx.push_str("disk.EnableUUID = \"TRUE\"\n");
@@ -346,6 +357,19 @@ fn migrate_vmx_sparse_through_libvirt_validates_and_reports() {
     );
     let log = std::fs::read_to_string(out.join("conversion-log.json")).unwrap();
     assert!(log.contains(&byid_name()), "no by-id rewrite logged: {log}");
+    // ... and through the udev rule naming its WWID, rewritten to the target's serial.
+    assert!(
+        mounts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["target"] == "/asm" && m["ok"] == true),
+        "{mounts}"
+    );
+    assert!(
+        log.contains("\"udev-rules\""),
+        "no udev rule rewrite logged: {log}"
+    );
     // This run's validation domain (`v2k-validate-NAME-PID`) is gone: it was transient.
     // Other tests' domains may exist at this moment; they are not this test's business.
     let list = Command::new("virsh")

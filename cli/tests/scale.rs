@@ -553,6 +553,37 @@ fn the_playbook_runs_a_wave_over_three_sshd_hosts_and_survives_losing_one() {
         c
     };
 
+    // ---- check mode: `v2k wave check` on every host, nothing migrated --------------
+    let o = playbook(&["--check"]).output().unwrap();
+    let out0 = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out0}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for (i, root) in roots.iter().enumerate() {
+        let checked = root.join(format!("check-shards/conv{}.yaml", i + 1));
+        assert!(
+            checked.is_file(),
+            "conv{} got no shard to check: {out0}",
+            i + 1
+        );
+        let runs = std::fs::read_dir(root.join("check-shards"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "run"))
+            .count();
+        assert_eq!(runs, 0, "check mode ran a wave on conv{}: {out0}", i + 1);
+        assert!(
+            !root.join("shards").exists(),
+            "check mode wrote real shards"
+        );
+    }
+    assert!(
+        !work.join("shards").exists(),
+        "check mode assigned for real"
+    );
+
     // ---- first run: conv3 is lost while its second VM is in flight -----------------
     // Which VMs conv3 gets is the assignment's: the playbook writes it first; the hold
     // names conv3's second VM as soon as the record is there.

@@ -10,16 +10,18 @@
 
 #[path = "../../vsphere/tests/common/mod.rs"]
 mod common;
+#[path = "support/libvirt.rs"]
+mod libvirt;
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
+use libvirt::{virsh, URI};
 use v2k_vsphere::client::PropertySpec;
 use v2k_vsphere::MoRef;
 
 const V2K: &str = env!("CARGO_BIN_EXE_v2k");
-const URI: &str = "qemu:///system";
 
 fn vm_ref(c: &v2k_vsphere::Client, name: &str) -> MoRef {
     c.find_by_inventory_path(&format!("DC0/vm/{name}"))
@@ -38,14 +40,6 @@ fn power_state(c: &v2k_vsphere::Client, name: &str) -> String {
         ))
         .unwrap();
     o.text("runtime.powerState").unwrap().trim().to_string()
-}
-
-fn virsh(args: &[&str]) -> Output {
-    Command::new("virsh")
-        .args(["-q", "-c", URI])
-        .args(args)
-        .output()
-        .expect("virsh (scripts/setup.sh: libvirt-clients)")
 }
 
 /// The pool and the domain of this test, removed on drop.

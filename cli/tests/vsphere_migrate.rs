@@ -1,19 +1,22 @@
 //! `v2k migrate` of the `debian-classic` fixture straight from VMware's simulator:
 //! its ESXi-style disks (`createType="vmfs"` descriptor + flat extent) are copied into
 //! the simulated datastore, a VM is created around them (CreateVM_Task), and
-//! `v2k migrate vsphere://…` inspects it over SOAP, streams its disks into QCOW2 and
-//! injects virtio. No boot here (docs/architecture.md, "Testing"): the streamed disks
-//! have the content hashes of the local conversion of the same files, and that guest's
-//! boot is cli/tests/migrate.rs's. A wave plan with `vsphere://` sources does the same
-//! for a wave.
+//! `v2k migrate vsphere://…` cuts it over, inspects it over SOAP, streams its disks
+//! into QCOW2, injects virtio, delivers it to this machine's libvirt and checks its
+//! first boot there, then rolls it back (one boot: the checks after cutover). The
+//! streamed disks have the content hashes of the local conversion of the same files.
+//! A wave plan with `vsphere://` sources does the same for a wave (no boot).
 
 #[path = "../../vsphere/tests/common/mod.rs"]
 mod common;
+#[path = "support/libvirt.rs"]
+mod libvirt;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use common::*;
+use libvirt::{virsh, virsh_ok};
 use v2k_fixtures::{build, Variant};
 
 /// Copies the fixture's ESXi-style disks into the simulated datastore under `dir`
@@ -87,30 +90,136 @@ fn content_hashes(disks: &[std::path::PathBuf]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// This test's libvirt network, pool and domain, removed on drop.
+struct Destination {
+    net: String,
+    pool: String,
+    domain: String,
+}
+
+impl Drop for Destination {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.domain]);
+        let _ = virsh(&["undefine", &self.domain, "--nvram"]);
+        let _ = virsh(&["pool-destroy", &self.pool]);
+        let _ = virsh(&["net-destroy", &self.net]);
+    }
+}
+
+/// An isolated libvirt network (no `<forward>`: nothing is routed beyond this
+/// machine) whose DHCP server hands out its own address as the default gateway, so
+/// that the guest has a real gateway to ask (libvirt's isolated networks advertise
+/// none by themselves) and a resolver (libvirt's dnsmasq) to query.
+fn isolated_network(name: &str) -> String {
+    let octet = std::process::id() % 250 + 1;
+    let gw = format!("10.213.{octet}.1");
+    let xml = format!(
+        "<network xmlns:dnsmasq='http://libvirt.org/schemas/network/dnsmasq/1.0'>\
+         <name>{name}</name><bridge name='v2kt{pid}'/>\
+         <ip address='{gw}' netmask='255.255.255.0'><dhcp>\
+         <range start='10.213.{octet}.100' end='10.213.{octet}.200'/></dhcp></ip>\
+         <dnsmasq:options><dnsmasq:option value='dhcp-option=tag:!none,3,{gw}'/></dnsmasq:options>\
+         </network>",
+        pid = std::process::id() % 100_000,
+    );
+    let t = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(t.path(), xml).unwrap();
+    virsh_ok(&["net-create", &t.path().to_string_lossy()]);
+    gw
+}
+
+/// `v2k migrate vsphere://… --cutover --to … --start` of a running fixture VM, end to
+/// end: the source is shut down through VMware Tools, its disks streamed (the same
+/// content hashes as a local conversion of the same files) and injected, uploaded
+/// into a pool of this machine's libvirt and the domain started there on an isolated
+/// network; its first boot is watched over the libvirt connection and judged (the
+/// checks after cutover); `v2k rollback` then stops and undefines it, keeps its
+/// volumes and powers the source back on.
+///
+/// One boot of debian-classic beyond cli/tests/migrate.rs's, because only a boot on
+/// the destination shows what this checks: the services the source enabled running,
+/// the default gateway answering and the resolver answering on the VM's own network
+/// (the validation boot's network is QEMU's stand-in), and the console read through
+/// libvirt on a persistently defined, production domain. `--no-validate` keeps it to
+/// that one boot.
 #[test]
-fn migrate_debian_classic_from_vcsim_streams_the_local_disks_and_injects() {
+fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_rolls_back() {
     let f = build(Variant::DebianClassic).expect("building the debian-classic fixture");
     let sim = Vcsim::start();
-    vm_from_fixture(&sim, &f, "deb", "debian-classic");
+    let name = format!("v2k-t{}-classic", std::process::id());
+    vm_from_fixture(&sim, &f, "deb", &name);
+    let c = sim.client();
+    let vm_ref = c
+        .find_by_inventory_path(&format!("DC0/vm/{name}"))
+        .unwrap()
+        .unwrap();
+    let r = c.call("PowerOnVM_Task", &vm_ref, "").unwrap();
+    let task = v2k_vsphere::MoRef::from_element(r.child("returnval").unwrap()).unwrap();
+    c.wait_for_task(&task, std::time::Duration::from_secs(30))
+        .unwrap();
+    let power = || {
+        let o = c
+            .block_on(c.session().retrieve_one(
+                &vm_ref,
+                &v2k_vsphere::client::PropertySpec {
+                    kind: "VirtualMachine".into(),
+                    paths: vec!["runtime.powerState".into()],
+                },
+            ))
+            .unwrap();
+        o.text("runtime.powerState").unwrap().trim().to_string()
+    };
+    assert_eq!(power(), "poweredOn");
 
-    let out = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let dest = Destination {
+        net: format!("{name}-net"),
+        pool: format!("{name}-pool"),
+        domain: name.clone(),
+    };
+    let gw = isolated_network(&dest.net);
+    let pool_dir = t.path().join("pool");
+    std::fs::create_dir(&pool_dir).unwrap();
+    virsh_ok(&[
+        "pool-create-as",
+        &dest.pool,
+        "dir",
+        "--target",
+        &pool_dir.to_string_lossy(),
+    ]);
+    let out = t.path().join("run");
     let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
         .arg("migrate")
-        .arg(address(&sim, "debian-classic"))
+        .arg(address(&sim, &name))
         .arg("--ca-file")
         .arg(&pki().ca)
         .arg("--out")
-        .arg(out.path())
-        .args(["--json", "--no-validate"])
+        .arg(&out)
+        .args([
+            "--json",
+            "--no-validate",
+            "--cutover",
+            "--shutdown-timeout",
+            "30",
+        ])
+        .args(["--to", "qemu:///system", "--pool", &dest.pool, "--start"])
+        .arg("--network-map")
+        .arg(format!("VM Network=network:{}", dest.net))
         .env("V2K_VSPHERE_PASSWORD", PASSWORD)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
-    assert_eq!(o.status.code(), Some(0), "{stdout}\n{stderr}");
     let r: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{stderr}\n{:#}",
+        r["after-cutover"]
+    );
+    assert_eq!(power(), "poweredOff", "cut over");
     assert_eq!(r["result"], "not-validated", "{r:#}");
     let streamed: Vec<&serde_json::Value> = r["disks"]
         .as_array()
@@ -120,21 +229,77 @@ fn migrate_debian_classic_from_vcsim_streams_the_local_disks_and_injects() {
         .collect();
     let local = content_hashes(&f.vmx_flat.disks);
     assert_eq!(streamed, local.iter().collect::<Vec<_>>(), "{r:#}");
-    assert!(
-        out.path().join("conversion-log.json").is_file(),
-        "the injector did not run"
-    );
     let vm: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("vm.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out.join("vm.json")).unwrap()).unwrap();
     assert_eq!(vm["source"]["kind"], "vsphere");
     assert_eq!(vm["nics"][0]["mac"], f.mac.to_lowercase());
-    // Every disk was streamed and verified by content hash (converter manifests).
-    let manifests = std::fs::read_dir(out.path().join("disks"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".manifest.json"))
-        .count();
-    assert_eq!(manifests, f.vmx_flat.disks.len());
+
+    // The first boot on the destination, judged there.
+    let after = &r["after-cutover"];
+    assert_eq!(after["passed"], true, "{after:#}");
+    let check = |id: &str| {
+        after["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .unwrap_or_else(|| panic!("no {id} check: {after:#}"))
+            .clone()
+    };
+    let services = check("services");
+    // ifupdown's networking.service is enabled in the fixture (its ens192 by DHCP).
+    assert!(
+        services["reason"]
+            .as_str()
+            .unwrap()
+            .contains("networking.service"),
+        "{services}"
+    );
+    assert!(
+        check("gateway")["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{gw} answers")),
+        "{after:#}"
+    );
+    assert!(
+        check("resolvers")["reason"].as_str().unwrap().contains(&gw),
+        "{after:#}"
+    );
+    assert!(
+        check("nic:ens192")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("10.213."),
+        "an address from the isolated network: {after:#}"
+    );
+    assert!(out.join("after-cutover/serial.log").is_file());
+    assert_eq!(r["delivery"]["state"], "running", "{:#}", r["delivery"]);
+    assert_eq!(virsh_ok(&["domstate", &name]).trim(), "running");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<h2>After cutover</h2>"));
+    assert!(html.contains("after cutover: passed"));
+
+    // Rollback: the target stopped and undefined, its volumes kept, the source on.
+    let volumes = virsh_ok(&["vol-list", "--pool", &dest.pool]);
+    let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
+        .arg("rollback")
+        .arg(&out)
+        .arg("--ca-file")
+        .arg(&pki().ca)
+        .env("V2K_VSPHERE_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(power(), "poweredOn", "rolled back");
+    assert!(!virsh(&["dominfo", &name]).status.success(), "domain gone");
+    assert_eq!(virsh_ok(&["vol-list", "--pool", &dest.pool]), volumes);
+    assert!(!volumes.trim().is_empty());
 }
 
 /// A wave plan with `vsphere://` sources: the server's settings come from the plan's

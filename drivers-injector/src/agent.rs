@@ -43,9 +43,33 @@ pub fn unit() -> String {
     )
 }
 
-/// The script; `keep` leaves it installed after a successful report.
-pub fn script(keep: bool) -> String {
-    SCRIPT.replace("@KEEP@", if keep { "1" } else { "0" })
+/// The script; `keep` leaves it installed after a successful report; `services` are
+/// the systemd services the source enabled, whose state it reports (`services`).
+/// Names outside [`is_unit_name`] are left out: they go into a shell word list.
+pub fn script(keep: bool, services: &[String]) -> String {
+    let units: Vec<&str> = services
+        .iter()
+        .map(String::as_str)
+        .filter(|u| is_unit_name(u))
+        .take(MAX_SERVICES)
+        .collect();
+    SCRIPT
+        .replace("@KEEP@", if keep { "1" } else { "0" })
+        .replace("@SERVICES@", &units.join(" "))
+}
+
+/// The most services the agent reports on (a guest's own list; the report line stays
+/// well under the validator's `MAX_LINE`).
+pub const MAX_SERVICES: usize = 64;
+
+/// A plain `NAME.service` (letters, digits, `@._:-`): safe unquoted in the script's
+/// word list and in `systemctl` arguments.
+pub fn is_unit_name(u: &str) -> bool {
+    u.len() <= 128
+        && u.ends_with(".service")
+        && u.len() > ".service".len()
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@._:-".contains(&b))
 }
 
 // POSIX sh only (dash on Debian, bash elsewhere); every value put into the JSON goes
@@ -55,6 +79,8 @@ const SCRIPT: &str = r#"#!/bin/sh
 # v2k first-boot validation agent, installed by `v2k inject`. Writes one line
 # "V2K-AGENT {json}" to /dev/ttyS0, then removes itself after a successful report.
 KEEP=@KEEP@
+# The services the source enabled (read by v2k at inspection): their state is reported.
+SERVICES="@SERVICES@"
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 esc() { printf '%s' "$1" | tr -d '"\\' | tr -d '\000-\037'; }
 
@@ -135,6 +161,76 @@ for d in $(awk '$1 == "nameserver" { print $2 }' "$rc" 2>/dev/null | head -n 8);
     sep=,
 done
 
+# Does each default gateway answer? ping when the guest has it; else a TCP connection
+# to its port 53 (bash's /dev/tcp: bash is in every Debian and RHEL install), which,
+# refused or accepted, resolves the gateway's link-layer address: a neighbour entry
+# with one means the gateway answered. null when the guest has neither tool.
+gw_answers() {
+    if command -v ping >/dev/null 2>&1; then
+        ping -c 1 -W 2 "$1" >/dev/null 2>&1 && { echo true; return; }
+    elif ! command -v bash >/dev/null 2>&1; then
+        echo null; return
+    fi
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/53"' "$1" >/dev/null 2>&1
+    if ip neigh show "$1" dev "$2" 2>/dev/null | grep -q 'lladdr.*\(REACHABLE\|STALE\|DELAY\|PROBE\|PERMANENT\)'; then
+        echo true
+    else
+        echo false
+    fi
+}
+# Does a resolver answer? One DNS query (". NS", id 0x5632) over UDP through bash's
+# /dev/udp; any reply with our id counts, even a refusal: the server is there and
+# speaks DNS. null without bash.
+dns_answers() {
+    command -v bash >/dev/null 2>&1 || { echo null; return; }
+    r=$(timeout 3 bash -c 'exec 3<>"/dev/udp/$0/53" || exit 1; printf "\x56\x32\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x01" >&3; dd bs=512 count=1 <&3 2>/dev/null | od -An -tx1 -N2' "$1" 2>/dev/null | tr -d ' \n')
+    if [ "$r" = 5632 ]; then echo true; else echo false; fi
+}
+gwa=
+sep=
+for r in $(ip -4 route show default 2>/dev/null | awk '{ v = "-"; d = "-"; for (i = 1; i < NF; i++) { if ($i == "via") v = $(i + 1); if ($i == "dev") d = $(i + 1) } print v "|" d }' | head -n 8); do
+    v=${r%%|*}
+    [ "$v" = - ] && continue
+    gwa="$gwa$sep[\"$(esc "$v")\",$(gw_answers "$v" "${r#*|}")]"
+    sep=,
+done
+dnsa=
+sep=
+for d in $(awk '$1 == "nameserver" { print $2 }' "$rc" 2>/dev/null | head -n 8); do
+    dnsa="$dnsa$sep[\"$(esc "$d")\",$(dns_answers "$d")]"
+    sep=,
+done
+
+# The source's services: active; "exited" (a oneshot that ran and succeeded);
+# "skipped" (a start condition failed); "missing" (no such unit); else systemd's
+# ActiveState. Units still starting get up to 30 s.
+svc_state() {
+    p=$(systemctl show -p LoadState -p ActiveState -p Result -p ConditionResult -p Type "$1" 2>/dev/null)
+    get() { printf '%s\n' "$p" | sed -n "s/^$1=//p" | head -n 1; }
+    a=$(get ActiveState)
+    if [ "$(get LoadState)" = not-found ]; then echo missing
+    elif [ "$a" = active ]; then echo active
+    elif [ "$(get ConditionResult)" = no ]; then echo skipped
+    elif [ "$a" = inactive ] && [ "$(get Type)" = oneshot ] && [ "$(get Result)" = success ]; then echo exited
+    else echo "${a:-unknown}"
+    fi
+}
+i=0
+while [ $i -lt 30 ] && [ -n "$SERVICES" ]; do
+    busy=
+    for u in $SERVICES; do
+        case "$(systemctl is-active "$u" 2>/dev/null)" in activating|reloading|deactivating) busy=1 ;; esac
+    done
+    [ -z "$busy" ] && break
+    sleep 1; i=$((i + 1))
+done
+services=
+sep=
+for u in $SERVICES; do
+    services="$services$sep[\"$(esc "$u")\",\"$(svc_state "$u")\"]"
+    sep=,
+done
+
 # Performance counters since boot (docs/evidence.md, "after"): CPU ticks (user..steal
 # summed, and steal) from /proc/stat; per whole disk the reads and writes completed
 # and the milliseconds spent on them from /proc/diskstats; per NIC the packets
@@ -206,7 +302,7 @@ if [ "$rblocks" -gt 0 ] && dd if="$rdev" of=/dev/null bs=4096 count=1 iflag=dire
 fi
 perf="{\"cpu\":${cpu:-[0,0]},\"disks\":[$disks],\"nics\":[$drops],\"probe\":{$probe}}"
 
-line="V2K-AGENT {\"v\":1,\"ok\":$ok,\"boot\":true,\"root-rw\":$root_rw,\"mounts\":[$mounts],\"nics\":[$nics],\"failed-units\":[$failed],\"uptime\":$up,\"firmware\":{\"efi\":$efi,\"secure-boot\":$sb},\"gateways\":[$gws],\"dns\":[$dns],\"perf\":$perf}"
+line="V2K-AGENT {\"v\":1,\"ok\":$ok,\"boot\":true,\"root-rw\":$root_rw,\"mounts\":[$mounts],\"nics\":[$nics],\"failed-units\":[$failed],\"uptime\":$up,\"firmware\":{\"efi\":$efi,\"secure-boot\":$sb},\"gateways\":[$gws],\"dns\":[$dns],\"gateway-answers\":[$gwa],\"dns-answers\":[$dnsa],\"services\":[$services],\"perf\":$perf}"
 echo "$line"
 printf '%s\r\n' "$line" > /dev/ttyS0 2>/dev/null
 mkdir -p /var/lib/v2k && printf '%s\n' "$line" > /var/lib/v2k/agent-report.txt
@@ -237,12 +333,12 @@ mod tests {
 
     #[test]
     fn script_carries_the_keep_flag_and_prefix() {
-        assert!(script(true).contains("KEEP=1\n"));
-        assert!(script(false).contains("KEEP=0\n"));
-        assert!(script(false).contains(&format!("line=\"{LINE_PREFIX} {{")));
+        assert!(script(true, &[]).contains("KEEP=1\n"));
+        assert!(script(false, &[]).contains("KEEP=0\n"));
+        assert!(script(false, &[]).contains(&format!("line=\"{LINE_PREFIX} {{")));
         assert!(unit().contains(&format!("ExecStart={SCRIPT_PATH}")));
         let fw_cfg = v2k_kvm_target::agent::POWEROFF_FW_CFG;
-        assert!(script(false).contains(&format!("/by_name/{fw_cfg}/raw")));
+        assert!(script(false, &[]).contains(&format!("/by_name/{fw_cfg}/raw")));
     }
 
     /// The performance block of the script, run by `sh` on this machine's own /proc
@@ -252,7 +348,7 @@ mod tests {
     /// the script's own `esc`, then `print` (a shell line printing JSON); the JSON and
     /// its text.
     fn run_block(from: &str, to: &str, print: &str) -> (serde_json::Value, String) {
-        let s = script(false);
+        let s = script(false, &[]);
         let start = s.find(from).unwrap();
         let end = start + s[start..].find(to).unwrap();
         let esc_at = s.find("esc() {").unwrap();
@@ -290,7 +386,7 @@ mod tests {
     /// The performance block with some of its input files replaced (`(path, by)`), as
     /// the JSON it prints.
     fn run_perf_block(replace: &[(&str, &std::path::Path)]) -> (serde_json::Value, String) {
-        let s = script(false);
+        let s = script(false, &[]);
         let start = s.find("cpu=$(").unwrap();
         let end = start + s[start..].find("\n\nline=").unwrap();
         let mut block = s[start..end].to_string();
@@ -410,11 +506,79 @@ mod tests {
         assert_eq!(v["dns"].as_array().unwrap().len(), servers.min(8), "{text}");
     }
 
+    /// The reachability and services block, run by `sh` on this machine: each default
+    /// gateway and each resolver gets a yes/no (this machine has bash), a neighbour
+    /// that never answered is a no, and a service systemd cannot tell of is reported
+    /// with a state, never dropped.
+    #[test]
+    fn the_reachability_block_reports_each_gateway_resolver_and_service() {
+        let s = script(false, &["nosuch-v2k-test.service".into()]);
+        let start = s.find("# Default IPv4 routes").unwrap();
+        let end = s.find("\n# Performance counters").unwrap();
+        let esc_at = s.find("esc() {").unwrap();
+        let esc = s[esc_at..].lines().next().unwrap();
+        let services = s.lines().find(|l| l.starts_with("SERVICES=")).unwrap();
+        let body = format!(
+            "{esc}\n{services}\n{}\n\
+             printf '{{\"gateway-answers\":[%s],\"dns-answers\":[%s],\"services\":[%s],\"silent\":%s}}' \
+             \"$gwa\" \"$dnsa\" \"$services\" \"$(gw_answers 203.0.113.77 lo)\"\n",
+            &s[start..end]
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&body)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let routes = std::process::Command::new("ip")
+            .args(["-4", "route", "show", "default"])
+            .output()
+            .unwrap();
+        let vias = String::from_utf8_lossy(&routes.stdout)
+            .lines()
+            .filter(|l| l.contains(" via "))
+            .count();
+        let gwa = v["gateway-answers"].as_array().unwrap();
+        assert_eq!(gwa.len(), vias.min(8), "{text}");
+        for g in gwa {
+            assert!(g[1].is_boolean(), "{text}");
+        }
+        for d in v["dns-answers"].as_array().unwrap() {
+            assert!(d[1].is_boolean(), "{text}");
+        }
+        assert_eq!(v["silent"], false, "{text}");
+        let svc = v["services"].as_array().unwrap();
+        assert_eq!(svc.len(), 1, "{text}");
+        assert_eq!(svc[0][0], "nosuch-v2k-test.service", "{text}");
+        assert!(!svc[0][1].as_str().unwrap().is_empty(), "{text}");
+    }
+
+    #[test]
+    fn only_plain_service_names_reach_the_script() {
+        let s = script(
+            false,
+            &[
+                "ssh.service".into(),
+                "getty@tty1.service".into(),
+                "evil;rm -rf /.service".into(),
+                "a$(x).service".into(),
+                "cron.timer".into(),
+            ],
+        );
+        assert!(
+            s.contains("SERVICES=\"ssh.service getty@tty1.service\"\n"),
+            "{}",
+            s.lines().find(|l| l.starts_with("SERVICES=")).unwrap()
+        );
+    }
+
     #[test]
     fn script_is_valid_posix_sh() {
         // dash -n parses without running; skip only when no POSIX shell exists at all.
         let dir = std::env::temp_dir().join(format!("v2k-agent-{}", std::process::id()));
-        std::fs::write(&dir, script(false)).unwrap();
+        std::fs::write(&dir, script(false, &[])).unwrap();
         let st = std::process::Command::new("sh")
             .arg("-n")
             .arg(&dir)

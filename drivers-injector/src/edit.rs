@@ -59,6 +59,37 @@ pub fn rename_by_id(text: &str, renames: &[(String, String)]) -> String {
     out
 }
 
+/// Replaces each WWID of `renames` (`3<uuid>`) standing as a word of its own — not
+/// part of a longer run of letters and digits, so `scsi-3<uuid>` is one too — by the
+/// target's identifier. Hex digits compare without case (multipath and udev files are
+/// written by hand as often as by tools).
+pub fn rename_wwid(text: &str, renames: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let bytes = text.as_bytes();
+    'scan: while i < text.len() {
+        let word_start = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        if word_start {
+            for (from, to) in renames {
+                let end = i + from.len();
+                if end <= text.len()
+                    && text.is_char_boundary(end)
+                    && text[i..end].eq_ignore_ascii_case(from)
+                    && bytes.get(end).is_none_or(|b| !b.is_ascii_alphanumeric())
+                {
+                    out.push_str(to);
+                    i = end;
+                    continue 'scan;
+                }
+            }
+        }
+        let c = text[i..].chars().next().expect("i is on a char boundary");
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
 /// The new name of a whole-disk or partition device name (without `/dev/`), or `None`
 /// when it needs no change or is not a disk we rename.
 pub fn rename_device(name: &str, bus: DiskBus) -> Option<String> {
@@ -549,6 +580,39 @@ pub fn excerpt(before: &str, after: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renames_wwids_in_multipath_and_udev_files_as_whole_words() {
+        let u = "6000c2930f8356400b2c082cac6f3574";
+        let renames = vec![(format!("3{u}"), "36000c2930f835640".to_string())];
+        let udev = format!(
+            "KERNEL==\"sd*\", ENV{{ID_SERIAL}}==\"3{u}\", SYMLINK+=\"oracleasm/disks/DATA1\"\n\
+             KERNEL==\"sd?1\", PROGRAM==\"/lib/udev/scsi_id -g -u -d /dev/$parent\", RESULT==\"3{}\", OWNER=\"grid\"\n\
+             ENV{{ID_SERIAL}}==\"3{u}ff\", SYMLINK+=\"other\"\n\
+             ENV{{ID_SERIAL}}==\"93{u}\", SYMLINK+=\"another\"\n",
+            u.to_ascii_uppercase()
+        );
+        let got = rename_wwid(&udev, &renames);
+        assert_eq!(got.matches("36000c2930f835640\"").count(), 2, "{got}");
+        assert!(
+            got.contains(&format!("3{u}ff")),
+            "a longer id is another disk: {got}"
+        );
+        assert!(got.contains(&format!("93{u}")), "{got}");
+        let wwids = format!("# Multipath wwids, Version : 1.0\n/3{u}/\n");
+        assert_eq!(
+            rename_wwid(&wwids, &renames),
+            "# Multipath wwids, Version : 1.0\n/36000c2930f835640/\n"
+        );
+        let conf =
+            format!("multipaths {{\n  multipath {{\n    wwid 3{u}\n    alias ora_data\n  }}\n}}\n");
+        assert!(rename_wwid(&conf, &renames).contains("wwid 36000c2930f835640\n"));
+        assert_eq!(
+            rename_wwid("née 3 ", &renames),
+            "née 3 ",
+            "non-ASCII text passes"
+        );
+    }
 
     #[test]
     fn renames_vmware_by_id_names_to_the_targets_whole_names_only() {

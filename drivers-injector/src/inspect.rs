@@ -155,6 +155,12 @@ pub struct Inspection {
     /// VMware Tools found: package names, or paths of a tarball install.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vmware_tools: Vec<String>,
+    /// The systemd services the source starts at boot (enabled in
+    /// `/etc/systemd/system/{multi-user,graphical}.target.wants`), but VMware's own
+    /// (removed by the conversion) and v2k's agent: each must run on the target
+    /// (`services` check).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enabled_services: Vec<String>,
     /// SELINUX= from /etc/selinux/config, when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selinux: Option<String>,
@@ -454,6 +460,7 @@ pub fn inspect(
         network_config,
         configured_nics,
         vmware_tools: vmware_tools(app)?,
+        enabled_services: enabled_services(app)?,
         selinux,
         already_converted: app.exists(MARKER)?,
     })
@@ -703,6 +710,34 @@ fn network(app: &Appliance) -> Result<(Vec<String>, Vec<ConfiguredNic>)> {
         }
     }
     Ok((systems, nics))
+}
+
+/// VMware's guest services: enabled in a VMware guest, removed by the conversion
+/// (`linux::disable_tool_units`), so never expected to run on KVM.
+pub const VMWARE_TOOL_UNITS: &[&str] = &[
+    "open-vm-tools.service",
+    "vmtoolsd.service",
+    "vgauth.service",
+    "vmware-tools.service",
+    "run-vmblock\\x2dfuse.mount",
+];
+
+fn enabled_services(app: &Appliance) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for target in ["multi-user", "graphical"] {
+        for unit in app.ls(&format!("/etc/systemd/system/{target}.target.wants"))? {
+            if crate::agent::is_unit_name(&unit)
+                && !VMWARE_TOOL_UNITS.contains(&unit.as_str())
+                && !crate::agent::WANTS_LINK.ends_with(&format!("/{unit}"))
+                && !found.contains(&unit)
+            {
+                found.push(unit);
+            }
+        }
+    }
+    found.sort();
+    found.truncate(crate::agent::MAX_SERVICES);
+    Ok(found)
 }
 
 fn vmware_tools(app: &Appliance) -> Result<Vec<String>> {

@@ -220,11 +220,13 @@ pub fn inject_with(
         insp.initramfs_tool
     ));
     let by_id = v2k_kvm_target::by_id_renames(&opts.vm, opts.bus);
+    let wwids = v2k_kvm_target::wwid_renames(&opts.vm, opts.bus);
     let plan = linux::Plan {
         bus: opts.bus,
         keep_agent: opts.keep_agent,
         pins: &pins,
         by_id: &by_id,
+        wwids: &wwids,
     };
     let outcome = linux::apply(&app, &insp, &plan)?;
     timings.changes = split();

@@ -69,7 +69,14 @@ pub struct Plan<'a> {
     /// VMware `/dev/disk/by-id/` names and the target's
     /// ([`v2k_kvm_target::by_id_renames`]).
     pub by_id: &'a [(String, String)],
+    /// VMware WWIDs and the target's identifiers
+    /// ([`v2k_kvm_target::wwid_renames`]).
+    pub wwids: &'a [(String, String)],
 }
+
+/// The most files of one directory (udev rules, multipath's conf.d) the injector
+/// reads for disk names: the guest decides how many there are.
+const MAX_CONFIG_FILES: usize = 256;
 
 /// Refuses, before any change, a guest this code cannot make boot on `bus`.
 pub fn check(insp: &Inspection, bus: DiskBus) -> Result<()> {
@@ -252,6 +259,41 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
     edit_file(app, &mut out, "lvm-filter", "/etc/lvm/lvm.conf", |t| {
         edit::rename_by_id(t, by_id)
     })?;
+    // Multipath and udev rules (Oracle ASM's among them) name disks by WWID or by-id
+    // path: both rewritten to what the target's disks are called.
+    let ids = |t: &str| edit::rename_wwid(&edit::rename_by_id(t, by_id), plan.wwids);
+    if !by_id.is_empty() {
+        let mut files: Vec<String> = [
+            "/etc/multipath.conf",
+            "/etc/multipath/wwids",
+            "/etc/multipath/bindings",
+        ]
+        .map(String::from)
+        .to_vec();
+        for (dir, ext) in [
+            ("/etc/multipath/conf.d", ".conf"),
+            ("/etc/udev/rules.d", ".rules"),
+        ] {
+            let mut names: Vec<String> = app
+                .ls(dir)?
+                .into_iter()
+                .filter(|n| n.ends_with(ext) && edit::is_safe_name(n))
+                .collect();
+            names.sort();
+            names.truncate(MAX_CONFIG_FILES);
+            files.extend(names.into_iter().map(|n| format!("{dir}/{n}")));
+        }
+        for f in files {
+            let step = if f.contains("udev") {
+                "udev-rules"
+            } else {
+                "multipath"
+            };
+            if app.is_file(&f)? {
+                edit_file(app, &mut out, step, &f, ids)?;
+            }
+        }
+    }
     for map in ["/boot/grub/device.map", "/boot/grub2/device.map"] {
         edit_file(app, &mut out, "device-map", map, |t| {
             edit::rename_in_table(t, bus)
@@ -303,7 +345,13 @@ pub fn apply(app: &Appliance, insp: &Inspection, plan: &Plan) -> Result<Outcome>
         crate::efi::install_fallback(app, &mut out.changes)?;
     }
 
-    let agent_installed = install_agent(app, plan.keep_agent, old_marker.as_ref(), &mut out)?;
+    let agent_installed = install_agent(
+        app,
+        plan.keep_agent,
+        &insp.enabled_services,
+        old_marker.as_ref(),
+        &mut out,
+    )?;
 
     if !out.changes.is_empty()
         && matches!(
@@ -445,13 +493,7 @@ fn finish_tools_removal(
 /// Whatever is left of VMware Tools (a tarball install, a failed purge): at least
 /// not started.
 fn disable_tool_units(app: &Appliance, out: &mut Outcome) -> Result<()> {
-    for unit in [
-        "open-vm-tools.service",
-        "vmtoolsd.service",
-        "vgauth.service",
-        "vmware-tools.service",
-        "run-vmblock\\x2dfuse.mount",
-    ] {
+    for &unit in crate::inspect::VMWARE_TOOL_UNITS {
         for wants in app.glob("/etc/systemd/system/*.wants")? {
             let link = format!("{}/{unit}", wants.trim_end_matches('/'));
             if app.g.is_symlink(&link).unwrap_or(false) {
@@ -790,6 +832,7 @@ fn appliance_disk_map(app: &Appliance) -> Result<Vec<(String, usize)>> {
 fn install_agent(
     app: &Appliance,
     keep: bool,
+    services: &[String],
     marker: Option<&Marker>,
     out: &mut Outcome,
 ) -> Result<bool> {
@@ -797,7 +840,13 @@ fn install_agent(
         out.same("agent", "the agent already reported and removed itself");
         return Ok(true);
     }
-    put(app, out, "agent", agent::SCRIPT_PATH, &agent::script(keep))?;
+    put(
+        app,
+        out,
+        "agent",
+        agent::SCRIPT_PATH,
+        &agent::script(keep, services),
+    )?;
     app.g
         .chmod(0o755, agent::SCRIPT_PATH)
         .map_err(gerr("chmod agent"))?;

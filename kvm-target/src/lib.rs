@@ -291,6 +291,25 @@ pub fn by_id_renames(vm: &Vm, bus: DiskBus) -> Vec<(String, String)> {
     out
 }
 
+/// Every WWID `vm`'s disks had on VMware (with `disk.EnableUUID`: `3<uuid>`, what
+/// `scsi_id` and udev's `ID_SERIAL` say, what multipath and Oracle ASM udev rules name
+/// a disk by) and its identifier on the target on `bus`: `3<wwn>` on virtio-scsi
+/// (the NAA designator of the disk's 64-bit WWN), the serial on virtio-blk (udev's
+/// `ID_SERIAL` there; no SCSI inquiry). In disk order.
+pub fn wwid_renames(vm: &Vm, bus: DiskBus) -> Vec<(String, String)> {
+    vm.disks
+        .iter()
+        .filter_map(|d| d.uuid.as_deref().and_then(checked_uuid))
+        .map(|u| {
+            let to = match bus {
+                DiskBus::VirtioBlk => disk_serial(u).to_string(),
+                DiskBus::VirtioScsi => format!("3{}", disk_wwn(u)),
+            };
+            (format!("3{u}"), to)
+        })
+        .collect()
+}
+
 /// vCPU counts and memory sizes KVM cannot run (pre-flight's critical concerns) are
 /// refused here too, so a hand-edited or stale vm.json never puts them in domain XML.
 fn refuse_unrunnable_size(vm: &Vm) -> Result<()> {

@@ -38,14 +38,25 @@ pub fn qemu_argv(t: &Target, q: &QemuOptions, f: &GuestFeatures) -> Vec<String> 
     if let Some(u) = &t.uuid {
         push(&["-uuid", u]);
     }
+    let tu = &t.tuning;
+    // Host placement of the memory (hugepages, NUMA binding), as libvirt's
+    // <memoryBacking>/<numatune> do: on the memory backends. Without guest NUMA
+    // cells the machine's RAM is one backend of its own.
+    let placed = tu.hugepage_kib.is_some() || !tu.memory_nodes.is_empty();
+    let main_ram = placed && tu.guest_cells.is_empty();
     push(&[
         "-machine",
         &format!(
-            "{},accel={}{}",
+            "{},accel={}{}{}",
             t.machine,
             t.accel.as_str(),
             if t.firmware.secure_boot() {
                 ",smm=on"
+            } else {
+                ""
+            },
+            if main_ram {
+                ",memory-backend=v2kram"
             } else {
                 ""
             }
@@ -62,9 +73,9 @@ pub fn qemu_argv(t: &Target, q: &QemuOptions, f: &GuestFeatures) -> Vec<String> 
     if f.localtime {
         push(&["-rtc", "base=localtime,driftfix=slew"]);
     }
-    // What the guest sees of the tuning (hot-add room, vNUMA cells); the host
-    // placement (pinning, NUMA binding, hugepages) is libvirt's, in domain.xml only.
-    let tu = &t.tuning;
+    // What the guest sees of the tuning (hot-add room, vNUMA cells); the host's
+    // memory placement on the backends (memory_backend); vCPU pinning is the
+    // script's (qemu_script: QEMU does not pin its threads itself).
     push(&[
         "-smp",
         &format!(
@@ -86,10 +97,22 @@ pub fn qemu_argv(t: &Target, q: &QemuOptions, f: &GuestFeatures) -> Vec<String> 
         ]),
         None => push(&["-m", &t.memory_mib.to_string()]),
     }
+    if main_ram {
+        push(&["-object", &memory_backend(t, "v2kram", t.memory_mib)]);
+    }
+    if tu.hugepage_kib.is_some() {
+        // libvirt's <locked/>: the guest's memory is never swapped.
+        push(&["-overcommit", "mem-lock=on"]);
+    }
     for (i, c) in tu.guest_cells.iter().enumerate() {
+        let backend = if placed {
+            memory_backend(t, &format!("v2kmem{i}"), c.memory_mib)
+        } else {
+            format!("memory-backend-ram,id=v2kmem{i},size={}M", c.memory_mib)
+        };
         push(&[
             "-object",
-            &format!("memory-backend-ram,id=v2kmem{i},size={}M", c.memory_mib),
+            &backend,
             "-numa",
             &format!(
                 "node,nodeid={i},cpus={}-{},memdev=v2kmem{i}",
@@ -178,6 +201,28 @@ pub fn qemu_argv(t: &Target, q: &QemuOptions, f: &GuestFeatures) -> Vec<String> 
     a
 }
 
+/// A memory backend of `mib` placed as the tuning says, in QEMU's JSON form for
+/// `-object` (lists such as `host-nodes` have no unambiguous flat syntax): on
+/// hugepages (`/dev/hugepages`, preallocated, as libvirt backs `<hugepages/>`) and
+/// bound to the host NUMA nodes of `<numatune>` (policy `bind`, libvirt's `strict`).
+fn memory_backend(t: &Target, id: &str, mib: u64) -> String {
+    let tu = &t.tuning;
+    let mut o = serde_json::json!({
+        "qom-type": if tu.hugepage_kib.is_some() { "memory-backend-file" } else { "memory-backend-ram" },
+        "id": id,
+        "size": mib.saturating_mul(1 << 20),
+    });
+    if tu.hugepage_kib.is_some() {
+        o["mem-path"] = "/dev/hugepages".into();
+        o["prealloc"] = true.into();
+    }
+    if !tu.memory_nodes.is_empty() {
+        o["host-nodes"] = tu.memory_nodes.clone().into();
+        o["policy"] = "bind".into();
+    }
+    o.to_string()
+}
+
 /// Quotes one word for POSIX sh.
 pub fn sh_quote(s: &str) -> String {
     if !s.is_empty()
@@ -190,12 +235,17 @@ pub fn sh_quote(s: &str) -> String {
     }
 }
 
-/// A runnable script for the argv.
-pub fn qemu_script(argv: &[String]) -> String {
+/// A runnable script for the argv. With `cpuset` (the tuning's `<vcpupin>` set, the
+/// same for every vCPU) QEMU runs under `taskset -c`: its vCPU threads, and its other
+/// threads with them, stay on those host CPUs.
+pub fn qemu_script(argv: &[String], cpuset: &[u32]) -> String {
     let mut s = String::from(
         "#!/bin/sh\n# Written by v2k inject: runs the converted VM under QEMU directly.\n\
          # The serial console is on this terminal (Ctrl-a x quits).\nexec",
     );
+    if !cpuset.is_empty() {
+        s.push_str(&format!(" taskset -c {}", crate::tuning::cpuset(cpuset)));
+    }
     // One option per line, with its value when it has one.
     for (i, a) in argv.iter().enumerate() {
         let is_value = i > 0 && argv[i - 1].starts_with('-') && !a.starts_with('-');

@@ -166,6 +166,64 @@ fn affinity_numa_and_topology_start_pinned_in_libvirt() {
     assert!(pins.iter().all(|w| w[1] == "1"), "{asked}");
     assert!(asked.contains("numa_mode      : strict"), "{asked}");
     assert!(asked.contains("numa_nodeset   : 0"), "{asked}");
+
+    // The direct-QEMU form (run-qemu.sh) places the VM the same way: the script runs
+    // QEMU under `taskset -c 1`, its vCPU cells' memory backends are bound to node 0.
+    // Started for real (no disk, TCG) and asked through /proc.
+    let q = QemuOptions {
+        serial: format!("file:{}", dir.path().join("serial.log").display()),
+        snapshot: false,
+    };
+    let argv = qemu_argv(&t, &q, &GuestFeatures::default());
+    let script = v2k_kvm_target::qemu_script(&argv, &t.tuning.vcpu_cpuset);
+    assert!(
+        script.contains("exec taskset -c 1 qemu-system-x86_64"),
+        "{script}"
+    );
+    assert!(
+        argv.iter()
+            .any(|a| a.contains("\"host-nodes\":[0]") && a.contains("\"policy\":\"bind\"")),
+        "{argv:?}"
+    );
+    let path = dir.path().join("run-qemu.sh");
+    std::fs::write(&path, &script).unwrap();
+    let mut child = Command::new("sh")
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // QEMU has exec'd and built the machine once its memory is mapped with the policy.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (status, maps) = loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap_or_default();
+        if status.contains("Name:\tqemu-system-x86") && maps.contains("bind:0") {
+            break (status, maps);
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("run-qemu.sh ended ({st}): {err}\n{script}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU never bound its memory: {status}\n{maps}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(status.contains("Cpus_allowed_list:\t1\n"), "{status}");
+    assert!(maps.contains("bind:0"), "{maps}");
 }
 
 #[test]
@@ -230,6 +288,18 @@ fn a_full_reservation_becomes_locked_hugepages_where_the_host_has_them() {
         ),
         "{xml}"
     );
+    // The direct-QEMU form: the machine's RAM on a preallocated hugetlbfs backend,
+    // locked (QEMU's -overcommit mem-lock, libvirt's <locked/>).
+    let argv = qemu_argv(&t, &QemuOptions::default(), &GuestFeatures::default());
+    let joined = argv.join(" ");
+    assert!(joined.contains(",memory-backend=v2kram"), "{joined}");
+    assert!(
+        joined.contains(
+            "{\"id\":\"v2kram\",\"mem-path\":\"/dev/hugepages\",\"prealloc\":true,\"qom-type\":\"memory-backend-file\",\"size\":268435456}"
+        ),
+        "{joined}"
+    );
+    assert!(joined.contains("-overcommit mem-lock=on"), "{joined}");
     // Not started: see the file's comment (this machine reserves no hugepages).
     let (defined, _) = run(&t, dir.path(), false);
     assert!(

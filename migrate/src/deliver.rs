@@ -187,6 +187,11 @@ struct Planned {
     bytes: u64,
 }
 
+/// The domain's state as virsh words it (`running`, `shut off`, `paused`…).
+pub fn domain_state(uri: &str, domain: &str) -> Result<String> {
+    Ok(virsh(uri, &["domstate", domain])?.trim().to_string())
+}
+
 /// `virsh -q -c URI ARGS...`, its stdout on success.
 pub(crate) fn virsh(uri: &str, args: &[&str]) -> Result<String> {
     let o = Command::new("virsh")
@@ -527,11 +532,11 @@ pub fn deliver(
         virsh(&dest.uri, &["autostart", &domain])?;
     }
     // Started only when it is not running already (a rerun after --start).
-    let mut state = virsh(&dest.uri, &["domstate", &domain])?.trim().to_string();
+    let mut state = domain_state(&dest.uri, &domain)?;
     if dest.start && state == "shut off" {
         virsh(&dest.uri, &["start", &domain])?;
         progress(Event::Message(format!("started {domain} on {}", dest.uri)));
-        state = virsh(&dest.uri, &["domstate", &domain])?.trim().to_string();
+        state = domain_state(&dest.uri, &domain)?;
     }
     Ok(Delivered {
         uri: dest.uri.clone(),

@@ -43,7 +43,7 @@ pub use stages::{BootStages, RealBoot};
 // The vocabulary callers configure a migration with (the wave plan, the CLI), so
 // that they need not depend on the stages behind this crate.
 pub use v2k_kvm_target::{Accel, DiskBus, HostSource, NetTarget, NetworkMap};
-pub use v2k_validator::Backend;
+pub use v2k_validator::{Backend, Validation};
 
 /// A boxed error from a stage a caller plugs in (a remote source).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -73,6 +73,9 @@ pub struct Options {
     /// Upload the disks into a storage pool of this libvirt and define the domain
     /// there, after validation ([`deliver`]).
     pub deliver: Option<Destination>,
+    /// With a delivery that starts the domain: start it paused, watch its console
+    /// and judge its first boot where it lives (the "after cutover" checks).
+    pub check_after_cutover: bool,
     /// Shut a running remote source down before the copy ([`cutover`]).
     pub cutover: Option<cutover::Cutover>,
     pub verify_manifest: bool,
@@ -124,6 +127,8 @@ pub enum Error {
     Cutover(#[source] cutover::CutoverError),
     #[error("delivering to the destination")]
     Deliver(#[source] deliver::DeliverError),
+    #[error("checking the VM after cutover")]
+    AfterCutover(#[source] v2k_validator::Error),
     #[error(transparent)]
     RunDir(#[from] rundir::RunDirError),
 }
@@ -150,11 +155,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// 0 migrated (and validated, when asked), 1 migrated but validation failed or
-    /// (with fail-on-regression) performance regressed.
+    /// 0 migrated (and validated, when asked), 1 migrated but validation failed,
+    /// (with fail-on-regression) performance regressed, or delivered and started but
+    /// its checks after cutover failed.
     pub fn exit_code(&self) -> i32 {
+        let after_failed = self
+            .report
+            .after_cutover
+            .as_ref()
+            .is_some_and(|v| !v.passed);
         match self.report.result {
             ReportOutcome::ValidationFailed | ReportOutcome::PerformanceRegression => 1,
+            _ if after_failed => 1,
             _ => 0,
         }
     }
@@ -420,14 +432,21 @@ pub fn migrate_with(
     let regressed = performance.as_ref().is_some_and(|p| p.fails());
 
     // 6. deliver, unless the validation failed: a broken copy is not put in place
-    let delivered = match &opts.deliver {
+    // With checks after cutover, the domain is started by them (paused first, so
+    // that its console is watched from the first instruction).
+    let check_after = opts.check_after_cutover
+        && injected.is_some()
+        && opts.deliver.as_ref().is_some_and(|d| d.start);
+    let mut delivered = match &opts.deliver {
         Some(_) if regressed => {
             tl.skip("deliver", "performance regressed: nothing was delivered");
             None
         }
         Some(dest) if validation.as_ref().is_none_or(|v| v.passed) => {
             let t = tl.begin("deliver");
-            let d = deliver::deliver(&run, dest, &target, &features, progress)
+            let mut dest = dest.clone();
+            dest.start &= !check_after;
+            let d = deliver::deliver(&run, &dest, &target, &features, progress)
                 .map_err(Error::Deliver)?;
             let uploaded = d
                 .volumes
@@ -451,7 +470,49 @@ pub fn migrate_with(
         None => None,
     };
 
-    // 7. report
+    // 7. after cutover: the first boot where the VM will live, judged there
+    let mut after_cutover = None;
+    if let (Some(d), Some(done), true) = (delivered.as_mut(), &injected, check_after) {
+        let previous = run.load_report().ok().and_then(|r| r.after_cutover);
+        // Paused: started by a run killed before it resumed the domain (below).
+        if d.state != "shut off" && d.state != "paused" {
+            // A rerun after the domain started: its first boot is over. What an
+            // earlier run saw of it stands.
+            let why = match &previous {
+                Some(_) => "the domain already runs: the earlier check stands",
+                None => "the domain already runs: its first boot was not observed",
+            };
+            tl.skip("after-cutover", why);
+            after_cutover = previous;
+        } else {
+            let t = tl.begin("after-cutover");
+            let mut expect = stages::expectations(done, &target);
+            // On the VM's own network now: its gateway and resolvers must answer.
+            // (The Windows first-boot service does not report them.)
+            expect.reachability = done.windows.is_none();
+            let aopts = v2k_validator::AfterCutover {
+                uri: d.uri.clone(),
+                domain: d.domain.clone(),
+                boot_timeout: opts.boot_timeout,
+                work_dir: run.after_cutover_dir(),
+                accel,
+            };
+            let v = boot
+                .after_cutover(&expect, &aopts)
+                .map_err(Error::AfterCutover)?;
+            d.state = deliver::domain_state(&d.uri, &d.domain).map_err(Error::Deliver)?;
+            let passed = v.checks.iter().filter(|c| c.passed).count();
+            let detail = format!(
+                "{passed} of {} check(s) passed on {}",
+                v.checks.len(),
+                d.uri
+            );
+            tl.end(t, if v.passed { Done } else { Failed }, Some(detail));
+            after_cutover = Some(v);
+        }
+    }
+
+    // 8. report
     let mut rep = stages::report(
         &vm,
         &opts.source,
@@ -462,6 +523,7 @@ pub fn migrate_with(
         tl.stages,
     );
     rep.delivery = delivered;
+    rep.after_cutover = after_cutover;
     if let Some(p) = performance {
         rep.concerns.extend(p.concern());
         if regressed && rep.result == ReportOutcome::Validated {

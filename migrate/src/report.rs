@@ -62,6 +62,10 @@ pub struct Report {
     /// Where `--to` delivered the VM: the destination's volumes and domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<crate::deliver::Delivered>,
+    /// The first boot on the destination, judged there (`--start`): the validation's
+    /// checks plus the VM's services, gateway and resolvers. Its own verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_cutover: Option<Validation>,
     /// The steps of `v2k rollback`, once it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<crate::rollback::Record>,
@@ -462,6 +466,41 @@ fn nic_rows(rows: &[NicRow]) -> String {
 }
 
 /// Renders the report as one self-contained HTML page.
+/// One boot's checks: how it ran, each check with its reason, and the console.
+fn checks_html(h: &mut String, v: &Validation, booted: &str, console: &str) {
+    let backend = match &v.backend {
+        v2k_validator::Backend::Libvirt { uri } => format!("libvirt {uri}"),
+        v2k_validator::Backend::Qemu => "QEMU".into(),
+    };
+    let _ = write!(
+        h,
+        "<p>{booted} {} ({}); agent report after {}.</p><table><tr><th>Check</th><th>Result</th><th>Reason</th></tr>",
+        esc(&backend),
+        v.accel.as_str(),
+        v.evidence.boot_seconds.map_or("—".to_string(), |s| format!("{s:.1} s")),
+    );
+    for c in &v.checks {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td><span class=\"badge {}\">{}</span></td><td>{}</td></tr>",
+            esc(&c.id),
+            if c.passed { "pass" } else { "fail" },
+            if c.passed { "pass" } else { "fail" },
+            esc(&c.reason)
+        );
+    }
+    h.push_str("</table>");
+    if let Some(shot) = &v.evidence.screenshot {
+        if let Ok(png) = std::fs::read(shot) {
+            let _ = write!(
+                h,
+                "<h3>{console}</h3><img alt=\"console screenshot\" src=\"data:image/png;base64,{}\">",
+                base64(&png)
+            );
+        }
+    }
+}
+
 pub(crate) fn render_html(r: &Report) -> String {
     let mut h = String::new();
     let ok = r.result == Outcome::Validated;
@@ -469,7 +508,12 @@ pub(crate) fn render_html(r: &Report) -> String {
         h,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>v2k report: {vm}</title><style>{CSS}</style></head><body>\
          <h1>{vm}</h1><p class=\"sub\">VMware → KVM migration report · v2k {ver} · source <code>{src}</code></p>\
-         <p><span class=\"badge {cls}\">{result}</span></p>",
+         <p><span class=\"badge {cls}\">{result}</span>{after}</p>",
+        after = match &r.after_cutover {
+            Some(v) if v.passed => " <span class=\"badge pass\">after cutover: passed</span>",
+            Some(_) => " <span class=\"badge fail\">after cutover: failed</span>",
+            None => "",
+        },
         vm = esc(&r.vm),
         ver = esc(&r.v2k_version),
         src = esc(&r.source),
@@ -509,43 +553,29 @@ pub(crate) fn render_html(r: &Report) -> String {
         );
     }
     h.push_str("</table>");
-    // Validation.
+    // Validation, then the first boot where the VM lives, each with its verdict.
     h.push_str("<h2>Validation</h2>");
     match &r.validation {
         None => h.push_str("<p>The migrated VM was not booted (validation skipped).</p>"),
-        Some(v) => {
-            let backend = match &v.backend {
-                v2k_validator::Backend::Libvirt { uri } => format!("libvirt {uri}"),
-                v2k_validator::Backend::Qemu => "QEMU".into(),
-            };
-            let _ = write!(
-                h,
-                "<p>Booted with {} ({}); agent report after {}.</p><table><tr><th>Check</th><th>Result</th><th>Reason</th></tr>",
-                esc(&backend),
-                v.accel.as_str(),
-                v.evidence.boot_seconds.map_or("—".to_string(), |s| format!("{s:.1} s")),
-            );
-            for c in &v.checks {
-                let _ = write!(
-                    h,
-                    "<tr><td>{}</td><td><span class=\"badge {}\">{}</span></td><td>{}</td></tr>",
-                    esc(&c.id),
-                    if c.passed { "pass" } else { "fail" },
-                    if c.passed { "pass" } else { "fail" },
-                    esc(&c.reason)
-                );
-            }
-            h.push_str("</table>");
-            if let Some(shot) = &v.evidence.screenshot {
-                if let Ok(png) = std::fs::read(shot) {
-                    let _ = write!(
-                        h,
-                        "<h3>Console after boot</h3><img alt=\"console screenshot\" src=\"data:image/png;base64,{}\">",
-                        base64(&png)
-                    );
-                }
-            }
-        }
+        Some(v) => checks_html(&mut h, v, "Booted with", "Console after boot"),
+    }
+    if let Some(v) = &r.after_cutover {
+        let _ = write!(
+            h,
+            "<h2>After cutover</h2><p><span class=\"badge {}\">{}</span></p>",
+            if v.passed { "pass" } else { "fail" },
+            if v.passed {
+                "passed on the destination"
+            } else {
+                "failed on the destination"
+            },
+        );
+        checks_html(
+            &mut h,
+            v,
+            "First boot on the destination, started by v2k through",
+            "Console on the destination",
+        );
     }
     if let Some(p) = &r.performance {
         performance_html(&mut h, p);
@@ -773,6 +803,7 @@ mod tests {
             }],
             resumed_downloads: vec![],
             delivery: None,
+            after_cutover: None,
             rollback: None,
         }
     }
@@ -856,6 +887,36 @@ mod tests {
         assert_eq!(serde_json::from_value::<Report>(v).unwrap(), r);
         // Without a baseline asked for there is no section at all.
         assert!(!render_html(&report()).contains("Performance before"));
+    }
+
+    #[test]
+    fn the_first_boot_on_the_destination_has_its_own_section_and_verdict() {
+        let mut r = report();
+        let h = render_html(&r);
+        assert!(!h.contains("After cutover"), "no section without the check");
+        r.after_cutover = Some(Validation {
+            backend: v2k_validator::Backend::Libvirt {
+                uri: "qemu+ssh://root@kvm01/system".into(),
+            },
+            accel: v2k_kvm_target::Accel::Kvm,
+            passed: false,
+            checks: vec![Check {
+                id: "gateway".into(),
+                passed: false,
+                reason: "default gateway 10.0.0.1 did not answer".into(),
+            }],
+            evidence: Default::default(),
+            total_seconds: 40.0,
+        });
+        let h = render_html(&r);
+        let after = &h[h.find("<h2>After cutover</h2>").unwrap()..];
+        assert!(after.contains("failed on the destination"), "{after}");
+        assert!(after.contains("qemu+ssh://root@kvm01/system"), "{after}");
+        assert!(after.contains("10.0.0.1 did not answer"), "{after}");
+        assert!(h.contains("after cutover: failed"), "top verdict");
+        // Beside the validation, before the concerns.
+        assert!(h.find("<h2>Validation</h2>") < h.find("<h2>After cutover</h2>"));
+        assert!(h.find("<h2>After cutover</h2>") < h.find("<h2>Pre-flight concerns</h2>"));
     }
 
     #[test]

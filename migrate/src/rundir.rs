@@ -155,6 +155,11 @@ impl RunDir {
         self.root.join("validation")
     }
 
+    /// The console log and screenshot of the first boot on the destination.
+    pub fn after_cutover_dir(&self) -> PathBuf {
+        self.root.join("after-cutover")
+    }
+
     pub fn report_json(&self) -> PathBuf {
         self.root.join("report.json")
     }

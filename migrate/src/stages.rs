@@ -40,6 +40,15 @@ pub trait BootStages: Sync {
         expect: &Expectations,
         opts: &v2k_validator::Options,
     ) -> std::result::Result<Validation, v2k_validator::Error>;
+
+    /// Starts the delivered domain on its destination and checks it there.
+    fn after_cutover(
+        &self,
+        expect: &Expectations,
+        opts: &v2k_validator::AfterCutover,
+    ) -> std::result::Result<Validation, v2k_validator::Error> {
+        v2k_validator::after_cutover(expect, opts)
+    }
 }
 
 /// libguestfs and a real boot (QEMU or libvirt).
@@ -606,7 +615,7 @@ pub fn write_target(
     let mut json = serde_json::to_vec_pretty(&argv).expect("a list of strings serialises");
     json.push(b'\n');
     write(TARGET_FILES[1], &json, 0o644)?;
-    let script = v2k_kvm_target::qemu_script(&argv);
+    let script = v2k_kvm_target::qemu_script(&argv, &t.tuning.vcpu_cpuset);
     write(TARGET_FILES[2], script.as_bytes(), 0o755)
 }
 
@@ -696,6 +705,8 @@ pub fn expectations(injected: &Injected, target: &Target) -> Expectations {
         }),
         gateway: statics.iter().find_map(|s| s.gateway.clone()),
         dns,
+        services: log.inspection.enabled_services.clone(),
+        reachability: false,
     }
 }
 
@@ -739,6 +750,7 @@ pub fn report(
         stages,
         resumed_downloads,
         delivery: None,
+        after_cutover: None,
         rollback: None,
     }
 }

@@ -70,6 +70,7 @@ fn options(source: &Path, out: &Path) -> Options {
         keep_changes: false,
         define: None,
         deliver: None,
+        check_after_cutover: true,
         cutover: None,
         verify_manifest: true,
         virtio_win: None,

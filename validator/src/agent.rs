@@ -33,6 +33,17 @@ pub struct AgentReport {
     /// The resolvers in use.
     #[serde(default)]
     pub dns: Vec<String>,
+    /// Each default gateway and whether it answered (`None`: the guest had no tool
+    /// to ask it).
+    #[serde(default)]
+    pub gateway_answers: Vec<(String, Option<bool>)>,
+    /// Each resolver in use and whether it answered a DNS query.
+    #[serde(default)]
+    pub dns_answers: Vec<(String, Option<bool>)>,
+    /// The source's enabled services and their state (`active`, `exited`, `skipped`,
+    /// `missing`, or systemd's ActiveState).
+    #[serde(default)]
+    pub services: Vec<(String, String)>,
     /// Performance counters since boot (agents before this field send none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub perf: Option<crate::perf::AgentPerf>,

@@ -25,6 +25,15 @@ pub struct Expectations {
     /// Resolvers the source's configuration sets (`dns` check): each must be in use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<String>,
+    /// Services the source enabled (`services` check): each active, or a oneshot
+    /// that ran and succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// On the VM's own network (after cutover): its default gateway must answer
+    /// (`gateway`) and its resolvers answer or be those the source configured
+    /// (`resolvers`). Off for a validation boot, whose network is a stand-in.
+    #[serde(default)]
+    pub reachability: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -68,7 +77,7 @@ impl ExpectedNic {
 pub struct Check {
     /// Stable id: `agent-report`, `root-rw`, `mounts`, `nic:<name>` (`nic:<mac>` when
     /// the guest names the NIC), `static-ip:<name>`, `route`, `dns`, `firmware`,
-    /// `failed-units`.
+    /// `failed-units`, `services`; after cutover also `gateway` and `resolvers`.
     /// How the guest stopped afterwards is evidence (`clean-shutdown`), not a check:
     /// a guest without an ACPI handler (no logind) is still a working guest.
     pub id: String,
@@ -119,6 +128,13 @@ pub fn judge(expect: &Expectations, ev: &Evidence, timeout: Duration) -> Vec<Che
             out.push(check(id, false, "not reported"));
         }
         out.push(check("failed-units", false, "not reported"));
+        if !expect.services.is_empty() {
+            out.push(check("services", false, "not reported"));
+        }
+        if expect.reachability {
+            out.push(check("gateway", false, "not reported"));
+            out.push(check("resolvers", false, "not reported"));
+        }
         return out;
     };
     out.push(check(
@@ -198,7 +214,125 @@ pub fn judge(expect: &Expectations, ev: &Evidence, timeout: Duration) -> Vec<Che
             format!("failed: {}", a.failed_units.join(", ")),
         )
     });
+    if !expect.services.is_empty() {
+        out.push(judge_services(&expect.services, a));
+    }
+    if expect.reachability {
+        out.push(judge_gateway(a));
+        out.push(judge_resolvers(expect, a));
+    }
     out
+}
+
+/// Every service the source enabled runs: `active`, or `exited` (a oneshot that ran
+/// and succeeded). Anything else is named with its state.
+fn judge_services(want: &[String], a: &crate::agent::AgentReport) -> Check {
+    let mut bad = Vec::new();
+    for w in want {
+        match a.services.iter().find(|(n, _)| n == w) {
+            Some((_, st)) if st == "active" || st == "exited" => {}
+            Some((_, st)) => bad.push(format!("{w} {st}")),
+            None => bad.push(format!("{w} not reported")),
+        }
+    }
+    if bad.is_empty() {
+        check(
+            "services",
+            true,
+            format!(
+                "{} service(s) enabled in the source are running: {}",
+                want.len(),
+                want.join(", ")
+            ),
+        )
+    } else {
+        check(
+            "services",
+            false,
+            format!("enabled in the source but not running: {}", bad.join(", ")),
+        )
+    }
+}
+
+/// The default gateway answers (ping, or its link-layer address resolved).
+fn judge_gateway(a: &crate::agent::AgentReport) -> Check {
+    if a.gateway_answers.is_empty() {
+        return check("gateway", false, "no default gateway");
+    }
+    let silent: Vec<&str> = a
+        .gateway_answers
+        .iter()
+        .filter(|(_, ok)| *ok == Some(false))
+        .map(|(g, _)| g.as_str())
+        .collect();
+    let unknown: Vec<&str> = a
+        .gateway_answers
+        .iter()
+        .filter(|(_, ok)| ok.is_none())
+        .map(|(g, _)| g.as_str())
+        .collect();
+    let all: Vec<&str> = a.gateway_answers.iter().map(|(g, _)| g.as_str()).collect();
+    if !silent.is_empty() {
+        check(
+            "gateway",
+            false,
+            format!("default gateway {} did not answer", silent.join(", ")),
+        )
+    } else if !unknown.is_empty() {
+        check(
+            "gateway",
+            false,
+            format!(
+                "default gateway {} could not be asked (no ping or bash in the guest)",
+                unknown.join(", ")
+            ),
+        )
+    } else {
+        check(
+            "gateway",
+            true,
+            format!("default gateway {} answers", all.join(", ")),
+        )
+    }
+}
+
+/// A resolver answers a DNS query; failing that, the guest at least uses the
+/// resolvers its source configured.
+fn judge_resolvers(expect: &Expectations, a: &crate::agent::AgentReport) -> Check {
+    let answering: Vec<&str> = a
+        .dns_answers
+        .iter()
+        .filter(|(_, ok)| *ok == Some(true))
+        .map(|(d, _)| d.as_str())
+        .collect();
+    if !answering.is_empty() {
+        return check(
+            "resolvers",
+            true,
+            format!("resolver {} answers", answering.join(", ")),
+        );
+    }
+    let in_use = if a.dns.is_empty() {
+        "none".to_string()
+    } else {
+        a.dns.join(", ")
+    };
+    if !expect.dns.is_empty() && expect.dns.iter().all(|d| a.dns.contains(d)) {
+        check(
+            "resolvers",
+            true,
+            format!(
+                "no resolver answered, but the guest uses {}, as its source configured",
+                expect.dns.join(", ")
+            ),
+        )
+    } else {
+        check(
+            "resolvers",
+            false,
+            format!("no resolver answered (in use: {in_use})"),
+        )
+    }
 }
 
 /// The ids of the configuration checks `expect` asks for, in report order.
@@ -355,6 +489,65 @@ mod tests {
     }
 
     #[test]
+    fn services_gateway_and_resolvers_are_judged_after_cutover() {
+        let line = |services: &str, gw: &str, dns: &str| {
+            evidence(&format!(
+                r#"V2K-AGENT {{"v":1,"ok":true,"boot":true,"root-rw":true,"mounts":[{{"target":"/data","ok":true}}],"nics":[{{"name":"ens192","mac":"00:50:56:aa:bb:cc","ipv4":["10.77.0.5/24"]}}],"failed-units":[],"uptime":20,"gateways":[{{"via":"10.77.0.1","dev":"ens192"}}],"dns":["10.77.0.1"],"gateway-answers":[{gw}],"dns-answers":[{dns}],"services":[{services}]}}"#
+            ))
+        };
+        let mut e = expect();
+        e.services = vec!["ssh.service".into(), "e2scrub_reap.service".into()];
+        e.reachability = true;
+        let by = |c: &[Check], id: &str| c.iter().find(|c| c.id == id).unwrap().clone();
+
+        let good = line(
+            r#"["e2scrub_reap.service","exited"],["ssh.service","active"]"#,
+            r#"["10.77.0.1",true]"#,
+            r#"["10.77.0.1",true]"#,
+        );
+        let c = judge(&e, &good, Duration::from_secs(60));
+        assert!(c.iter().all(|c| c.passed), "{c:?}");
+        assert!(by(&c, "gateway").reason.contains("10.77.0.1 answers"));
+
+        let bad = line(
+            r#"["ssh.service","failed"]"#,
+            r#"["10.77.0.1",false]"#,
+            r#"["10.77.0.1",false]"#,
+        );
+        let c = judge(&e, &bad, Duration::from_secs(60));
+        let s = by(&c, "services");
+        assert!(!s.passed, "{s:?}");
+        assert!(s.reason.contains("ssh.service failed"), "{s:?}");
+        assert!(
+            s.reason.contains("e2scrub_reap.service not reported"),
+            "{s:?}"
+        );
+        let g = by(&c, "gateway");
+        assert!(!g.passed && g.reason.contains("did not answer"), "{g:?}");
+        let r = by(&c, "resolvers");
+        assert!(!r.passed && r.reason.contains("in use: 10.77.0.1"), "{r:?}");
+
+        // No resolver answers, but the guest uses the one its source configured.
+        e.dns = vec!["10.77.0.1".into()];
+        let c = judge(&e, &bad, Duration::from_secs(60));
+        assert!(by(&c, "resolvers").passed, "{c:?}");
+        // A guest with no tool to ask its gateway is not called reachable.
+        let unknown = line("", r#"["10.77.0.1",null]"#, "");
+        let c = judge(&e, &unknown, Duration::from_secs(60));
+        assert!(!by(&c, "gateway").passed, "{c:?}");
+
+        // A validation boot's stand-in network is not judged; no report fails all.
+        e.reachability = false;
+        let c = judge(&e, &bad, Duration::from_secs(60));
+        assert!(c.iter().all(|c| c.id != "gateway" && c.id != "resolvers"));
+        e.reachability = true;
+        let c = judge(&e, &Evidence::default(), Duration::from_secs(60));
+        for id in ["services", "gateway", "resolvers"] {
+            assert!(!by(&c, id).passed, "{id}: {c:?}");
+        }
+    }
+
+    #[test]
     fn a_renamed_nic_and_a_missing_mount_fail_with_reasons() {
         let ev = evidence(
             r#"V2K-AGENT {"v":1,"ok":false,"boot":true,"root-rw":true,"mounts":[],"nics":[{"name":"enp1s0","mac":"00:50:56:aa:bb:cc","ipv4":["10.0.2.15/24"]}],"failed-units":["foo.service"],"uptime":20}"#,
@@ -412,6 +605,7 @@ mod tests {
             }),
             gateway: Some("10.0.2.2".into()),
             dns: vec!["10.0.2.3".into()],
+            ..Expectations::default()
         }
     }
 

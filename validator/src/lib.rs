@@ -10,6 +10,7 @@
 
 mod agent;
 pub mod checks;
+pub mod console;
 mod libvirt;
 pub mod perf;
 mod png;
@@ -196,6 +197,113 @@ pub fn validate(target: &Target, expect: &Expectations, opts: &Options) -> Resul
         evidence,
         total_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Settings of the check after cutover ([`after_cutover`]).
+#[derive(Debug, Clone)]
+pub struct AfterCutover {
+    /// The destination's libvirt URI and the delivered domain's name.
+    pub uri: String,
+    pub domain: String,
+    /// Time allowed from start to the agent's report.
+    pub boot_timeout: Duration,
+    /// Where the console log and screenshot go (made here; its parent must exist).
+    pub work_dir: PathBuf,
+    /// The accelerator the delivered domain runs with (for the report).
+    pub accel: Accel,
+}
+
+/// How long virsh may take to open a console stream (over ssh: a login).
+const CONSOLE_CONNECT: Duration = Duration::from_secs(60);
+
+/// Starts the delivered domain where it will live and judges it there: started
+/// paused, its console attached (over the libvirt connection), then resumed, so the
+/// first-boot agent's report cannot pass unseen; then `expect`'s checks (with
+/// `reachability`, the VM's own network: its caller sets it for agents that report
+/// it). The domain is left running: this is production.
+/// A domain already running is refused: its first boot, and the report, are gone.
+pub fn after_cutover(expect: &Expectations, opts: &AfterCutover) -> Result<Validation> {
+    let start = std::time::Instant::now();
+    let uri = opts.uri.as_str();
+    let name = opts.domain.as_str();
+    v2k_outfile::create_dir(&opts.work_dir)?;
+    let state = run_tool(Command::new("virsh").args(["-q", "-c", uri, "domstate", name]))?;
+    match state.trim() {
+        "shut off" => {
+            run_tool(Command::new("virsh").args(["-q", "-c", uri, "start", "--paused", name]))?;
+        }
+        // Started paused by a run that was killed before it resumed the domain: the
+        // first boot has not begun yet.
+        "paused" => {}
+        other => {
+            return Err(Error::Tool(format!(
+                "{name} on {uri} is {other}, not shut off: its first boot (and the agent's \
+                 report) cannot be observed"
+            )))
+        }
+    }
+    let observed = observe(uri, name, opts);
+    let evidence = match observed {
+        Ok(ev) => ev,
+        Err(e) => {
+            // A domain left paused is neither the source nor a working target.
+            let _ = Command::new("virsh")
+                .args(["-q", "-c", uri, "resume", name])
+                .output();
+            return Err(e);
+        }
+    };
+    let checks = checks::judge(expect, &evidence, opts.boot_timeout);
+    Ok(Validation {
+        backend: Backend::Libvirt {
+            uri: uri.to_string(),
+        },
+        accel: opts.accel,
+        passed: checks.iter().all(|c| c.passed),
+        checks,
+        evidence,
+        total_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn observe(uri: &str, name: &str, opts: &AfterCutover) -> Result<Evidence> {
+    let mut console = console::Console::attach(uri, name, CONSOLE_CONNECT)?;
+    run_tool(Command::new("virsh").args(["-q", "-c", uri, "resume", name]))?;
+    let t0 = std::time::Instant::now();
+    let serial = opts.work_dir.join("serial.log");
+    let mut ev = Evidence {
+        serial_log: serial.clone(),
+        ..Evidence::default()
+    };
+    let mut fatal = FatalWatch::default();
+    loop {
+        let text = console.text();
+        if let Some(r) = agent::find_report(&text) {
+            ev.boot_seconds = Some(t0.elapsed().as_secs_f64());
+            ev.agent = Some(r);
+            break;
+        }
+        if !console.attached() {
+            ev.ended_early = Some("the console closed (the domain stopped)".into());
+            break;
+        }
+        if t0.elapsed() > opts.boot_timeout {
+            ev.timed_out = true;
+            break;
+        }
+        if fatal.give_up(&text, std::time::Instant::now()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    ev.screenshot = libvirt::screenshot(uri, name, &opts.work_dir);
+    let text = console.text();
+    drop(console);
+    v2k_outfile::write_atomic(&serial, text.as_bytes(), true)?;
+    if ev.agent.is_none() {
+        ev.diagnosis = diagnose(&text);
+    }
+    Ok(ev)
 }
 
 /// Signs on the serial console that explain a missing agent report: (sign, meaning,

@@ -80,6 +80,24 @@ pub fn validation_xml(
     }
 }
 
+/// `virsh screenshot` of `name` on `uri` (over the connection, so a remote host works
+/// too) as `work_dir/screenshot.png`; `None` when libvirt or the image failed.
+pub(crate) fn screenshot(uri: &str, name: &str, work_dir: &Path) -> Option<std::path::PathBuf> {
+    let raw = work_dir.join("screenshot.raw");
+    let shot = work_dir.join("screenshot.png");
+    let taken = run_tool(virsh(uri).args(["screenshot", name]).arg(&raw)).is_ok();
+    let bytes = std::fs::read(&raw).ok().filter(|_| taken);
+    let _ = std::fs::remove_file(&raw);
+    let bytes = bytes?;
+    let png = if bytes.starts_with(b"\x89PNG") {
+        bytes
+    } else {
+        png::ppm_to_png(&bytes)?
+    };
+    v2k_outfile::write_atomic(&shot, &png, true).ok()?;
+    Some(shot)
+}
+
 fn quick_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -144,22 +162,7 @@ pub fn boot(t: &Target, uri: &str, opts: &Options) -> Result<Evidence> {
         std::thread::sleep(POLL);
     }
     if ev.ended_early.is_none() && !stopped {
-        let raw = w.join("screenshot.raw");
-        if run_tool(virsh(uri).args(["screenshot", &name]).arg(&raw)).is_ok() {
-            if let Ok(bytes) = std::fs::read(&raw) {
-                let png = if bytes.starts_with(b"\x89PNG") {
-                    Some(bytes)
-                } else {
-                    png::ppm_to_png(&bytes)
-                };
-                if let Some(p) = png {
-                    if v2k_outfile::write_atomic(&shot, &p, true).is_ok() {
-                        ev.screenshot = Some(shot.clone());
-                    }
-                }
-            }
-            let _ = std::fs::remove_file(&raw);
-        }
+        ev.screenshot = screenshot(uri, &name, w);
         if ev.agent.is_some() {
             let _ = run_tool(virsh(uri).args(["shutdown", &name]));
             ev.clean_shutdown = wait_gone(uri, &name, SHUTDOWN_TIMEOUT);

@@ -83,7 +83,9 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
         serial: format!("file:{}", serial.display()),
         snapshot: false,
     };
-    let mut argv = qemu_argv(t, &q, &opts.features);
+    // Not the destination's host placement (pinning, NUMA binding, hugepages): this
+    // boot runs on the conversion host.
+    let mut argv = qemu_argv(&t.for_validation(), &q, &opts.features);
     argv.extend([
         "-qmp".to_string(),
         format!("unix:{},server=on,wait=off", qmp_sock.display()),

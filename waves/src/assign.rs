@@ -1163,6 +1163,7 @@ mod tests {
             plan_hash: s.plan_hash.clone(),
             waves: Vec::new(),
             conversion_host: Some(s.host.clone()),
+            rollback_window_seconds: None,
         })
         .unwrap();
         for (vm, st) in done

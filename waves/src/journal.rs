@@ -71,6 +71,9 @@ pub enum Entry {
         /// The plan's `conversion-host:` (a shard of `v2k wave assign`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         conversion_host: Option<String>,
+        /// The plan's `rollback-window:` in seconds ([`crate::window`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollback_window_seconds: Option<u64>,
     },
     RunResumed {
         plan_hash: String,
@@ -154,6 +157,16 @@ pub enum Entry {
         vm: String,
         steps: Vec<String>,
     },
+    /// `v2k wave finalize`: the VM's source may be retired; no rollback from here.
+    VmFinalized {
+        wave: String,
+        vm: String,
+        /// Who finalized: login name and uid.
+        by: String,
+        /// Set when the rollback window was closed early, with the operator's reason.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        early_reason: Option<String>,
+    },
     /// A vSphere VM's performance before migration, read on its first attempt
     /// (before any cutover) and kept in `file` for every later attempt: `metrics`
     /// the day's medians, `missing` what the server had no sample of; or `error`.
@@ -196,6 +209,7 @@ impl Entry {
             | Entry::VmFinished { wave, vm, .. }
             | Entry::VmNotRun { wave, vm, .. }
             | Entry::VmRolledBack { wave, vm, .. }
+            | Entry::VmFinalized { wave, vm, .. }
             | Entry::VmBaseline { wave, vm, .. } => vec![wave, vm],
             Entry::Gate { wave, previous, .. } => vec![wave, previous],
             Entry::RunResumed { .. } | Entry::RunFinished { .. } => Vec::new(),

@@ -16,6 +16,7 @@ mod prescan;
 pub mod report;
 pub mod rollback;
 mod runner;
+pub mod window;
 
 pub use check::{check, CheckReport};
 pub use expand::expand;

@@ -77,6 +77,10 @@ pub(crate) struct PlanFile {
     /// When a wave may be larger than the one before it (docs/waves.md, "The gate").
     #[serde(default)]
     pub gate: Option<GateFile>,
+    /// How long after its cutover a delivered VM keeps its way back (`72h`):
+    /// `v2k wave finalize` refuses it until then (docs/rollback.md).
+    #[serde(default)]
+    pub rollback_window: Option<String>,
     pub waves: Vec<WaveFile>,
 }
 
@@ -319,6 +323,9 @@ pub struct Plan {
     pub limits: Limits,
     /// Absent: waves run whatever their size.
     pub gate: Option<Gate>,
+    /// `rollback-window:` in seconds; absent: rollback stays possible until
+    /// `v2k wave finalize`.
+    pub rollback_window_seconds: Option<u64>,
     pub waves: Vec<Wave>,
     /// The YAML text, to find lines for later problems.
     pub text: String,
@@ -500,6 +507,8 @@ impl VmPlan {
             keep_changes: false,
             define: None,
             deliver: self.deliver.clone(),
+            // A plan's `target: start: true` is judged where it lands.
+            check_after_cutover: true,
             cutover: self.cutover,
             verify_manifest: self.verify_manifest,
             virtio_win: self.virtio_win.clone(),
@@ -691,6 +700,16 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
             .collect(),
         free_space_margin: f.limits.free_space_margin_mib.unwrap_or(1024) << 20,
     };
+    let rollback_window_seconds = f.rollback_window.as_deref().and_then(|w| {
+        crate::window::parse_window(w)
+            .map_err(|e| {
+                bad(
+                    line_of(text, "rollback-window"),
+                    format!("rollback-window: {e}"),
+                )
+            })
+            .ok()
+    });
     let gate = f.gate.as_ref().map(|g| {
         if let Some(r) = g.max_change_failure_rate {
             if !(0.0..=1.0).contains(&r) {
@@ -967,6 +986,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
         network_map,
         limits,
         gate,
+        rollback_window_seconds,
         waves,
         text: text.to_string(),
     })

@@ -1038,6 +1038,7 @@ mod tests {
                         .collect(),
                 }],
                 conversion_host: None,
+                rollback_window_seconds: None,
             }),
             rec(Entry::VmStarted {
                 wave: "w1".into(),
@@ -1169,6 +1170,7 @@ mod tests {
                         .collect(),
                 }],
                 conversion_host: Some(host.into()),
+                rollback_window_seconds: None,
             },
         )];
         for (i, vm) in started.iter().chain(migrated).enumerate() {

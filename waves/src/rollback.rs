@@ -67,6 +67,15 @@ pub fn rollback(
     let mut done = Vec::new();
     for (wave, vm, out) in chosen {
         let run = RunDir::at(&out);
+        if let Some(why) = crate::window::refuse_rollback(&records, &wave, &vm) {
+            done.push(VmRollback {
+                wave,
+                vm,
+                out,
+                result: Err(why),
+            });
+            continue;
+        }
         let result = source_of(plan, &wave, &run).and_then(|src| {
             rollback::rollback(
                 &run,

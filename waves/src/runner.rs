@@ -221,6 +221,7 @@ pub fn run_with(
                 })
                 .collect(),
             conversion_host: plan.conversion_host.clone(),
+            rollback_window_seconds: plan.rollback_window_seconds,
         })?,
     }
     let prior = prior_state(&records);
@@ -708,21 +709,24 @@ fn run_vm(
                     rj,
                 )
             } else {
-                let why: Vec<String> = o
-                    .report
-                    .validation
-                    .iter()
-                    .flat_map(|v| {
-                        v.checks
-                            .iter()
-                            .filter(|c| !c.passed)
-                            .map(|c| format!("{}: {}", c.id, c.reason))
-                    })
-                    .collect();
+                let failed = |v: &v2k_migrate::Validation| -> Vec<String> {
+                    v.checks
+                        .iter()
+                        .filter(|c| !c.passed)
+                        .map(|c| format!("{}: {}", c.id, c.reason))
+                        .collect()
+                };
+                // The validation failed, or (validated) the first boot on the
+                // destination did: a failed change either way.
+                let (what, why) = match (&o.report.validation, &o.report.after_cutover) {
+                    (Some(v), _) if !v.passed => ("validation failed", failed(v)),
+                    (_, Some(a)) if !a.passed => ("checks after cutover failed", failed(a)),
+                    _ => ("validation failed", Vec::new()),
+                };
                 (
                     VmStatus::Failed,
                     Some(o.report.result.to_string()),
-                    Some(format!("validation failed: {}", why.join("; "))),
+                    Some(format!("{what}: {}", why.join("; "))),
                     bytes,
                     rj,
                 )

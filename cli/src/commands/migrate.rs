@@ -23,6 +23,10 @@ use crate::{console, exit};
     storage pool through libvirt's volume upload stream (qemu+ssh:// works; a rerun uploads \
     only what is missing or differs) and the domain defined there, not started; a domain or \
     volume of that name the run directory did not create is refused before any upload. \
+    With --start the domain is started paused, its console watched over the libvirt \
+    connection and its first boot judged there (checks after cutover: the validation's, \
+    the services the source enabled, the default gateway, the resolvers), unless \
+    --no-check-after-cutover. \
     With --cutover a running vSphere source is shut down through VMware Tools first (waited \
     for up to --shutdown-timeout; powered off only with --force-power-off). \
     SOURCE may be a vSphere address, vsphere://USER@HOST[:PORT]/DATACENTER/vm/[FOLDER/]NAME: \
@@ -31,8 +35,9 @@ use crate::{console, exit};
     With --baseline FILE the validation's performance is compared with a baseline from \
     `v2k baseline` (docs/evidence.md). \
     Exit status: 0 migrated and validated (or migrated, with --no-validate), 1 migrated but \
-    validation failed (or, with --fail-on-regression, performance regressed), 2 error \
-    (an unreadable --baseline or a bad --threshold included)."
+    validation failed, with --start the checks after cutover failed, or with \
+    --fail-on-regression performance regressed, 2 error (an unreadable --baseline or a bad \
+    --threshold included)."
 )]
 pub struct Args {
     /// The VM: a .vmx, .ovf or .ova, or a vsphere:// address
@@ -98,6 +103,10 @@ pub struct Args {
     /// Mark the delivered domain to start with the destination's libvirt
     #[arg(long, requires = "to")]
     autostart: bool,
+    /// With --start: start the domain without watching its first boot (no checks
+    /// after cutover)
+    #[arg(long, requires = "start")]
+    no_check_after_cutover: bool,
     /// vSphere source: shut the running VM down through VMware Tools before the copy
     #[arg(long)]
     cutover: bool,
@@ -220,6 +229,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                 autostart: args.autostart,
             }
         }),
+        check_after_cutover: !args.no_check_after_cutover,
         cutover: args.cutover.then_some(v2k_migrate::cutover::Cutover {
             timeout: Duration::from_secs(args.shutdown_timeout),
             force_power_off: args.force_power_off,
@@ -312,6 +322,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             "type": "migrated", "vm": r.vm, "result": r.result,
             "report": outcome.report_dir.join("report.json"), "report-html": html,
             "checks": r.validation.as_ref().map(|v| &v.checks),
+            "after-cutover": r.after_cutover.as_ref().map(|v| json!({"passed": v.passed, "checks": v.checks})),
             "performance": r.performance.as_ref().map(|p| json!({
                 "verdict": p.verdict, "regressions": p.regressions,
             })),
@@ -320,7 +331,14 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         use std::io::Write;
         let mut o = console::human_stdout();
         writeln!(o, "{}: {}", r.vm, r.result)?;
-        if let Some(v) = &r.validation {
+        let mut boots = Vec::new();
+        boots.extend(r.validation.iter().map(|v| (None, v)));
+        boots.extend(r.after_cutover.iter().map(|v| (Some("after cutover"), v)));
+        for (title, v) in boots {
+            if let Some(t) = title {
+                let verdict = if v.passed { "passed" } else { "FAILED" };
+                writeln!(o, "{t}: {verdict}")?;
+            }
             for c in &v.checks {
                 writeln!(
                     o,

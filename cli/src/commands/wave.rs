@@ -111,6 +111,20 @@ enum Sub {
         #[arg(long)]
         delete_volumes: bool,
     },
+    /// End delivered VMs' way back (their sources may be retired): refused within the
+    /// plan's rollback-window unless closed early with a reason
+    Finalize {
+        plan: PathBuf,
+        /// This VM
+        #[arg(long, conflicts_with = "wave", required_unless_present = "wave")]
+        vm: Option<String>,
+        /// Every VM of this wave
+        #[arg(long)]
+        wave: Option<String>,
+        /// Finalize within the rollback window; the reason and who gave it are journalled
+        #[arg(long, value_name = "REASON")]
+        close_window: Option<String>,
+    },
 }
 
 pub fn exec(args: Args) -> anyhow::Result<i32> {
@@ -147,7 +161,64 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             wave,
             delete_volumes,
         } => rollback(plan, vm, wave, delete_volumes),
+        Sub::Finalize {
+            plan,
+            vm,
+            wave,
+            close_window,
+        } => finalize(plan, vm, wave, close_window),
     }
+}
+
+/// The plan and the VMs `--vm` or `--wave` select (rollback, finalize).
+fn plan_and_selection(
+    plan: &std::path::Path,
+    vm: Option<String>,
+    wave: Option<String>,
+) -> anyhow::Result<(plan::Plan, v2k_waves::rollback::Selection)> {
+    use v2k_waves::rollback::Selection;
+    let p = v2k_waves::plan::load(plan)?;
+    let select = match (vm, wave) {
+        (Some(v), _) => Selection::Vm(v),
+        (None, Some(w)) => Selection::Wave(w),
+        (None, None) => anyhow::bail!("--vm or --wave is required"),
+    };
+    Ok((p, select))
+}
+
+/// `v2k wave finalize`: exit 0 every selected VM final, 3 one was refused within
+/// its rollback window, 1 one could not be finalized (never delivered, rolled back).
+fn finalize(
+    plan: PathBuf,
+    vm: Option<String>,
+    wave: Option<String>,
+    close_window: Option<String>,
+) -> anyhow::Result<i32> {
+    let (p, select) = plan_and_selection(&plan, vm, wave)?;
+    if close_window.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        anyhow::bail!("--close-window needs a reason");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let done = v2k_waves::window::finalize(
+        &p,
+        &select,
+        close_window.as_deref(),
+        &v2k_waves::gate::who(),
+        now,
+    )?;
+    let mut code = exit::OK;
+    let mut o = console::human_stdout();
+    for r in done {
+        if r.refused {
+            code = exit::HELD;
+        } else if !r.done {
+            code = code.max(exit::FINDINGS);
+        }
+        writeln!(o, "{}: {}", r.vm, r.outcome)?;
+    }
+    Ok(code)
 }
 
 /// `v2k wave rollback`: each selected VM rolled back (docs/rollback.md); exit 1 when
@@ -158,13 +229,7 @@ fn rollback(
     wave: Option<String>,
     delete_volumes: bool,
 ) -> anyhow::Result<i32> {
-    use v2k_waves::rollback::Selection;
-    let p = v2k_waves::plan::load(&plan)?;
-    let select = match (vm, wave) {
-        (Some(v), _) => Selection::Vm(v),
-        (None, Some(w)) => Selection::Wave(w),
-        (None, None) => anyhow::bail!("--vm or --wave is required"),
-    };
+    let (p, select) = plan_and_selection(&plan, vm, wave)?;
     let opts = v2k_migrate::rollback::Options { delete_volumes };
     let done = v2k_waves::rollback::rollback(&p, &select, &opts, &|vm, m| {
         console::say!("v2k: {vm}: {m}");
@@ -429,6 +494,10 @@ fn status(run_dir: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
         "interrupted"
     };
     let mut worst = exit::OK;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let windows = v2k_waves::window::states(&records, now);
     let mut o = console::human_stdout();
     if !json_mode {
         writeln!(o, "run {}: {state}", run_dir.display())?;
@@ -442,7 +511,8 @@ fn status(run_dir: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
             drop(o);
             console::emit_json(
                 &json!({"type": "wave-status", "run": state, "wave": r.wave, "summary": r.summary,
-                "vms": r.vms.iter().map(|v| json!({"vm": v.name, "status": v.status, "result": v.result, "reason": v.reason, "attempts": v.attempts})).collect::<Vec<_>>()}),
+                "vms": r.vms.iter().map(|v| json!({"vm": v.name, "status": v.status, "result": v.result, "reason": v.reason, "attempts": v.attempts,
+                    "rollback": windows.get(&(r.wave.clone(), v.name.clone()))})).collect::<Vec<_>>()}),
             )?;
             o = console::human_stdout();
         } else {
@@ -458,9 +528,13 @@ fn status(run_dir: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
                     .last()
                     .map(|s| format!("{} {}", s.stage, s.status))
                     .unwrap_or_default();
+                let window = windows
+                    .get(&(r.wave.clone(), v.name.clone()))
+                    .map(|w| format!(" [{}]", w.describe()))
+                    .unwrap_or_default();
                 writeln!(
                     o,
-                    "  {:24} {:12} {}",
+                    "  {:24} {:12} {}{window}",
                     v.name,
                     v.status,
                     v.reason.clone().unwrap_or(last)

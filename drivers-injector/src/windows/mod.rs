@@ -833,6 +833,8 @@ pub(crate) fn summary_inspection(w: &WindowsInspection) -> Inspection {
                 None => t.display_name.clone(),
             })
             .collect(),
+        // Windows services are not checked (the Windows agent does not report them).
+        enabled_services: Vec::new(),
         selinux: None,
         already_converted: w.already_converted,
     }
