@@ -24,7 +24,8 @@ enum Command {
     Convert(commands::convert::Args),
     Info(commands::info::Args),
     Inspect(commands::inspect::Args),
-    Migrate(commands::migrate::Args),
+    // Boxed: the largest argument set by far (clippy::large_enum_variant).
+    Migrate(Box<commands::migrate::Args>),
     Rollback(commands::rollback::Args),
     Inject(commands::inject::Args),
     Wave(commands::wave::Args),
@@ -52,7 +53,7 @@ fn main() {
         Command::Convert(args) => commands::convert::exec(args),
         Command::Info(args) => commands::info::exec(args),
         Command::Inspect(args) => commands::inspect::exec(args),
-        Command::Migrate(args) => commands::migrate::exec(args),
+        Command::Migrate(args) => commands::migrate::exec(*args),
         Command::Rollback(args) => commands::rollback::exec(args),
         Command::Inject(args) => commands::inject::exec(args),
         Command::Wave(args) => commands::wave::exec(args),

@@ -1,6 +1,7 @@
 //! `v2k baseline` against VMware's simulator (the harness of vsphere/tests/common): the
 //! simulator's PerformanceManager answers `QueryPerf` with its recorded counters, and
-//! the baseline is read, stored as `DIR/NAME.baseline.json` and shown.
+//! the baseline is read, stored as `DIR/NAME.baseline.json` and shown; `v2k migrate
+//! --baseline` then puts it in the VM's report (a data VM, no boot: "not compared").
 
 #[path = "../../vsphere/tests/common/mod.rs"]
 mod common;
@@ -102,6 +103,90 @@ fn baseline_reads_a_days_counters_from_vcsim_and_stores_them() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains("/nonexistent/a.vmx: not a vsphere:// address"),
+        "{err}"
+    );
+
+    // The file is what `v2k migrate --baseline` reads. A data VM not booted has no
+    // figures after: the report's performance section says so, per metric.
+    let vmdir = t.path().join("vm");
+    std::fs::create_dir_all(&vmdir).unwrap();
+    v2k_fixtures::sparse_vmdk(&vmdir.join("data.vmdk"), "4M", None);
+    let vmx = vmdir.join("data.vmx");
+    std::fs::write(
+        &vmx,
+        "displayName = \"data\"\nguestOS = \"debian12-64\"\nnumvcpus = \"1\"\nmemSize = \"256\"\n\
+         scsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\nscsi0:0.present = \"TRUE\"\n\
+         scsi0:0.fileName = \"data.vmdk\"\n",
+    )
+    .unwrap();
+    let file = dir.join("DC0_H0_VM0.baseline.json");
+    let migrate = |out: &str, extra: &[&str]| {
+        v2k()
+            .args(["migrate", "--no-inject", "--no-validate", "--out"])
+            .arg(t.path().join(out))
+            .arg("--baseline")
+            .arg(&file)
+            .args(extra)
+            .arg(&vmx)
+            .output()
+            .unwrap()
+    };
+    let o = migrate(
+        "out",
+        &["--threshold", "cpu-ready-percent=2", "--fail-on-regression"],
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "performance: Not compared: the migrated VM was not booted, so there are no figures after."
+        ),
+        "{stdout}"
+    );
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(t.path().join("out/report.json")).unwrap()).unwrap();
+    let p = &r["performance"];
+    assert_eq!(r["result"], "not-validated");
+    assert_eq!(p["baseline"], file.display().to_string());
+    assert_eq!(p["thresholds"]["cpu-ready-percent"], 2.0);
+    assert_eq!(p["fail-on-regression"], true);
+    let row = &p["rows"][0];
+    assert_eq!(row["metric"], "cpu-ready-percent");
+    // The file as the last run rewrote it (the simulator's noise differs per run).
+    let stored: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(
+        row["before"], stored["baseline"]["metrics"]["cpu-ready-percent"]["median"],
+        "the before is the day's median"
+    );
+    assert_eq!(
+        (row["verdict"].as_str(), row["reason"].as_str()),
+        (Some("not compared"), Some("no figure after"))
+    );
+    assert!(row.get("after").is_none(), "absent, never 0: {row}");
+    let html = std::fs::read_to_string(t.path().join("out/report.html")).unwrap();
+    assert!(
+        html.contains("<h2>Performance before and after</h2>"),
+        "{html}"
+    );
+
+    // A threshold of no metric, or a baseline that is not one, stop before anything
+    // is written (exit 2), named.
+    let o = migrate("bad1", &["--threshold", "cpu-ready=2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown field `cpu-ready`"), "{err}");
+    assert!(!t.path().join("bad1").exists());
+    std::fs::write(&file, "{}").unwrap();
+    let o = migrate("bad2", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("DC0_H0_VM0.baseline.json: not a v2k baseline file"),
         "{err}"
     );
 }

@@ -144,6 +144,15 @@ fn assert_validated(o: &Output, out: &Path, backend: &str) {
         "{perf}"
     );
     assert_eq!(perf["nics"][0][0], "ens192", "{perf}");
+    // The fixed probe ran in the guest: the CPU loop timed, O_DIRECT reads of the root
+    // disk (a partition, or an LVM volume) as p50 ≤ p95 (docs/evidence.md, "The probe").
+    let probe = &perf["probe"];
+    assert!(probe["cpu-ms"].as_f64().unwrap() > 0.0, "{perf}");
+    assert!(probe["reads"].as_u64().unwrap() >= 2, "{perf}");
+    assert!(
+        probe["read-p50-ms"].as_f64().unwrap() <= probe["read-p95-ms"].as_f64().unwrap(),
+        "{perf}"
+    );
     let shot = PathBuf::from(v["evidence"]["screenshot"].as_str().expect("a screenshot"));
     assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();

@@ -308,7 +308,9 @@ fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_
 /// fixture VM straight from the datastore while the simulator's powered-on VM fails
 /// on its pre-flight concern without stopping the wave. Injection and validation are off
 /// here: the remote path ends at the same pipeline as the test above (which injects)
-/// and the local migration booted in cli/tests/migrate.rs.
+/// and the local migration booted in cli/tests/migrate.rs. Each VM's baseline is read
+/// from the server on its first attempt, stored in its run directory and journalled;
+/// a retry reuses it (docs/evidence.md).
 #[test]
 fn a_wave_plan_migrates_vsphere_sources() {
     let f = build(Variant::DebianClassic).expect("building the debian-classic fixture");
@@ -402,4 +404,58 @@ fn a_wave_plan_migrates_vsphere_sources() {
         .collect();
     let local = content_hashes(&f.vmx_flat.disks);
     assert_eq!(streamed, local.iter().collect::<Vec<_>>(), "{r:#}");
+
+    // The automatic baselines: one per VM, read before its migration (the refused
+    // VM's too: it was read before the pre-flight), stored and journalled.
+    let journal = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run_dir.join("journal.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|e: &serde_json::Value| e["type"] == "vm-baseline")
+            .collect()
+    };
+    let taken = journal();
+    assert_eq!(taken.len(), 2, "{taken:#?}");
+    let on_file = run_dir.join("vms/powered-on/baseline.json");
+    let on_base: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&on_file).expect("the baseline file")).unwrap();
+    assert_eq!(on_base["schema-version"], 1);
+    assert_eq!(on_base["vm"], "DC0_H0_VM0");
+    // The simulator's recorded VM has CPU ready; the journal keeps its median.
+    let on_entry = taken.iter().find(|e| e["vm"] == "powered-on").unwrap();
+    assert_eq!(
+        on_entry["metrics"]["cpu-ready-percent"],
+        on_base["baseline"]["metrics"]["cpu-ready-percent"]["median"],
+        "{on_entry:#}"
+    );
+    assert!(on_entry.get("error").is_none(), "{on_entry:#}");
+    // The migrated VM's report compares with its own baseline: not booted here, so
+    // nothing after, every row not compared.
+    let p = &r["performance"];
+    assert_eq!(
+        p["baseline"],
+        run_dir
+            .join("vms/deb-wave/baseline.json")
+            .display()
+            .to_string(),
+        "{p:#}"
+    );
+    assert!(
+        p["verdict"].as_str().unwrap().contains("not booted"),
+        "{p:#}"
+    );
+    // A retry of the failed VM reuses the baseline of its first attempt (the source
+    // may have been cut over since): no second reading, the file unchanged.
+    let o = run(&["wave", "run", "--json", "--retry-failed"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(journal().len(), 2, "read again on a retry");
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&on_file).unwrap()).unwrap();
+    assert_eq!(again, on_base);
 }

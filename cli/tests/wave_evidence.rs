@@ -218,3 +218,111 @@ fn wave_metrics_come_from_the_journal_and_the_gate_holds_a_larger_wave() {
     assert!(html.contains(&format!(">{mttr:.1} s</text>")), "{html}");
     assert!(html.contains(">no failure</text>"), "{html}");
 }
+
+/// `baseline-dir:` in a plan, with the real binary and no boot: `wave check` says per
+/// VM where its "before" comes from (and, in words, which VM has none), and `wave run`
+/// puts a performance section in each report — "not compared" here, since data VMs
+/// are not booted (a compared one is waves/tests/recorded.rs's), the missing file
+/// named in the verdict, the VM migrated all the same.
+#[test]
+fn a_plans_baseline_dir_is_checked_and_reaches_each_report() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    vm(d, "based", true);
+    vm(d, "unbased", true);
+    std::fs::create_dir_all(d.join("baselines")).unwrap();
+    let file = d.join("baselines/based.baseline.json");
+    std::fs::write(
+        &file,
+        r#"{"schema-version": 1, "vm": "based", "source": "vsphere://u@vc/DC0/vm/based",
+            "baseline": {"moref": "vm-9", "interval-seconds": 300, "from": 0, "to": 86400,
+              "metrics": {"cpu-ready-percent": {"counter": "cpu.ready.summation",
+                "unit": "% of interval", "samples": 288, "min": 0.1, "median": 0.5, "p95": 2.0}},
+              "missing": []}}"#,
+    )
+    .unwrap();
+    let entry = |n: &str| {
+        format!(
+            "      - source: {}\n        inject: false\n",
+            d.join(n).join(format!("{n}.vmx")).display()
+        )
+    };
+    let plan = d.join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nrun-dir: run\ndefaults:\n  validate: false\n  baseline-dir: baselines\n\
+             waves:\n  - name: w\n    vms:\n{}{}",
+            entry("based"),
+            entry("unbased"),
+        ),
+    )
+    .unwrap();
+    let o = Command::new(V2K)
+        .args(["wave", "check", "--json"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}");
+    let c: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let check = |n: &str| {
+        c["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == n)
+            .unwrap()["baseline"]
+            .clone()
+    };
+    assert_eq!(check("based"), file.display().to_string());
+    let none = format!(
+        "none: {} not found",
+        d.join("baselines/unbased.baseline.json").display()
+    );
+    assert_eq!(check("unbased"), none.as_str());
+    let o = Command::new(V2K)
+        .args(["wave", "check"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains(&format!("no performance baseline: {none}")),
+        "{stdout}"
+    );
+
+    let o = run(&plan, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = |n: &str| json(&d.join(format!("run/vms/{n}/out/report.json")));
+    let p = report("based")["performance"].clone();
+    assert_eq!(p["rows"][0]["before"], 0.5, "{p:#}");
+    assert!(
+        p["verdict"].as_str().unwrap().contains("not booted"),
+        "{p:#}"
+    );
+    let p = report("unbased")["performance"].clone();
+    assert_eq!(
+        p["verdict"],
+        format!(
+            "Not compared: no baseline ({}: not found).",
+            d.join("baselines/unbased.baseline.json").display()
+        ),
+        "{p:#}"
+    );
+    let w = json(&d.join("run/w/wave-report.json"));
+    assert!(
+        w["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["status"] == "migrated"
+                && v["performance"]["regressions"] == serde_json::json!([])),
+        "{w:#}"
+    );
+}

@@ -21,6 +21,7 @@
 
 pub mod cutover;
 pub mod deliver;
+pub mod performance;
 pub mod report;
 pub mod rollback;
 mod rundir;
@@ -83,6 +84,9 @@ pub struct Options {
     /// The destination host whose CPUs, NUMA nodes and hugepages VMware's tuning is
     /// mapped onto (`--host-topology`; a plan's `target: host-topology:`).
     pub host_topology: HostSource,
+    /// Compare the validation's figures with a baseline (`--baseline`, a plan's
+    /// `baseline-dir:`): the report's `performance` section ([`performance`]).
+    pub performance: Option<performance::Settings>,
 }
 
 /// What `migrate` reports as it goes.
@@ -149,8 +153,9 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// 0 migrated (and validated, when asked), 1 migrated but validation failed, or
-    /// delivered and started but its checks after cutover failed.
+    /// 0 migrated (and validated, when asked), 1 migrated but validation failed,
+    /// (with fail-on-regression) performance regressed, or delivered and started but
+    /// its checks after cutover failed.
     pub fn exit_code(&self) -> i32 {
         let after_failed = self
             .report
@@ -158,7 +163,7 @@ impl Outcome {
             .as_ref()
             .is_some_and(|v| !v.passed);
         match self.report.result {
-            ReportOutcome::ValidationFailed => 1,
+            ReportOutcome::ValidationFailed | ReportOutcome::PerformanceRegression => 1,
             _ if after_failed => 1,
             _ => 0,
         }
@@ -416,6 +421,13 @@ pub fn migrate_with(
         }
         (_, false) => None,
     };
+    // Before and after, when a baseline was given: a regression with
+    // fail-on-regression fails the VM as a failed check does.
+    let performance = opts
+        .performance
+        .as_ref()
+        .map(|s| performance::evaluate(s, validation.as_ref()));
+    let regressed = performance.as_ref().is_some_and(|p| p.fails());
 
     // 6. deliver, unless the validation failed: a broken copy is not put in place
     // With checks after cutover, the domain is started by them (paused first, so
@@ -424,6 +436,10 @@ pub fn migrate_with(
         && injected.is_some()
         && opts.deliver.as_ref().is_some_and(|d| d.start);
     let mut delivered = match &opts.deliver {
+        Some(_) if regressed => {
+            tl.skip("deliver", "performance regressed: nothing was delivered");
+            None
+        }
         Some(dest) if validation.as_ref().is_none_or(|v| v.passed) => {
             let t = tl.begin("deliver");
             let mut dest = dest.clone();
@@ -510,6 +526,13 @@ pub fn migrate_with(
     );
     rep.delivery = delivered;
     rep.after_cutover = after_cutover;
+    if let Some(p) = performance {
+        rep.concerns.extend(p.concern());
+        if regressed && rep.result == ReportOutcome::Validated {
+            rep.result = ReportOutcome::PerformanceRegression;
+        }
+        rep.performance = Some(p);
+    }
     run.save_report(&rep)?;
     Ok(Outcome {
         report: rep,

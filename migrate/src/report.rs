@@ -51,6 +51,9 @@ pub struct Report {
     pub guest_changes: Option<ConversionLog>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<Validation>,
+    /// Before (a baseline) and after (the validation's agent), per metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performance: Option<crate::performance::Performance>,
     /// The stages in the order they ran, with their start and duration.
     pub stages: Vec<Stage>,
     /// Downloads from a remote source that broke and resumed where they stopped.
@@ -90,6 +93,9 @@ pub enum Outcome {
     ValidationFailed,
     /// Converted; the validation boot was not asked for.
     NotValidated,
+    /// Validated, but a figure regressed beyond its threshold and the run was asked
+    /// to fail on that (`--fail-on-regression`, `fail-on-regression: true`).
+    PerformanceRegression,
 }
 
 impl Outcome {
@@ -98,6 +104,7 @@ impl Outcome {
             Outcome::Validated => "validated",
             Outcome::ValidationFailed => "validation-failed",
             Outcome::NotValidated => "not-validated",
+            Outcome::PerformanceRegression => "performance-regression",
         }
     }
 }
@@ -303,6 +310,8 @@ pub struct Summary {
     pub concerns: Vec<Concern>,
     #[serde(default)]
     pub validation: Option<Validation>,
+    #[serde(default)]
+    pub performance: Option<crate::performance::Brief>,
 }
 
 /// Why a report cannot be read.
@@ -568,6 +577,9 @@ pub(crate) fn render_html(r: &Report) -> String {
             "Console on the destination",
         );
     }
+    if let Some(p) = &r.performance {
+        performance_html(&mut h, p);
+    }
     // Concerns.
     h.push_str("<h2>Pre-flight concerns</h2>");
     if r.concerns.is_empty() {
@@ -691,6 +703,44 @@ pub(crate) fn render_html(r: &Report) -> String {
     h
 }
 
+/// Before and after: the verdict in words, then one row per metric.
+fn performance_html(h: &mut String, p: &crate::performance::Performance) {
+    let cls = if p.regressions.is_empty() {
+        ""
+    } else if p.fail_on_regression {
+        "critical"
+    } else {
+        "warning"
+    };
+    let _ = write!(
+        h,
+        "<h2>Performance before and after</h2><p class=\"{cls}\">{}</p>\
+         <p class=\"sub\">Before: the median of <code>{}</code>; after: the validation boot's own counters since boot (docs/evidence.md).</p>\
+         <table><tr><th>Metric</th><th>Before</th><th>After</th><th>Change</th><th>Verdict</th><th>Reason</th></tr>",
+        esc(&p.verdict),
+        esc(&p.baseline.to_string_lossy()),
+    );
+    let num = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.2}"));
+    for row in &p.rows {
+        let badge = match row.verdict.as_str() {
+            "regression" => "fail",
+            "better" | "same" => "pass",
+            _ => "",
+        };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><span class=\"badge {badge}\">{}</span></td><td>{}</td></tr>",
+            esc(&row.metric),
+            num(row.before),
+            num(row.after),
+            row.change.map_or("—".to_string(), |c| format!("{c:+.2}")),
+            esc(&row.verdict),
+            esc(&row.reason),
+        );
+    }
+    h.push_str("</table>");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,6 +793,7 @@ mod tests {
             disks: vec![],
             guest_changes: None,
             validation: None,
+            performance: None,
             stages: vec![Stage {
                 name: "convert".into(),
                 status: StageStatus::Done,
@@ -803,6 +854,42 @@ mod tests {
     }
 
     #[test]
+    fn performance_is_a_table_with_the_verdict_in_words_and_round_trips() {
+        let mut r = report();
+        let s = crate::performance::Settings::with(
+            "b/<web>.baseline.json".into(),
+            crate::performance::tests::baseline(1.0, 2.0),
+        );
+        let v = crate::performance::tests::validation(crate::Accel::Kvm);
+        r.performance = Some(crate::performance::evaluate(&s, Some(&v)));
+        let h = render_html(&r);
+        let part = &h[h.find("<h2>Performance before and after</h2>").unwrap()
+            ..h.find("<h2>Pre-flight concerns</h2>").unwrap()];
+        assert!(
+            part.contains("<p class=\"warning\">Regression in 1 of 2 metric(s) compared: disk-read-latency-ms"),
+            "{part}"
+        );
+        assert!(
+            part.contains("<code>b/&lt;web&gt;.baseline.json</code>"),
+            "{part}"
+        );
+        assert!(
+            part.contains("<tr><td>disk-read-latency-ms</td><td>2.00</td><td>12.00</td><td>+10.00</td><td><span class=\"badge fail\">regression</span></td>"),
+            "{part}"
+        );
+        assert!(
+            part.contains("<tr><td>net-dropped-rx</td><td>—</td><td>0.00</td><td>—</td><td><span class=\"badge \">not compared</span></td><td>no figure before</td></tr>"),
+            "{part}"
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["performance"]["rows"][1]["verdict"], "regression");
+        assert_eq!(v["performance"]["thresholds"]["latency-factor"], 2.0);
+        assert_eq!(serde_json::from_value::<Report>(v).unwrap(), r);
+        // Without a baseline asked for there is no section at all.
+        assert!(!render_html(&report()).contains("Performance before"));
+    }
+
+    #[test]
     fn the_first_boot_on_the_destination_has_its_own_section_and_verdict() {
         let mut r = report();
         let h = render_html(&r);
@@ -843,6 +930,21 @@ mod tests {
         assert_eq!(v["stages"][0]["status"], "done");
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_summary_reads_a_later_performance_section_it_does_not_fully_know() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("report.json");
+        let mut v = serde_json::to_value(report()).unwrap();
+        v["performance"] = serde_json::json!({
+            "baseline": "b.json", "thresholds": {"some-later-metric": 3.0},
+            "fail-on-regression": true, "rows": [], "regressions": ["probe-cpu-ms"],
+            "verdict": "Regression in 1 of 1 metric(s) compared: …"
+        });
+        std::fs::write(&p, v.to_string()).unwrap();
+        let b = read_summary(&p).unwrap().performance.unwrap();
+        assert!(b.fails() && b.verdict.starts_with("Regression"), "{b:?}");
     }
 
     #[test]

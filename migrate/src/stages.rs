@@ -746,6 +746,7 @@ pub fn report(
         disks,
         guest_changes,
         validation,
+        performance: None,
         stages,
         resumed_downloads,
         delivery: None,

@@ -67,6 +67,13 @@ impl VsphereSource {
     pub fn address(&self) -> &Address {
         &self.address
     }
+
+    /// The VM's last day of performance (`now`: Unix seconds), as `v2k baseline`
+    /// reads it (docs/evidence.md).
+    pub fn baseline(&self, now: u64) -> Result<v2k_vsphere::perf::BaselineFile, Error> {
+        let vm = get_vm(&self.client, &self.address)?;
+        v2k_vsphere::perf::BaselineFile::take(&self.client, &vm, now)
+    }
 }
 
 impl RemoteSource for VsphereSource {

@@ -75,6 +75,7 @@ fn options(source: &Path, out: &Path) -> Options {
         verify_manifest: true,
         virtio_win: None,
         host_topology: v2k_migrate::HostSource::Local,
+        performance: None,
     }
 }
 
@@ -88,6 +89,8 @@ struct Recording {
     fail_inject: Mutex<bool>,
     /// Make the validation report a failure.
     fail_validate: Mutex<bool>,
+    /// The agent's report the validation returns (its `perf` counters), if any.
+    agent: Mutex<Option<v2k_validator::AgentReport>>,
 }
 
 fn log(vm: &str, disks: &[PathBuf]) -> ConversionLog {
@@ -156,6 +159,7 @@ impl BootStages for Recording {
             evidence: Evidence {
                 serial_log: opts.work_dir.join("serial.log"),
                 boot_seconds: Some(1.5),
+                agent: self.agent.lock().unwrap().clone(),
                 ..Evidence::default()
             },
             total_seconds: 2.0,
@@ -504,4 +508,150 @@ fn a_failed_validation_is_not_delivered_and_a_local_source_needs_no_cutover() {
     assert_eq!(o.report.result, Outcome::ValidationFailed);
     assert_eq!(o.report.delivery, None);
     assert!(!out.join("delivery.json").exists());
+}
+
+/// A baseline file as `v2k baseline` writes it: CPU ready 1 % and reads of 2 ms
+/// (medians), NIC drops not offered by the server.
+fn baseline_file(path: &Path) {
+    use v2k_vsphere::perf::{Baseline, BaselineFile, Stats, FILE_SCHEMA_VERSION};
+    let stat = |counter: &str, unit: &str, median: f64| Stats {
+        counter: counter.into(),
+        unit: unit.into(),
+        samples: 288,
+        min: 0.0,
+        median,
+        p95: median * 3.0,
+    };
+    let f = BaselineFile {
+        schema_version: FILE_SCHEMA_VERSION,
+        vm: "pipe".into(),
+        source: "vsphere://u@vc/DC0/vm/pipe".into(),
+        baseline: Baseline {
+            moref: "vm-7".into(),
+            interval_seconds: 300,
+            from: 100,
+            to: 86_500,
+            metrics: [
+                ("cpu-ready-percent", stat("cpu.ready.summation", "%", 1.0)),
+                (
+                    "disk-read-latency-ms",
+                    stat("virtualDisk.totalReadLatency.average", "ms", 2.0),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            missing: vec!["net.droppedRx.summation".into()],
+        },
+    };
+    std::fs::write(path, serde_json::to_vec(&f).unwrap()).unwrap();
+}
+
+/// An agent that saw 1.5 % steal and 12 ms per read on vda since boot.
+fn agent_with_perf() -> v2k_validator::AgentReport {
+    serde_json::from_value(serde_json::json!({
+        "v": 1, "ok": true, "boot": true, "root-rw": true, "uptime": 300.0,
+        "perf": {"cpu": [2000, 30], "disks": [["vda", 50, 600, 0, 0]], "nics": [["ens192", 0, 0]]}
+    }))
+    .unwrap()
+}
+
+/// Before (a baseline file) and after (the validation's agent counters) in the
+/// report: a regression is a warning concern by default; with fail-on-regression the
+/// VM fails (exit 1) and is not delivered. No VM: the recording boot returns the
+/// agent's report.
+#[test]
+fn a_baseline_puts_before_and_after_in_the_report_and_fail_on_regression_fails_the_vm() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(d.path(), "");
+    let file = d.path().join("pipe.baseline.json");
+    baseline_file(&file);
+    let boot = Recording::default();
+    *boot.agent.lock().unwrap() = Some(agent_with_perf());
+    let baseline = v2k_vsphere::perf::BaselineFile::read(&file).unwrap();
+    let settings = v2k_migrate::performance::Settings::with(file.clone(), baseline);
+
+    let out = d.path().join("warn");
+    let mut opts = options(&vmx, &out);
+    opts.performance = Some(settings.clone());
+    let o = migrate_with(&opts, None, &boot, &quiet).unwrap();
+    assert_eq!(o.report.result, Outcome::Validated);
+    assert_eq!(o.exit_code(), 0);
+    let p = o
+        .report
+        .performance
+        .as_ref()
+        .expect("a performance section");
+    let rows: Vec<(&str, Option<f64>, Option<f64>, &str)> = p
+        .rows
+        .iter()
+        .map(|r| (r.metric.as_str(), r.before, r.after, r.verdict.as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("cpu-ready-percent", Some(1.0), Some(1.5), "worse"),
+            ("disk-read-latency-ms", Some(2.0), Some(12.0), "regression"),
+            ("disk-write-latency-ms", None, None, "not compared"),
+            ("net-dropped-rx", None, Some(0.0), "not compared"),
+            ("net-dropped-tx", None, Some(0.0), "not compared"),
+        ]
+    );
+    assert_eq!(p.after_accel.as_deref(), Some("tcg"));
+    assert!(
+        p.verdict.contains("not production timings"),
+        "{}",
+        p.verdict
+    );
+    let c = o
+        .report
+        .concerns
+        .iter()
+        .find(|c| c.id == "performance-regression")
+        .expect("a regression concern");
+    assert_eq!(c.severity, v2k_inventory::model::Severity::Warning);
+    assert_eq!(c.subject.as_deref(), Some("disk-read-latency-ms"));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("<h2>Performance before and after</h2>"),
+        "{html}"
+    );
+    let back = v2k_migrate::RunDir::at(&out).load_report().unwrap();
+    assert_eq!(back.performance, o.report.performance);
+
+    // The same with fail-on-regression (and a destination that is never reached).
+    let out = d.path().join("fail");
+    let mut opts = options(&vmx, &out);
+    opts.performance = Some(v2k_migrate::performance::Settings {
+        fail_on_regression: true,
+        ..settings.clone()
+    });
+    opts.deliver = Some(v2k_migrate::Destination {
+        uri: "qemu+ssh://root@nowhere.invalid/system".into(),
+        pool: "none".into(),
+        start: false,
+        autostart: false,
+    });
+    let o = migrate_with(&opts, None, &boot, &quiet).unwrap();
+    assert_eq!(o.report.result, Outcome::PerformanceRegression);
+    assert_eq!(o.exit_code(), 1);
+    assert_eq!(
+        stages(&o.report).last(),
+        Some(&("deliver".to_string(), StageStatus::Skipped))
+    );
+    assert_eq!(o.report.delivery, None);
+
+    // Without a validation boot there is nothing after: not compared, never failed.
+    let out = d.path().join("unbooted");
+    let mut opts = options(&vmx, &out);
+    opts.validate = false;
+    opts.performance = Some(v2k_migrate::performance::Settings {
+        fail_on_regression: true,
+        ..settings
+    });
+    let o = migrate_with(&opts, None, &boot, &quiet).unwrap();
+    assert_eq!(o.report.result, Outcome::NotValidated);
+    let p = o.report.performance.unwrap();
+    assert!(p.rows.iter().all(|r| r.verdict == "not compared"));
+    assert!(p.verdict.contains("not booted"), "{}", p.verdict);
 }

@@ -9,8 +9,9 @@
 //! not have is reported as missing, not as zero.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, MoRef, PropertySpec};
 use crate::xml::Element;
@@ -40,7 +41,7 @@ const COUNTERS: [&str; 5] = [
 ];
 
 /// min / median / p95 of one metric over the samples.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Stats {
     /// The vSphere counter it comes from.
@@ -53,7 +54,7 @@ pub struct Stats {
 }
 
 /// What the PerformanceManager says about one VM.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Baseline {
     pub moref: String,
@@ -67,6 +68,78 @@ pub struct Baseline {
     pub metrics: BTreeMap<String, Stats>,
     /// Counters the server does not offer or sent no sample of.
     pub missing: Vec<String>,
+}
+
+/// The schema version of `NAME.baseline.json`.
+pub const FILE_SCHEMA_VERSION: u32 = 1;
+/// A baseline file is a few kilobytes; anything much larger is not one.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// `NAME.baseline.json` as `v2k baseline` and a wave's first run write it, and as
+/// `v2k migrate --baseline` and the wave runner read it (docs/evidence.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BaselineFile {
+    pub schema_version: u32,
+    pub vm: String,
+    /// The address the VM was read from.
+    pub source: String,
+    pub baseline: Baseline,
+}
+
+/// A baseline file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {why}")]
+pub struct BaselineFileError {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+impl BaselineFile {
+    /// Reads `vm`'s last day from the server (`now`: Unix seconds): what `v2k
+    /// baseline` writes and a wave's first run records.
+    pub fn take(client: &Client, vm: &v2k_inventory::model::Vm, now: u64) -> Result<BaselineFile> {
+        let Some(vs) = &vm.vsphere else {
+            return Err(Error::Usage(format!(
+                "{}: not a vSphere VM (a local VM has no performance history)",
+                vm.name
+            )));
+        };
+        let moref = MoRef::new("VirtualMachine", vs.moref.clone());
+        Ok(BaselineFile {
+            schema_version: FILE_SCHEMA_VERSION,
+            vm: vm.name.clone(),
+            source: vm.source.path.display().to_string(),
+            baseline: baseline(client, &moref, now)?,
+        })
+    }
+
+    /// Reads and checks `path` (bounded: the file may come from anywhere).
+    pub fn read(path: &Path) -> std::result::Result<BaselineFile, BaselineFileError> {
+        let err = |why: String| BaselineFileError {
+            path: path.into(),
+            why,
+        };
+        let b = v2k_untrusted::file::read(path, MAX_FILE_BYTES, "a baseline file")
+            .map_err(|e| err(e.to_string()))?;
+        let f: BaselineFile =
+            serde_json::from_slice(&b).map_err(|e| err(format!("not a v2k baseline file: {e}")))?;
+        if f.schema_version != FILE_SCHEMA_VERSION {
+            return Err(err(format!(
+                "baseline schema {} is not readable by this v2k (reads {FILE_SCHEMA_VERSION})",
+                f.schema_version
+            )));
+        }
+        if let Some((m, _)) = f
+            .baseline
+            .metrics
+            .iter()
+            .find(|(_, s)| ![s.min, s.median, s.p95].iter().all(|v| v.is_finite()))
+        {
+            return Err(err(format!("{m}: a figure is not a number")));
+        }
+        Ok(f)
+    }
 }
 
 /// The name a counter's figure has in the baseline, its unit, and how the per-device
@@ -352,6 +425,48 @@ mod tests {
         let d = &b.metrics["disk-read-latency-ms"];
         assert_eq!((d.min, d.median, d.p95), (7.0, 8.0, 9.0));
         assert!(b.missing.contains(&NET_DROPPED_RX.to_string()));
+    }
+
+    #[test]
+    fn a_baseline_file_reads_back_and_a_foreign_one_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.baseline.json");
+        let f = BaselineFile {
+            schema_version: FILE_SCHEMA_VERSION,
+            vm: "a".into(),
+            source: "vsphere://u@h/DC0/vm/a".into(),
+            baseline: Baseline {
+                moref: "vm-1".into(),
+                interval_seconds: INTERVAL_SECONDS,
+                from: 0,
+                to: 86400,
+                metrics: BTreeMap::from([(
+                    "cpu-ready-percent".to_string(),
+                    Stats {
+                        counter: CPU_READY.into(),
+                        unit: "% of interval".into(),
+                        samples: 3,
+                        min: 0.5,
+                        median: 1.0,
+                        p95: 2.0,
+                    },
+                )]),
+                missing: vec![NET_DROPPED_RX.into()],
+            },
+        };
+        std::fs::write(&p, serde_json::to_vec(&f).unwrap()).unwrap();
+        assert_eq!(BaselineFile::read(&p).unwrap(), f);
+        std::fs::write(&p, r#"{"schema-version": 7}"#).unwrap();
+        let e = BaselineFile::read(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("a.baseline.json") && e.contains("not a v2k baseline"),
+            "{e}"
+        );
+        let mut v = serde_json::to_value(&f).unwrap();
+        v["schema-version"] = 2.into();
+        std::fs::write(&p, v.to_string()).unwrap();
+        let e = BaselineFile::read(&p).unwrap_err().to_string();
+        assert!(e.contains("baseline schema 2"), "{e}");
     }
 
     #[test]

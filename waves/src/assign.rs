@@ -784,11 +784,14 @@ impl ShardSource {
         }
     }
 
-    /// Absolute paths in a `Settings` or VM mapping: `virtio-win`, and hook programs
-    /// given by a relative path (a bare name is looked up in PATH, as it was).
+    /// Absolute paths in a `Settings` or VM mapping: `virtio-win`, `baseline-dir`, and
+    /// hook programs given by a relative path (a bare name is looked up in PATH, as it
+    /// was).
     fn abs_settings(&self, m: &mut Value) {
-        if let Some(v) = m.get_mut("virtio-win") {
-            self.abs(v);
+        for k in ["virtio-win", "baseline-dir"] {
+            if let Some(v) = m.get_mut(k) {
+                self.abs(v);
+            }
         }
         for which in ["pre", "post"] {
             if let Some(Value::Sequence(cmd)) = m
@@ -920,7 +923,7 @@ mod tests {
     /// disks on ESXi host `esx{i % 2}` and `(i + 1) GiB` to copy.
     fn setup(text_extra: &str, waves: usize, per_wave: usize) -> (Plan, CheckReport) {
         let mut t = format!(
-            "version: 1\nrun-dir: /somewhere/run\n{text_extra}defaults:\n  validate: false\n  hooks:\n    pre: {{ command: [hooks/pre.sh] }}\nwaves:\n"
+            "version: 1\nrun-dir: /somewhere/run\n{text_extra}defaults:\n  validate: false\n  baseline-dir: baselines\n  hooks:\n    pre: {{ command: [hooks/pre.sh] }}\nwaves:\n"
         );
         for w in 0..waves {
             t.push_str(&format!("  - name: w{w}\n    vms:\n"));
@@ -944,6 +947,7 @@ mod tests {
                     concerns: Vec::new(),
                     unmapped_networks: Vec::new(),
                     error: None,
+                    baseline: None,
                 });
                 i += 1;
             }
@@ -1057,6 +1061,11 @@ mod tests {
             for v in p.waves.iter().flat_map(|w| &w.vms) {
                 assert!(v.source.starts_with("/plans/vms"), "{:?}", v.source);
                 assert_eq!(v.pre.as_ref().unwrap().command[0], "/plans/hooks/pre.sh");
+                // The shard lives elsewhere: its baselines are the plan's, by absolute path.
+                assert_eq!(
+                    v.baseline_dir.as_deref(),
+                    Some(Path::new("/plans/baselines"))
+                );
                 let e = v.esxi_host.as_ref().unwrap();
                 assert_eq!(p.limits.esxi_host(e), s.shares.esxi_hosts[e]);
             }
@@ -1289,6 +1298,7 @@ mod tests {
                     concerns: Vec::new(),
                     unmapped_networks: Vec::new(),
                     error: None,
+                    baseline: None,
                 })
                 .collect(),
         };

@@ -46,6 +46,28 @@ pub struct VmCheck {
     /// Why the VM will fail, when it is already known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What its report's "before" will be (docs/evidence.md): the plan's baseline file,
+    /// a reading from vSphere on the first attempt, or why there will be none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+}
+
+/// Where a VM's baseline comes from, as the runner will find it.
+fn baseline_of(v: &crate::plan::VmPlan) -> Option<String> {
+    let file = v
+        .baseline_dir
+        .as_ref()
+        .map(|d| d.join(format!("{}.baseline.json", v.name)));
+    match (file, v.vsphere.is_some()) {
+        (Some(f), _) if f.is_file() => Some(f.display().to_string()),
+        (Some(f), true) => Some(format!(
+            "read from vSphere on the first attempt ({} not found)",
+            f.display()
+        )),
+        (Some(f), false) => Some(format!("none: {} not found", f.display())),
+        (None, true) => Some("read from vSphere on the first attempt".into()),
+        (None, false) => None,
+    }
 }
 
 impl CheckReport {
@@ -120,6 +142,7 @@ pub fn check(plan: &Plan) -> CheckReport {
                 concerns: Vec::new(),
                 unmapped_networks: Vec::new(),
                 error: None,
+                baseline: baseline_of(v),
             };
             let loaded: Option<Result<Vec<Vm>, String>> = if let Some(r) = &v.vsphere {
                 Some(read_vsphere(&mut sessions, r))

@@ -167,6 +167,20 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         early_reason: Option<String>,
     },
+    /// A vSphere VM's performance before migration, read on its first attempt
+    /// (before any cutover) and kept in `file` for every later attempt: `metrics`
+    /// the day's medians, `missing` what the server had no sample of; or `error`.
+    VmBaseline {
+        wave: String,
+        vm: String,
+        file: PathBuf,
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        metrics: std::collections::BTreeMap<String, f64>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        missing: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl Entry {
@@ -195,7 +209,8 @@ impl Entry {
             | Entry::VmFinished { wave, vm, .. }
             | Entry::VmNotRun { wave, vm, .. }
             | Entry::VmRolledBack { wave, vm, .. }
-            | Entry::VmFinalized { wave, vm, .. } => vec![wave, vm],
+            | Entry::VmFinalized { wave, vm, .. }
+            | Entry::VmBaseline { wave, vm, .. } => vec![wave, vm],
             Entry::Gate { wave, previous, .. } => vec![wave, previous],
             Entry::RunResumed { .. } | Entry::RunFinished { .. } => Vec::new(),
         }

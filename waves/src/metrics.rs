@@ -88,10 +88,10 @@ pub fn wave(records: &[Record], wave: &str) -> WaveMetrics {
                 match (status, open) {
                     (VmStatus::Failed, None) => list.push(Failure {
                         vm: vm.clone(),
-                        kind: if result.as_deref() == Some("validation-failed") {
-                            "validation"
-                        } else {
-                            "migration"
+                        kind: match result.as_deref() {
+                            Some("validation-failed") => "validation",
+                            Some("performance-regression") => "performance",
+                            _ => "migration",
                         }
                         .into(),
                         reason: reason.clone().unwrap_or_default(),

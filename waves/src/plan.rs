@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::Digest;
+use v2k_migrate::performance::Thresholds;
 use v2k_migrate::vsphere::{Address, Client, ConnectSettings, PASSWORD_ENV};
 use v2k_migrate::{Accel, Backend, DiskBus, HostSource, NetworkMap};
 
@@ -124,6 +125,12 @@ pub struct Settings {
     pub shutdown_timeout: Option<u64>,
     /// Power the VM off when it did not shut down in time.
     pub force_power_off: Option<bool>,
+    /// Where `v2k baseline` wrote the VMs' `NAME.baseline.json` (relative to the plan).
+    pub baseline_dir: Option<PathBuf>,
+    /// How much worse each metric may get after migration (docs/evidence.md).
+    pub thresholds: Option<Thresholds>,
+    /// A performance regression fails the VM instead of being a warning.
+    pub fail_on_regression: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -272,6 +279,9 @@ pub(crate) struct VmFile {
     /// The ESXi host the VM's disks are read from, for `limits.esxi-host-disks`
     /// (a vSphere source's inspection knows it; `v2k wave assign` writes it).
     pub esxi_host: Option<String>,
+    pub baseline_dir: Option<PathBuf>,
+    pub thresholds: Option<Thresholds>,
+    pub fail_on_regression: Option<bool>,
 }
 
 impl VmFile {
@@ -291,6 +301,9 @@ impl VmFile {
             cutover: self.cutover,
             shutdown_timeout: self.shutdown_timeout,
             force_power_off: self.force_power_off,
+            baseline_dir: self.baseline_dir.clone(),
+            thresholds: self.thresholds,
+            fail_on_regression: self.fail_on_regression,
         }
     }
 }
@@ -405,6 +418,11 @@ pub struct VmPlan {
     pub cutover: Option<v2k_migrate::cutover::Cutover>,
     /// The host VMware's tuning is mapped onto (the plan's `target:`, else this one).
     pub host_topology: HostSource,
+    /// Where this VM's `NAME.baseline.json` is looked for (absolute).
+    pub baseline_dir: Option<PathBuf>,
+    /// Before/after thresholds (the plan's `thresholds:`, else the defaults).
+    pub thresholds: Thresholds,
+    pub fail_on_regression: bool,
 }
 
 /// A VM on a vSphere server, and how to connect to that server.
@@ -495,6 +513,8 @@ impl VmPlan {
             verify_manifest: self.verify_manifest,
             virtio_win: self.virtio_win.clone(),
             host_topology: self.host_topology.clone(),
+            // Set by the runner, which reads the baseline (crate::runner).
+            performance: None,
         }
     }
 }
@@ -864,6 +884,12 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                         })
                     })
                 };
+            if let Some(Err(e)) = s.thresholds.map(|t| t.check()) {
+                bad(
+                    line_of(text, "thresholds:").or(line),
+                    format!("VM {name}: {e}"),
+                );
+            }
             let hooks = s.hooks.clone().unwrap_or_default();
             let pre = hook(&hooks.pre, "pre", &mut bad);
             let post = hook(&hooks.post, "post", &mut bad);
@@ -914,6 +940,9 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                         force_power_off: s.force_power_off.unwrap_or(false),
                     }),
                 host_topology: host_topology.clone(),
+                baseline_dir: s.baseline_dir.as_deref().map(abs),
+                thresholds: s.thresholds.unwrap_or_default(),
+                fail_on_regression: s.fail_on_regression.unwrap_or(false),
             });
         }
         waves.push(Wave {
@@ -986,6 +1015,10 @@ fn merge(d: &Settings, v: &Settings) -> Settings {
         cutover: v.cutover.or(d.cutover),
         shutdown_timeout: v.shutdown_timeout.or(d.shutdown_timeout),
         force_power_off: v.force_power_off.or(d.force_power_off),
+        baseline_dir: v.baseline_dir.clone().or_else(|| d.baseline_dir.clone()),
+        // A VM's thresholds replace the defaults' as a whole.
+        thresholds: v.thresholds.or(d.thresholds),
+        fail_on_regression: v.fail_on_regression.or(d.fail_on_regression),
     }
 }
 
@@ -1111,6 +1144,44 @@ waves:
         );
         let p = parse(GOOD, Path::new("/plans/p.yaml")).unwrap();
         assert_eq!(p.waves[0].vms[0].cutover, None);
+    }
+
+    #[test]
+    fn baselines_thresholds_and_fail_on_regression_come_from_defaults_or_the_vm() {
+        let text = GOOD
+            .replace(
+                "  validate: false\n",
+                "  validate: false\n  baseline-dir: base\n  thresholds:\n    cpu-ready-percent: 3\n",
+            )
+            .replace(
+                "        disk-bus: scsi\n",
+                "        disk-bus: scsi\n        fail-on-regression: true\n        thresholds: { latency-factor: 4 }\n",
+            );
+        let p = parse(&text, Path::new("/plans/p.yaml")).unwrap();
+        let (web, db) = (&p.waves[0].vms[0], &p.waves[0].vms[1]);
+        assert_eq!(web.baseline_dir.as_deref(), Some(Path::new("/plans/base")));
+        assert_eq!(db.baseline_dir, web.baseline_dir);
+        assert_eq!(web.thresholds.cpu_ready_percent, 3.0);
+        assert!(!web.fail_on_regression && db.fail_on_regression);
+        // A VM's thresholds replace the defaults' as a whole.
+        assert_eq!(db.thresholds.latency_factor, 4.0);
+        assert_eq!(db.thresholds.cpu_ready_percent, 5.0);
+        let p = parse(GOOD, Path::new("/plans/p.yaml")).unwrap();
+        assert_eq!(p.waves[0].vms[0].baseline_dir, None);
+        // A metric name that does not exist, and a threshold that compares nothing.
+        let e = parse_err(&GOOD.replace(
+            "  validate: false\n",
+            "  validate: false\n  thresholds:\n    cpu-ready: 3\n",
+        ));
+        assert!(e[0].message.contains("unknown field `cpu-ready`"), "{e:?}");
+        let e = parse_err(&GOOD.replace(
+            "  validate: false\n",
+            "  validate: false\n  thresholds:\n    latency-factor: 0.5\n",
+        ));
+        assert!(
+            e[0].message.contains("latency-factor: 0.5 is below 1") && e[0].line == Some(4),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub struct VmReport {
     pub concerns: Vec<Concern>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validation: Option<VmValidation>,
+    /// Before and after, when the VM was compared with a baseline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub performance: Option<VmPerformance>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub screenshot: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +129,18 @@ pub struct VmReport {
 pub struct VmValidation {
     pub passed: bool,
     pub checks: Vec<Check>,
+}
+
+/// The performance part of a VM's report that the wave report shows: whether it
+/// regressed, and the verdict in words.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct VmPerformance {
+    /// The metrics that regressed beyond their thresholds (empty: none).
+    pub regressions: Vec<String>,
+    /// The regression failed the VM (`fail-on-regression`).
+    pub failed: bool,
+    pub verdict: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -165,6 +180,7 @@ pub fn build(records: &[Record], wave: &str, live: bool) -> WaveReport {
         mib_per_second: 0.0,
         concerns: Vec::new(),
         validation: None,
+        performance: None,
         screenshot: None,
         report_html: None,
         report_error: None,
@@ -288,6 +304,11 @@ pub fn build(records: &[Record], wave: &str, live: bool) -> WaveReport {
             match read_summary(&report_json) {
                 Ok(r) => {
                     v.concerns = r.concerns;
+                    v.performance = r.performance.map(|p| VmPerformance {
+                        failed: p.fails(),
+                        regressions: p.regressions,
+                        verdict: p.verdict,
+                    });
                     if let Some(val) = r.validation {
                         v.screenshot = val.evidence.screenshot;
                         v.validation = Some(VmValidation {
@@ -924,6 +945,27 @@ ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overfl
                 })
                 .collect::<String>(),
         };
+        let mut validation = validation;
+        if let Some(p) = &v.performance {
+            // One line: whether it regressed; the VM's report has the table.
+            let _ = write!(
+                validation,
+                "<li>performance: {}</li>",
+                if p.regressions.is_empty() {
+                    esc(&p.verdict)
+                } else {
+                    format!(
+                        "<b>{}</b> ({})",
+                        if p.failed {
+                            "REGRESSION, failed"
+                        } else {
+                            "regression"
+                        },
+                        esc(&p.regressions.join(", "))
+                    )
+                }
+            );
+        }
         let thumb = v
             .screenshot
             .as_ref()

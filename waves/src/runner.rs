@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use v2k_migrate::performance::BaselineFile;
 use v2k_migrate::vsphere::VsphereSource;
 use v2k_migrate::{BootStages, RealBoot, RunDir};
 
@@ -615,7 +616,18 @@ fn run_vm(
             );
         }
     }
-    let opts = v.migrate_options(&plan.network_map);
+    let mut opts = v.migrate_options(&plan.network_map);
+    // The baseline, before the migration (and its cutover) starts.
+    let baseline = |remote: Option<&VsphereSource>| -> Result<_> {
+        let s = performance(v, &dir, remote, attempt, &|e| journal.append(e), wave)?;
+        if let Some(why) = s.as_ref().and_then(|p| p.missing.as_ref()) {
+            events(RunEvent::Message {
+                vm: v.name.clone(),
+                text: format!("warning: no baseline to compare with: {why}"),
+            });
+        }
+        Ok(s)
+    };
     let progress = |e: v2k_migrate::Event| match e {
         v2k_migrate::Event::Stage { name, status } => {
             let t = Instant::now();
@@ -656,12 +668,18 @@ fn run_vm(
     // expired session, a lost connection) stays its own.
     let outcome: std::result::Result<v2k_migrate::Outcome, String> = match &v.vsphere {
         Some(r) => match VsphereSource::connect(r.address.clone(), &r.settings) {
-            Ok(remote) => v2k_migrate::migrate_with(&opts, Some(&remote), boot, &progress)
-                .map_err(|e| v2k_inventory::one_line(&e)),
+            Ok(remote) => {
+                opts.performance = baseline(Some(&remote))?;
+                v2k_migrate::migrate_with(&opts, Some(&remote), boot, &progress)
+                    .map_err(|e| v2k_inventory::one_line(&e))
+            }
             Err(e) => Err(r.connect_error(e).to_string()),
         },
-        None => v2k_migrate::migrate_with(&opts, None, boot, &progress)
-            .map_err(|e| v2k_inventory::one_line(&e)),
+        None => {
+            opts.performance = baseline(None)?;
+            v2k_migrate::migrate_with(&opts, None, boot, &progress)
+                .map_err(|e| v2k_inventory::one_line(&e))
+        }
     };
     let migrate_s = t.elapsed().as_secs_f64();
     outside += t.elapsed();
@@ -679,6 +697,14 @@ fn run_vm(
                     VmStatus::Migrated,
                     Some(o.report.result.to_string()),
                     None,
+                    bytes,
+                    rj,
+                )
+            } else if let Some(p) = o.report.performance.as_ref().filter(|p| p.fails()) {
+                (
+                    VmStatus::Failed,
+                    Some(o.report.result.to_string()),
+                    Some(format!("performance regression: {}", p.verdict)),
                     bytes,
                     rj,
                 )
@@ -730,6 +756,102 @@ fn run_vm(
         }
     }
     finish(status, result, reason, migrate_s, bytes, report, outside)
+}
+
+/// The file a wave keeps a vSphere VM's own baseline in: `RUN_DIR/vms/NAME/`.
+pub const BASELINE_FILE: &str = "baseline.json";
+
+/// What the VM's report compares its validation with (docs/evidence.md):
+/// `baseline-dir/NAME.baseline.json` when the plan names a directory and the file is
+/// there; else, for a vSphere source, the baseline this run recorded in the VM's
+/// directory, read from the server once, on the VM's first attempt — before its
+/// cutover shuts the source down; without `cutover:` on the first attempt that gets
+/// one — and journalled (`vm-baseline`). A baseline that cannot be
+/// had is said in the report and as a warning; the VM still migrates.
+fn performance(
+    v: &VmPlan,
+    dir: &Path,
+    remote: Option<&VsphereSource>,
+    attempt: u32,
+    journal: &dyn Fn(Entry) -> Result<()>,
+    wave: &str,
+) -> Result<Option<v2k_migrate::performance::Settings>> {
+    let settings = |file: PathBuf, got: std::result::Result<BaselineFile, String>| {
+        let (baseline, missing) = match got {
+            Ok(b) => (Some(b), None),
+            Err(e) => (None, Some(e)),
+        };
+        v2k_migrate::performance::Settings {
+            file,
+            baseline,
+            missing,
+            thresholds: v.thresholds,
+            fail_on_regression: v.fail_on_regression,
+        }
+    };
+    let read = |f: &Path| BaselineFile::read(f).map_err(|e| e.to_string());
+    let planned = v
+        .baseline_dir
+        .as_ref()
+        .map(|d| d.join(format!("{}.baseline.json", v.name)));
+    if let Some(f) = planned.as_ref().filter(|f| f.exists()) {
+        return Ok(Some(settings(f.clone(), read(f))));
+    }
+    let Some(remote) = remote else {
+        return Ok(planned.map(|f| {
+            let why = format!("{}: not found", f.display());
+            settings(f, Err(why))
+        }));
+    };
+    let own = dir.join(BASELINE_FILE);
+    if own.exists() {
+        return Ok(Some(settings(own.clone(), read(&own))));
+    }
+    if attempt > 1 && v.cutover.is_some() {
+        // A later attempt may follow this VM's cutover: the source's day is no
+        // longer the one before migration. (Without cutover the source still runs.)
+        let why = format!(
+            "{}: not recorded on the VM's first attempt, and its cutover may have shut the source down since (see the journal)",
+            own.display()
+        );
+        return Ok(Some(settings(own, Err(why))));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let taken = remote.baseline(now);
+    let entry = |metrics, missing, error| Entry::VmBaseline {
+        wave: wave.into(),
+        vm: v.name.clone(),
+        file: own.clone(),
+        metrics,
+        missing,
+        error,
+    };
+    match taken {
+        Ok(b) => {
+            let text = serde_json::to_vec_pretty(&b)
+                .map_err(|e| Error::Run(format!("encoding the baseline of {}: {e}", v.name)))?;
+            v2k_outfile::write_atomic(&own, &text, true)
+                .map_err(|e| Error::Run(format!("writing {}: {e}", own.display())))?;
+            let medians = b
+                .baseline
+                .metrics
+                .iter()
+                .map(|(k, s)| (k.clone(), s.median))
+                .collect();
+            journal(entry(medians, b.baseline.missing.clone(), None))?;
+            Ok(Some(settings(own, Ok(b))))
+        }
+        Err(e) => {
+            let why = format!(
+                "reading the baseline from vSphere: {}",
+                v2k_inventory::one_line(&e)
+            );
+            journal(entry(Default::default(), Vec::new(), Some(why.clone())))?;
+            Ok(Some(settings(own, Err(why))))
+        }
+    }
 }
 
 /// Bytes available to an unprivileged writer on the file system that will hold

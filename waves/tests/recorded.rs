@@ -73,6 +73,8 @@ fn make_disk(path: &Path) {
 struct Recording {
     injected: Mutex<Vec<String>>,
     validated: Mutex<Vec<String>>,
+    /// The agent's report each validation returns (its `perf` counters), if any.
+    agent: Option<v2k_validator::AgentReport>,
 }
 
 impl BootStages for Recording {
@@ -134,6 +136,7 @@ impl BootStages for Recording {
                 serial_log: opts.work_dir.join("serial.log"),
                 screenshot: Some(shot),
                 boot_seconds: Some(1.5),
+                agent: self.agent.clone(),
                 ..Evidence::default()
             },
             total_seconds: 2.0,
@@ -387,4 +390,149 @@ fn shards_of_a_plan_run_apart_merge_into_one_report_with_each_vms_host() {
     );
     assert!(html.contains(&thumb), "thumbnail not in the merged report");
     assert!(html.contains("Merged from 2 conversion host(s): conv1, conv2."));
+}
+
+/// A baseline file as `v2k baseline` writes it (the documented format, written out):
+/// CPU ready 1 %, reads 2 ms (medians of the day).
+fn baseline(path: &Path, vm: &str) {
+    let stat = |counter: &str, unit: &str, median: f64| {
+        serde_json::json!({"counter": counter, "unit": unit, "samples": 288,
+                           "min": 0.0, "median": median, "p95": median * 2.0})
+    };
+    let doc = serde_json::json!({
+        "schema-version": 1, "vm": vm, "source": format!("vsphere://u@vc/DC0/vm/{vm}"),
+        "baseline": {"moref": "vm-1", "interval-seconds": 300, "from": 0, "to": 86400,
+            "metrics": {
+                "cpu-ready-percent": stat("cpu.ready.summation", "% of interval", 1.0),
+                "disk-read-latency-ms": stat("virtualDisk.totalReadLatency.average", "ms", 2.0),
+            },
+            "missing": ["net.droppedRx.summation", "net.droppedTx.summation"]}
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+}
+
+/// Before and after in a wave: `baseline-dir:` points at the baselines, the recording
+/// validation's agent reads 12 ms per read (2 ms before: a regression). `slow`
+/// regresses as a warning and migrates; `strict` (`fail-on-regression: true`) fails,
+/// counted as a failed change of kind `performance`; `nobase` has no file and says so.
+/// The wave report shows per VM whether it regressed.
+#[test]
+fn a_plans_baselines_give_each_vm_before_and_after_and_a_strict_regression_fails_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let (slow, strict, nobase) = (
+        vm(d, "slow", "00:50:56:00:00:a1", true),
+        vm(d, "strict", "00:50:56:00:00:a2", true),
+        vm(d, "nobase", "00:50:56:00:00:a3", true),
+    );
+    std::fs::create_dir_all(d.join("baselines")).unwrap();
+    baseline(&d.join("baselines/slow.baseline.json"), "slow");
+    baseline(&d.join("baselines/strict.baseline.json"), "strict");
+    let p = d.join("plan.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "version: 1\nrun-dir: run\ndefaults:\n  backend: qemu\n  accel: tcg\n\
+             \x20 baseline-dir: baselines\n  thresholds:\n    cpu-ready-percent: 2\n\
+             networks:\n  VM Network: user\nlimits:\n  vms: 1\nwaves:\n  - name: w1\n    vms:\n\
+             \x20     - source: {}\n      - source: {}\n        fail-on-regression: true\n\
+             \x20     - source: {}\n",
+            slow.display(),
+            strict.display(),
+            nobase.display()
+        ),
+    )
+    .unwrap();
+    let boot = Recording {
+        agent: Some(
+            serde_json::from_value(serde_json::json!({
+                "v": 1, "ok": true, "boot": true, "root-rw": true, "uptime": 300.0,
+                "perf": {"cpu": [1000, 20], "disks": [["vda", 10, 120, 0, 0]], "nics": []}
+            }))
+            .unwrap(),
+        ),
+        ..Recording::default()
+    };
+    let s = run_plan(&p, &boot, false);
+    assert_eq!(
+        status_of(&s, "slow"),
+        ("migrated".into(), Some("validated".into()))
+    );
+    assert_eq!(
+        status_of(&s, "strict"),
+        ("failed".into(), Some("performance-regression".into()))
+    );
+    assert_eq!(
+        status_of(&s, "nobase"),
+        ("migrated".into(), Some("validated".into()))
+    );
+    let run = d.join("run");
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(run.join("w1/wave-report.json")).unwrap()).unwrap();
+    let vm = |n: &str| {
+        r["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    let perf = vm("slow")["performance"].clone();
+    assert_eq!(
+        perf["regressions"],
+        serde_json::json!(["disk-read-latency-ms"]),
+        "{perf:#}"
+    );
+    assert_eq!(perf["failed"], false);
+    // The plan's CPU threshold (2 points) is used: 1 % → 2 % is worse, not a regression.
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(run.join("vms/slow/out/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report["performance"]["thresholds"]["cpu-ready-percent"],
+        2.0
+    );
+    assert_eq!(report["performance"]["rows"][0]["verdict"], "worse");
+    assert!(
+        report["concerns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == "performance-regression" && c["severity"] == "warning"),
+        "{report:#}"
+    );
+    let strict = vm("strict");
+    assert_eq!(strict["performance"]["failed"], true);
+    assert!(
+        strict["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("performance regression: Regression in 1 of 2 metric(s) compared"),
+        "{strict:#}"
+    );
+    assert_eq!(
+        r["metrics"]["failures"][0]["kind"], "performance",
+        "{:#}",
+        r["metrics"]
+    );
+    let verdict = vm("nobase")["performance"]["verdict"].clone();
+    assert!(
+        verdict
+            .as_str()
+            .unwrap()
+            .starts_with("Not compared: no baseline (")
+            && verdict
+                .as_str()
+                .unwrap()
+                .contains("nobase.baseline.json: not found"),
+        "{verdict}"
+    );
+    let html = std::fs::read_to_string(run.join("w1/wave-report.html")).unwrap();
+    assert!(
+        html.contains("<li>performance: <b>regression</b> (disk-read-latency-ms)</li>")
+            && html
+                .contains("<li>performance: <b>REGRESSION, failed</b> (disk-read-latency-ms)</li>"),
+        "{html}"
+    );
 }

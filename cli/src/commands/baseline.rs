@@ -8,13 +8,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde_json::json;
 use v2k_vsphere::perf;
 
 use crate::{console, exit};
-
-/// The baseline file's schema version.
-const SCHEMA_VERSION: u32 = 1;
 
 /// Record vSphere VMs' performance before migration
 #[derive(clap::Args)]
@@ -71,33 +67,25 @@ fn one_source(source: &str, args: &Args, now: u64, o: &mut impl Write) -> anyhow
         anyhow::bail!("no VM matches");
     }
     for vm in vms {
-        let Some(vs) = &vm.vsphere else { continue };
-        let moref = v2k_vsphere::MoRef::new("VirtualMachine", vs.moref.clone());
-        let b = perf::baseline(&client, &moref, now)
+        let doc = perf::BaselineFile::take(&client, &vm, now)
             .with_context(|| format!("reading the performance of {}", vm.name))?;
-        let doc = json!({
-            "schema-version": SCHEMA_VERSION,
-            "vm": vm.name,
-            "source": vm.source.path,
-            "baseline": b,
-        });
         let path = file_for(&args.out_dir, &vm.name);
         let text = serde_json::to_vec_pretty(&doc)?;
         v2k_outfile::write_atomic(&path, &text, true)
             .with_context(|| format!("writing {}", path.display()))?;
         if args.json {
-            console::emit_json(&doc)?;
+            console::emit_json(&serde_json::to_value(&doc)?)?;
             continue;
         }
         writeln!(o, "{} ({})", vm.name, path.display())?;
-        for (name, s) in &b.metrics {
+        for (name, s) in &doc.baseline.metrics {
             writeln!(
                 o,
                 "  {name:24} min {:>9.2}  median {:>9.2}  p95 {:>9.2}  {} ({} samples)",
                 s.min, s.median, s.p95, s.unit, s.samples
             )?;
         }
-        for m in &b.missing {
+        for m in &doc.baseline.missing {
             writeln!(o, "  {m} not offered by the server (no sample)")?;
         }
     }

@@ -32,8 +32,12 @@ use crate::{console, exit};
     SOURCE may be a vSphere address, vsphere://USER@HOST[:PORT]/DATACENTER/vm/[FOLDER/]NAME: \
     the VM is read from the server and its disks streamed from the datastore into QCOW2 \
     (password from $V2K_VSPHERE_PASSWORD or --password-file; docs/vsphere.md). \
+    With --baseline FILE the validation's performance is compared with a baseline from \
+    `v2k baseline` (docs/evidence.md). \
     Exit status: 0 migrated and validated (or migrated, with --no-validate), 1 migrated but \
-    validation failed or, with --start, the checks after cutover failed, 2 error."
+    validation failed, with --start the checks after cutover failed, or with \
+    --fail-on-regression performance regressed, 2 error (an unreadable --baseline or a bad \
+    --threshold included)."
 )]
 pub struct Args {
     /// The VM: a .vmx, .ovf or .ova, or a vsphere:// address
@@ -117,12 +121,57 @@ pub struct Args {
     /// (default: --to's host, else this one)
     #[arg(long, value_name = "FILE|URI")]
     host_topology: Option<String>,
+    /// Compare the validation's figures with this baseline (a NAME.baseline.json from
+    /// `v2k baseline`): report.json gets a `performance` section (docs/evidence.md)
+    #[arg(long, value_name = "FILE")]
+    baseline: Option<PathBuf>,
+    /// How much worse a metric may get before it is a regression (--baseline); the
+    /// metric names of docs/evidence.md, e.g. cpu-ready-percent=3; repeatable
+    #[arg(long, value_name = "METRIC=VALUE", requires = "baseline")]
+    threshold: Vec<String>,
+    /// A performance regression beyond the thresholds fails the VM (exit 1, not
+    /// delivered) instead of being a warning (--baseline)
+    #[arg(long, requires = "baseline")]
+    fail_on_regression: bool,
     /// Accept an OVA whose manifest is missing or does not list every file
     #[arg(long)]
     no_verify_manifest: bool,
     /// JSON Lines on stdout: stage events and the final report summary
     #[arg(long)]
     json: bool,
+}
+
+/// The baseline read and the thresholds parsed, before anything is written: a bad
+/// file or threshold is an error (exit 2), not a report without a comparison.
+fn performance(
+    file: &std::path::Path,
+    thresholds: &[String],
+    fail_on_regression: bool,
+) -> anyhow::Result<v2k_migrate::performance::Settings> {
+    let baseline = v2k_vsphere::perf::BaselineFile::read(file)?;
+    let mut given = serde_json::Map::new();
+    for t in thresholds {
+        let (k, v) = t
+            .split_once('=')
+            .with_context(|| format!("--threshold {t}: not METRIC=VALUE"))?;
+        let n: f64 = v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n: &f64| n.is_finite())
+            .with_context(|| format!("--threshold {t}: {v} is not a number"))?;
+        given.insert(k.trim().to_string(), json!(n));
+    }
+    let thresholds: v2k_migrate::performance::Thresholds =
+        serde_json::from_value(serde_json::Value::Object(given)).context("--threshold")?;
+    thresholds
+        .check()
+        .map_err(|e| anyhow::anyhow!("--threshold: {e}"))?;
+    Ok(v2k_migrate::performance::Settings {
+        thresholds,
+        fail_on_regression,
+        ..v2k_migrate::performance::Settings::with(file.to_path_buf(), baseline)
+    })
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -136,6 +185,10 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         Some(vw) => {
             Some(std::path::absolute(vw).with_context(|| format!("resolving {}", vw.display()))?)
         }
+        None => None,
+    };
+    let performance = match &args.baseline {
+        Some(file) => Some(performance(file, &args.threshold, args.fail_on_regression)?),
         None => None,
     };
     let mut map = NetworkMap::default();
@@ -188,6 +241,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             (None, Some(to)) => HostSource::Uri(to.clone()),
             (None, None) => HostSource::Local,
         },
+        performance,
     };
     let json_mode = args.json;
     let progress = move |e: Event| match e {
@@ -269,6 +323,9 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             "report": outcome.report_dir.join("report.json"), "report-html": html,
             "checks": r.validation.as_ref().map(|v| &v.checks),
             "after-cutover": r.after_cutover.as_ref().map(|v| json!({"passed": v.passed, "checks": v.checks})),
+            "performance": r.performance.as_ref().map(|p| json!({
+                "verdict": p.verdict, "regressions": p.regressions,
+            })),
         }))?;
     } else {
         use std::io::Write;
@@ -291,6 +348,9 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                     c.reason
                 )?;
             }
+        }
+        if let Some(p) = &r.performance {
+            writeln!(o, "performance: {}", p.verdict)?;
         }
         writeln!(o, "report: {}", html.display())?;
     }

@@ -342,6 +342,15 @@ fn check(path: PathBuf, json_mode: bool) -> anyhow::Result<i32> {
                     "", ""
                 )?;
             }
+            if let Some(b) = v.baseline.as_deref().filter(|b| b.starts_with("none")) {
+                writeln!(
+                    o,
+                    "{:12} {:24} no performance baseline: {}",
+                    "",
+                    "",
+                    console::escape(b)
+                )?;
+            }
             if let Some(e) = &v.error {
                 writeln!(o, "{:12} {:24} WILL FAIL: {}", "", "", console::escape(e))?;
             }
