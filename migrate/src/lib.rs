@@ -155,13 +155,19 @@ pub struct Outcome {
 impl Outcome {
     /// 0 migrated (and validated, when asked), 1 migrated but validation failed,
     /// (with fail-on-regression) performance regressed, or delivered and started but
-    /// its checks after cutover failed.
+    /// its checks after cutover failed (or, with fail-on-regression, its performance
+    /// there regressed).
     pub fn exit_code(&self) -> i32 {
         let after_failed = self
             .report
             .after_cutover
             .as_ref()
-            .is_some_and(|v| !v.passed);
+            .is_some_and(|v| !v.passed)
+            || self
+                .report
+                .performance_after_cutover
+                .as_ref()
+                .is_some_and(|p| p.fails());
         match self.report.result {
             ReportOutcome::ValidationFailed | ReportOutcome::PerformanceRegression => 1,
             _ if after_failed => 1,
@@ -525,7 +531,20 @@ pub fn migrate_with(
         tl.stages,
     );
     rep.delivery = delivered;
+    // The same before/after with the destination's first boot as "after".
+    let perf_after = opts
+        .performance
+        .as_ref()
+        .zip(after_cutover.as_ref())
+        .map(|(s, v)| performance::evaluate(s, Some(v)));
     rep.after_cutover = after_cutover;
+    if let Some(p) = perf_after {
+        rep.concerns.extend(p.concern().map(|mut c| {
+            c.message = format!("after cutover: {}", c.message);
+            c
+        }));
+        rep.performance_after_cutover = Some(p);
+    }
     if let Some(p) = performance {
         rep.concerns.extend(p.concern());
         if regressed && rep.result == ReportOutcome::Validated {

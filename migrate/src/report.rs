@@ -54,6 +54,10 @@ pub struct Report {
     /// Before (a baseline) and after (the validation's agent), per metric.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub performance: Option<crate::performance::Performance>,
+    /// The same comparison with the first boot on the destination as "after" (the
+    /// production host, where its timings mean most): with a baseline and `--start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performance_after_cutover: Option<crate::performance::Performance>,
     /// The stages in the order they ran, with their start and duration.
     pub stages: Vec<Stage>,
     /// Downloads from a remote source that broke and resumed where they stopped.
@@ -576,9 +580,22 @@ pub(crate) fn render_html(r: &Report) -> String {
             "First boot on the destination, started by v2k through",
             "Console on the destination",
         );
+        if let Some(p) = &r.performance_after_cutover {
+            performance_html(
+                &mut h,
+                p,
+                "<h3>Performance after cutover</h3>",
+                "the first boot on the destination",
+            );
+        }
     }
     if let Some(p) = &r.performance {
-        performance_html(&mut h, p);
+        performance_html(
+            &mut h,
+            p,
+            "<h2>Performance before and after</h2>",
+            "the validation boot",
+        );
     }
     // Concerns.
     h.push_str("<h2>Pre-flight concerns</h2>");
@@ -704,7 +721,14 @@ pub(crate) fn render_html(r: &Report) -> String {
 }
 
 /// Before and after: the verdict in words, then one row per metric.
-fn performance_html(h: &mut String, p: &crate::performance::Performance) {
+/// `heading` is the section's whole heading element; `boot` says which boot's
+/// counters are the "after".
+fn performance_html(
+    h: &mut String,
+    p: &crate::performance::Performance,
+    heading: &str,
+    boot: &str,
+) {
     let cls = if p.regressions.is_empty() {
         ""
     } else if p.fail_on_regression {
@@ -714,8 +738,8 @@ fn performance_html(h: &mut String, p: &crate::performance::Performance) {
     };
     let _ = write!(
         h,
-        "<h2>Performance before and after</h2><p class=\"{cls}\">{}</p>\
-         <p class=\"sub\">Before: the median of <code>{}</code>; after: the validation boot's own counters since boot (docs/evidence.md).</p>\
+        "{heading}<p class=\"{cls}\">{}</p>\
+         <p class=\"sub\">Before: the median of <code>{}</code>; after: {boot}'s own counters since boot (docs/evidence.md).</p>\
          <table><tr><th>Metric</th><th>Before</th><th>After</th><th>Change</th><th>Verdict</th><th>Reason</th></tr>",
         esc(&p.verdict),
         esc(&p.baseline.to_string_lossy()),
@@ -794,6 +818,7 @@ mod tests {
             guest_changes: None,
             validation: None,
             performance: None,
+            performance_after_cutover: None,
             stages: vec![Stage {
                 name: "convert".into(),
                 status: StageStatus::Done,
@@ -914,6 +939,39 @@ mod tests {
         assert!(after.contains("qemu+ssh://root@kvm01/system"), "{after}");
         assert!(after.contains("10.0.0.1 did not answer"), "{after}");
         assert!(h.contains("after cutover: failed"), "top verdict");
+        // With a baseline, its own before/after inside the section.
+        let mut s = crate::performance::Settings::with(
+            "web.baseline.json".into(),
+            crate::performance::tests::baseline(1.0, 2.0),
+        );
+        let v = crate::performance::tests::validation(crate::Accel::Kvm);
+        r.performance_after_cutover = Some(crate::performance::evaluate(&s, Some(&v)));
+        let h = render_html(&r);
+        let after = &h[h.find("<h2>After cutover</h2>").unwrap()
+            ..h.find("<h2>Pre-flight concerns</h2>").unwrap()];
+        assert!(
+            after.contains("<h3>Performance after cutover</h3>"),
+            "{after}"
+        );
+        assert!(
+            after.contains("the first boot on the destination"),
+            "{after}"
+        );
+        assert!(after.contains("disk-read-latency-ms"), "{after}");
+        // A strict regression there fails the run (exit 1) even with its checks passed.
+        r.after_cutover.as_mut().unwrap().passed = true;
+        let out = crate::Outcome {
+            report: r.clone(),
+            report_dir: "x".into(),
+        };
+        assert_eq!(out.exit_code(), 0, "a regression alone is a warning");
+        s.fail_on_regression = true;
+        r.performance_after_cutover = Some(crate::performance::evaluate(&s, Some(&v)));
+        let out = crate::Outcome {
+            report: r.clone(),
+            report_dir: "x".into(),
+        };
+        assert_eq!(out.exit_code(), 1);
         // Beside the validation, before the concerns.
         assert!(h.find("<h2>Validation</h2>") < h.find("<h2>After cutover</h2>"));
         assert!(h.find("<h2>After cutover</h2>") < h.find("<h2>Pre-flight concerns</h2>"));

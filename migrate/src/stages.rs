@@ -747,6 +747,7 @@ pub fn report(
         guest_changes,
         validation,
         performance: None,
+        performance_after_cutover: None,
         stages,
         resumed_downloads,
         delivery: None,

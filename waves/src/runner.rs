@@ -708,6 +708,22 @@ fn run_vm(
                     bytes,
                     rj,
                 )
+            } else if let Some(p) = o
+                .report
+                .performance_after_cutover
+                .as_ref()
+                .filter(|p| p.fails())
+            {
+                (
+                    VmStatus::Failed,
+                    Some(o.report.result.to_string()),
+                    Some(format!(
+                        "performance regression after cutover: {}",
+                        p.verdict
+                    )),
+                    bytes,
+                    rj,
+                )
             } else {
                 let failed = |v: &v2k_migrate::Validation| -> Vec<String> {
                     v.checks
