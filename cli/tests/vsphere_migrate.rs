@@ -187,6 +187,25 @@ fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_
         "--target",
         &pool_dir.to_string_lossy(),
     ]);
+    // Its performance before, as `v2k baseline` reads it from the server (what the
+    // simulator keeps of a VM it just made: the file is written, its counters may be
+    // missing), for the comparison with the first boot on the destination.
+    let bdir = t.path().join("baselines");
+    let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
+        .args(["baseline", "--ca-file"])
+        .arg(&pki().ca)
+        .arg("--out-dir")
+        .arg(&bdir)
+        .arg(address(&sim, &name))
+        .env("V2K_VSPHERE_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let out = t.path().join("run");
     let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
         .arg("migrate")
@@ -195,6 +214,8 @@ fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_
         .arg(&pki().ca)
         .arg("--out")
         .arg(&out)
+        .arg("--baseline")
+        .arg(bdir.join(format!("{name}.baseline.json")))
         .args([
             "--json",
             "--no-validate",
@@ -274,11 +295,37 @@ fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_
         "an address from the isolated network: {after:#}"
     );
     assert!(out.join("after-cutover/serial.log").is_file());
+    // Before and after, with the destination's boot as the after: its counters
+    // arrived (the after side of every guest metric is measured; the probe's rows
+    // appear only beside a probe before, which a vSphere baseline has not).
+    let perf = &r["performance-after-cutover"];
+    assert_eq!(perf["after-accel"], "tcg", "{perf:#}");
+    let after_of = |m: &str| {
+        perf["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["metric"] == m)
+            .unwrap_or_else(|| panic!("no {m} row: {perf:#}"))["after"]
+            .clone()
+    };
+    for m in [
+        "cpu-ready-percent",
+        "disk-read-latency-ms",
+        "net-dropped-rx",
+    ] {
+        assert!(after_of(m).is_number(), "{m}: {perf:#}");
+    }
+    assert!(r["performance"]["verdict"]
+        .as_str()
+        .unwrap()
+        .starts_with("Not compared: the migrated VM was not booted"));
     assert_eq!(r["delivery"]["state"], "running", "{:#}", r["delivery"]);
     assert_eq!(virsh_ok(&["domstate", &name]).trim(), "running");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("<h2>After cutover</h2>"));
     assert!(html.contains("after cutover: passed"));
+    assert!(html.contains("<h3>Performance after cutover</h3>"));
 
     // Rollback: the target stopped and undefined, its volumes kept, the source on.
     let volumes = virsh_ok(&["vol-list", "--pool", &dest.pool]);

@@ -483,6 +483,9 @@ fn checks_html(h: &mut String, v: &Validation, booted: &str, console: &str) {
         v.accel.as_str(),
         v.evidence.boot_seconds.map_or("—".to_string(), |s| format!("{s:.1} s")),
     );
+    if let Some(r) = &v.evidence.restarted {
+        let _ = write!(h, "<p class=\"warning\">{}</p>", esc(r));
+    }
     for c in &v.checks {
         let _ = write!(
             h,

@@ -72,6 +72,9 @@ pub struct Evidence {
     /// What the console showed that explains a failure (initramfs alert, panic…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<String>,
+    /// Why the boot had to be started again (its hypervisor crashed first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted: Option<String>,
 }
 
 /// The result of one validation.
@@ -242,17 +245,27 @@ pub fn after_cutover(expect: &Expectations, opts: &AfterCutover) -> Result<Valid
             )))
         }
     }
-    let observed = observe(uri, name, opts);
-    let evidence = match observed {
-        Ok(ev) => ev,
-        Err(e) => {
+    let watch = || {
+        observe(uri, name, opts).inspect_err(|_| {
             // A domain left paused is neither the source nor a working target.
             let _ = Command::new("virsh")
                 .args(["-q", "-c", uri, "resume", name])
                 .output();
-            return Err(e);
-        }
+        })
     };
+    let mut evidence = watch()?;
+    // The hypervisor itself crashed before the guest reported (seen here: QEMU 10's
+    // TCG aborting on an assertion in its memory map): that says nothing of the VM,
+    // whose agent, having not reported, is still installed. One more start, and the
+    // crash stays in the evidence.
+    if evidence.agent.is_none() && crashed(uri, name) {
+        run_tool(Command::new("virsh").args(["-q", "-c", uri, "start", "--paused", name]))?;
+        let first = evidence.ended_early.take().unwrap_or_default();
+        evidence = watch()?;
+        evidence.restarted = Some(format!(
+            "the hypervisor crashed during the first start (libvirt: shut off, crashed; {first}); started once more"
+        ));
+    }
     let checks = checks::judge(expect, &evidence, opts.boot_timeout);
     Ok(Validation {
         backend: Backend::Libvirt {
@@ -264,6 +277,12 @@ pub fn after_cutover(expect: &Expectations, opts: &AfterCutover) -> Result<Valid
         evidence,
         total_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Whether libvirt says `name` stopped because its hypervisor crashed.
+fn crashed(uri: &str, name: &str) -> bool {
+    run_tool(Command::new("virsh").args(["-q", "-c", uri, "domstate", "--reason", name]))
+        .is_ok_and(|s| s.trim() == "shut off (crashed)")
 }
 
 /// The verdict of a first boot that could not be watched at all (`why`): one failed
