@@ -710,25 +710,32 @@ fn start_and_autostart_run_the_delivered_domain_and_a_rerun_never_rewrites_it() 
     assert!(!virsh(&["dominfo", &d.name]).status.success());
 }
 
-/// A wave plan's `target:` delivers its VM; `v2k wave rollback PLAN --vm NAME` rolls
-/// it back through the journal's run directory and journals the steps.
-#[test]
-fn a_wave_plan_target_delivers_and_wave_rollback_undoes_it() {
-    let d = Dest::new("wave");
-    let vmx = d.vmx();
+/// `d.path()/plan.yaml`: one wave, `d`'s VM from `vmx` (no injection, no validation)
+/// delivered to `d`'s pool, run directory `wrun`; `top` adds top-level keys.
+fn wave_plan(d: &Dest, vmx: &Path, top: &str) -> PathBuf {
     let plan = d.path().join("plan.yaml");
     std::fs::write(
         &plan,
         format!(
-            "version: 1\nrun-dir: wrun\ntarget:\n  uri: {URI}\n  pool: {}\nwaves:\n  - name: w\n    \
-             vms:\n      - source: {}\n        name: {}\n        inject: false\n        \
-             validate: false\n",
+            "version: 1\nrun-dir: wrun\n{top}target:\n  uri: {URI}\n  pool: {}\n\
+             waves:\n  - name: w\n    vms:\n      - source: {}\n        name: {}\n        \
+             inject: false\n        validate: false\n",
             d.pool,
             vmx.display(),
             d.name
         ),
     )
     .unwrap();
+    plan
+}
+
+/// A wave plan's `target:` delivers its VM; `v2k wave rollback PLAN --vm NAME` rolls
+/// it back through the journal's run directory and journals the steps.
+#[test]
+fn a_wave_plan_target_delivers_and_wave_rollback_undoes_it() {
+    let d = Dest::new("wave");
+    let vmx = d.vmx();
+    let plan = wave_plan(&d, &vmx, "");
     let o = Command::new(V2K)
         .args(["wave", "run"])
         .arg(&plan)
@@ -790,19 +797,7 @@ fn a_wave_plan_target_delivers_and_wave_rollback_undoes_it() {
 fn the_rollback_window_holds_finalize_and_a_finalized_vm_is_not_rolled_back() {
     let d = Dest::new("window");
     let vmx = d.vmx();
-    let plan = d.path().join("plan.yaml");
-    std::fs::write(
-        &plan,
-        format!(
-            "version: 1\nrun-dir: wrun\nrollback-window: 2h\ntarget:\n  uri: {URI}\n  pool: {}\n\
-             waves:\n  - name: w\n    vms:\n      - source: {}\n        name: {}\n        \
-             inject: false\n        validate: false\n",
-            d.pool,
-            vmx.display(),
-            d.name
-        ),
-    )
-    .unwrap();
+    let plan = wave_plan(&d, &vmx, "rollback-window: 2h\n");
     let v2k = |args: &[&str]| {
         Command::new(V2K)
             .args(args)

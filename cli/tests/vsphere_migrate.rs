@@ -90,6 +90,16 @@ fn content_hashes(disks: &[std::path::PathBuf]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `v2k ARGS --ca-file CA` with the simulator's password in the environment.
+fn v2k_vsphere(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_v2k"));
+    c.args(args)
+        .arg("--ca-file")
+        .arg(&pki().ca)
+        .env("V2K_VSPHERE_PASSWORD", PASSWORD);
+    c
+}
+
 /// This test's libvirt network, pool and domain, removed on drop.
 struct Destination {
     net: String,
@@ -191,13 +201,10 @@ fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_
     // simulator keeps of a VM it just made: the file is written, its counters may be
     // missing), for the comparison with the first boot on the destination.
     let bdir = t.path().join("baselines");
-    let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
-        .args(["baseline", "--ca-file"])
-        .arg(&pki().ca)
+    let o = v2k_vsphere(&["baseline"])
         .arg("--out-dir")
         .arg(&bdir)
         .arg(address(&sim, &name))
-        .env("V2K_VSPHERE_PASSWORD", PASSWORD)
         .output()
         .unwrap();
     assert_eq!(
@@ -207,11 +214,8 @@ fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_
         String::from_utf8_lossy(&o.stderr)
     );
     let out = t.path().join("run");
-    let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
-        .arg("migrate")
+    let o = v2k_vsphere(&["migrate"])
         .arg(address(&sim, &name))
-        .arg("--ca-file")
-        .arg(&pki().ca)
         .arg("--out")
         .arg(&out)
         .arg("--baseline")
@@ -226,7 +230,6 @@ fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_
         .args(["--to", "qemu:///system", "--pool", &dest.pool, "--start"])
         .arg("--network-map")
         .arg(format!("VM Network=network:{}", dest.net))
-        .env("V2K_VSPHERE_PASSWORD", PASSWORD)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -329,14 +332,7 @@ fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_
 
     // Rollback: the target stopped and undefined, its volumes kept, the source on.
     let volumes = virsh_ok(&["vol-list", "--pool", &dest.pool]);
-    let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
-        .arg("rollback")
-        .arg(&out)
-        .arg("--ca-file")
-        .arg(&pki().ca)
-        .env("V2K_VSPHERE_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
+    let o = v2k_vsphere(&["rollback"]).arg(&out).output().unwrap();
     assert_eq!(
         o.status.code(),
         Some(0),
