@@ -85,6 +85,9 @@ pub fn validation_xml(
 pub(crate) fn screenshot(uri: &str, name: &str, work_dir: &Path) -> Option<std::path::PathBuf> {
     let raw = work_dir.join("screenshot.raw");
     let shot = work_dir.join("screenshot.png");
+    // virsh writes the raw image by name: whatever sits there (a link planted in the
+    // work directory) is removed first, never written through.
+    let _ = std::fs::remove_file(&raw);
     let taken = run_tool(virsh(uri).args(["screenshot", name]).arg(&raw)).is_ok();
     let bytes = std::fs::read(&raw).ok().filter(|_| taken);
     let _ = std::fs::remove_file(&raw);
