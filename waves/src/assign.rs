@@ -399,6 +399,20 @@ pub fn assign(
     if !checks.problems.is_empty() {
         return Err(Error::Plan(checks.problems.clone()));
     }
+    // A VM that cannot be read has no known size and, from vSphere, no known ESXi
+    // host: placing it anyway would split the budgets as if it drew on none (a
+    // controller without the vCenter password did exactly that). Refuse, naming them.
+    let unread: Vec<String> = checks
+        .vms
+        .iter()
+        .filter_map(|c| c.error.as_ref().map(|e| format!("VM {}: {e}", c.name)))
+        .collect();
+    if !unread.is_empty() {
+        return Err(fail(format!(
+            "cannot split the plan without reading every VM (its size and ESXi host): {}",
+            unread.join("; ")
+        )));
+    }
     let mut seen = BTreeSet::new();
     for h in opts.hosts.iter().chain(&opts.exclude) {
         if !valid_name(h) {
@@ -1137,6 +1151,20 @@ mod tests {
             .to_string();
         assert!(
             e.contains("w0-v2") && e.contains("3 disk(s) from ESXi host esx0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_vm_that_could_not_be_read_is_refused_not_placed_blind() {
+        let (plan, mut checks) = setup("limits:\n  esxi-host-disks: 2\n", 1, 3);
+        checks.vms[1].error = Some("cannot be read: vCenter refused the login".into());
+        checks.vms[1].esxi_host = None;
+        let e = assign(&plan, &checks, &opts(2), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("VM w0-v1: cannot be read: vCenter refused the login"),
             "{e}"
         );
     }
