@@ -292,6 +292,9 @@ impl VerifyReport {
     }
 }
 
+/// Reads `buf.len()` bytes of an image at an offset.
+type ReadImage<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), Error> + 'a;
+
 /// Compares a standalone image (QCOW2 with no backing file, or raw) with the record:
 /// every served cluster not in `dirty` must hash as it did when served. Reads the
 /// image only; the source is not touched.
@@ -317,7 +320,7 @@ pub fn verify_image(
     };
     let mut report = VerifyReport::default();
     let mut buf = vec![0u8; CLUSTER as usize];
-    let mut compare = |read: &mut dyn FnMut(u64, &mut [u8]) -> Result<(), Error>| {
+    let mut compare = |read: &mut ReadImage<'_>| {
         for i in 0..record.clusters() {
             if dirty.contains(&i) {
                 report.dirty += 1;

@@ -35,15 +35,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Boxed: the vSphere error is large, and errors travel through every read.
     #[error(transparent)]
-    Vsphere(#[from] v2k_vsphere::Error),
+    Vsphere(Box<v2k_vsphere::Error>),
     /// A transient failure outlasted the retry policy's hold time.
     #[error("{file}: unreachable for {secs} s, giving up: {source}")]
     Unavailable {
         file: String,
         secs: u64,
         #[source]
-        source: v2k_vsphere::Error,
+        source: Box<v2k_vsphere::Error>,
     },
     /// A cluster read again hashed differently from when it was first served.
     #[error("{file}: the cluster at byte {offset} changed since it was first served: the source disk is being written")]
@@ -51,9 +52,21 @@ pub enum Error {
     #[error("{file}: {message}")]
     Record { file: String, message: String },
     #[error(transparent)]
-    Image(#[from] v2k_converters::Error),
+    Image(Box<v2k_converters::Error>),
     #[error(transparent)]
     Output(#[from] v2k_outfile::Error),
     #[error("internal lock poisoned")]
     Poisoned,
+}
+
+impl From<v2k_vsphere::Error> for Error {
+    fn from(e: v2k_vsphere::Error) -> Self {
+        Error::Vsphere(Box::new(e))
+    }
+}
+
+impl From<v2k_converters::Error> for Error {
+    fn from(e: v2k_converters::Error) -> Self {
+        Error::Image(Box::new(e))
+    }
 }

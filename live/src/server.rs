@@ -305,7 +305,7 @@ async fn transmission(
     let size = shared.reader.size();
     let result = loop {
         let mut b = [0u8; p::REQUEST_LEN];
-        if let Err(_) = rd.read_exact(&mut b).await {
+        if rd.read_exact(&mut b).await.is_err() {
             break Err(ConnEnd::Io);
         }
         let r = match p::parse_request(&b) {
@@ -354,12 +354,12 @@ async fn transmission(
                     }
                 }
                 shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-                if let Err(_) = wr
+                let sent = wr
                     .lock()
                     .await
                     .write_all(&p::simple_reply(error, r.handle))
-                    .await
-                {
+                    .await;
+                if sent.is_err() {
                     break Err(ConnEnd::Io);
                 }
             }

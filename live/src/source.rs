@@ -195,10 +195,10 @@ impl Source for DatastoreSource {
                         return Err(Error::Unavailable {
                             file: self.name(),
                             secs: start.elapsed().as_secs(),
-                            source: e.error,
+                            source: Box::new(e.error),
                         })
                     }
-                    Err(e) => return Err(Error::Vsphere(e.error)),
+                    Err(e) => return Err(e.error.into()),
                 }
             }
         })
