@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::source::Source;
@@ -127,12 +128,12 @@ impl HashRecord {
 /// A bounded first-in first-out cache of clusters.
 #[derive(Default)]
 struct Cache {
-    map: HashMap<u64, Arc<Vec<u8>>>,
+    map: HashMap<u64, Bytes>,
     order: VecDeque<u64>,
 }
 
 impl Cache {
-    fn insert(&mut self, i: u64, data: Arc<Vec<u8>>) {
+    fn insert(&mut self, i: u64, data: Bytes) {
         if self.map.insert(i, data).is_none() {
             self.order.push_back(i);
             while self.order.len() > CACHE_CLUSTERS {
@@ -197,8 +198,9 @@ impl ClusterReader {
         }
     }
 
-    /// Fetches clusters `[first, last]` from the source in one read.
-    async fn fetch_run(&self, first: u64, last: u64) -> Result<Vec<Arc<Vec<u8>>>, Error> {
+    /// Fetches clusters `[first, last]` from the source in one read; returns the
+    /// run's bytes (each cluster is a slice of them, no copy).
+    async fn fetch_run(&self, first: u64, last: u64) -> Result<Bytes, Error> {
         let start = first * CLUSTER;
         let end = ((last + 1) * CLUSTER).min(self.size);
         let len = usize::try_from(end - start)
@@ -211,29 +213,26 @@ impl ClusterReader {
                 data.len()
             )));
         }
-        let mut out = Vec::new();
         for i in first..=last {
             let a = ((i - first) * CLUSTER) as usize;
             let b = a + self.cluster_len(i) as usize;
-            let c = &data[a..b];
-            self.note(i, c)?;
-            out.push(Arc::new(c.to_vec()));
+            self.note(i, &data[a..b])?;
         }
-        Ok(out)
+        Ok(Bytes::from(data))
     }
 
     /// `len` bytes at `offset` (the caller checked that they lie within the disk).
-    pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+    pub async fn read(&self, offset: u64, len: usize) -> Result<Bytes, Error> {
         let end = offset
             .checked_add(len as u64)
             .filter(|&e| e <= self.size)
             .ok_or_else(|| Error::Usage(format!("read of {len} bytes at {offset} past the end")))?;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(Bytes::new());
         }
         let first = offset / CLUSTER;
         let last = (end - 1) / CLUSTER;
-        let mut got: BTreeMap<u64, Arc<Vec<u8>>> = BTreeMap::new();
+        let mut got: BTreeMap<u64, Bytes> = BTreeMap::new();
         {
             let cache = self.cache.lock().map_err(|_| Error::Poisoned)?;
             for i in first..=last {
@@ -253,10 +252,15 @@ impl ClusterReader {
             while j < last && !got.contains_key(&(j + 1)) {
                 j += 1;
             }
-            let fetched = self.fetch_run(i, j).await?;
-            let mut cache = self.cache.lock().map_err(|_| Error::Poisoned)?;
-            for (k, c) in (i..=j).zip(fetched) {
-                cache.insert(k, c.clone());
+            let run = self.fetch_run(i, j).await?;
+            // The common case (a stream, a sequential reader): the whole request was
+            // one run, and its bytes are the answer without a copy.
+            if i == first && j == last {
+                self.cache_run(i, j, &run)?;
+                let a = (offset - first * CLUSTER) as usize;
+                return Ok(run.slice(a..a + len));
+            }
+            for (k, c) in self.cache_run(i, j, &run)? {
                 got.insert(k, c);
             }
             i = j + 1;
@@ -267,6 +271,19 @@ impl ClusterReader {
             let a = offset.max(cstart) - cstart;
             let b = end.min(cstart + c.len() as u64) - cstart;
             out.extend_from_slice(&c[a as usize..b as usize]);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Puts a fetched run's clusters in the cache (slices of it); returns them.
+    fn cache_run(&self, first: u64, last: u64, run: &Bytes) -> Result<Vec<(u64, Bytes)>, Error> {
+        let mut cache = self.cache.lock().map_err(|_| Error::Poisoned)?;
+        let mut out = Vec::new();
+        for k in first..=last {
+            let a = ((k - first) * CLUSTER) as usize;
+            let c = run.slice(a..a + self.cluster_len(k) as usize);
+            cache.insert(k, c.clone());
+            out.push((k, c));
         }
         Ok(out)
     }

@@ -8,7 +8,7 @@
 //! ```
 //! Each READ runs in its own task, so a client's requests are answered in whatever
 //! order their data arrives (NBD matches replies to requests by handle); the bytes in
-//! flight per connection are bounded by [`MAX_IN_FLIGHT_BYTES`]. Replies are written
+//! flight are bounded by [`MAX_IN_FLIGHT_BYTES`] over all connections. Replies are written
 //! whole under a lock, never interleaved. A client that breaks the protocol (bad
 //! magic, an option or a WRITE payload over the limit) is disconnected; a request the
 //! server will not do gets an error reply. Nothing a client sends can panic the server.
@@ -28,7 +28,8 @@ use crate::protocol::{self as p, Action};
 use crate::source::{Source, SourceStats};
 use crate::Error;
 
-/// Bytes of READ data in flight per connection (64 MiB: two maximal requests).
+/// Bytes of READ data in flight over all connections (64 MiB: two maximal requests),
+/// which bounds the server's memory whatever the clients send.
 pub const MAX_IN_FLIGHT_BYTES: u32 = 64 << 20;
 /// Connections served at once; more are closed at accept. QEMU opens one per node
 /// (a few per disk with multi-conn).
@@ -79,6 +80,8 @@ struct Shared {
     reader: ClusterReader,
     export: String,
     counters: Counters,
+    /// Permits are KiB of READ data in flight.
+    budget: Arc<Semaphore>,
 }
 
 /// A running server. [`ServerHandle::shutdown`] stops it; dropping it stops accepting
@@ -155,6 +158,7 @@ pub async fn serve(
         reader: ClusterReader::new(source),
         export: opts.export,
         counters: Counters::default(),
+        budget: Arc::new(Semaphore::new((MAX_IN_FLIGHT_BYTES >> 10) as usize)),
     });
     let s2 = shared.clone();
     let accept = tokio::spawn(async move {
@@ -299,8 +303,6 @@ async fn transmission(
     wr: OwnedWriteHalf,
 ) -> Result<(), ConnEnd> {
     let wr = Arc::new(Mutex::new(wr));
-    // Permits are KiB of READ data in flight.
-    let budget = Arc::new(Semaphore::new((MAX_IN_FLIGHT_BYTES >> 10) as usize));
     let mut reads = JoinSet::new();
     let size = shared.reader.size();
     let result = loop {
@@ -317,7 +319,7 @@ async fn transmission(
         match p::classify(&r, size) {
             Action::Read { offset, len } => {
                 let kib = len.div_ceil(1024).max(1);
-                let Ok(permit) = budget.clone().acquire_many_owned(kib).await else {
+                let Ok(permit) = shared.budget.clone().acquire_many_owned(kib).await else {
                     break Ok(());
                 };
                 let (shared, wr) = (shared.clone(), wr.clone());
