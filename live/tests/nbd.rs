@@ -471,3 +471,21 @@ fn the_record_verifies_a_streamed_copy_and_catches_an_unmarked_change() {
     rec.save(&path).unwrap();
     assert_eq!(v2k_live::HashRecord::load(&path).unwrap(), rec);
 }
+
+#[test]
+fn an_existing_file_at_the_socket_path_is_never_replaced() {
+    let f = Fixture::new(1 << 16);
+    let planted = f.dir.path().join("planted");
+    std::fs::write(&planted, b"not a socket").unwrap();
+    let src = Arc::new(FileSource::open(&f.disk).unwrap());
+    let e =
+        f.rt.block_on(serve(src, &planted, ServeOptions::default()))
+            .err()
+            .expect("serving over an existing file must fail");
+    assert!(e.to_string().contains("planted"), "{e}");
+    assert_eq!(std::fs::read(&planted).unwrap(), b"not a socket");
+    // The socket a server made is private to its user.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(f.socket()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
