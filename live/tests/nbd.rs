@@ -489,3 +489,22 @@ fn an_existing_file_at_the_socket_path_is_never_replaced() {
     let mode = std::fs::metadata(f.socket()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// CAN_MULTI_CONN is advertised: libnbd's copier then opens several connections,
+/// each with many requests in flight, and the copy is still exact.
+#[test]
+fn several_connections_with_many_requests_copy_the_export_exactly() {
+    let f = Fixture::new((12 << 20) + 4096);
+    let out = f.dir.path().join("multi.raw");
+    std::fs::write(&out, b"").unwrap();
+    let o = Command::new("nbdcopy")
+        .args(["--threads=4", "--connections=4", "--requests=16", "--request-size=1048576"])
+        .arg(f.uri())
+        .arg(&out)
+        .output()
+        .expect("missing prerequisite: nbdcopy (package libnbd-bin)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), f.data);
+    // nbdcopy opens several connections only when the server allows multi-conn.
+    assert!(f.server().stats().connections >= 2, "{:?}", f.server().stats());
+}
