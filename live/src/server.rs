@@ -34,6 +34,11 @@ pub const MAX_IN_FLIGHT_BYTES: u32 = 64 << 20;
 /// Connections served at once; more are closed at accept. QEMU opens one per node
 /// (a few per disk with multi-conn).
 pub const MAX_CONNECTIONS: usize = 16;
+/// Longest a client may take to negotiate: a connection that never finishes its
+/// handshake does not hold one of the [`MAX_CONNECTIONS`] slots for ever.
+pub const NEGOTIATION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -151,8 +156,10 @@ pub async fn serve(
     let listener = UnixListener::bind(socket).map_err(|e| io("creating the NBD socket", e))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| io("restricting the NBD socket", e))?;
+        if let Err(e) = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)) {
+            let _ = std::fs::remove_file(socket);
+            return Err(io("restricting the NBD socket", e));
+        }
     }
     let shared = Arc::new(Shared {
         reader: ClusterReader::new(source),
@@ -167,7 +174,11 @@ pub async fn serve(
         loop {
             tokio::select! {
                 a = listener.accept() => {
-                    let Ok((stream, _)) = a else { continue };
+                    let Ok((stream, _)) = a else {
+                        // Out of descriptors, say: do not spin on the error.
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    };
                     while conns.try_join_next().is_some() {}
                     if conns.len() >= MAX_CONNECTIONS {
                         continue;
@@ -218,7 +229,11 @@ enum Negotiated {
 
 async fn connection(shared: Arc<Shared>, stream: UnixStream) -> Result<(), ConnEnd> {
     let (mut rd, mut wr) = stream.into_split();
-    match negotiate(&shared, &mut rd, &mut wr).await? {
+    let negotiated =
+        tokio::time::timeout(NEGOTIATION_TIMEOUT, negotiate(&shared, &mut rd, &mut wr))
+            .await
+            .map_err(|_| ConnEnd::Protocol)??;
+    match negotiated {
         Negotiated::Closed => return Ok(()),
         Negotiated::Transmission => {}
     }

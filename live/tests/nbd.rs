@@ -498,7 +498,12 @@ fn several_connections_with_many_requests_copy_the_export_exactly() {
     let out = f.dir.path().join("multi.raw");
     std::fs::write(&out, b"").unwrap();
     let o = Command::new("nbdcopy")
-        .args(["--threads=4", "--connections=4", "--requests=16", "--request-size=1048576"])
+        .args([
+            "--threads=4",
+            "--connections=4",
+            "--requests=16",
+            "--request-size=1048576",
+        ])
         .arg(f.uri())
         .arg(&out)
         .output()
@@ -506,5 +511,9 @@ fn several_connections_with_many_requests_copy_the_export_exactly() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&out).unwrap(), f.data);
     // nbdcopy opens several connections only when the server allows multi-conn.
-    assert!(f.server().stats().connections >= 2, "{:?}", f.server().stats());
+    assert!(
+        f.server().stats().connections >= 2,
+        "{:?}",
+        f.server().stats()
+    );
 }
