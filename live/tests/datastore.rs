@@ -4,7 +4,8 @@
 //! not), a session expired mid-read is renewed once for all reads in flight (the
 //! logins are counted: not one per request); the proxy stopped and restarted mid-read
 //! holds the reads, which then complete identically; an outage longer than the hold
-//! time fails with an error that names the file and holds no password or cookie.
+//! time fails with an error that names the file and holds no password or cookie; a
+//! body cut short is retried and a `Content-Range` other than the one asked is refused.
 //! Each test runs its own simulator (own TMPDIR) and names its disk with its own id.
 
 #[path = "../../vsphere/tests/common/mod.rs"]
@@ -141,6 +142,10 @@ struct Faults {
     /// The proxy goes down at this request (0: never), for `outage`, or for good.
     outage_at: usize,
     outage: Option<Duration>,
+    /// This response's body is cut in half (the connection drops).
+    truncate_at: usize,
+    /// This response claims a range starting 512 bytes later than asked.
+    wrong_range_at: usize,
 }
 
 /// An HTTPS proxy in front of the simulator, with its certificate, that checks the
@@ -319,8 +324,9 @@ fn handle(
     if down.read_exact(&mut body).is_err() {
         return;
     }
+    let mut n = 0;
     if path.starts_with("/folder") {
-        let n = st.folder.fetch_add(1, Ordering::SeqCst) + 1;
+        n = st.folder.fetch_add(1, Ordering::SeqCst) + 1;
         if n == st.faults.expire_at {
             st.sessions.lock().unwrap().clear();
         }
@@ -368,6 +374,14 @@ fn handle(
                 }
             }
         }
+    }
+    if n > 0 && n == st.faults.truncate_at {
+        let cut = split + (resp.len() - split) / 2;
+        resp.truncate(cut);
+    }
+    if n > 0 && n == st.faults.wrong_range_at {
+        let head = String::from_utf8_lossy(&resp[..split]).replace("bytes 0-", "bytes 512-");
+        resp.splice(..split, head.into_bytes());
     }
     let _ = down.get_mut().write_all(&resp);
     let _ = down.get_mut().flush();
@@ -489,4 +503,37 @@ fn an_outage_past_the_hold_time_fails_naming_the_file_without_secrets() {
         assert!(!text.contains(value), "the session cookie is in: {text}");
     }
     assert!(src.stats().retries >= 1);
+}
+
+#[test]
+fn a_cut_body_is_retried_and_a_wrong_range_is_refused() {
+    let sim = Vcsim::start();
+    let (disk, local, _dir) = setup(&sim, "tamper", 1 << 20);
+    // /folder requests: 1 descriptor, 2 size probe, 3 the first read (cut in half),
+    // 4 its retry (a Content-Range that is not the one asked for), 5 a clean read.
+    let proxy = SessionProxy::start(
+        sim.port,
+        Faults {
+            truncate_at: 3,
+            wrong_range_at: 4,
+            ..Faults::default()
+        },
+    );
+    let rt = runtime();
+    let src = rt
+        .block_on(DatastoreSource::connect(
+            &proxy.options(),
+            Vcsim::creds(),
+            &disk,
+            RetryPolicy {
+                first_delay: Duration::from_millis(50),
+                ..RetryPolicy::default()
+            },
+        ))
+        .unwrap();
+    let e = rt.block_on(src.read_at(0, 128 << 10)).unwrap_err();
+    assert!(e.to_string().contains("asked for bytes 0-131071"), "{e}");
+    assert_eq!(src.stats().retries, 1);
+    let got = rt.block_on(src.read_at(0, 128 << 10)).unwrap();
+    assert_eq!(got, std::fs::read(&local).unwrap()[..128 << 10]);
 }
