@@ -9,7 +9,7 @@
 #   scripts/bench-live.sh [--size MiB] [--runs N]
 #
 #   --size MiB   disk size (default 1024); pseudo-random data, every fourth MiB zeros
-#   --runs N     timed runs per reader (default 3), alternating readers
+#   --runs N     timed runs per reader (default 3); each run reads with all three in turn
 #
 # Method (docs/live-import.md records the figures): vcsim serves HTTPS on loopback with
 # the test PKI; v2k verifies the certificate against the test CA and nbdkit is given the
