@@ -311,7 +311,7 @@ async fn get(s: &Session, url: &Url, range: Option<&str>) -> Result<reqwest::Res
 }
 
 /// Parses `Content-Range: bytes START-END/TOTAL`.
-fn content_range(h: &reqwest::header::HeaderMap) -> Option<(u64, u64, Option<u64>)> {
+pub(crate) fn content_range(h: &reqwest::header::HeaderMap) -> Option<(u64, u64, Option<u64>)> {
     let v = h.get(CONTENT_RANGE)?.to_str().ok()?;
     let r = v.trim().strip_prefix("bytes ")?;
     let (range, total) = r.split_once('/')?;
@@ -470,7 +470,7 @@ pub fn shape(descriptor_file: &DatastorePath, raw: &[u8]) -> Result<DiskShape> {
 
 /// Size of a datastore file: a one-byte Range request, whose `Content-Range` names the
 /// total (a server that ignores Range answers 200 and its `Content-Length` is it).
-async fn file_size(s: &Session, url: &Url) -> Result<u64> {
+pub(crate) async fn file_size(s: &Session, url: &Url) -> Result<u64> {
     let resp = get(s, url, Some("bytes=0-0")).await?;
     let st = resp.status();
     let size = match st {

@@ -22,6 +22,7 @@ pub mod datastore;
 mod error;
 pub mod inventory;
 pub mod perf;
+pub mod ranged;
 mod tls;
 pub mod xml;
 
