@@ -402,9 +402,12 @@ pub fn assign(
     // A VM that cannot be read has no known size and, from vSphere, no known ESXi
     // host: placing it anyway would split the budgets as if it drew on none (a
     // controller without the vCenter password did exactly that). Refuse, naming them.
+    // (A VM read but refused for its critical concerns has its disks counted: it is
+    // placed, and fails in its run with its reason, as a single host's wave does.)
     let unread: Vec<String> = checks
         .vms
         .iter()
+        .filter(|c| c.disks == 0)
         .filter_map(|c| c.error.as_ref().map(|e| format!("VM {}: {e}", c.name)))
         .collect();
     if !unread.is_empty() {
@@ -1160,11 +1163,15 @@ mod tests {
         let (plan, mut checks) = setup("limits:\n  esxi-host-disks: 2\n", 1, 3);
         checks.vms[1].error = Some("cannot be read: vCenter refused the login".into());
         checks.vms[1].esxi_host = None;
+        checks.vms[1].disks = 0;
+        // A VM read but with a critical concern is placed (it fails in its run).
+        checks.vms[2].error = Some("critical pre-flight concerns: disk-missing".into());
         let e = assign(&plan, &checks, &opts(2), None)
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("VM w0-v1: cannot be read: vCenter refused the login"),
+            e.contains("VM w0-v1: cannot be read: vCenter refused the login")
+                && !e.contains("w0-v2"),
             "{e}"
         );
     }
