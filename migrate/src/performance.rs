@@ -239,6 +239,7 @@ pub(crate) mod tests {
                     ),
                 ]),
                 missing: vec!["net.droppedRx.summation".into()],
+                boot: None,
             },
         }
     }
