@@ -253,6 +253,14 @@ pub fn argv(
     // The NICs' root ports first, at fixed addresses, so that the devices QEMU
     // places itself never take them.
     let q35 = shape.machine == crate::MACHINE;
+    if q35 && !shape.nics.is_empty() {
+        // With ACPI hotplug on the root ports the guest sees no slot number (`_SUN`)
+        // and names the NIC by its path (enp1s0), not by its slot as on ESXi.
+        push(&[
+            "-global",
+            "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+        ]);
+    }
     for (i, (model, mac)) in shape.nics.iter().enumerate() {
         push(&["-netdev", &format!("user,id=net{i},restrict=on")]);
         let mut dev = format!("{model},netdev=net{i}");
@@ -344,6 +352,7 @@ mod tests {
         for want in [
             "-machine q35,accel=tcg",
             "-netdev user,id=net0,restrict=on",
+            "-global ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
             "pcie-root-port,id=v2knic0,bus=pcie.0,chassis=1,slot=192,addr=0x10",
             "vmxnet3,netdev=net0,mac=00:50:56:3a:00:01,bus=v2knic0",
             "-device pvscsi,id=ctl0",
