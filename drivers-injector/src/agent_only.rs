@@ -5,7 +5,8 @@
 //! its figures are the source's. The disks are the caller's throw-away QCOW2 overlays
 //! over the source's disks (the source itself is only ever a read-only backing file).
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::appliance::Appliance;
@@ -34,22 +35,11 @@ pub fn install_agent_only(
     if disks.is_empty() {
         return Err(Error::Input("no disk given".into()));
     }
-    for d in disks {
-        let mut magic = [0u8; 4];
-        let ok = std::fs::symlink_metadata(d).is_ok_and(|m| m.is_file())
-            && std::io::Read::read_exact(
-                &mut std::fs::File::open(d).map_err(|e| Error::io(d, e))?,
-                &mut magic,
-            )
-            .is_ok()
-            && &magic == b"QFI\xfb";
-        if !ok {
-            return Err(Error::Disk {
-                path: d.clone(),
-                message: "not a QCOW2 file (the agent goes on an overlay, never on the source)"
-                    .into(),
-            });
-        }
+    if let Some(d) = disks.iter().find(|d| !is_qcow2(d)) {
+        return Err(Error::Disk {
+            path: d.clone(),
+            message: "not a QCOW2 file (the agent goes on an overlay, never on the source)".into(),
+        });
     }
     let started = Instant::now();
     progress(&format!(
@@ -94,4 +84,36 @@ pub fn install_agent_only(
         os: rel.pretty_name.clone(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A regular file (not a link) starting with QCOW2's magic.
+fn is_qcow2(d: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    std::fs::symlink_metadata(d).is_ok_and(|m| m.is_file())
+        && std::fs::File::open(d)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+        && &magic == b"QFI\xfb"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_qcow2_files_are_taken_never_a_vmdk_or_a_link() {
+        let t = tempfile::tempdir().unwrap();
+        let vmdk = t.path().join("src.vmdk");
+        std::fs::write(&vmdk, b"KDMV\x01\0\0\0").unwrap();
+        let q = t.path().join("o.qcow2");
+        std::fs::write(&q, b"QFI\xfb\0\0\0\x03").unwrap();
+        let link = t.path().join("l.qcow2");
+        std::os::unix::fs::symlink(&q, &link).unwrap();
+        assert!(is_qcow2(&q) && !is_qcow2(&vmdk) && !is_qcow2(&link));
+        for bad in [&vmdk, &link] {
+            let e =
+                install_agent_only(&[q.clone(), bad.clone()], Accel::Tcg, &mut |_| {}).unwrap_err();
+            assert!(e.to_string().contains("not a QCOW2 file"), "{e}");
+        }
+    }
 }

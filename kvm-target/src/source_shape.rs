@@ -169,11 +169,11 @@ pub fn plan(vm: &Vm) -> Result<Shape, String> {
             .find(|c| matches!(c.device, Some("pvscsi" | "lsi53c895a" | "mptsas1068")))
         {
             return Err(format!(
-                "an EFI guest on {} ({}): this host's OVMF has no driver for that controller \
-                 (ESXi's firmware has one), so the guest's boot loader cannot be read; \
-                 measure it on the destination instead (docs/evidence.md)",
+                "an EFI guest on {} (scsi{}): this host's OVMF has no driver for that \
+                 controller (ESXi's firmware has one), so the guest's boot loader cannot be \
+                 read; measure it on the destination instead (docs/evidence.md)",
                 c.device.unwrap_or_default(),
-                format_args!("scsi{}", c.index)
+                c.index
             ));
         }
     }
@@ -267,19 +267,16 @@ pub fn argv(
         if let Some(m) = mac {
             dev.push_str(&format!(",mac={m}"));
         }
-        match NIC_SLOTS.get(i).filter(|_| q35) {
-            Some(slot) => {
-                push(&[
-                    "-device",
-                    &format!(
-                        "pcie-root-port,id=v2knic{i},bus=pcie.0,chassis={},slot={slot},addr={:#x}",
-                        i + 1,
-                        0x10 + i
-                    ),
-                ]);
-                dev.push_str(&format!(",bus=v2knic{i}"));
-            }
-            None => {}
+        if let Some(slot) = NIC_SLOTS.get(i).filter(|_| q35) {
+            push(&[
+                "-device",
+                &format!(
+                    "pcie-root-port,id=v2knic{i},bus=pcie.0,chassis={},slot={slot},addr={:#x}",
+                    i + 1,
+                    0x10 + i
+                ),
+            ]);
+            dev.push_str(&format!(",bus=v2knic{i}"));
         }
         push(&["-device", &dev]);
     }

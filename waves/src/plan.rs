@@ -1163,11 +1163,11 @@ waves:
         let text = GOOD
             .replace(
                 "  validate: false\n",
-                "  validate: false\n  baseline-dir: base\n  thresholds:\n    cpu-ready-percent: 3\n",
+                "  validate: false\n  baseline-dir: base\n  baseline-boot: true\n  thresholds:\n    cpu-ready-percent: 3\n",
             )
             .replace(
                 "        disk-bus: scsi\n",
-                "        disk-bus: scsi\n        fail-on-regression: true\n        thresholds: { latency-factor: 4 }\n",
+                "        disk-bus: scsi\n        fail-on-regression: true\n        baseline-boot: false\n        thresholds: { latency-factor: 4 }\n",
             );
         let p = parse(&text, Path::new("/plans/p.yaml")).unwrap();
         let (web, db) = (&p.waves[0].vms[0], &p.waves[0].vms[1]);
@@ -1175,11 +1175,14 @@ waves:
         assert_eq!(db.baseline_dir, web.baseline_dir);
         assert_eq!(web.thresholds.cpu_ready_percent, 3.0);
         assert!(!web.fail_on_regression && db.fail_on_regression);
+        // baseline-boot from the defaults, unless the VM says otherwise.
+        assert!(web.baseline_boot && !db.baseline_boot);
         // A VM's thresholds replace the defaults' as a whole.
         assert_eq!(db.thresholds.latency_factor, 4.0);
         assert_eq!(db.thresholds.cpu_ready_percent, 5.0);
         let p = parse(GOOD, Path::new("/plans/p.yaml")).unwrap();
         assert_eq!(p.waves[0].vms[0].baseline_dir, None);
+        assert!(!p.waves[0].vms[0].baseline_boot);
         // A metric name that does not exist, and a threshold that compares nothing.
         let e = parse_err(&GOOD.replace(
             "  validate: false\n",
