@@ -382,6 +382,44 @@ fn now() -> u64 {
 mod tests {
     use super::*;
 
+    fn vm(patch: impl FnOnce(&mut serde_json::Value)) -> Vm {
+        let mut v = serde_json::json!({
+            "schema-version": 1, "name": "web01",
+            "source": {"kind": "ova", "path": "/vms/web01.ova"},
+            "guest-os": {"family": "linux"}, "firmware": {"kind": "bios"},
+            "cpu": {"count": 1, "cores-per-socket": 1}, "memory-mib": 512,
+            "controllers": [{"bus": "scsi", "index": 0, "model": "pvscsi"}],
+            "disks": [{"id": "vmdisk1", "slot": {"bus": "scsi", "controller": 0, "unit": 0},
+                "location": {"kind": "ova-member", "archive": "/nonexistent/web01.ova",
+                  "name": "disk1.vmdk", "chunks": [{"member": "disk1.vmdk", "offset": 7168, "size": 512}]},
+                "mode": "persistent"}],
+            "nics": []
+        });
+        patch(&mut v);
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn what_cannot_boot_in_place_is_refused_before_anything_is_made() {
+        // An OVA member read in place is fine (here its archive is missing: said).
+        let e = refusal(&vm(|_| {})).unwrap();
+        assert!(e.contains("/nonexistent/web01.ova"), "{e}");
+        let windows = refusal(&vm(|v| v["guest-os"]["family"] = "windows".into())).unwrap();
+        assert!(windows.starts_with("a Windows guest"), "{windows}");
+        let gz = refusal(&vm(|v| {
+            v["disks"][0]["location"]["compression"] = "gzip".into();
+        }))
+        .unwrap();
+        assert!(gz.contains("cannot read it in place"), "{gz}");
+        let chain = refusal(&vm(|v| {
+            v["disks"][0]["parents"] = serde_json::json!(["/vms/base.vmdk"])
+        }))
+        .unwrap();
+        assert!(chain.contains("snapshot chain"), "{chain}");
+        let efi = refusal(&vm(|v| v["firmware"]["kind"] = "efi".into())).unwrap();
+        assert!(efi.contains("OVMF has no driver"), "{efi}");
+    }
+
     #[test]
     fn extents_outside_the_descriptors_directory_are_refused() {
         let t = tempfile::tempdir().unwrap();
