@@ -619,7 +619,13 @@ fn run_vm(
     let mut opts = v.migrate_options(&plan.network_map);
     // The baseline, before the migration (and its cutover) starts.
     let baseline = |remote: Option<&VsphereSource>| -> Result<_> {
-        let s = performance(v, &dir, remote, attempt, &|e| journal.append(e), wave)?;
+        let say = |m: &str| {
+            events(RunEvent::Message {
+                vm: v.name.clone(),
+                text: m.to_string(),
+            })
+        };
+        let s = performance(v, &dir, remote, attempt, &|e| journal.append(e), wave, &say)?;
         if let Some(why) = s.as_ref().and_then(|p| p.missing.as_ref()) {
             events(RunEvent::Message {
                 vm: v.name.clone(),
@@ -791,6 +797,7 @@ fn performance(
     attempt: u32,
     journal: &dyn Fn(Entry) -> Result<()>,
     wave: &str,
+    say: &dyn Fn(&str),
 ) -> Result<Option<v2k_migrate::performance::Settings>> {
     let settings = |file: PathBuf, got: std::result::Result<BaselineFile, String>| {
         let (baseline, missing) = match got {
@@ -815,7 +822,8 @@ fn performance(
     }
     let own = dir.join(BASELINE_FILE);
     if remote.is_none() && v.baseline_boot {
-        return boot_baseline(v, dir, attempt, journal, wave).map(|got| Some(settings(own, got)));
+        return boot_baseline(v, dir, attempt, journal, wave, say)
+            .map(|got| Some(settings(own, got)));
     }
     let Some(remote) = remote else {
         return Ok(planned.map(|f| {
@@ -885,6 +893,7 @@ fn boot_baseline(
     attempt: u32,
     journal: &dyn Fn(Entry) -> Result<()>,
     wave: &str,
+    say: &dyn Fn(&str),
 ) -> Result<std::result::Result<BaselineFile, String>> {
     let own = dir.join(BASELINE_FILE);
     if own.exists() {
@@ -909,8 +918,10 @@ fn boot_baseline(
         v2k_migrate::stages::inspect(&v.source, v.ovf_vm.as_deref(), v.verify_manifest, None)
             .map_err(|e| v2k_inventory::one_line(&e))
             .and_then(|vm| {
-                v2k_migrate::baseline_boot::take(&vm, &dir.join("baseline-boot"), &s, &mut |_| {})
-                    .map_err(|e| v2k_inventory::one_line(&e))
+                v2k_migrate::baseline_boot::take(&vm, &dir.join("baseline-boot"), &s, &mut |m| {
+                    say(m)
+                })
+                .map_err(|e| v2k_inventory::one_line(&e))
             });
     match taken {
         Ok(b) => {
