@@ -189,4 +189,33 @@ fn baseline_reads_a_days_counters_from_vcsim_and_stores_them() {
         err.contains("DC0_H0_VM0.baseline.json: not a v2k baseline file"),
         "{err}"
     );
+    // Thresholds need something to compare with, and a baseline boot a local source
+    // (a vSphere VM's baseline comes from vCenter): usage errors, nothing written.
+    let bare = |out: &str, source: &str, extra: &[&str]| {
+        v2k()
+            .args(["migrate", source, "--out"])
+            .arg(t.path().join(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = bare("bad3", "/nonexistent/a.vmx", &["--fail-on-regression"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("need --baseline FILE or --baseline-boot"),
+        "{err}"
+    );
+    let o = bare(
+        "bad4",
+        "vsphere://u@127.0.0.1:1/DC0/vm/x",
+        &["--baseline-boot"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--baseline-boot is for local sources"),
+        "{err}"
+    );
+    assert!(!t.path().join("bad3").exists() && !t.path().join("bad4").exists());
 }

@@ -513,16 +513,102 @@ fn qemu_has_open(dir: &Path) -> bool {
         })
 }
 
+/// SHA-256 of every file in `dir` (a VMX directory: descriptors and flat extents).
+fn dir_hashes(dir: &Path) -> Vec<(String, String)> {
+    use sha2::{Digest, Sha256};
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let mut h = Sha256::new();
+            let mut f = std::fs::File::open(e.path()).unwrap();
+            std::io::copy(&mut f, &mut h).unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                hex::encode(h.finalize()),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// debian-dracut-lvm's one boot (root on LVM, dracut host-only initramfs,
 /// systemd-networkd), its VMX + ESXi flat form through QEMU: only a boot shows that the
 /// initramfs dracut rebuilt finds the LVM root on virtio, and the QEMU backend's verdict.
+///
+/// With `--baseline-boot`, the one extra boot of the suite (~100 s under TCG: the
+/// appliance adding the agent, then the guest up to the agent's report): the same
+/// disks booted unconverted on the source's own shape (PVSCSI, VMXNET3 in slot 192,
+/// SeaBIOS) on an overlay, only a boot shows that the agent alone on the source's
+/// hardware reports its counters and probe, so that the report's rows — the probe's
+/// included — gain a "before" measured the same way as the validation's "after", and
+/// that the source files are untouched (hashed before and after).
 #[test]
 fn migrate_dracut_lvm_vmx_flat_through_direct_qemu_validates() {
     let f = build(Variant::DebianDracutLvm).unwrap_or_else(|e| panic!("fixture: {e}"));
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("run");
-    let o = migrate(&f.vmx_flat.vmx, &out, &["--backend", "qemu"]);
+    let src_dir = f.vmx_flat.vmx.parent().unwrap();
+    let before = dir_hashes(src_dir);
+    let o = migrate(
+        &f.vmx_flat.vmx,
+        &out,
+        &["--backend", "qemu", "--baseline-boot"],
+    );
     assert_validated(&o, &out, "qemu");
+    assert_eq!(dir_hashes(src_dir), before, "the source was written");
+    let b: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("baseline.json")).unwrap()).unwrap();
+    assert_eq!(
+        b["baseline"]["boot"]["shape"], "q35, bios, pvscsi (scsi0), vmxnet3",
+        "{b:#}"
+    );
+    // The overlays are gone; the boot's console stays, with the agent's report.
+    let left: Vec<String> = std::fs::read_dir(out.join("baseline-boot"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!left.iter().any(|n| n.ends_with(".qcow2")), "{left:?}");
+    let console = std::fs::read_to_string(out.join("baseline-boot/serial.log")).unwrap();
+    assert!(
+        console.contains("V2K-AGENT {"),
+        "no report on the source's shape"
+    );
+    // The source booted as on ESXi: its NIC is ens192 on VMXNET3, unconverted.
+    assert!(console.contains("vmxnet3") && console.contains("ens192"));
+    let r = report(&out);
+    let stage = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "baseline-boot")
+        .unwrap_or_else(|| panic!("no baseline-boot stage: {r:#}"));
+    assert_eq!(stage["status"], "done", "{stage:#}");
+    let p = &r["performance"];
+    assert_eq!(
+        p["baseline"],
+        out.join("baseline.json").display().to_string()
+    );
+    for metric in ["probe-cpu-ms", "probe-read-p50-ms", "cpu-ready-percent"] {
+        let row = p["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["metric"] == metric)
+            .unwrap_or_else(|| panic!("no {metric}: {p:#}"));
+        assert!(
+            row["before"].is_number()
+                && row["after"].is_number()
+                && row["verdict"] != "not compared",
+            "{metric} has both sides: {row:#}"
+        );
+    }
+    assert!(
+        !p["verdict"].as_str().unwrap().starts_with("Not compared"),
+        "{p:#}"
+    );
     let log: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("conversion-log.json")).unwrap()).unwrap();
     assert!(

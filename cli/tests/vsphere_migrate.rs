@@ -502,3 +502,132 @@ fn a_wave_plan_migrates_vsphere_sources() {
         serde_json::from_slice(&std::fs::read(&on_file).unwrap()).unwrap();
     assert_eq!(again, on_base);
 }
+
+/// A server that refuses `QueryPerf` (the launcher's `VCSIM_REFUSE_QUERYPERF`: a user
+/// without System.View) and a plan whose `baseline-dir:` holds a file for one of two
+/// small VMs (1 MiB data disks, no injection, no boot). The VM with a plan file is
+/// never read from the server — no `vm-baseline` record, its report compares with the
+/// plan's file — while the other's reading is journalled as the error, said in its
+/// report's verdict, and it still migrates (docs/evidence.md).
+#[test]
+fn a_refused_queryperf_is_journalled_and_a_plans_baseline_file_comes_first() {
+    let sim = Vcsim::start_with(&[("VCSIM_REFUSE_QUERYPERF", "1")]);
+    let c = sim.client();
+    let ds = datastore_dir(&sim);
+    const SIZE: usize = 1 << 20;
+    let names = [
+        (
+            format!("v2k-t{}-based", std::process::id()),
+            "00:50:56:01:02:1a",
+        ),
+        (
+            format!("v2k-t{}-refused", std::process::id()),
+            "00:50:56:01:02:1b",
+        ),
+    ];
+    for (name, mac) in &names {
+        let dir = ds.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            dir.join(format!("{name}.vmdk")).to_str().unwrap(),
+            &SIZE.to_string(),
+        ]);
+        std::fs::write(dir.join(format!("{name}-flat.vmdk")), pattern(SIZE, 5)).unwrap();
+        create_vm_with_disks(
+            &c,
+            name,
+            &[(format!("[LocalDS_0] {name}/{name}.vmdk"), SIZE as u64)],
+            mac,
+        );
+    }
+    let (based, refused) = (&names[0].0, &names[1].0);
+    let t = tempfile::tempdir().unwrap();
+    let pw = t.path().join("vc.pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::create_dir(t.path().join("baselines")).unwrap();
+    let planned = t.path().join(format!("baselines/{based}.baseline.json"));
+    std::fs::write(
+        &planned,
+        r#"{"schema-version": 1, "vm": "based", "source": "vsphere://u@vc/DC0/vm/based",
+            "baseline": {"moref": "vm-9", "interval-seconds": 300, "from": 0, "to": 86400,
+              "metrics": {"cpu-ready-percent": {"counter": "cpu.ready.summation",
+                "unit": "% of interval", "samples": 288, "min": 0.1, "median": 0.5, "p95": 2.0}},
+              "missing": []}}"#,
+    )
+    .unwrap();
+    let plan = t.path().join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\n\
+             vsphere:\n  \"127.0.0.1:{port}\":\n    password-file: vc.pw\n    ca-file: {ca}\n\
+             defaults:\n  validate: false\n  inject: false\n  baseline-dir: baselines\n\
+             waves:\n  - name: w1\n    vms:\n\
+             \x20     - source: {a}\n\
+             \x20     - source: {b}\n",
+            port = sim.port,
+            ca = pki().ca.display(),
+            a = address(&sim, based),
+            b = address(&sim, refused),
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
+        .args(["wave", "run", "--json"])
+        .arg(&plan)
+        .env_remove("V2K_VSPHERE_PASSWORD")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stdout}\n{stderr}");
+    let run_dir = t.path().join("plan.run");
+    let readings: Vec<serde_json::Value> = std::fs::read_to_string(run_dir.join("journal.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["type"] == "vm-baseline")
+        .collect();
+    // Only the VM without a plan file was read, and the refusal is its record.
+    assert_eq!(readings.len(), 1, "{readings:#?}");
+    assert_eq!(readings[0]["vm"], refused.as_str());
+    let error = readings[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("reading the baseline from vSphere: ") && error.contains("System.View"),
+        "{:#}",
+        readings[0]
+    );
+    assert!(!run_dir
+        .join(format!("vms/{refused}/baseline.json"))
+        .exists());
+    let report = |n: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(run_dir.join(format!("vms/{n}/out/report.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    let p = report(based)["performance"].clone();
+    assert_eq!(p["baseline"], planned.display().to_string(), "{p:#}");
+    assert_eq!(p["rows"][0]["before"], 0.5, "{p:#}");
+    let p = report(refused)["performance"].clone();
+    assert!(
+        p["verdict"]
+            .as_str()
+            .unwrap()
+            .starts_with("Not compared: no baseline (reading the baseline from vSphere: "),
+        "{p:#}"
+    );
+    let w: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir.join("w1/wave-report.json")).unwrap())
+            .unwrap();
+    for n in [based, refused] {
+        assert_eq!(vm(&w, n)["status"], "migrated", "{w:#}");
+    }
+}

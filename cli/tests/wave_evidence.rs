@@ -326,3 +326,100 @@ fn a_plans_baseline_dir_is_checked_and_reaches_each_report() {
         "{w:#}"
     );
 }
+
+/// `baseline-boot: true` for a local VM that cannot boot in its own shape here — an EFI
+/// guest on PVSCSI: this host's OVMF has no PVSCSI driver (docs/evidence.md) — without
+/// a boot: `wave check` says where its baseline will come from, `wave run` refuses the
+/// boot before anything is made, journals the refusal as the `vm-baseline` error, says
+/// it in the report's verdict and still migrates the VM; `v2k baseline --baseline-boot`
+/// on the same VMX exits 1 with the reason and writes nothing.
+#[test]
+fn a_baseline_boot_the_source_cannot_have_is_refused_journalled_and_the_vm_migrates() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let dir = d.join("efi");
+    std::fs::create_dir_all(&dir).unwrap();
+    disk(&dir.join("data.vmdk"));
+    let vmx = dir.join("efi.vmx");
+    std::fs::write(
+        &vmx,
+        "displayName = \"efi\"\nguestOS = \"debian12-64\"\nfirmware = \"efi\"\nnumvcpus = \"1\"\n\
+         memSize = \"256\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\n\
+         scsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"data.vmdk\"\n",
+    )
+    .unwrap();
+    let plan = d.join("plan.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "version: 1\nrun-dir: run\ndefaults:\n  validate: false\n  inject: false\n  \
+             baseline-boot: true\nwaves:\n  - name: w\n    vms:\n      - source: {}\n",
+            vmx.display()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(V2K)
+        .args(["wave", "check", "--json"])
+        .arg(&plan)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}");
+    let c: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        c["vms"][0]["baseline"],
+        "measured by booting the source on the first attempt (baseline-boot)",
+        "{c:#}"
+    );
+
+    let o = run(&plan, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let readings: Vec<Value> = journal(&d.join("run"))
+        .into_iter()
+        .filter(|e| e["type"] == "vm-baseline")
+        .collect();
+    assert_eq!(readings.len(), 1, "{readings:#?}");
+    let error = readings[0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with(
+            "booting the source for its baseline: not booted in its source's shape: an EFI guest on pvscsi"
+        ) && error.contains("OVMF has no driver"),
+        "{:#}",
+        readings[0]
+    );
+    // Refused before anything was made: no work directory, no baseline file.
+    assert!(!d.join("run/vms/efi/baseline-boot").exists());
+    assert!(!d.join("run/vms/efi/baseline.json").exists());
+    let r = json(&d.join("run/vms/efi/out/report.json"));
+    assert_eq!(
+        r["performance"]["verdict"],
+        format!("Not compared: no baseline ({error})."),
+        "{r:#}"
+    );
+    let w = json(&d.join("run/w/wave-report.json"));
+    assert_eq!(w["vms"][0]["status"], "migrated", "{w:#}");
+
+    let out = d.join("baselines");
+    let o = Command::new(V2K)
+        .args(["baseline", "--baseline-boot", "--out-dir"])
+        .arg(&out)
+        .arg(&vmx)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("efi: not booted in its source's shape: an EFI guest on pvscsi"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}

@@ -6,10 +6,12 @@
 //! convert before changing anything, then makes the changes of [`linux`] (or of
 //! [`windows`] for a Windows guest, with [`inject_with`]'s virtio-win source) and
 //! returns a [`log::ConversionLog`]. [`agent`] is the first-boot validation agent
-//! installed in the guest. The KVM target (domain XML, QEMU argv) is the
+//! installed in the guest ([`install_agent_only`]: that agent alone, for a
+//! baseline boot of the unconverted source). The KVM target (domain XML, QEMU argv) is the
 //! `v2k-kvm-target` crate. docs/inject.md and docs/windows.md are the user guides.
 
 mod agent;
+mod agent_only;
 mod appliance;
 mod edit;
 mod efi;
@@ -26,6 +28,7 @@ use std::time::Instant;
 
 use v2k_inventory::model::{DiskLocation, Vm};
 
+pub use agent_only::{install_agent_only, AgentOnly};
 pub use error::{Error, ErrorKind, Result};
 pub use log::{ConversionLog, Status};
 pub use netconf::StaticIpv4;

@@ -17,6 +17,7 @@ mod domain;
 pub mod firmware;
 pub mod host;
 mod qemu;
+pub mod source_shape;
 pub mod tuning;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The one-VM pipeline that `v2k migrate`, `v2k inject` and the wave runner share:
 //!
 //! ```text
-//!  inspect ─▶ convert (all disks in parallel) ─▶ inject ─▶ target ─▶ validate ─▶ deliver ─▶ report
+//!  inspect ─▶ [baseline-boot] ─▶ convert (all disks in parallel) ─▶ inject ─▶ target ─▶ validate ─▶ deliver ─▶ report
 //!  vm.json     disks/<disk>.qcow2 + manifests     conversion-log.json   validation/  delivery.json  report.{json,html}
 //!                                               domain.xml, qemu-cmdline.json, run-qemu.sh
 //! ```
@@ -19,6 +19,7 @@
 //! boot something (the libguestfs appliance, the validation boot) sit behind
 //! [`BootStages`], so the orchestration is tested without a VM.
 
+pub mod baseline_boot;
 pub mod cutover;
 pub mod deliver;
 pub mod performance;
@@ -87,6 +88,11 @@ pub struct Options {
     /// Compare the validation's figures with a baseline (`--baseline`, a plan's
     /// `baseline-dir:`): the report's `performance` section ([`performance`]).
     pub performance: Option<performance::Settings>,
+    /// Boot the local source in its own shape before converting it and take that
+    /// boot's figures as the baseline (`--baseline-boot`, [`baseline_boot`]), kept as
+    /// `baseline.json` in the run directory (a rerun reuses it). The thresholds and
+    /// fail-on-regression are `performance`'s when given.
+    pub baseline_boot: bool,
 }
 
 /// What `migrate` reports as it goes.
@@ -262,6 +268,81 @@ impl Timeline<'_> {
     }
 }
 
+/// The `baseline-boot` stage: the run directory's `baseline.json` when an earlier run
+/// made it (the source's first measurement is kept), else a boot of the source in its
+/// own shape ([`baseline_boot::take`]). A boot that cannot run or gives no figures is
+/// said as a warning and in the report's verdict; the VM still migrates.
+fn baseline_stage(
+    tl: &mut Timeline,
+    run: &RunDir,
+    vm: &Vm,
+    opts: &Options,
+    progress: &dyn Fn(Event),
+) -> performance::Settings {
+    use report::StageStatus::{Done, Failed, Reused};
+    let file = run.root().join(BASELINE_FILE);
+    let (thresholds, fail_on_regression) = opts
+        .performance
+        .as_ref()
+        .map(|p| (p.thresholds, p.fail_on_regression))
+        .unwrap_or_default();
+    let settings = |got: std::result::Result<performance::BaselineFile, String>| {
+        let (baseline, missing) = match got {
+            Ok(b) => (Some(b), None),
+            Err(e) => (None, Some(e)),
+        };
+        performance::Settings {
+            file: file.clone(),
+            baseline,
+            missing,
+            thresholds,
+            fail_on_regression,
+        }
+    };
+    let t = tl.begin("baseline-boot");
+    if file.exists() {
+        if let Ok(b) = performance::BaselineFile::read(&file) {
+            let why = "the source's first measurement is kept";
+            tl.end(t, Reused, Some(why.into()));
+            return settings(Ok(b));
+        }
+    }
+    let s = baseline_boot::BootSettings::detect(opts.accel, opts.boot_timeout);
+    let mut say = |m: &str| progress(Event::Message(m.to_string()));
+    let got = baseline_boot::take(vm, &run.root().join("baseline-boot"), &s, &mut say)
+        .map_err(|e| v2k_inventory::one_line(&e))
+        .and_then(|b| {
+            let text = serde_json::to_vec_pretty(&b).map_err(|e| e.to_string())?;
+            v2k_outfile::write_atomic(&file, &text, true)
+                .map_err(|e| format!("writing {}: {e}", file.display()))?;
+            Ok(b)
+        });
+    match got {
+        Ok(b) => {
+            let detail = format!(
+                "{} figure(s); agent report after {:.1} s",
+                b.baseline.metrics.len(),
+                b.baseline
+                    .boot
+                    .as_ref()
+                    .and_then(|x| x.boot_seconds)
+                    .unwrap_or(0.0)
+            );
+            tl.end(t, Done, Some(detail));
+            settings(Ok(b))
+        }
+        Err(e) => {
+            let why = format!("baseline boot: {e}");
+            progress(Event::Message(format!("warning: {why}")));
+            tl.end(t, Failed, Some(why.clone()));
+            settings(Err(why))
+        }
+    }
+}
+
+/// The baseline a `--baseline-boot` run keeps in its run directory.
+pub const BASELINE_FILE: &str = "baseline.json";
+
 /// The pipeline with its boot-bound stages given (tests pass a recording one).
 pub fn migrate_with(
     opts: &Options,
@@ -306,6 +387,13 @@ pub fn migrate_with(
     run.save_vm(&vm)?;
     let detail = format!("{} disk(s), {} NIC(s)", vm.disks.len(), vm.nics.len());
     tl.end(t, Done, Some(detail));
+
+    // 1b. the baseline boot: the source in its own shape, before anything converts it
+    let perf_settings = if opts.baseline_boot && remote.is_none() {
+        Some(baseline_stage(&mut tl, &run, &vm, opts, progress))
+    } else {
+        opts.performance.clone()
+    };
 
     // 2. convert, unless the disks still prove an earlier conversion
     let disks = run.disks(&vm);
@@ -429,8 +517,7 @@ pub fn migrate_with(
     };
     // Before and after, when a baseline was given: a regression with
     // fail-on-regression fails the VM as a failed check does.
-    let performance = opts
-        .performance
+    let performance = perf_settings
         .as_ref()
         .map(|s| performance::evaluate(s, validation.as_ref()));
     let regressed = performance.as_ref().is_some_and(|p| p.fails());
@@ -532,8 +619,7 @@ pub fn migrate_with(
     );
     rep.delivery = delivered;
     // The same before/after with the destination's first boot as "after".
-    let perf_after = opts
-        .performance
+    let perf_after = perf_settings
         .as_ref()
         .zip(after_cutover.as_ref())
         .map(|(s, v)| performance::evaluate(s, Some(v)));

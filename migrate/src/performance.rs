@@ -188,6 +188,12 @@ pub fn evaluate(s: &Settings, validation: Option<&Validation>) -> Performance {
         if tcg {
             v.push_str(" Measured under TCG (no KVM): these timings are not production timings.");
         }
+        if let Some(b) = s.baseline.as_ref().and_then(|b| b.baseline.boot.as_ref()) {
+            v.push_str(&format!(
+                " The before was measured by booting the source in its own shape ({}; {}).",
+                b.shape, b.accel
+            ));
+        }
         v
     };
     Performance {
@@ -239,6 +245,7 @@ pub(crate) mod tests {
                     ),
                 ]),
                 missing: vec!["net.droppedRx.summation".into()],
+                boot: None,
             },
         }
     }
@@ -319,6 +326,28 @@ pub(crate) mod tests {
         );
         assert!(
             p.verdict.contains("not production timings"),
+            "{}",
+            p.verdict
+        );
+    }
+
+    #[test]
+    fn a_baseline_from_a_boot_of_the_source_says_so_in_the_verdict() {
+        let mut b = baseline(1.0, 2.0);
+        b.baseline.boot = Some(v2k_vsphere::perf::BootBaseline {
+            shape: "q35, bios, pvscsi (scsi0), vmxnet3".into(),
+            accel: "tcg".into(),
+            boot_seconds: Some(54.0),
+            serial_log: "run/baseline-boot/serial.log".into(),
+        });
+        let p = evaluate(
+            &Settings::with("run/baseline.json".into(), b),
+            Some(&validation(crate::Accel::Tcg)),
+        );
+        assert!(
+            p.verdict.ends_with(
+                " The before was measured by booting the source in its own shape (q35, bios, pvscsi (scsi0), vmxnet3; tcg)."
+            ),
             "{}",
             p.verdict
         );

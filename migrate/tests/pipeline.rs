@@ -76,6 +76,7 @@ fn options(source: &Path, out: &Path) -> Options {
         virtio_win: None,
         host_topology: v2k_migrate::HostSource::Local,
         performance: None,
+        baseline_boot: false,
     }
 }
 
@@ -542,6 +543,7 @@ fn baseline_file(path: &Path) {
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
             missing: vec!["net.droppedRx.summation".into()],
+            boot: None,
         },
     };
     std::fs::write(path, serde_json::to_vec(&f).unwrap()).unwrap();

@@ -7,7 +7,10 @@
 // loopback only, prints its URL on the first line of stdout, and exits when its stdin
 // closes, so that a test that dies without killing it does not leave it running. The
 // test builds it in GOPATH mode (GO111MODULE=off) and runs one per test, each with its
-// own TMPDIR (where the simulated datastore lives).
+// own TMPDIR (where the simulated datastore lives). With VCSIM_REFUSE_QUERYPERF set in
+// its environment, the PerformanceManager answers QueryPerf with a NoPermission fault, as
+// a vCenter whose user lacks the privilege does (the test that a refused baseline is
+// journalled and the VM still migrates).
 package main
 
 import (
@@ -21,7 +24,24 @@ import (
 	"os"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
 )
+
+// refusingPerf is the simulator's PerformanceManager with QueryPerf refused. It embeds
+// the manager by value: the property collector digs the mo type out of a wrapper's
+// first field, which must be a struct, not a pointer.
+type refusingPerf struct {
+	simulator.PerformanceManager
+}
+
+func (p *refusingPerf) QueryPerf(ctx *simulator.Context, req *types.QueryPerf) soap.HasFault {
+	return &methods.QueryPerfBody{
+		Fault_: simulator.Fault("QueryPerf refused: the user lacks System.View (test)",
+			&types.NoPermission{PrivilegeId: "System.View"}),
+	}
+}
 
 func main() {
 	certFile := flag.String("cert", "", "PEM certificate to serve")
@@ -45,6 +65,15 @@ func main() {
 		log.Fatalf("creating the inventory: %v", err)
 	}
 	defer model.Remove()
+
+	if os.Getenv("VCSIM_REFUSE_QUERYPERF") != "" {
+		ref := types.ManagedObjectReference{Type: "PerformanceManager", Value: "PerfMgr"}
+		pm, ok := simulator.Map.Get(ref).(*simulator.PerformanceManager)
+		if !ok {
+			log.Fatal("no PerformanceManager to refuse QueryPerf on")
+		}
+		simulator.Map.Put(&refusingPerf{*pm})
+	}
 
 	model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	// A URL with a user makes the simulator check Login's credentials

@@ -202,6 +202,17 @@ pub fn validate(target: &Target, expect: &Expectations, opts: &Options) -> Resul
     })
 }
 
+/// Boots a machine of the caller's making directly under QEMU (`argv` builds its
+/// command line from the `-serial` value) and waits for the first-boot agent's report,
+/// as a validation boot does: the baseline boot of a source in its own shape
+/// (docs/evidence.md). No checks are judged; the evidence (serial log, the agent's
+/// report with its counters) is returned. `opts.work_dir` is made here (its parent
+/// must exist); the disks are the caller's (overlays it made).
+pub fn boot_qemu(opts: &Options, argv: impl FnOnce(&str) -> Vec<String>) -> Result<Evidence> {
+    v2k_outfile::create_dir(&opts.work_dir)?;
+    qemu::boot_argv(opts, argv)
+}
+
 /// Settings of the check after cutover ([`after_cutover`]).
 #[derive(Debug, Clone)]
 pub struct AfterCutover {

@@ -72,6 +72,21 @@ fn wait_exit(child: &mut Child, limit: Duration) -> bool {
 }
 
 pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
+    boot_argv(opts, |serial| {
+        let q = QemuOptions {
+            serial: serial.to_string(),
+            snapshot: false,
+        };
+        // Not the destination's host placement (pinning, NUMA binding, hugepages): this
+        // boot runs on the conversion host.
+        qemu_argv(&t.for_validation(), &q, &opts.features)
+    })
+}
+
+/// Boots the command line `argv` makes (given the `-serial` value) and waits for the
+/// agent's report: the QEMU backend's boot for any machine (a target, or the source's
+/// own shape for a baseline boot).
+pub fn boot_argv(opts: &Options, argv: impl FnOnce(&str) -> Vec<String>) -> Result<Evidence> {
     let w = &opts.work_dir;
     let serial = w.join("serial.log");
     let qmp_sock = w.join("qmp.sock");
@@ -79,13 +94,7 @@ pub fn boot(t: &Target, opts: &Options) -> Result<Evidence> {
     for p in [&serial, &qmp_sock, &shot] {
         let _ = std::fs::remove_file(p);
     }
-    let q = QemuOptions {
-        serial: format!("file:{}", serial.display()),
-        snapshot: false,
-    };
-    // Not the destination's host placement (pinning, NUMA binding, hugepages): this
-    // boot runs on the conversion host.
-    let mut argv = qemu_argv(&t.for_validation(), &q, &opts.features);
+    let mut argv = argv(&format!("file:{}", serial.display()));
     argv.extend([
         "-qmp".to_string(),
         format!("unix:{},server=on,wait=off", qmp_sock.display()),

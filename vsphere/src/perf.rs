@@ -57,6 +57,9 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Baseline {
+    /// The VM's managed object id on the server; empty (and absent) for a baseline
+    /// made by booting a local source ([`Baseline::boot`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub moref: String,
     pub interval_seconds: u32,
     /// Unix seconds: the start of the day asked for, and when it was asked.
@@ -68,6 +71,25 @@ pub struct Baseline {
     pub metrics: BTreeMap<String, Stats>,
     /// Counters the server does not offer or sent no sample of.
     pub missing: Vec<String>,
+    /// Set when the figures come from booting the source in its own shape under QEMU
+    /// (`--baseline-boot`): one sample each, since that boot (`from` is its start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootBaseline>,
+}
+
+/// How a baseline boot ran (docs/evidence.md, "Baseline by booting the source").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BootBaseline {
+    /// The source's hardware as QEMU had it: `q35, bios, pvscsi (scsi0), vmxnet3`.
+    pub shape: String,
+    /// `kvm`, or `tcg` (not production timings).
+    pub accel: String,
+    /// Seconds from power-on to the agent's report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_seconds: Option<f64>,
+    /// The boot's serial console log.
+    pub serial_log: PathBuf,
 }
 
 /// The schema version of `NAME.baseline.json`.
@@ -320,6 +342,7 @@ pub fn summarize(
         to: now,
         metrics,
         missing,
+        boot: None,
     })
 }
 
@@ -452,6 +475,7 @@ mod tests {
                     },
                 )]),
                 missing: vec![NET_DROPPED_RX.into()],
+                boot: None,
             },
         };
         std::fs::write(&p, serde_json::to_vec(&f).unwrap()).unwrap();

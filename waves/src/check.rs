@@ -58,8 +58,13 @@ fn baseline_of(v: &crate::plan::VmPlan) -> Option<String> {
         .baseline_dir
         .as_ref()
         .map(|d| d.join(format!("{}.baseline.json", v.name)));
+    let booted = "measured by booting the source on the first attempt (baseline-boot)";
     match (file, v.vsphere.is_some()) {
         (Some(f), _) if f.is_file() => Some(f.display().to_string()),
+        (Some(f), false) if v.baseline_boot => {
+            Some(format!("{booted} ({} not found)", f.display()))
+        }
+        (None, false) if v.baseline_boot => Some(booted.into()),
         (Some(f), true) => Some(format!(
             "read from vSphere on the first attempt ({} not found)",
             f.display()

@@ -131,6 +131,9 @@ pub struct Settings {
     pub thresholds: Option<Thresholds>,
     /// A performance regression fails the VM instead of being a warning.
     pub fail_on_regression: Option<bool>,
+    /// A local source without a `baseline-dir:` file: boot it in its own shape before
+    /// its first migration and take that boot's figures as its baseline.
+    pub baseline_boot: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -282,6 +285,7 @@ pub(crate) struct VmFile {
     pub baseline_dir: Option<PathBuf>,
     pub thresholds: Option<Thresholds>,
     pub fail_on_regression: Option<bool>,
+    pub baseline_boot: Option<bool>,
 }
 
 impl VmFile {
@@ -304,6 +308,7 @@ impl VmFile {
             baseline_dir: self.baseline_dir.clone(),
             thresholds: self.thresholds,
             fail_on_regression: self.fail_on_regression,
+            baseline_boot: self.baseline_boot,
         }
     }
 }
@@ -423,6 +428,9 @@ pub struct VmPlan {
     /// Before/after thresholds (the plan's `thresholds:`, else the defaults).
     pub thresholds: Thresholds,
     pub fail_on_regression: bool,
+    /// `baseline-boot: true`: a local source is measured by booting it in its own
+    /// shape on its first attempt (crate::runner).
+    pub baseline_boot: bool,
 }
 
 /// A VM on a vSphere server, and how to connect to that server.
@@ -513,8 +521,10 @@ impl VmPlan {
             verify_manifest: self.verify_manifest,
             virtio_win: self.virtio_win.clone(),
             host_topology: self.host_topology.clone(),
-            // Set by the runner, which reads the baseline (crate::runner).
+            // Set by the runner, which reads the baseline (crate::runner), and boots
+            // a local source for it itself (`baseline-boot: true`).
             performance: None,
+            baseline_boot: false,
         }
     }
 }
@@ -943,6 +953,7 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                 baseline_dir: s.baseline_dir.as_deref().map(abs),
                 thresholds: s.thresholds.unwrap_or_default(),
                 fail_on_regression: s.fail_on_regression.unwrap_or(false),
+                baseline_boot: s.baseline_boot.unwrap_or(false),
             });
         }
         waves.push(Wave {
@@ -1019,6 +1030,7 @@ fn merge(d: &Settings, v: &Settings) -> Settings {
         // A VM's thresholds replace the defaults' as a whole.
         thresholds: v.thresholds.or(d.thresholds),
         fail_on_regression: v.fail_on_regression.or(d.fail_on_regression),
+        baseline_boot: v.baseline_boot.or(d.baseline_boot),
     }
 }
 
@@ -1151,11 +1163,11 @@ waves:
         let text = GOOD
             .replace(
                 "  validate: false\n",
-                "  validate: false\n  baseline-dir: base\n  thresholds:\n    cpu-ready-percent: 3\n",
+                "  validate: false\n  baseline-dir: base\n  baseline-boot: true\n  thresholds:\n    cpu-ready-percent: 3\n",
             )
             .replace(
                 "        disk-bus: scsi\n",
-                "        disk-bus: scsi\n        fail-on-regression: true\n        thresholds: { latency-factor: 4 }\n",
+                "        disk-bus: scsi\n        fail-on-regression: true\n        baseline-boot: false\n        thresholds: { latency-factor: 4 }\n",
             );
         let p = parse(&text, Path::new("/plans/p.yaml")).unwrap();
         let (web, db) = (&p.waves[0].vms[0], &p.waves[0].vms[1]);
@@ -1163,11 +1175,14 @@ waves:
         assert_eq!(db.baseline_dir, web.baseline_dir);
         assert_eq!(web.thresholds.cpu_ready_percent, 3.0);
         assert!(!web.fail_on_regression && db.fail_on_regression);
+        // baseline-boot from the defaults, unless the VM says otherwise.
+        assert!(web.baseline_boot && !db.baseline_boot);
         // A VM's thresholds replace the defaults' as a whole.
         assert_eq!(db.thresholds.latency_factor, 4.0);
         assert_eq!(db.thresholds.cpu_ready_percent, 5.0);
         let p = parse(GOOD, Path::new("/plans/p.yaml")).unwrap();
         assert_eq!(p.waves[0].vms[0].baseline_dir, None);
+        assert!(!p.waves[0].vms[0].baseline_boot);
         // A metric name that does not exist, and a threshold that compares nothing.
         let e = parse_err(&GOOD.replace(
             "  validate: false\n",

@@ -616,36 +616,54 @@ pub fn junit(r: &WaveReport) -> String {
             v.seconds
         );
         let reason = v.reason.clone().unwrap_or_default();
-        if let Some(c) = r.conflicts.iter().find(|c| c.vm == v.name) {
-            let msg = format!("migrated on more than one host: {}", c.hosts.join(", "));
-            let _ = writeln!(
-                x,
-                ">\n      <failure message=\"{0}\">{0}</failure>\n    </testcase>",
-                esc(&msg)
-            );
-            continue;
+        // Before and after, as the VM's own properties (a regression's metrics and the
+        // verdict), for CI dashboards; a regression that failed the VM is also its
+        // <failure> (its reason says "performance regression: …").
+        let mut inner = String::new();
+        if let Some(p) = &v.performance {
+            inner.push_str("      <properties>\n");
+            let regressions = if p.regressions.is_empty() {
+                "none".to_string()
+            } else {
+                p.regressions.join(",")
+            };
+            for (name, value) in [
+                ("performance.regressions", regressions.as_str()),
+                (
+                    "performance.failed",
+                    if p.failed { "true" } else { "false" },
+                ),
+                ("performance.verdict", p.verdict.as_str()),
+            ] {
+                let _ = writeln!(
+                    inner,
+                    "        <property name=\"v2k.{name}\" value=\"{}\"/>",
+                    esc(value)
+                );
+            }
+            inner.push_str("      </properties>\n");
         }
-        match v.status.as_str() {
-            "migrated" => x.push_str("/>\n"),
-            "not-run" => {
-                let _ = writeln!(
-                    x,
-                    ">\n      <skipped message=\"{}\"/>\n    </testcase>",
-                    esc(&reason)
-                );
+        let failure =
+            |msg: &str| format!("      <failure message=\"{0}\">{0}</failure>\n", esc(msg));
+        if let Some(c) = r.conflicts.iter().find(|c| c.vm == v.name) {
+            inner.push_str(&failure(&format!(
+                "migrated on more than one host: {}",
+                c.hosts.join(", ")
+            )));
+        } else {
+            match v.status.as_str() {
+                "migrated" => {}
+                "not-run" => {
+                    let _ = writeln!(inner, "      <skipped message=\"{}\"/>", esc(&reason));
+                }
+                "failed" => inner.push_str(&failure(&reason)),
+                s => inner.push_str(&failure(&format!("{s}: the VM did not finish"))),
             }
-            s => {
-                let msg = if s == "failed" {
-                    reason
-                } else {
-                    format!("{s}: the VM did not finish")
-                };
-                let _ = writeln!(
-                    x,
-                    ">\n      <failure message=\"{0}\">{0}</failure>\n    </testcase>",
-                    esc(&msg)
-                );
-            }
+        }
+        if inner.is_empty() {
+            x.push_str("/>\n");
+        } else {
+            let _ = write!(x, ">\n{inner}    </testcase>\n");
         }
     }
     x.push_str("  </testsuite>\n</testsuites>\n");
@@ -1146,6 +1164,53 @@ mod tests {
         );
         // Properties come before the testcases, as the JUnit schema wants.
         assert!(x.find("<properties>") < x.find("<testcase"), "{x}");
+    }
+
+    #[test]
+    fn junit_gives_a_vms_performance_verdict_as_its_properties_and_a_failing_regression_as_its_failure(
+    ) {
+        let mut r = build(&records(), "w1", false);
+        let verdict = "Regression in 1 of 2 metric(s) compared: probe-read-p50-ms 0.20 → 3.00 ms: regression <beyond>";
+        r.vms[0].performance = Some(VmPerformance {
+            regressions: vec!["probe-read-p50-ms".into()],
+            failed: false,
+            verdict: verdict.into(),
+        });
+        let x = junit(&r);
+        let case = |name: &str| {
+            let at = x.find(&format!("name=\"{name}\"")).unwrap();
+            x[at..at + x[at..].find("</testcase>").unwrap_or(0)].to_string()
+        };
+        let ok = case(&r.vms[0].name);
+        assert!(
+            ok.contains(
+                "<property name=\"v2k.performance.regressions\" value=\"probe-read-p50-ms\"/>"
+            ) && ok.contains("<property name=\"v2k.performance.failed\" value=\"false\"/>")
+                && ok.contains("regression &lt;beyond&gt;")
+                && !ok.contains("<failure"),
+            "a warning is a property, not a failure: {ok}"
+        );
+        // fail-on-regression: the VM failed, its reason the regression.
+        let i = r.vms.iter().position(|v| v.status == "failed").unwrap();
+        r.vms[i].reason = Some(format!("performance regression: {verdict}"));
+        r.vms[i].performance = Some(VmPerformance {
+            regressions: vec!["probe-read-p50-ms".into()],
+            failed: true,
+            verdict: verdict.into(),
+        });
+        let x = junit(&r);
+        let name = r.vms[i].name.replace('<', "&lt;").replace('>', "&gt;");
+        let at = x.find(&format!("name=\"{name}\"")).unwrap();
+        let bad = &x[at..at + x[at..].find("</testcase>").unwrap()];
+        assert!(
+            bad.contains("<property name=\"v2k.performance.failed\" value=\"true\"/>")
+                && bad.contains("<failure message=\"performance regression: Regression in 1"),
+            "{bad}"
+        );
+        // Properties before the failure, as the schema orders them.
+        assert!(bad.find("<properties>") < bad.find("<failure"), "{bad}");
+        // The suite's properties and the two compared VMs'; the third VM has none.
+        assert_eq!(x.matches("<properties>").count(), 3, "{x}");
     }
 
     fn host_run(host: &str, vms: &[&str], migrated: &[&str], started: &[&str]) -> HostRun {

@@ -619,7 +619,13 @@ fn run_vm(
     let mut opts = v.migrate_options(&plan.network_map);
     // The baseline, before the migration (and its cutover) starts.
     let baseline = |remote: Option<&VsphereSource>| -> Result<_> {
-        let s = performance(v, &dir, remote, attempt, &|e| journal.append(e), wave)?;
+        let say = |m: &str| {
+            events(RunEvent::Message {
+                vm: v.name.clone(),
+                text: m.to_string(),
+            })
+        };
+        let s = performance(v, &dir, remote, attempt, &|e| journal.append(e), wave, &say)?;
         if let Some(why) = s.as_ref().and_then(|p| p.missing.as_ref()) {
             events(RunEvent::Message {
                 vm: v.name.clone(),
@@ -791,6 +797,7 @@ fn performance(
     attempt: u32,
     journal: &dyn Fn(Entry) -> Result<()>,
     wave: &str,
+    say: &dyn Fn(&str),
 ) -> Result<Option<v2k_migrate::performance::Settings>> {
     let settings = |file: PathBuf, got: std::result::Result<BaselineFile, String>| {
         let (baseline, missing) = match got {
@@ -813,13 +820,17 @@ fn performance(
     if let Some(f) = planned.as_ref().filter(|f| f.exists()) {
         return Ok(Some(settings(f.clone(), read(f))));
     }
+    let own = dir.join(BASELINE_FILE);
+    if remote.is_none() && v.baseline_boot {
+        return boot_baseline(v, dir, attempt, journal, wave, say)
+            .map(|got| Some(settings(own, got)));
+    }
     let Some(remote) = remote else {
         return Ok(planned.map(|f| {
             let why = format!("{}: not found", f.display());
             settings(f, Err(why))
         }));
     };
-    let own = dir.join(BASELINE_FILE);
     if own.exists() {
         return Ok(Some(settings(own.clone(), read(&own))));
     }
@@ -866,6 +877,71 @@ fn performance(
             );
             journal(entry(Default::default(), Vec::new(), Some(why.clone())))?;
             Ok(Some(settings(own, Err(why))))
+        }
+    }
+}
+
+/// `baseline-boot: true` for a local source without a `baseline-dir:` file: the
+/// baseline its first attempt made by booting it in its own shape
+/// (`v2k_migrate::baseline_boot`), kept in the VM's directory and journalled
+/// (`vm-baseline`) as a vSphere reading is; later attempts reuse it and never boot
+/// the source again. A refusal or a boot without figures is journalled as the error;
+/// the VM still migrates.
+fn boot_baseline(
+    v: &VmPlan,
+    dir: &Path,
+    attempt: u32,
+    journal: &dyn Fn(Entry) -> Result<()>,
+    wave: &str,
+    say: &dyn Fn(&str),
+) -> Result<std::result::Result<BaselineFile, String>> {
+    let own = dir.join(BASELINE_FILE);
+    if own.exists() {
+        return Ok(BaselineFile::read(&own).map_err(|e| e.to_string()));
+    }
+    if attempt > 1 {
+        return Ok(Err(format!(
+            "{}: the baseline boot of the VM's first attempt gave none (see the journal)",
+            own.display()
+        )));
+    }
+    let entry = |metrics, missing, error| Entry::VmBaseline {
+        wave: wave.into(),
+        vm: v.name.clone(),
+        file: own.clone(),
+        metrics,
+        missing,
+        error,
+    };
+    let s = v2k_migrate::baseline_boot::BootSettings::detect(v.accel, v.boot_timeout);
+    let taken =
+        v2k_migrate::stages::inspect(&v.source, v.ovf_vm.as_deref(), v.verify_manifest, None)
+            .map_err(|e| v2k_inventory::one_line(&e))
+            .and_then(|vm| {
+                v2k_migrate::baseline_boot::take(&vm, &dir.join("baseline-boot"), &s, &mut |m| {
+                    say(m)
+                })
+                .map_err(|e| v2k_inventory::one_line(&e))
+            });
+    match taken {
+        Ok(b) => {
+            let text = serde_json::to_vec_pretty(&b)
+                .map_err(|e| Error::Run(format!("encoding the baseline of {}: {e}", v.name)))?;
+            v2k_outfile::write_atomic(&own, &text, true)
+                .map_err(|e| Error::Run(format!("writing {}: {e}", own.display())))?;
+            let medians = b
+                .baseline
+                .metrics
+                .iter()
+                .map(|(k, s)| (k.clone(), s.median))
+                .collect();
+            journal(entry(medians, b.baseline.missing.clone(), None))?;
+            Ok(Ok(b))
+        }
+        Err(e) => {
+            let why = format!("booting the source for its baseline: {e}");
+            journal(entry(Default::default(), Vec::new(), Some(why.clone())))?;
+            Ok(Err(why))
         }
     }
 }

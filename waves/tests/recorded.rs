@@ -535,4 +535,37 @@ fn a_plans_baselines_give_each_vm_before_and_after_and_a_strict_regression_fails
                 .contains("<li>performance: <b>REGRESSION, failed</b> (disk-read-latency-ms)</li>"),
         "{html}"
     );
+    // junit.xml: each compared VM's verdict as its own properties; the strict one's
+    // regression is also its failure.
+    let junit = std::fs::read_to_string(run.join("w1/junit.xml")).unwrap();
+    let case = |n: &str| {
+        let at = junit
+            .find(&format!("name=\"{n}\""))
+            .unwrap_or_else(|| panic!("no testcase {n}: {junit}"));
+        let end = junit[at..]
+            .find("</testcase>")
+            .map_or(junit.len(), |e| at + e);
+        junit[at..end].to_string()
+    };
+    let slow = case("slow");
+    assert!(
+        slow.contains(
+            "<property name=\"v2k.performance.regressions\" value=\"disk-read-latency-ms\"/>"
+        ) && slow.contains("<property name=\"v2k.performance.failed\" value=\"false\"/>")
+            && slow.contains(
+                "<property name=\"v2k.performance.verdict\" value=\"Regression in 1 of 2"
+            )
+            && !slow.contains("<failure"),
+        "{slow}"
+    );
+    let strict = case("strict");
+    assert!(
+        strict.contains("<property name=\"v2k.performance.failed\" value=\"true\"/>")
+            && strict.contains("<failure message=\"performance regression: Regression in 1 of 2"),
+        "{strict}"
+    );
+    assert!(
+        case("nobase").contains("<property name=\"v2k.performance.regressions\" value=\"none\"/>"),
+        "{junit}"
+    );
 }

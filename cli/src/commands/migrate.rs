@@ -33,7 +33,8 @@ use crate::{console, exit};
     the VM is read from the server and its disks streamed from the datastore into QCOW2 \
     (password from $V2K_VSPHERE_PASSWORD or --password-file; docs/vsphere.md). \
     With --baseline FILE the validation's performance is compared with a baseline from \
-    `v2k baseline` (docs/evidence.md). \
+    `v2k baseline`; with --baseline-boot (local sources) with a boot of the source's disks \
+    in its own shape before the conversion (docs/evidence.md). \
     Exit status: 0 migrated and validated (or migrated, with --no-validate), 1 migrated but \
     validation failed, with --start the checks after cutover failed, or with \
     --fail-on-regression performance regressed, 2 error (an unreadable --baseline or a bad \
@@ -123,15 +124,22 @@ pub struct Args {
     host_topology: Option<String>,
     /// Compare the validation's figures with this baseline (a NAME.baseline.json from
     /// `v2k baseline`): report.json gets a `performance` section (docs/evidence.md)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "baseline_boot")]
     baseline: Option<PathBuf>,
-    /// How much worse a metric may get before it is a regression (--baseline); the
-    /// metric names of docs/evidence.md, e.g. cpu-ready-percent=3; repeatable
-    #[arg(long, value_name = "METRIC=VALUE", requires = "baseline")]
+    /// A local source (VMX, OVF, OVA): before converting it, boot its disks in the
+    /// source's own shape (its controllers, NIC models and firmware, on a throw-away
+    /// overlay with only the agent added) and take that boot's figures as the
+    /// baseline, kept as baseline.json in --out (docs/evidence.md)
+    #[arg(long)]
+    baseline_boot: bool,
+    /// How much worse a metric may get before it is a regression (--baseline or
+    /// --baseline-boot); the metric names of docs/evidence.md, e.g.
+    /// cpu-ready-percent=3; repeatable
+    #[arg(long, value_name = "METRIC=VALUE")]
     threshold: Vec<String>,
     /// A performance regression beyond the thresholds fails the VM (exit 1, not
-    /// delivered) instead of being a warning (--baseline)
-    #[arg(long, requires = "baseline")]
+    /// delivered) instead of being a warning (--baseline or --baseline-boot)
+    #[arg(long)]
     fail_on_regression: bool,
     /// Accept an OVA whose manifest is missing or does not list every file
     #[arg(long)]
@@ -149,6 +157,15 @@ fn performance(
     fail_on_regression: bool,
 ) -> anyhow::Result<v2k_migrate::performance::Settings> {
     let baseline = v2k_vsphere::perf::BaselineFile::read(file)?;
+    Ok(v2k_migrate::performance::Settings {
+        fail_on_regression,
+        thresholds: parse_thresholds(thresholds)?,
+        ..v2k_migrate::performance::Settings::with(file.to_path_buf(), baseline)
+    })
+}
+
+/// `--threshold METRIC=VALUE` values, checked.
+fn parse_thresholds(thresholds: &[String]) -> anyhow::Result<v2k_migrate::performance::Thresholds> {
     let mut given = serde_json::Map::new();
     for t in thresholds {
         let (k, v) = t
@@ -167,11 +184,7 @@ fn performance(
     thresholds
         .check()
         .map_err(|e| anyhow::anyhow!("--threshold: {e}"))?;
-    Ok(v2k_migrate::performance::Settings {
-        thresholds,
-        fail_on_regression,
-        ..v2k_migrate::performance::Settings::with(file.to_path_buf(), baseline)
-    })
+    Ok(thresholds)
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -189,8 +202,30 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
     };
     let performance = match &args.baseline {
         Some(file) => Some(performance(file, &args.threshold, args.fail_on_regression)?),
+        // The baseline is the boot's, made by the run (baseline.json in --out).
+        None if args.baseline_boot => Some(v2k_migrate::performance::Settings {
+            file: args.out.join(v2k_migrate::BASELINE_FILE),
+            baseline: None,
+            missing: None,
+            thresholds: parse_thresholds(&args.threshold)?,
+            fail_on_regression: args.fail_on_regression,
+        }),
+        None if !args.threshold.is_empty() || args.fail_on_regression => anyhow::bail!(
+            "--threshold and --fail-on-regression need --baseline FILE or --baseline-boot"
+        ),
         None => None,
     };
+    if args.baseline_boot
+        && args
+            .source
+            .to_str()
+            .is_some_and(v2k_vsphere::Address::is_vsphere)
+    {
+        anyhow::bail!(
+            "--baseline-boot is for local sources (VMX, OVF, OVA): a vSphere VM's baseline \
+             comes from vCenter (`v2k baseline`, docs/evidence.md)"
+        );
+    }
     let mut map = NetworkMap::default();
     for m in &args.network_map {
         map.0.push(NetworkMap::parse_entry(m)?);
@@ -242,6 +277,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             (None, None) => HostSource::Local,
         },
         performance,
+        baseline_boot: args.baseline_boot,
     };
     let json_mode = args.json;
     let progress = move |e: Event| match e {

@@ -216,6 +216,12 @@ pub struct Vcsim {
 
 impl Vcsim {
     pub fn start() -> Vcsim {
+        Self::start_with(&[])
+    }
+
+    /// [`Vcsim::start`] with more environment for the launcher (e.g.
+    /// `VCSIM_REFUSE_QUERYPERF`, tests/vcsim/main.go).
+    pub fn start_with(env: &[(&str, &str)]) -> Vcsim {
         let bin = launcher();
         let pki = pki();
         let tmp = tempfile::tempdir().unwrap();
@@ -229,6 +235,7 @@ impl Vcsim {
             .env("TMPDIR", tmp.path())
             .env("VCSIM_USER", USER)
             .env("VCSIM_PASSWORD", PASSWORD)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(File::create(tmp.path().join("vcsim.log")).unwrap())
