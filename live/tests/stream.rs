@@ -7,7 +7,9 @@
 //! QEMU user, the guest's write (the device's own `qemu-io` in HMP: through the
 //! virtio-blk backend, as a guest write), a rate-limited `blockpull` to the end, then
 //! the check: verified and counted, and a changed cluster the bitmap missed caught; a
-//! SIGKILLed QEMU leaves the bitmap in use and the check cannot tell.
+//! SIGKILLed QEMU leaves the bitmap in use and the check cannot tell; a pull that hits
+//! a failing source ends in a clear error and a second pull completes; the served
+//! source gone pauses the domain (rerror=stop) and it runs again once it is back.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -393,4 +395,65 @@ fn a_pull_failing_on_the_source_ends_in_a_clear_error_and_a_second_pull_complete
         panic!("{v:?}");
     };
     assert_eq!(c.written_by_guest, 2, "{c:?}");
+}
+
+fn domstate(domain: &str) -> String {
+    virsh(&["domstate", "--reason", domain]).trim().to_string()
+}
+
+/// An outage of the served source (the server gone) while the guest reads unstreamed
+/// data: with rerror=stop the domain pauses on the I/O error instead of passing it to
+/// the guest, and resumes once the server is back on the same socket.
+#[test]
+fn a_source_outage_pauses_the_domain_and_it_resumes_after() {
+    let mut live = Live::start("outage");
+    let sock = live.server.as_ref().unwrap().socket().to_path_buf();
+    let record = live.record();
+    live.rt.block_on(live.server.take().unwrap().shutdown());
+    // The firmware reads the boot sector again after a reset: unstreamed data.
+    virsh(&["reset", &live.domain]);
+    let mut state = String::new();
+    for _ in 0..200 {
+        state = domstate(&live.domain);
+        if state.starts_with("paused") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state, "paused (I/O error)");
+    let label = dac_label(&virsh(&["capabilities"]), "qemu").unwrap();
+    let disk = live.dir.path().join("source.raw");
+    live.server = Some(
+        live.rt
+            .block_on(serve(
+                Arc::new(FileSource::open(&disk).unwrap()),
+                &sock,
+                ServeOptions {
+                    export: "disk".into(),
+                    owner: Some((label.uid, label.gid)),
+                },
+            ))
+            .unwrap(),
+    );
+    // QEMU's NBD client reconnects in the background after a failed request: the
+    // first resume may retry before it has, and pause again; a later one runs.
+    let mut resumes = 0;
+    for _ in 0..40 {
+        if domstate(&live.domain).starts_with("paused") {
+            virsh(&["resume", &live.domain]);
+            resumes += 1;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        state = domstate(&live.domain);
+        if state.starts_with("running") {
+            break;
+        }
+    }
+    assert!(
+        state.starts_with("running"),
+        "{state} after {resumes} resumes"
+    );
+    eprintln!("running again after {resumes} resume(s)");
+    // The boot sector read again came from the new server.
+    assert!(live.record().hashes.contains_key(&0) && record.hashes.contains_key(&0));
 }
