@@ -238,6 +238,7 @@ pub fn guest_writes(overlay: &Path, socket: &Path) -> Result<GuestWrites, Error>
                 use std::io::Read;
                 let _ = e.read_to_string(&mut err);
             }
+            let _ = std::fs::remove_file(socket);
             return Err(tool_err("qemu-nbd", what, format!("{st}: {}", err.trim())));
         }
         let o = Command::new("nbdinfo")
@@ -250,6 +251,7 @@ pub fn guest_writes(overlay: &Path, socket: &Path) -> Result<GuestWrites, Error>
             Ok(o) if start.elapsed() > QEMU_NBD_START => {
                 let _ = child.kill();
                 let _ = child.wait();
+                let _ = std::fs::remove_file(socket);
                 return Err(tool_err(
                     "nbdinfo",
                     what,
@@ -260,6 +262,7 @@ pub fn guest_writes(overlay: &Path, socket: &Path) -> Result<GuestWrites, Error>
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                let _ = std::fs::remove_file(socket);
                 return Err(tool_err("nbdinfo", what, format!("cannot run: {e}")));
             }
         }

@@ -208,8 +208,8 @@ pub fn check_overlay(
         GuestWrites::Known(w) => w,
         GuestWrites::InUse => {
             return Ok(Verdict::CannotTell(format!(
-                "{}: the bitmap of the guest's writes was not stored (QEMU ended without \
-                 closing the disk): cannot tell what the guest wrote",
+                "{}: the bitmap of the guest's writes was not stored (QEMU still runs, or \
+                 ended without closing the disk): cannot tell what the guest wrote",
                 overlay.display()
             )))
         }
