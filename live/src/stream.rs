@@ -167,6 +167,44 @@ pub fn wait_pull(
     }
 }
 
+/// Resumes `domain` after its source came back from an outage that paused it
+/// (`rerror=stop`): QEMU's NBD client reconnects in the background after the failed
+/// request, so the first resume can retry too early and pause again (measured: the
+/// second one runs). Tries up to `attempts` times, `delay` apart; returns how many
+/// resumes it took (0 if the domain was running).
+pub fn resume_after_outage(
+    uri: &str,
+    domain: &str,
+    attempts: u32,
+    delay: Duration,
+) -> Result<u32, Error> {
+    let mut resumes = 0;
+    let mut state = String::new();
+    for _ in 0..=attempts {
+        state = virsh(
+            uri,
+            format!("reading the state of {domain}"),
+            &["domstate", "--reason", domain],
+        )?
+        .trim()
+        .to_string();
+        if state.starts_with("running") {
+            return Ok(resumes);
+        }
+        if !state.starts_with("paused") || resumes == attempts {
+            break;
+        }
+        virsh(uri, format!("resuming {domain}"), &["resume", domain])?;
+        resumes += 1;
+        std::thread::sleep(delay);
+    }
+    Err(Error::Tool {
+        tool: "virsh",
+        what: format!("resuming {domain}"),
+        message: format!("{state} after {resumes} resumes: is the source back?"),
+    })
+}
+
 /// What the check of a streamed overlay found (counts of 64 KiB clusters).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LiveCheck {

@@ -26,7 +26,9 @@ use v2k_live::overlay::{
     add_guest_bitmap, allocated_clusters, create_overlay, guest_writes, GuestWrites,
 };
 use v2k_live::source::ReadFuture;
-use v2k_live::stream::{check_overlay, has_backing, start_pull, wait_pull, Verdict};
+use v2k_live::stream::{
+    check_overlay, has_backing, resume_after_outage, start_pull, wait_pull, Verdict,
+};
 use v2k_live::{serve, FileSource, ServeOptions, ServerHandle, Source, CLUSTER};
 
 const URI: &str = "qemu:///system";
@@ -421,6 +423,14 @@ fn a_source_outage_pauses_the_domain_and_it_resumes_after() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(state, "paused (I/O error)");
+    // While the source is still away, resuming gives up with the state it saw.
+    let err = resume_after_outage(URI, &live.domain, 2, Duration::from_millis(250))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("paused") && err.contains("is the source back?"),
+        "{err}"
+    );
     let label = dac_label(&virsh(&["capabilities"]), "qemu").unwrap();
     let disk = live.dir.path().join("source.raw");
     live.server = Some(
@@ -437,22 +447,9 @@ fn a_source_outage_pauses_the_domain_and_it_resumes_after() {
     );
     // QEMU's NBD client reconnects in the background after a failed request: the
     // first resume may retry before it has, and pause again; a later one runs.
-    let mut resumes = 0;
-    for _ in 0..40 {
-        if domstate(&live.domain).starts_with("paused") {
-            virsh(&["resume", &live.domain]);
-            resumes += 1;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-        state = domstate(&live.domain);
-        if state.starts_with("running") {
-            break;
-        }
-    }
-    assert!(
-        state.starts_with("running"),
-        "{state} after {resumes} resumes"
-    );
+    let resumes = resume_after_outage(URI, &live.domain, 20, Duration::from_millis(250)).unwrap();
+    assert!(resumes >= 1);
+    assert!(domstate(&live.domain).starts_with("running"));
     eprintln!("running again after {resumes} resume(s)");
     // The boot sector read again came from the new server.
     assert!(live.record().hashes.contains_key(&0) && record.hashes.contains_key(&0));
