@@ -35,10 +35,41 @@ fn disk_letter(i: usize) -> String {
     }
 }
 
+/// The NBD export a live import's overlay reads unstreamed data from (issue 19): v2k's
+/// server on a unix socket, export `export`, raw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdBacking {
+    pub socket: std::path::PathBuf,
+    pub export: String,
+}
+
 /// libvirt domain XML, with the guest's features (Hyper-V enlightenments, local-time
 /// RTC). User-mode NICs are emitted as QEMU arguments in the qemu namespace because
 /// libvirt's `<interface type='user'>` cannot say `restrict=on`.
 pub fn domain_xml(t: &Target, f: &GuestFeatures) -> String {
+    xml(t, f, None)
+}
+
+/// The domain XML of a live import: disk `i` is the QCOW2 overlay `t.disks[i]`, whose
+/// `<backingStore>` is `backing[i]` over NBD (libvirt must be told: it does not read a
+/// network backing from the overlay's header). Read and write errors stop the VM
+/// (`error_policy`/`rerror_policy='stop'`) instead of reaching the guest, so a source
+/// outage pauses it and it resumes when the data comes back.
+pub fn live_domain_xml(
+    t: &Target,
+    f: &GuestFeatures,
+    backing: &[NbdBacking],
+) -> crate::Result<String> {
+    if backing.len() != t.disks.len() {
+        return Err(crate::Error::LiveBacking {
+            disks: t.disks.len(),
+            backings: backing.len(),
+        });
+    }
+    Ok(xml(t, f, Some(backing)))
+}
+
+fn xml(t: &Target, f: &GuestFeatures, live: Option<&[NbdBacking]>) -> String {
     let hyperv = f.hyperv && t.accel == Accel::Kvm;
     let mut s = String::new();
     let user_nics: Vec<(usize, &TargetNic)> = t
@@ -206,11 +237,27 @@ pub fn domain_xml(t: &Target, f: &GuestFeatures) -> String {
             (format!("vd{}", disk_letter(i)), "virtio")
         };
         s.push_str("    <disk type='file' device='disk'>\n");
-        s.push_str("      <driver name='qemu' type='qcow2' discard='unmap'/>\n");
+        let policy = if live.is_some() {
+            " error_policy='stop' rerror_policy='stop'"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "      <driver name='qemu' type='qcow2' discard='unmap'{policy}/>\n"
+        ));
         s.push_str(&format!(
             "      <source file='{}'/>\n",
             x(&d.to_string_lossy())
         ));
+        if let Some(b) = live.map(|l| &l[i]) {
+            s.push_str(&format!(
+                "      <backingStore type='network'>\n        <format type='raw'/>\n        \
+                 <source protocol='nbd' name='{}'>\n          \
+                 <host transport='unix' socket='{}'/>\n        </source>\n      </backingStore>\n",
+                x(&b.export),
+                x(&b.socket.to_string_lossy())
+            ));
+        }
         s.push_str(&format!("      <target dev='{dev}' bus='{bus}'/>\n"));
         if let Some(u) = t.disk_uuid(i) {
             // The VMware disk's identity (lib.rs `disk_serial`, `disk_wwn`).

@@ -13,6 +13,7 @@
 
 pub mod accel;
 pub mod agent;
+pub mod dac;
 mod domain;
 pub mod firmware;
 pub mod host;
@@ -26,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use v2k_inventory::model::{is_mac, FirmwareKind, OsFamily, Vm};
 
 pub use accel::Accel;
-pub use domain::domain_xml;
+pub use dac::{dac_label, DacLabel};
+pub use domain::{domain_xml, live_domain_xml, NbdBacking};
 pub use firmware::Firmware;
 pub use host::{HostSource, HostTopology};
 pub use qemu::{qemu_argv, qemu_script, sh_quote, QemuOptions};
@@ -50,6 +52,8 @@ pub enum Error {
         bus: DiskBus,
         max: usize,
     },
+    #[error("a live import needs one NBD backing per disk: {disks} disks, {backings} backings")]
+    LiveBacking { disks: usize, backings: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -612,6 +616,68 @@ mod tests {
             nics: Vec::new(),
             tuning: KvmTuning::default(),
         }
+    }
+
+    #[test]
+    fn live_domain_backs_each_overlay_with_its_nbd_socket_and_stops_on_errors() {
+        let mut t = efi_target(Accel::Tcg, false);
+        t.firmware = Firmware::Bios;
+        t.disks.push(PathBuf::from("/v/disk1 & co.qcow2"));
+        let backing = [
+            NbdBacking {
+                socket: PathBuf::from("/run/v2k/live/disk0.sock"),
+                export: "disk".into(),
+            },
+            NbdBacking {
+                socket: PathBuf::from("/run/v2k/live/d'1.sock"),
+                export: "disk".into(),
+            },
+        ];
+        let f = GuestFeatures::default();
+        assert!(matches!(
+            live_domain_xml(&t, &f, &backing[..1]),
+            Err(Error::LiveBacking {
+                disks: 2,
+                backings: 1
+            })
+        ));
+        let xml = live_domain_xml(&t, &f, &backing).unwrap();
+        assert_eq!(
+            xml.matches("error_policy='stop' rerror_policy='stop'")
+                .count(),
+            2,
+            "{xml}"
+        );
+        assert!(xml.contains(
+            "<source file='/v/disk0.qcow2'/>\n      <backingStore type='network'>\n        \
+             <format type='raw'/>\n        <source protocol='nbd' name='disk'>\n          \
+             <host transport='unix' socket='/run/v2k/live/disk0.sock'/>"
+        ));
+        assert!(
+            xml.contains("socket='/run/v2k/live/d&apos;1.sock'"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("<source file='/v/disk1 &amp; co.qcow2'/>"),
+            "{xml}"
+        );
+        // The cold path's XML has neither.
+        let cold = domain_xml(&t, &f);
+        assert!(!cold.contains("backingStore") && !cold.contains("error_policy"));
+        // libvirt's schema accepts it (libvirt-clients, scripts/setup.sh).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.xml");
+        std::fs::write(&path, &xml).unwrap();
+        let o = std::process::Command::new("virt-xml-validate")
+            .arg(&path)
+            .arg("domain")
+            .output()
+            .expect("virt-xml-validate (libvirt-clients, scripts/setup.sh)");
+        assert!(
+            o.status.success(),
+            "{}\n{xml}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 
     #[test]

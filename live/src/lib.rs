@@ -9,12 +9,17 @@
 //! [`clusters::ClusterReader`], which fetches whole 64 KiB clusters and records each
 //! cluster's SHA-256 as it is first served; [`clusters::verify_image`] later checks a
 //! standalone image against that record, skipping the clusters the guest wrote.
+//! Phase 2's stream-stage plumbing: [`overlay`] (the QCOW2 overlays over the export,
+//! the guest's dirty bitmap, the clusters the inject stage changed) and [`stream`]
+//! (libvirt's `blockpull`, its progress and outcome, the check of a streamed overlay).
 //! docs/live-import.md describes the design, its limits and what is not built yet.
 
 pub mod clusters;
+pub mod overlay;
 pub mod protocol;
 pub mod server;
 pub mod source;
+pub mod stream;
 
 use std::path::PathBuf;
 
@@ -55,6 +60,20 @@ pub enum Error {
     Image(Box<v2k_converters::Error>),
     #[error(transparent)]
     Output(#[from] v2k_outfile::Error),
+    /// A QEMU or libvirt tool failed or said something unexpected.
+    #[error("{what}: {tool}: {message}")]
+    Tool {
+        tool: &'static str,
+        what: String,
+        message: String,
+    },
+    /// A pull did not complete.
+    #[error("{domain} {target}: {message}")]
+    Stream {
+        domain: String,
+        target: String,
+        message: String,
+    },
     #[error("internal lock poisoned")]
     Poisoned,
 }

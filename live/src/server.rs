@@ -46,12 +46,17 @@ pub struct ServeOptions {
     /// The export's name (QEMU: `nbd+unix:///NAME?socket=PATH`). The empty name, the
     /// protocol's default export, is accepted too.
     pub export: String,
+    /// The `(uid, gid)` to hand the socket to (mode 0600 either way): the user libvirt
+    /// runs QEMU as (`v2k_kvm_target::dac_label`), which libvirt's dynamic ownership
+    /// does not relabel a backing NBD socket for. `None` leaves it to the server's user.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             export: "disk".into(),
+            owner: None,
         }
     }
 }
@@ -140,8 +145,8 @@ impl Drop for ServerHandle {
 }
 
 /// Serves `source` read-only on a new unix socket at `socket` (which must not exist:
-/// an existing file is never replaced; the socket is made mode 0600, and its
-/// directory should be private). Must be called within a tokio runtime, which runs
+/// an existing file is never replaced; the socket is made mode 0600, owned by
+/// `opts.owner` when given, and its directory should be private to that user). Must be called within a tokio runtime, which runs
 /// the server until [`ServerHandle::shutdown`].
 pub async fn serve(
     source: Arc<dyn Source>,
@@ -159,6 +164,12 @@ pub async fn serve(
         if let Err(e) = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)) {
             let _ = std::fs::remove_file(socket);
             return Err(io("restricting the NBD socket", e));
+        }
+        if let Some((uid, gid)) = opts.owner {
+            if let Err(e) = std::os::unix::fs::chown(socket, Some(uid), Some(gid)) {
+                let _ = std::fs::remove_file(socket);
+                return Err(io("handing the NBD socket to QEMU's user", e));
+            }
         }
     }
     let shared = Arc::new(Shared {
