@@ -504,9 +504,10 @@ fn the_playbook_runs_a_wave_over_three_sshd_hosts_and_survives_losing_one() {
     let sim = Vcsim::start();
     let t = tempfile::tempdir().unwrap();
     let w = t.path();
-    // A conversion host's root is a directory others may pass through (the role makes
-    // /var/lib/v2k so): libvirt's QEMU, as its own user, must reach the EFI guest's
-    // disks. The test's directory is made 0700; open it the same way.
+    // Others may pass through, not list, as on a conversion host (the role makes the
+    // shard directory 0751): libvirt's QEMU, as its own user, must reach the EFI
+    // guest's disks below it — the 0750 shard directory the playbook used to make
+    // was what kept it out.
     std::fs::set_permissions(w, std::fs::Permissions::from_mode(0o711)).unwrap();
     let esxi = vcsim_vms(&sim, "av", 0x10);
     let hold = w.join("hold");
