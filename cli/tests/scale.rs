@@ -615,15 +615,24 @@ fn the_playbook_runs_a_wave_over_three_sshd_hosts_and_survives_losing_one() {
             .stderr(Stdio::piped());
         c
     };
+    // A playbook run that must succeed: its output.
+    let playbook_ok = |extra: &[&str]| -> String {
+        let o = playbook(extra).output().unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    };
+    let assignment = || -> Value {
+        serde_json::from_slice(&std::fs::read(work.join("shards/assignment.json")).unwrap())
+            .unwrap()
+    };
 
     // ---- check mode: `v2k wave check` on every host, nothing migrated --------------
-    let o = playbook(&["--check"]).output().unwrap();
-    let out0 = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{out0}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out0 = playbook_ok(&["--check"]);
     for (i, root) in roots.iter().enumerate() {
         let checked = root.join(format!("check-shards/conv{}.yaml", i + 1));
         assert!(
@@ -714,18 +723,8 @@ fn the_playbook_runs_a_wave_over_three_sshd_hosts_and_survives_losing_one() {
     );
 
     // ---- rerun without conv3 -------------------------------------------------------
-    let o = playbook(&["-e", r#"{"v2k_exclude": ["conv3"]}"#])
-        .output()
-        .unwrap();
-    let out2 = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{out2}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let rec: Value =
-        serde_json::from_slice(&std::fs::read(work.join("shards/assignment.json")).unwrap())
-            .unwrap();
+    let out2 = playbook_ok(&["-e", r#"{"v2k_exclude": ["conv3"]}"#]);
+    let rec = assignment();
     assert_eq!(rec["generation"], 2, "{rec:#}");
     let moved: Vec<&str> = rec["moved"]
         .as_array()
@@ -769,37 +768,20 @@ fn the_playbook_runs_a_wave_over_three_sshd_hosts_and_survives_losing_one() {
     assert_efi_guest_validated(&efi_runs[0], &efi);
 
     // ---- conv3 is back: a rerun with every host present resumes, migrates nothing ---
-    let started_before: usize = runs
-        .iter()
-        .map(|r| {
-            journal(r)
-                .iter()
-                .filter(|x| x["type"] == "vm-started")
-                .count()
-        })
-        .sum();
+    // `vm-started` records in every run's journal (of one VM, or of all).
+    let started = |vm: Option<&str>| -> usize {
+        runs.iter()
+            .flat_map(|r| journal(r))
+            .filter(|x| x["type"] == "vm-started" && vm.is_none_or(|v| x["vm"] == v))
+            .count()
+    };
+    let started_before = started(None);
     sshds[2] = Sshd::start(&w.join("sshd2-back"), &ssh.join("client.pub"));
     write_inventory(&sshds);
-    let o = playbook(&[]).output().unwrap();
-    let out3 = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{out3}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let rec: Value =
-        serde_json::from_slice(&std::fs::read(work.join("shards/assignment.json")).unwrap())
-            .unwrap();
+    let out3 = playbook_ok(&[]);
+    let rec = assignment();
     assert_eq!(rec["generation"], 2, "a rerun reassigned: {rec:#}");
-    let started_after: usize = runs
-        .iter()
-        .map(|r| {
-            journal(r)
-                .iter()
-                .filter(|x| x["type"] == "vm-started")
-                .count()
-        })
-        .sum();
+    let started_after = started(None);
     assert_eq!(
         started_after, started_before,
         "the rerun started VMs again: {out3}"
@@ -813,16 +795,7 @@ fn the_playbook_runs_a_wave_over_three_sshd_hosts_and_survives_losing_one() {
     let r = merged();
     assert_eq!(r["summary"]["migrated"], 6, "{r:#}");
     assert!(r["conflicts"].is_null(), "{r:#}");
-    let efi_started: usize = runs
-        .iter()
-        .map(|r| {
-            journal(r)
-                .iter()
-                .filter(|x| x["type"] == "vm-started" && x["vm"] == EFI_VM)
-                .count()
-        })
-        .sum();
-    assert_eq!(efi_started, 1, "the EFI guest ran more than once");
+    assert_eq!(started(Some(EFI_VM)), 1, "the EFI guest ran more than once");
 
     // ---- the password: in no output and in no file the runs or the controller wrote --
     for out in [&out0, &out1, &out2, &out3] {

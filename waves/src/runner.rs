@@ -857,16 +857,7 @@ fn performance(
     };
     match taken {
         Ok(b) => {
-            let text = serde_json::to_vec_pretty(&b)
-                .map_err(|e| Error::Run(format!("encoding the baseline of {}: {e}", v.name)))?;
-            v2k_outfile::write_atomic(&own, &text, true)
-                .map_err(|e| Error::Run(format!("writing {}: {e}", own.display())))?;
-            let medians = b
-                .baseline
-                .metrics
-                .iter()
-                .map(|(k, s)| (k.clone(), s.median))
-                .collect();
+            let medians = keep_baseline(&own, &v.name, &b)?;
             journal(entry(medians, b.baseline.missing.clone(), None))?;
             Ok(Some(settings(own, Ok(b))))
         }
@@ -879,6 +870,20 @@ fn performance(
             Ok(Some(settings(own, Err(why))))
         }
     }
+}
+
+/// A baseline a VM's first attempt took (from vSphere or by booting the source),
+/// written into the VM's directory; each metric's median, for its `vm-baseline` record.
+fn keep_baseline(own: &Path, vm: &str, b: &BaselineFile) -> Result<BTreeMap<String, f64>> {
+    let text = serde_json::to_vec_pretty(b)
+        .map_err(|e| Error::Run(format!("encoding the baseline of {vm}: {e}")))?;
+    v2k_outfile::write_atomic(own, &text, true)
+        .map_err(|e| Error::Run(format!("writing {}: {e}", own.display())))?;
+    Ok(b.baseline
+        .metrics
+        .iter()
+        .map(|(k, s)| (k.clone(), s.median))
+        .collect())
 }
 
 /// `baseline-boot: true` for a local source without a `baseline-dir:` file: the
@@ -925,16 +930,7 @@ fn boot_baseline(
             });
     match taken {
         Ok(b) => {
-            let text = serde_json::to_vec_pretty(&b)
-                .map_err(|e| Error::Run(format!("encoding the baseline of {}: {e}", v.name)))?;
-            v2k_outfile::write_atomic(&own, &text, true)
-                .map_err(|e| Error::Run(format!("writing {}: {e}", own.display())))?;
-            let medians = b
-                .baseline
-                .metrics
-                .iter()
-                .map(|(k, s)| (k.clone(), s.median))
-                .collect();
+            let medians = keep_baseline(&own, &v.name, &b)?;
             journal(entry(medians, b.baseline.missing.clone(), None))?;
             Ok(Ok(b))
         }
