@@ -68,47 +68,86 @@ phase "cargo machete (unused dependencies)" cargo machete
 if [ -f fuzz/Cargo.toml ]; then
     phase "fuzz targets build" cargo build --manifest-path fuzz/Cargo.toml --locked
 fi
-phase "test build" cargo test --workspace --locked --no-run
+# The test executables, as cargo builds them (one JSON line per artifact).
+TEST_LIST=$(mktemp)
+phase "test build" bash -c 'set -o pipefail; cargo test --workspace --locked --no-run --message-format=json \
+    | jq -r "select(.reason == \"compiler-artifact\" and .profile.test and .executable != null)
+             | [.executable, .manifest_path, .target.src_path] | @tsv" >"$1"' _ "$TEST_LIST"
 
-# Runs the tests through cargo (its working directory, environment and doc tests),
-# echoing its output and timing each test binary from its "Running"/"Doc-tests" line
-# to the next one (the build is done, so nothing else happens in between).
-run_tests() {
-    local line name="" start="" status=""
-    flush() {
-        if [ -n "$name" ]; then
-            [ -n "$status" ] || status=FAILED # no result line: the binary crashed
-            ROWS+=("$(elapsed "$start" "$EPOCHREALTIME")"$'\t'"$status"$'\t'"$name")
-            [ "$status" = ok ] || FAILED+=("$name")
-        fi
-        name=""
-    }
-    while IFS= read -r line; do
-        printf '%s\n' "$line"
-        case "$line" in
-        *"     Running "* | *"   Doc-tests "*)
-            flush
-            # "Running tests/migrate.rs (target/debug/deps/migrate-0123abcd)" gives
-            # "tests/migrate.rs [migrate]"; "Doc-tests v2k_waves" stays as it is.
-            name=$(sed -E 's/^ *Running //; s/^ *//; s|\(.*/([^/]*)-[0-9a-f]+\)$|[\1]|' <<<"$line")
-            start=$EPOCHREALTIME
-            status=""
-            ;;
-        "test result: ok."*) [ "$status" = FAILED ] || status=ok ;;
-        "test result: FAILED."*) status=FAILED ;;
-        esac
-    done
-    flush
+# Test binaries run V2K_TEST_JOBS at a time (default 2), each as cargo would run it (in its
+# package's directory, CARGO_MANIFEST_DIR set), not through `cargo test`: cargo holds the
+# artifact directory's lock while its tests run, so two cargo processes cannot overlap. The
+# heavy binaries boot guests under TCG and spend much of their time waiting (firmware
+# timeouts, the agent, libguestfs appliances), which is why two at a time pays on two
+# cores (docs/architecture.md, "Testing"). Longest first (their usual order in the timing
+# table), so the short ones fill the gaps at the end; a binary not named here runs after
+# the named ones. Each binary's output is printed whole when it ends, so two binaries'
+# lines never interleave.
+HEAVY_FIRST=(cli/tests/migrate.rs cli/tests/scale.rs drivers-injector/tests/e2e.rs
+    cli/tests/live_migrate.rs cli/tests/migrate_sb.rs drivers-injector/tests/windows.rs
+    tests/fixtures/tests/debian_dracut_lvm.rs tests/fixtures/tests/rhel_shaped_efi.rs
+    cli/tests/vsphere_migrate.rs cli/tests/wave.rs validator/tests/negative.rs
+    cli/tests/inject.rs)
+JOBS=${V2K_TEST_JOBS:-2}
+LOGS=$(mktemp -d)
+declare -A EXE_OF=() DIR_OF=() NAME_OF=() START_OF=() LOG_OF=() PID_KEY=()
+ORDER=()
+while IFS=$'\t' read -r exe manifest src; do
+    key=${src#"$PWD/"} # cli/tests/migrate.rs, waves/src/lib.rs (a crate's unit tests)
+    EXE_OF[$key]=$exe
+    DIR_OF[$key]=$(dirname "$manifest")
+    NAME_OF[$key]="$key [$(basename "$exe" | sed -E 's/-[0-9a-f]+$//')]"
+done <"$TEST_LIST"
+for key in "${HEAVY_FIRST[@]}"; do
+    [ -n "${EXE_OF[$key]:-}" ] && ORDER+=("$key")
+done
+for key in $(printf '%s\n' "${!EXE_OF[@]}" | sort); do
+    [[ " ${HEAVY_FIRST[*]} " == *" $key "* ]] || ORDER+=("$key")
+done
+# Doc tests need cargo (rustdoc builds them); no other cargo runs while they do.
+ORDER+=("doc-tests")
+NAME_OF[doc-tests]="doc tests (cargo test --doc)"
+
+launch() {
+    local key=$1 log="$LOGS/${#START_OF[@]}.log"
+    LOG_OF[$key]=$log
+    START_OF[$key]=$EPOCHREALTIME
+    echo "== start: ${NAME_OF[$key]}" >&2
+    if [ "$key" = doc-tests ]; then
+        cargo test --workspace --locked --doc >"$log" 2>&1 &
+    else
+        (cd "${DIR_OF[$key]}" && CARGO_MANIFEST_DIR=${DIR_OF[$key]} exec "${EXE_OF[$key]}") \
+            >"$log" 2>&1 &
+    fi
+    PID_KEY[$!]=$key
 }
-echo "== cargo test (every binary, --no-fail-fast)" >&2
-# The loop must run in this shell to fill ROWS and FAILED.
-shopt -s lastpipe
-TESTS_RC=0
-cargo test --workspace --locked --no-fail-fast 2>&1 | run_tests || TESTS_RC=$?
-# A failure cargo reports without a failed binary (it could not start one, say).
-if [ "$TESTS_RC" -ne 0 ] && [ "${#FAILED[@]}" -eq 0 ]; then
-    FAILED+=("cargo test (exit $TESTS_RC)")
-fi
+
+finish() {
+    local pid=$1 rc=$2 status=ok secs
+    local key=${PID_KEY[$pid]}
+    unset "PID_KEY[$pid]"
+    [ "$rc" -eq 0 ] || status=FAILED
+    secs=$(elapsed "${START_OF[$key]}" "$EPOCHREALTIME")
+    echo "== end: ${NAME_OF[$key]} ($status, exit $rc, $secs s)"
+    cat "${LOG_OF[$key]}"
+    ROWS+=("$secs"$'\t'"$status"$'\t'"${NAME_OF[$key]}")
+    [ "$status" = ok ] || FAILED+=("${NAME_OF[$key]} (exit $rc)")
+}
+
+echo "== tests: ${#ORDER[@]} binaries, $JOBS at a time (every one runs to its end)" >&2
+TESTS_START=$EPOCHREALTIME
+next=0
+while [ "$next" -lt "${#ORDER[@]}" ] || [ "${#PID_KEY[@]}" -gt 0 ]; do
+    while [ "$next" -lt "${#ORDER[@]}" ] && [ "${#PID_KEY[@]}" -lt "$JOBS" ]; do
+        launch "${ORDER[$next]}"
+        next=$((next + 1))
+    done
+    rc=0
+    wait -n -p done_pid "${!PID_KEY[@]}" || rc=$?
+    finish "$done_pid" "$rc"
+done
+ROWS+=("$(elapsed "$TESTS_START" "$EPOCHREALTIME")"$'\t'"$JOBS jobs"$'\t'"all test binaries")
+rm -rf "$LOGS" "$TEST_LIST"
 if [ "${#FAILED[@]}" -gt 0 ]; then
     exit 1
 fi

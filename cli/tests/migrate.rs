@@ -576,8 +576,14 @@ fn migrate_dracut_lvm_vmx_flat_through_direct_qemu_validates() {
         console.contains("V2K-AGENT {"),
         "no report on the source's shape"
     );
-    // The source booted as on ESXi: its NIC is ens192 on VMXNET3, unconverted.
+    // The source booted as on ESXi: its NIC is ens192 on VMXNET3, unconverted; and the
+    // fixture's own marker service (the guest's, not v2k's) saw what its boot on ESXi
+    // shows: root on LVM and /boot and /data from their PVSCSI devices, the known file,
+    // ens192 with its address. This is the fixture's source-shape boot: tests/fixtures
+    // does not boot it a second time.
     assert!(console.contains("vmxnet3") && console.contains("ens192"));
+    let problems = f.marker_problems(&v2k_fixtures::Markers::from_serial(&console));
+    assert!(problems.is_empty(), "source-shape boot: {problems:#?}");
     let r = report(&out);
     let stage = r["stages"]
         .as_array()
