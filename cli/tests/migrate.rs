@@ -264,6 +264,13 @@ fn classic_with_many_disks(f: &v2k_fixtures::Fixture, dir: &Path) -> PathBuf {
         .args(["--rw", "--format=vmdk", "-a"])
         .arg(&root)
         .args(["-i", "mkdir-p", "/byid", ":", "mkdir-p", "/asm", ":"])
+        // What a guest that once ran VMware's own Tools carries: their apt repository and
+        // an out-of-tree driver for a kernel it no longer boots (checked in the
+        // conversion log below; the boot is unaffected).
+        .args(["write", "/etc/apt/sources.list.d/vmware-tools.list"])
+        .arg("deb https://packages.vmware.com/tools/releases/latest/ubuntu jammy main\n")
+        .args([":", "mkdir-p", "/lib/modules/0.0.0-v2k-test/misc", ":"])
+        .args(["touch", "/lib/modules/0.0.0-v2k-test/misc/vmxnet.ko", ":"])
         .args(["write-append", "/etc/fstab"])
         .arg(format!(
             "/dev/disk/by-id/{} /byid ext4 defaults,nofail 0 2\n\
@@ -358,6 +365,7 @@ fn migrate_vmx_sparse_through_libvirt_validates_and_reports() {
     );
     let log = std::fs::read_to_string(out.join("conversion-log.json")).unwrap();
     assert!(log.contains(&byid_name()), "no by-id rewrite logged: {log}");
+    assert_classic_injection(&f, &log);
     // ... and through the udev rule naming its WWID, rewritten to the target's serial.
     assert!(
         mounts
@@ -385,6 +393,48 @@ fn migrate_vmx_sparse_through_libvirt_validates_and_reports() {
             .any(|d| d.starts_with("v2k-validate-") && d.trim_end().ends_with(&suffix)),
         "this run's domain (pid {pid}) outlived it: {list}"
     );
+}
+
+/// What the injector did to debian-classic, from the run's conversion log (the
+/// injector's own end-to-end test covers debian-dracut-lvm; this boot's injection is
+/// debian-classic's): every kind of change, VMware Tools' repository and driver
+/// disabled, the kernel able to boot on virtio-blk, ens192 pinned to the fixture's MAC.
+fn assert_classic_injection(f: &v2k_fixtures::Fixture, log: &str) {
+    let log: v2k_drivers_injector::ConversionLog = serde_json::from_str(log).unwrap();
+    assert_eq!(log.status, v2k_drivers_injector::Status::Converted);
+    let steps: Vec<&str> = log.changes.iter().map(|c| c.step.as_str()).collect();
+    for want in ["initramfs", "nic-pin", "vmware-tools", "agent", "marker"] {
+        assert!(steps.contains(&want), "no {want} change in {steps:?}");
+    }
+    let repo = log
+        .changes
+        .iter()
+        .find(|c| c.file == "/etc/apt/sources.list.d/vmware-tools.list")
+        .unwrap_or_else(|| panic!("VMware repository not disabled: {:#?}", log.changes));
+    assert_eq!(repo.step, "vmware-repo");
+    assert!(repo.after.contains("Disabled by v2k"), "{repo:?}");
+    let drv = log
+        .changes
+        .iter()
+        .find(|c| c.step == "vmware-drivers")
+        .unwrap_or_else(|| panic!("VMware driver not blacklisted: {:#?}", log.changes));
+    assert!(drv.after.contains("blacklist vmxnet"), "{drv:?}");
+    assert!(
+        !log.inspection.kernels.is_empty()
+            && log
+                .inspection
+                .kernels
+                .iter()
+                .all(|k| k.virtio_capable(false)),
+        "{:#?}",
+        log.inspection.kernels
+    );
+    let pins: Vec<(&str, &str)> = log
+        .nic_names
+        .iter()
+        .map(|p| (p.name.as_str(), p.mac.as_str()))
+        .collect();
+    assert_eq!(pins, [("ens192", f.mac.as_str())]);
 }
 
 /// The OVA form without a boot or the injector (both are the VMX form's, above, on the
