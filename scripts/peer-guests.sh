@@ -10,7 +10,8 @@
 #
 #   scripts/peer-guests.sh [--variant NAME]... [--workdir DIR] [--timeout SECS]
 #
-# Default variants: rhel-shaped-efi debian-dracut-lvm. Environment: V2K = the v2k
+# Default variants: rhel-shaped-efi debian-dracut-lvm ubuntu-shaped-sb (booted on OVMF with
+# Secure Boot enforced; only its first NIC, the static one, is given: boot.sh has one). Environment: V2K = the v2k
 # binary (default target/release/v2k, built if absent). Prints a table on stdout and
 # keeps each boot's serial log under the work directory.
 set -euo pipefail
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
         *) echo "peer-guests: unknown argument $1" >&2; exit 2 ;;
     esac
 done
-[ "${#VARIANTS[@]}" -gt 0 ] || VARIANTS=(rhel-shaped-efi debian-dracut-lvm)
+[ "${#VARIANTS[@]}" -gt 0 ] || VARIANTS=(rhel-shaped-efi debian-dracut-lvm ubuntu-shaped-sb)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 for c in virt-v2v qemu-img jq; do
@@ -62,6 +63,8 @@ for v in "${VARIANTS[@]}"; do
     FIX=$(bash "$HERE/tests/fixtures/build.sh" "$v")
     VMX=$FIX/vmx-sparse/$v.vmx
     FW=$(jq -r .guest.firmware "$FIX/manifest.json")
+    # A Secure Boot guest boots on the enforcing firmware (as v2k's target picks it).
+    [ "$(jq -r '.guest["secure-boot"] // false' "$FIX/manifest.json")" = true ] && FW=efi-sb
     WANT=$(jq -r .guest.ipv4.address "$FIX/manifest.json")
     MAC=$(jq -r .mac "$FIX/manifest.json")
     echo "== $v ($FW, expects $WANT on ens192)" >&2

@@ -29,7 +29,9 @@ SRC
 fi
 
 # Packages from bookworm-backports (must match the preinstalled qemu-utils 10).
-BPO_PKGS=(qemu-system-x86 qemu-utils qemu-block-extra)
+# python3-virt-firmware (virt-fw-vars): the ubuntu-shaped-sb fixture enrolls Secure Boot
+# keys in its variable store; bookworm itself has no such tool.
+BPO_PKGS=(qemu-system-x86 qemu-utils qemu-block-extra python3-virt-firmware)
 # Everything else, from bookworm.
 PKGS=(
     build-essential pkg-config ca-certificates time python3 jq xz-utils bc

@@ -363,6 +363,27 @@ mod tests {
         );
     }
 
+    /// The file subiquity writes (Ubuntu's server installer): block sequences at the
+    /// key's indentation, `search: []`, `renderer` and `version` after `ethernets`; the
+    /// ubuntu-shaped-sb fixture carries it.
+    #[test]
+    fn netplan_as_subiquity_writes_it() {
+        let text = "# This is the network config written by 'subiquity'\nnetwork:\n  ethernets:\n\
+                    \x20   ens192:\n      addresses:\n      - 10.0.2.50/24\n      nameservers:\n\
+                    \x20       addresses:\n        - 10.0.2.3\n        search: []\n      routes:\n\
+                    \x20     - to: default\n        via: 10.0.2.2\n    ens224:\n      dhcp4: true\n\
+                    \x20 renderer: networkd\n  version: 2\n";
+        assert_eq!(
+            netplan(text, "ens192"),
+            expected("10.0.2.50/24", Some("10.0.2.2"), &["10.0.2.3"])
+        );
+        assert_eq!(netplan(text, "ens224"), None);
+        assert_eq!(
+            crate::edit::netplan_ethernets(text),
+            vec!["ens192", "ens224"]
+        );
+    }
+
     #[test]
     fn netplan_static_and_dhcp_nics() {
         let text = "network:\n  version: 2\n  ethernets:\n    ens192:\n      addresses:\n\
