@@ -52,8 +52,10 @@ const QCOW2_HEADER_LEN: usize = 80;
 /// QCOW2 v3 incompatible feature bit 2: an external data file.
 const QCOW2_INCOMPAT_DATA_FILE: u64 = 1 << 2;
 
-/// Checks a disk is a standalone QCOW2 file and not one of the VM's source files.
-pub(crate) fn check_disk(path: &Path, vm: &Vm) -> Result<()> {
+/// Checks a disk is a standalone QCOW2 file and not one of the VM's source files;
+/// `backing`, when given, is the one backing file name the disk may have (a live
+/// import's overlay over v2k's own NBD export, [`inject_live`]).
+pub(crate) fn check_disk(path: &Path, vm: &Vm, backing: Option<&str>) -> Result<()> {
     let bad = |message: String| Error::Disk {
         path: path.to_path_buf(),
         message,
@@ -91,9 +93,20 @@ pub(crate) fn check_disk(path: &Path, vm: &Vm) -> Result<()> {
         ));
     }
     if be64(8) != 0 {
-        return Err(bad(
-            "QCOW2 with a backing file: refused (it could name any host file)".into(),
-        ));
+        let named = backing.is_some_and(|want| {
+            // The name is at offset 8's value, be32(16) bytes long (at most 1023).
+            let (at, len) = (be64(8), be32(16) as usize);
+            let mut name = vec![0u8; len.min(1023)];
+            len == want.len()
+                && std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(at)).is_ok()
+                && std::io::Read::read_exact(&mut f, &mut name).is_ok()
+                && name == want.as_bytes()
+        });
+        if !named {
+            return Err(bad(
+                "QCOW2 with a backing file: refused (it could name any host file)".into(),
+            ));
+        }
     }
     if be32(4) >= 3 && n >= QCOW2_HEADER_LEN && be64(72) & QCOW2_INCOMPAT_DATA_FILE != 0 {
         return Err(bad("QCOW2 with an external data file: refused".into()));
@@ -126,8 +139,39 @@ pub fn inject_with(
         return Err(Error::Input("no disk given".into()));
     }
     for d in &opts.disks {
-        check_disk(d, &opts.vm)?;
+        check_disk(d, &opts.vm, None)?;
     }
+    inject_checked(opts, win, progress)
+}
+
+/// [`inject_with`] on a live import's overlays: disk `i` may have exactly the backing
+/// file `backings[i]` (the `nbd+unix://` URI of v2k's own server, which the appliance
+/// reads through) and no other.
+pub fn inject_live(
+    opts: &InjectOptions,
+    win: &windows::Options,
+    backings: &[String],
+    progress: &mut dyn FnMut(&str),
+) -> Result<Injected> {
+    if opts.disks.is_empty() || backings.len() != opts.disks.len() {
+        return Err(Error::Input(format!(
+            "{} disk(s) and {} backing(s)",
+            opts.disks.len(),
+            backings.len()
+        )));
+    }
+    for (d, b) in opts.disks.iter().zip(backings) {
+        check_disk(d, &opts.vm, Some(b))?;
+    }
+    inject_checked(opts, win, progress)
+}
+
+/// The injection itself, on disks already checked.
+fn inject_checked(
+    opts: &InjectOptions,
+    win: &windows::Options,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Injected> {
     // Without drivers a Windows guest cannot be converted: say so before launching.
     if opts.vm.guest_os.family == v2k_inventory::model::OsFamily::Windows
         && win.virtio_win.is_none()

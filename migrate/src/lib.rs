@@ -22,6 +22,7 @@
 pub mod baseline_boot;
 pub mod cutover;
 pub mod deliver;
+pub mod live;
 pub mod performance;
 pub mod report;
 pub mod rollback;
@@ -93,6 +94,10 @@ pub struct Options {
     /// `baseline.json` in the run directory (a rerun reuses it). The thresholds and
     /// fail-on-regression are `performance`'s when given.
     pub baseline_boot: bool,
+    /// Import live (`--live`, a vSphere source): the VM starts on KVM over v2k's NBD
+    /// server right after the source is off, and its disks stream in behind it
+    /// ([`live`]).
+    pub live: Option<live::LiveOptions>,
 }
 
 /// What `migrate` reports as it goes.
@@ -135,6 +140,8 @@ pub enum Error {
     Deliver(#[source] deliver::DeliverError),
     #[error(transparent)]
     RunDir(#[from] rundir::RunDirError),
+    #[error("live import")]
+    Live(#[source] live::LiveError),
 }
 
 impl Error {
@@ -202,6 +209,11 @@ pub trait RemoteSource: Sync {
     /// The source's power, when v2k can change it (a vSphere VM): for cutover and
     /// rollback.
     fn power(&self) -> Option<&dyn cutover::SourcePower> {
+        None
+    }
+    /// How v2k's own NBD server reaches the disks of `vm` for a live import (a
+    /// vSphere VM's datastore), or `None` when this source cannot be served live.
+    fn live_access(&self, _vm: &Vm) -> Option<std::result::Result<live::LiveAccess, BoxError>> {
         None
     }
 }
@@ -360,11 +372,13 @@ pub fn migrate_with(
     };
 
     // 0. cutover: a running source is shut down before its disks are read
+    let mut source_off = None;
     if let Some(c) = &opts.cutover {
         let t = tl.begin("cutover");
         match remote.and_then(|r| r.power()) {
             Some(p) => {
                 let detail = cutover::cut_over(p, c, progress).map_err(Error::Cutover)?;
+                source_off = Some(Instant::now());
                 tl.end(t, Done, Some(detail));
             }
             None => tl.end(
@@ -387,6 +401,50 @@ pub fn migrate_with(
     run.save_vm(&vm)?;
     let detail = format!("{} disk(s), {} NIC(s)", vm.disks.len(), vm.nics.len());
     tl.end(t, Done, Some(detail));
+
+    // Live: the disks are served, not copied (live.rs takes it from here).
+    if let Some(l) = &opts.live {
+        let r = remote.ok_or_else(|| {
+            Error::Live(live::LiveError::Usage(
+                "--live needs a vSphere source".into(),
+            ))
+        })?;
+        // Never served while the source runs: its disks would change under the target.
+        let off = match (source_off, r.power()) {
+            (Some(t), _) => t,
+            (None, Some(p)) => match p.is_powered_on() {
+                Ok(false) => Instant::now(),
+                Ok(true) => {
+                    return Err(Error::Live(live::LiveError::Usage(format!(
+                        "{} is powered on: a live import starts only once it is off \
+                         (--cutover)",
+                        r.describe()
+                    ))))
+                }
+                Err(source) => {
+                    return Err(Error::Live(live::LiveError::Step {
+                        step: format!("reading the power state of {}", r.describe()),
+                        source,
+                    }))
+                }
+            },
+            (None, None) => {
+                return Err(Error::Live(live::LiveError::Usage(
+                    "--live needs a source whose power v2k can read".into(),
+                )))
+            }
+        };
+        let cx = live::Context {
+            run: &run,
+            opts,
+            live: l,
+            remote: r,
+            boot,
+            progress,
+            source_off: off,
+        };
+        return live::run(&cx, &mut tl, vm);
+    }
 
     // 1b. the baseline boot: the source in its own shape, before anything converts it
     let perf_settings = if opts.baseline_boot && remote.is_none() {

@@ -73,6 +73,9 @@ pub struct Report {
     /// The steps of `v2k rollback`, once it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<crate::rollback::Record>,
+    /// A live import's stream and its check against the served bytes (`--live`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::live::LiveReport>,
 }
 
 /// A download that broke and resumed.
@@ -365,6 +368,63 @@ pub fn read_summary(path: &Path) -> Result<Summary, ReadError> {
 }
 
 /// HTML-escapes untrusted text; control characters are dropped.
+/// The live section: the verdict, the counts per disk, the stream and the downtime.
+fn live_html(h: &mut String, l: &crate::live::LiveReport) {
+    use crate::live::LiveVerdict;
+    let (class, verdict) = match l.verdict {
+        LiveVerdict::Verified => ("pass", "verified"),
+        LiveVerdict::Mismatch => ("fail", "MISMATCH"),
+        LiveVerdict::CannotTell => ("warning", "cannot tell"),
+    };
+    let downtime = l
+        .downtime_seconds
+        .map(|d| format!("{d:.1} s"))
+        .unwrap_or_else(|| "not measured (no agent report)".into());
+    let _ = write!(
+        h,
+        "<h2>Live import</h2><p><span class=\"badge {class}\">{verdict}</span> \
+         Domain <code>{}</code> on <code>{}</code>. Downtime (source off → agent report on \
+         the target): <b>{downtime}</b>. Streamed in {:.1} s ({:.1} MiB/s{}).</p>\
+         <table><tr><th>Disk</th><th>Verdict</th><th>Served</th><th>Changed by v2k</th>\
+         <th>Written by the guest</th><th>Verified</th><th>Mismatched</th><th>Bytes served</th>\
+         <th>Retries</th></tr>",
+        esc(&l.domain),
+        esc(&l.uri),
+        l.stream_seconds,
+        l.stream_mib_per_second,
+        l.bandwidth_mib
+            .map(|b| format!(", limit {b} MiB/s"))
+            .unwrap_or_default(),
+    );
+    for d in &l.disks {
+        let v = match d.verdict {
+            LiveVerdict::Verified => "verified".to_string(),
+            LiveVerdict::Mismatch => format!("mismatch at clusters {:?}", d.mismatched),
+            LiveVerdict::CannotTell => format!(
+                "cannot tell: {}",
+                d.reason
+                    .as_deref()
+                    .unwrap_or("the guest's writes are unknown")
+            ),
+        };
+        let _ = write!(
+            h,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&d.disk),
+            esc(&v),
+            d.served,
+            d.changed_by_v2k,
+            d.written_by_guest,
+            d.verified,
+            d.mismatched.len(),
+            human_bytes(d.bytes_served),
+            d.retries,
+        );
+    }
+    h.push_str("</table><p>Counts are 64 KiB clusters; every served cluster neither v2k nor the guest wrote was compared with the hash taken as it was served.</p>");
+}
+
 pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
@@ -662,6 +722,9 @@ pub(crate) fn render_html(r: &Report) -> String {
         }
         h.push_str("</table>");
     }
+    if let Some(l) = &r.live {
+        live_html(&mut h, l);
+    }
     if let Some(rb) = &r.rollback {
         h.push_str("<h2>Rolled back</h2><table><tr><th>Step</th><th>Outcome</th></tr>");
         for s in &rb.steps {
@@ -833,6 +896,7 @@ mod tests {
             delivery: None,
             after_cutover: None,
             rollback: None,
+            live: None,
         }
     }
 
@@ -1033,5 +1097,52 @@ mod tests {
             e.contains("report schema 9") && e.contains("report.json"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_live_section_shows_the_verdict_counts_and_downtime_escaped() {
+        use crate::live::{LiveDisk, LiveReport, LiveVerdict};
+        let mut r = report();
+        let disk = LiveDisk {
+            disk: "scsi0:<0>".into(),
+            overlay: "/run/live/scsi0-0.qcow2".into(),
+            verdict: LiveVerdict::CannotTell,
+            reason: Some("no bitmap <here>".into()),
+            served: 10,
+            changed_by_v2k: 2,
+            written_by_guest: 3,
+            verified: 0,
+            mismatched: vec![],
+            bytes_served: 655360,
+            retries: 1,
+            logins: 1,
+        };
+        r.live = Some(LiveReport {
+            uri: "qemu:///system".into(),
+            domain: "web<01>".into(),
+            verdict: LiveVerdict::CannotTell,
+            served: 10,
+            changed_by_v2k: 2,
+            written_by_guest: 3,
+            verified: 0,
+            mismatched: 0,
+            stream_seconds: 12.34,
+            stream_mib_per_second: 80.0,
+            bandwidth_mib: Some(100),
+            source_off_at: 1,
+            downtime_seconds: Some(51.25),
+            disks: vec![disk],
+        });
+        let h = render_html(&r);
+        let live = &h[h.find("<h2>Live import</h2>").unwrap()..];
+        assert!(live.contains("cannot tell"), "{live}");
+        assert!(live.contains("<b>51.2 s</b>"), "{live}");
+        assert!(live.contains("limit 100 MiB/s"), "{live}");
+        assert!(live.contains("web&lt;01&gt;") && live.contains("no bitmap &lt;here&gt;"));
+        assert!(!live.contains("web<01>"));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["live"]["verdict"], "cannot-tell");
+        assert_eq!(json["live"]["downtime-seconds"], 51.25);
+        assert_eq!(json["live"]["disks"][0]["written-by-guest"], 3);
     }
 }

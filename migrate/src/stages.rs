@@ -41,6 +41,18 @@ pub trait BootStages: Sync {
         opts: &v2k_validator::Options,
     ) -> std::result::Result<Validation, v2k_validator::Error>;
 
+    /// [`BootStages::inject`] on a live import's overlays, each over exactly the NBD
+    /// export named in `backings`.
+    fn inject_live(
+        &self,
+        opts: &InjectOptions,
+        windows: &injector::windows::Options,
+        backings: &[String],
+        progress: &mut dyn FnMut(&str),
+    ) -> std::result::Result<Injected, injector::Error> {
+        injector::inject_live(opts, windows, backings, progress)
+    }
+
     /// Starts the delivered domain on its destination and checks it there.
     fn after_cutover(
         &self,
@@ -462,6 +474,20 @@ pub fn inject_guest(
     boot.inject(&iopts, &wopts, progress)
 }
 
+/// [`inject_guest`] on a live import's overlays, each over exactly the NBD export
+/// named in `backings`.
+pub fn inject_guest_live(
+    boot: &dyn BootStages,
+    vm: &Vm,
+    disks: &[PathBuf],
+    backings: &[String],
+    settings: &InjectSettings,
+    progress: &mut dyn FnMut(&str),
+) -> std::result::Result<Injected, injector::Error> {
+    let (iopts, wopts) = inject_options(vm, disks, settings);
+    boot.inject_live(&iopts, &wopts, backings, progress)
+}
+
 /// [`inject_guest`] on the run's disks; saves the conversion log (and a Windows
 /// guest's report) and records the disks' hashes as the `injected` stage.
 pub fn inject(
@@ -753,6 +779,7 @@ pub fn report(
         delivery: None,
         after_cutover: None,
         rollback: None,
+        live: None,
     }
 }
 

@@ -43,6 +43,9 @@ pub fn vms_at(client: &Client, address: &Address) -> Result<Vec<Vm>, Error> {
 pub struct VsphereSource {
     client: Client,
     address: Address,
+    /// Kept for live import, whose NBD server opens its own sessions (the password is
+    /// read again from where these settings say, never stored here).
+    settings: ConnectSettings,
 }
 
 impl VsphereSource {
@@ -61,6 +64,7 @@ impl VsphereSource {
         Ok(VsphereSource {
             client: settings.connect(&address)?,
             address,
+            settings: settings.clone(),
         })
     }
 
@@ -83,6 +87,27 @@ impl RemoteSource for VsphereSource {
 
     fn power(&self) -> Option<&dyn crate::cutover::SourcePower> {
         Some(self)
+    }
+
+    fn live_access(&self, vm: &Vm) -> Option<Result<crate::live::LiveAccess, BoxError>> {
+        let access = || -> Result<crate::live::LiveAccess, BoxError> {
+            let jobs = v2k_vsphere::convert::disk_jobs(vm, |_| PathBuf::new())?;
+            Ok(crate::live::LiveAccess {
+                options: v2k_vsphere::Options {
+                    host: self.address.host.clone(),
+                    port: self.address.port,
+                    tls: self.settings.tls_mode()?,
+                },
+                credentials: v2k_vsphere::Credentials {
+                    user: self.address.user.clone(),
+                    password: v2k_vsphere::address::password(
+                        self.settings.password_file.as_deref(),
+                    )?,
+                },
+                disks: jobs.into_iter().map(|j| j.source).collect(),
+            })
+        };
+        Some(access())
     }
 
     fn load(&self) -> Result<Vm, BoxError> {

@@ -77,6 +77,7 @@ fn options(source: &Path, out: &Path) -> Options {
         host_topology: v2k_migrate::HostSource::Local,
         performance: None,
         baseline_boot: false,
+        live: None,
     }
 }
 

@@ -525,6 +525,7 @@ impl VmPlan {
             // a local source for it itself (`baseline-boot: true`).
             performance: None,
             baseline_boot: false,
+            live: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::{console, exit};
 
 /// Migrate one VM (VMX, OVF or OVA): inspect, convert, inject, validate, report
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("cut").args(["cutover", "live"]).multiple(true)))]
 #[command(
     long_about = "Migrate one VM (VMX, OVF or OVA): inspect, convert, inject, validate, report.\n\n\
     Writes into --out: vm.json, disks/*.qcow2 (+ manifests), conversion-log.json, domain.xml, \
@@ -29,6 +30,10 @@ use crate::{console, exit};
     --no-check-after-cutover. \
     With --cutover a running vSphere source is shut down through VMware Tools first (waited \
     for up to --shutdown-timeout; powered off only with --force-power-off). \
+    With --live (a vSphere source; implies --cutover) the VM starts in --connect's libvirt \
+    on overlays in --out/live over v2k's own NBD server right after the source is off, its \
+    first boot judged while its disks stream in (--live-bandwidth MIB), then every served \
+    cluster it did not write is checked; the report gives the downtime. \
     SOURCE may be a vSphere address, vsphere://USER@HOST[:PORT]/DATACENTER/vm/[FOLDER/]NAME: \
     the VM is read from the server and its disks streamed from the datastore into QCOW2 \
     (password from $V2K_VSPHERE_PASSWORD or --password-file; docs/vsphere.md). \
@@ -111,12 +116,20 @@ pub struct Args {
     /// vSphere source: shut the running VM down through VMware Tools before the copy
     #[arg(long)]
     cutover: bool,
-    /// Seconds the guest may take to shut down (--cutover)
-    #[arg(long, value_name = "S", default_value_t = 300, requires = "cutover")]
+    /// Seconds the guest may take to shut down (--cutover, --live)
+    #[arg(long, value_name = "S", default_value_t = 300, requires = "cut")]
     shutdown_timeout: u64,
-    /// Power the source off when it did not shut down in time (--cutover)
-    #[arg(long, requires = "cutover")]
+    /// Power the source off when it did not shut down in time (--cutover, --live)
+    #[arg(long, requires = "cut")]
     force_power_off: bool,
+    /// vSphere source: import live. After the cutover (implied) the VM starts in
+    /// --connect's libvirt on local overlays over v2k's NBD server, and its disks
+    /// stream in behind it (docs/live-import.md)
+    #[arg(long, conflicts_with_all = ["to", "define", "baseline_boot", "keep_changes"])]
+    live: bool,
+    /// With --live: pull each disk at most this many MiB/s
+    #[arg(long, value_name = "MIB", requires = "live", value_parser = clap::value_parser!(u64).range(1..))]
+    live_bandwidth: Option<u64>,
     /// The destination's topology (a `virsh capabilities` file, or a libvirt URI)
     /// that VMware's CPU/NUMA affinity and hugepage reservation are mapped onto
     /// (default: --to's host, else this one)
@@ -215,6 +228,14 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         ),
         None => None,
     };
+    if args.live
+        && !args
+            .source
+            .to_str()
+            .is_some_and(v2k_vsphere::Address::is_vsphere)
+    {
+        anyhow::bail!("--live is for vSphere sources (vsphere://…): docs/live-import.md");
+    }
     if args.baseline_boot
         && args
             .source
@@ -265,7 +286,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             }
         }),
         check_after_cutover: !args.no_check_after_cutover,
-        cutover: args.cutover.then_some(v2k_migrate::cutover::Cutover {
+        cutover: (args.cutover || args.live).then_some(v2k_migrate::cutover::Cutover {
             timeout: Duration::from_secs(args.shutdown_timeout),
             force_power_off: args.force_power_off,
         }),
@@ -278,6 +299,10 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         },
         performance,
         baseline_boot: args.baseline_boot,
+        live: args.live.then(|| v2k_migrate::live::LiveOptions {
+            uri: args.connect.clone(),
+            bandwidth_mib: args.live_bandwidth,
+        }),
     };
     let json_mode = args.json;
     let progress = move |e: Event| match e {
@@ -306,9 +331,9 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             done,
             total,
         } => {
-            if !json_mode && phase == "upload" {
+            if !json_mode && (phase == "upload" || phase == "stream") {
                 console::say!(
-                    "v2k:   upload {}: {}%",
+                    "v2k:   {phase} {}: {}%",
                     disk,
                     done.saturating_mul(100) / total.max(1)
                 );
@@ -362,6 +387,10 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             "performance": r.performance.as_ref().map(|p| json!({
                 "verdict": p.verdict, "regressions": p.regressions,
             })),
+            "live": r.live.as_ref().map(|l| json!({
+                "verdict": l.verdict, "downtime-seconds": l.downtime_seconds,
+                "stream-seconds": l.stream_seconds,
+            })),
         }))?;
     } else {
         use std::io::Write;
@@ -387,6 +416,17 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         }
         if let Some(p) = &r.performance {
             writeln!(o, "performance: {}", p.verdict)?;
+        }
+        if let Some(l) = &r.live {
+            let downtime = l
+                .downtime_seconds
+                .map(|d| format!("{d:.1} s"))
+                .unwrap_or_else(|| "not measured (no agent report)".into());
+            writeln!(
+                o,
+                "live: {:?}; streamed in {:.1} s; downtime {downtime}",
+                l.verdict, l.stream_seconds
+            )?;
         }
         writeln!(o, "report: {}", html.display())?;
     }
