@@ -16,6 +16,8 @@
 mod common;
 #[path = "support/libvirt.rs"]
 mod libvirt;
+#[path = "support/vcsim_fixture.rs"]
+mod vcsim_fixture;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -28,35 +30,10 @@ use std::time::Duration;
 use common::*;
 use libvirt::{virsh, virsh_ok};
 use v2k_fixtures::{build, Variant};
+use vcsim_fixture::vm_from_fixture;
 
 /// QCOW2's cluster and the guest bitmap's granularity.
 const CLUSTER: usize = 64 << 10;
-
-/// Copies the fixture's ESXi-style disks into the simulated datastore under `dir`
-/// and creates a VM `name` around them (as cli/tests/vsphere_migrate.rs does).
-fn vm_from_fixture(sim: &Vcsim, f: &v2k_fixtures::Fixture, dir: &str, name: &str) {
-    let ds = datastore_dir(sim);
-    std::fs::create_dir_all(ds.join(dir)).unwrap();
-    let mut disks = Vec::new();
-    for (i, desc) in f.vmx_flat.disks.iter().enumerate() {
-        // Copies (sparse), never links: the fixture cache must stay untouched.
-        for src in std::iter::once(desc).chain(f.vmx_flat.extents.iter()) {
-            let dst = ds.join(dir).join(src.file_name().unwrap());
-            if !dst.exists() {
-                let st = Command::new("cp")
-                    .args(["--sparse=always"])
-                    .arg(src)
-                    .arg(&dst)
-                    .status()
-                    .unwrap();
-                assert!(st.success());
-            }
-        }
-        let file = desc.file_name().unwrap().to_string_lossy().into_owned();
-        disks.push((format!("[LocalDS_0] {dir}/{file}"), f.disk_sizes[i]));
-    }
-    create_vm_with_disks(&sim.client(), name, &disks, &f.mac);
-}
 
 /// The test's domain, stopped and undefined on drop.
 struct Domain(String);

@@ -11,6 +11,8 @@
 mod common;
 #[path = "support/libvirt.rs"]
 mod libvirt;
+#[path = "support/vcsim_fixture.rs"]
+mod vcsim_fixture;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -18,33 +20,7 @@ use std::process::Command;
 use common::*;
 use libvirt::{virsh, virsh_ok};
 use v2k_fixtures::{build, Variant};
-
-/// Copies the fixture's ESXi-style disks into the simulated datastore under `dir`
-/// and creates a VM `name` around them.
-fn vm_from_fixture(sim: &Vcsim, f: &v2k_fixtures::Fixture, dir: &str, name: &str) {
-    let ds = datastore_dir(sim);
-    std::fs::create_dir_all(ds.join(dir)).unwrap();
-    let mut disks = Vec::new();
-    for (i, desc) in f.vmx_flat.disks.iter().enumerate() {
-        // Copies (sparse), never links: the fixture cache must stay untouched.
-        for src in std::iter::once(desc).chain(f.vmx_flat.extents.iter()) {
-            let dst = ds.join(dir).join(src.file_name().unwrap());
-            if !dst.exists() {
-                let st = Command::new("cp")
-                    .args(["--sparse=always"])
-                    .arg(src)
-                    .arg(&dst)
-                    .status()
-                    .unwrap();
-                assert!(st.success());
-            }
-        }
-        let file = desc.file_name().unwrap().to_string_lossy().into_owned();
-        disks.push((format!("[LocalDS_0] {dir}/{file}"), f.disk_sizes[i]));
-    }
-    let c = sim.client();
-    create_vm_with_disks(&c, name, &disks, &f.mac);
-}
+use vcsim_fixture::vm_from_fixture;
 
 /// The entry named `name` in a check or wave report's `vms`.
 fn vm<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
