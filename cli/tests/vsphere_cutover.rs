@@ -14,33 +14,11 @@ mod common;
 mod libvirt;
 
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use common::*;
 use libvirt::{virsh, URI};
-use v2k_vsphere::client::PropertySpec;
-use v2k_vsphere::MoRef;
 
 const V2K: &str = env!("CARGO_BIN_EXE_v2k");
-
-fn vm_ref(c: &v2k_vsphere::Client, name: &str) -> MoRef {
-    c.find_by_inventory_path(&format!("DC0/vm/{name}"))
-        .unwrap()
-        .unwrap_or_else(|| panic!("no VM {name}"))
-}
-
-fn power_state(c: &v2k_vsphere::Client, name: &str) -> String {
-    let o = c
-        .block_on(c.session().retrieve_one(
-            &vm_ref(c, name),
-            &PropertySpec {
-                kind: "VirtualMachine".into(),
-                paths: vec!["runtime.powerState".into()],
-            },
-        ))
-        .unwrap();
-    o.text("runtime.powerState").unwrap().trim().to_string()
-}
 
 /// The pool and the domain of this test, removed on drop.
 struct Cleanup {
@@ -91,10 +69,7 @@ fn cutover_shuts_the_source_down_and_rollback_powers_it_on_once() {
         &[("[LocalDS_0] cut/cut.vmdk".into(), SIZE as u64)],
         "00:50:56:01:02:0a",
     );
-    let r = c.call("PowerOnVM_Task", &vm_ref(&c, &name), "").unwrap();
-    let task = MoRef::from_element(r.child("returnval").unwrap()).unwrap();
-    c.wait_for_task(&task, Duration::from_secs(30)).unwrap();
-    assert_eq!(power_state(&c, &name), "poweredOn");
+    power_on(&c, &name);
 
     let t = tempfile::tempdir().unwrap();
     let pool_dir = t.path().join("pool");

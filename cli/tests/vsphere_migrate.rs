@@ -135,27 +135,8 @@ fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_
     let name = format!("v2k-t{}-classic", std::process::id());
     vm_from_fixture(&sim, &f, "deb", &name);
     let c = sim.client();
-    let vm_ref = c
-        .find_by_inventory_path(&format!("DC0/vm/{name}"))
-        .unwrap()
-        .unwrap();
-    let r = c.call("PowerOnVM_Task", &vm_ref, "").unwrap();
-    let task = v2k_vsphere::MoRef::from_element(r.child("returnval").unwrap()).unwrap();
-    c.wait_for_task(&task, std::time::Duration::from_secs(30))
-        .unwrap();
-    let power = || {
-        let o = c
-            .block_on(c.session().retrieve_one(
-                &vm_ref,
-                &v2k_vsphere::client::PropertySpec {
-                    kind: "VirtualMachine".into(),
-                    paths: vec!["runtime.powerState".into()],
-                },
-            ))
-            .unwrap();
-        o.text("runtime.powerState").unwrap().trim().to_string()
-    };
-    assert_eq!(power(), "poweredOn");
+    power_on(&c, &name);
+    let power = || power_state(&c, &name);
 
     let t = tempfile::tempdir().unwrap();
     let dest = Destination {

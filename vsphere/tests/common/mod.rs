@@ -474,3 +474,32 @@ pub fn create_vm_on_host(c: &Client, name: &str, disks: &[(String, u64)], mac: &
     let task = MoRef::from_element(r.child("returnval").unwrap()).unwrap();
     c.wait_for_task(&task, Duration::from_secs(30)).unwrap();
 }
+
+/// The VM `name` of DC0 (a failure when it does not exist).
+pub fn vm_ref(c: &Client, name: &str) -> v2k_vsphere::MoRef {
+    c.find_by_inventory_path(&format!("DC0/vm/{name}"))
+        .unwrap()
+        .unwrap_or_else(|| panic!("no VM {name}"))
+}
+
+/// The VM's `runtime.powerState`: `poweredOn`, `poweredOff` or `suspended`.
+pub fn power_state(c: &Client, name: &str) -> String {
+    let o = c
+        .block_on(c.session().retrieve_one(
+            &vm_ref(c, name),
+            &v2k_vsphere::client::PropertySpec {
+                kind: "VirtualMachine".into(),
+                paths: vec!["runtime.powerState".into()],
+            },
+        ))
+        .unwrap();
+    o.text("runtime.powerState").unwrap().trim().to_string()
+}
+
+/// Powers the VM on (PowerOnVM_Task, waited for) and checks that it runs.
+pub fn power_on(c: &Client, name: &str) {
+    let r = c.call("PowerOnVM_Task", &vm_ref(c, name), "").unwrap();
+    let task = v2k_vsphere::MoRef::from_element(r.child("returnval").unwrap()).unwrap();
+    c.wait_for_task(&task, Duration::from_secs(30)).unwrap();
+    assert_eq!(power_state(c, name), "poweredOn");
+}
