@@ -398,10 +398,10 @@ mod tests {
             keep_agent: false,
             accel: Accel::Tcg,
         };
-        let e = inject_live(&opts, &windows::Options::default(), &[], &mut |_| {})
-            .err()
-            .expect("refused")
-            .to_string();
+        let e = match inject_live(&opts, &windows::Options::default(), &[], &mut |_| {}) {
+            Ok(_) => panic!("a disk without its backing was injected"),
+            Err(e) => e.to_string(),
+        };
         assert!(e.contains("1 disk(s) and 0 backing(s)"), "{e}");
     }
 }
