@@ -36,6 +36,9 @@ use crate::rundir::{disk_file_stem, RunDir};
 use crate::stages;
 use crate::{BootStages, BoxError, Error, Event, Options, Outcome, RemoteSource, Timeline};
 
+mod outage;
+pub use outage::{DEFAULT_OUTAGE_LIMIT, MAX_UNEXPLAINED};
+
 /// The export name every disk's server uses (one export per socket).
 const EXPORT: &str = "disk";
 /// The run directory's file saying where a live import stands.
@@ -63,6 +66,12 @@ pub struct LiveOptions {
     pub uri: String,
     /// At most this many MiB/s per disk's pull (`--live-bandwidth`).
     pub bandwidth_mib: Option<u64>,
+    /// How long v2k's server holds one read through a source outage before QEMU's
+    /// request fails (`--live-hold`; [`RetryPolicy::hold`], 10 min by default).
+    pub hold: Duration,
+    /// How long the stream waits for a source that went away before it gives up
+    /// (`--live-outage-limit`; [`DEFAULT_OUTAGE_LIMIT`]).
+    pub outage_limit: Duration,
 }
 
 /// Why the live stage stopped. `live.json` in the run directory says where it stood.
@@ -126,6 +135,9 @@ pub struct LiveDisk {
     /// Datastore reads repeated after a transient failure, and logins (1 + renewals).
     pub retries: u64,
     pub logins: u64,
+    /// This disk's pull started again after it failed (an outage past the hold).
+    #[serde(default)]
+    pub pull_restarts: u64,
 }
 
 /// The report's `live` section.
@@ -153,6 +165,17 @@ pub struct LiveReport {
     /// the agent did not report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_seconds: Option<f64>,
+    /// Times the stream found the source away (a pull failed or the domain paused on
+    /// an I/O error, and the source did not answer), and the seconds it waited for it.
+    #[serde(default)]
+    pub outages: u64,
+    #[serde(default)]
+    pub outage_seconds: f64,
+    /// Pulls started again (all disks) and resumes of a domain paused by an I/O error.
+    #[serde(default)]
+    pub pull_restarts: u64,
+    #[serde(default)]
+    pub resumes: u64,
     pub disks: Vec<LiveDisk>,
 }
 
@@ -160,7 +183,8 @@ pub struct LiveReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub struct LiveRecord {
-    /// `serving`, `injected`, `defined`, `streaming`, `checking`, `done` or `failed`.
+    /// `serving`, `injected`, `defined`, `streaming`, `outage` (waiting for the source),
+    /// `checking`, `done` or `failed`.
     pub state: String,
     pub source_off_at: u64,
     pub uri: String,
@@ -399,7 +423,10 @@ fn pipeline(
                         &access.options,
                         access.credentials.clone(),
                         d,
-                        RetryPolicy::default(),
+                        RetryPolicy {
+                            hold: live.hold,
+                            ..RetryPolicy::default()
+                        },
                     )
                     .await?,
                 );
@@ -552,7 +579,7 @@ fn pipeline(
         if watcher.is_none() {
             virsh(uri, &["start", &name]).map_err(step(format!("starting {name}")))?;
         }
-        let streamed = (|| -> crate::Result<f64> {
+        let streamed = (|| -> crate::Result<(f64, outage::Faults)> {
             // The watcher starts the domain (paused, then resumed once its console is
             // attached); block jobs need it active.
             let wait = Instant::now();
@@ -563,31 +590,19 @@ fn pipeline(
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            let pull_start = Instant::now();
-            for d in &devs {
-                stream::start_pull(uri, &name, d, live.bandwidth_mib)
-                    .map_err(step(format!("starting the pull of {name} {d}")))?;
-            }
-            for (i, d) in devs.iter().enumerate() {
-                let mut shown = None;
-                stream::wait_pull(uri, &name, d, PULL_POLL, |p| {
-                    let tenth = p.cur.saturating_mul(10) / p.end.max(1);
-                    if shown != Some(tenth) {
-                        shown = Some(tenth);
-                        progress(Event::Disk {
-                            disk: i,
-                            phase: "stream",
-                            done: p.cur,
-                            total: p.end,
-                        });
-                    }
-                })
-                .map_err(step(format!("streaming {name} {d}")))?;
-                progress(Event::Message(format!(
-                    "{d}: streamed; it no longer reads from the source"
-                )));
-            }
-            Ok(pull_start.elapsed().as_secs_f64())
+            outage::stream_all(
+                uri,
+                &name,
+                &devs,
+                live.bandwidth_mib,
+                live.outage_limit,
+                &outage::Served {
+                    rt: &serving.rt,
+                    sources: &serving.sources,
+                },
+                stand,
+                progress,
+            )
         })();
         let validation = watcher.map(|w| {
             w.join().unwrap_or_else(|_| {
@@ -598,7 +613,7 @@ fn pipeline(
         });
         Ok::<_, Error>((validation, streamed))
     })?;
-    let stream_seconds = streamed?;
+    let (stream_seconds, faults) = streamed?;
     stand.rec.depends_on_source = false;
     stand.set("checking")?;
     let sizes: Vec<u64> = serving
@@ -651,7 +666,14 @@ fn pipeline(
     // check: the domain stopped (so that QEMU stores the guest's bitmap), every overlay
     // checked against what was served, then the standalone domain started again
     let t = tl.begin("live-check");
-    stop_domain(uri, &name, progress).map_err(step(format!("stopping {name} for the check")))?;
+    // The guest's shutdown is given what --shutdown-timeout gave the source's, up to
+    // SHUTDOWN_WAIT (a guest with no OS, as in the fault tests, never answers ACPI).
+    let wait = opts
+        .cutover
+        .as_ref()
+        .map_or(SHUTDOWN_WAIT, |c| c.timeout.min(SHUTDOWN_WAIT));
+    stop_domain(uri, &name, wait, progress)
+        .map_err(step(format!("stopping {name} for the check")))?;
     let mut disks = Vec::new();
     for (i, o) in overlays.iter().enumerate() {
         let record = serving.servers[i].record();
@@ -673,6 +695,7 @@ fn pipeline(
             bytes_served: stats.bytes_served,
             retries: stats.source.retries,
             logins: stats.source.logins,
+            pull_restarts: faults.pull_restarts[i],
         };
         match v {
             Verdict::Verified(c) | Verdict::Mismatch(c) => {
@@ -721,6 +744,10 @@ fn pipeline(
         bandwidth_mib: live.bandwidth_mib,
         source_off_at: stand.rec.source_off_at,
         downtime_seconds: downtime,
+        outages: faults.outages,
+        outage_seconds: faults.outage_seconds,
+        pull_restarts: faults.pull_restarts.iter().sum(),
+        resumes: faults.resumes,
         disks,
     };
     let detail = format!(
@@ -768,9 +795,14 @@ fn pipeline(
     })
 }
 
-/// Shuts `name` down (ACPI), or stops it hard when it does not within
-/// [`SHUTDOWN_WAIT`] (`virsh destroy` sends SIGTERM: QEMU still stores the bitmap).
-fn stop_domain(uri: &str, name: &str, progress: &dyn Fn(Event)) -> Result<(), BoxError> {
+/// Shuts `name` down (ACPI), or stops it hard when it does not within `wait`
+/// (`virsh destroy` sends SIGTERM: QEMU still stores the bitmap).
+fn stop_domain(
+    uri: &str,
+    name: &str,
+    wait: Duration,
+    progress: &dyn Fn(Event),
+) -> Result<(), BoxError> {
     if domstate(uri, name) == "shut off" {
         return Ok(());
     }
@@ -779,7 +811,7 @@ fn stop_domain(uri: &str, name: &str, progress: &dyn Fn(Event)) -> Result<(), Bo
     )));
     let _ = virsh(uri, &["shutdown", name]);
     let t = Instant::now();
-    while t.elapsed() < SHUTDOWN_WAIT {
+    while t.elapsed() < wait {
         if domstate(uri, name) == "shut off" {
             return Ok(());
         }
@@ -787,7 +819,7 @@ fn stop_domain(uri: &str, name: &str, progress: &dyn Fn(Event)) -> Result<(), Bo
     }
     progress(Event::Message(format!(
         "{name} did not shut down within {} s: stopping it",
-        SHUTDOWN_WAIT.as_secs()
+        wait.as_secs()
     )));
     virsh(uri, &["destroy", name])?;
     Ok(())
