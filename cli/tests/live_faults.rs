@@ -172,8 +172,34 @@ fn an_outage_past_the_hold_mid_stream_is_waited_out_and_the_disk_streams_identic
     let outage = Duration::from_secs(4 * HOLD);
     let down_at = Instant::now();
     go_down(&proxy.st, Some(outage));
-    let status = child.wait().unwrap();
+    // When v2k said it waited for the source (live.json `outage`) and when it went
+    // back to streaming: how long it took to resume once the datastore was back.
+    let (mut waiting, mut resumed) = (None, None);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        match live_state(&run).as_str() {
+            "outage" if waiting.is_none() => waiting = Some(down_at.elapsed()),
+            "streaming" if waiting.is_some() && resumed.is_none() => {
+                resumed = Some(down_at.elapsed())
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let total = down_at.elapsed();
+    eprintln!(
+        "datastore down for {:.1} s; v2k waiting from {:.1} s, streaming again at {:.1} s ({:.1} s after the datastore was back)",
+        outage.as_secs_f64(),
+        waiting.unwrap_or_default().as_secs_f64(),
+        resumed.unwrap_or_default().as_secs_f64(),
+        resumed.unwrap_or_default().saturating_sub(outage).as_secs_f64()
+    );
+    assert!(
+        waiting.is_some() && resumed.is_some(),
+        "live.json never said `outage` then `streaming`"
+    );
     let stderr = std::fs::read_to_string(t.path().join("stderr")).unwrap();
     assert_eq!(status.code(), Some(0), "{}", log(t.path()));
     // The figures, for docs/live-import.md (printed, not asserted).
@@ -232,4 +258,133 @@ fn an_outage_past_the_hold_mid_stream_is_waited_out_and_the_disk_streams_identic
         .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert!(info.get("backing-filename").is_none(), "{info:#}");
+}
+
+#[test]
+fn an_outage_past_the_limit_fails_clearly_stops_the_domain_and_leaves_the_source_off() {
+    let sim = Vcsim::start();
+    let name = format!("v2k-t{}-limit", std::process::id());
+    vm_with_patterned_disk(&sim, &name);
+    let proxy = SessionProxy::start(sim.port, Faults::default());
+    let (t, run) = scratch();
+    let _domain = Domain(name.clone());
+    let mut child = start_live(&proxy, &name, t.path(), &["--live-outage-limit", "5"]);
+    wait_for_pull(&mut child, t.path(), &name, 0.2);
+    // For good: the hold runs out, the pull fails, the wait runs out.
+    go_down(&proxy.st, None);
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(t.path().join("stderr")).unwrap();
+    assert_eq!(status.code(), Some(2), "{}", log(t.path()));
+    assert!(
+        stderr.contains("did not answer for") && stderr.contains("--live-outage-limit"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{name}-flat.vmdk")), "{stderr}");
+    let rec = json(&run.join("live.json"));
+    assert_eq!(rec["state"], "failed", "{rec:#}");
+    assert_eq!(rec["depends-on-source"], false, "{rec:#}");
+    assert!(
+        rec["error"].as_str().unwrap().contains("outage limit"),
+        "{rec:#}"
+    );
+    let state = virsh(&["domstate", &name]);
+    assert_eq!(
+        String::from_utf8_lossy(&state.stdout).trim(),
+        "shut off",
+        "the domain cannot run without the source's server"
+    );
+    assert_eq!(power_state(&sim.client(), &name), "poweredOff");
+}
+
+#[test]
+fn rollback_during_the_stream_stops_the_target_before_it_powers_the_source_on() {
+    let sim = Vcsim::start();
+    let name = format!("v2k-t{}-rollback", std::process::id());
+    vm_with_patterned_disk(&sim, &name);
+    let proxy = SessionProxy::start(sim.port, Faults::default());
+    let (t, run) = scratch();
+    let _domain = Domain(name.clone());
+    let mut child = start_live(&proxy, &name, t.path(), &[]);
+    wait_for_pull(&mut child, t.path(), &name, 0.1);
+    assert_eq!(power_state(&sim.client(), &name), "poweredOff");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
+        .arg("rollback")
+        .arg(&run)
+        .arg("--ca-file")
+        .arg(&pki().ca)
+        .env("V2K_VSPHERE_PASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let rb_err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{rb_err}\n{}", log(t.path()));
+    let steps = json(&run.join("rollback.json"))["steps"].clone();
+    let names: Vec<&str> = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "stop-target",
+            "undefine-target",
+            "keep-overlays",
+            "power-on-source"
+        ],
+        "{steps:#}"
+    );
+    assert!(
+        steps[0]["outcome"].as_str().unwrap().starts_with("stopped"),
+        "{steps:#}"
+    );
+    assert!(
+        steps[3]["outcome"]
+            .as_str()
+            .unwrap()
+            .ends_with("powered on"),
+        "{steps:#}"
+    );
+    assert_eq!(power_state(&sim.client(), &name), "poweredOn");
+    assert!(
+        !virsh(&["dominfo", &name]).status.success(),
+        "the target is undefined"
+    );
+
+    // The import, still streaming when its domain went, fails and says so.
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "{}", log(t.path()));
+    let rec = json(&run.join("live.json"));
+    assert_eq!(rec["depends-on-source"], false, "{rec:#}");
+    assert!(
+        ["failed", "rolled-back"].contains(&rec["state"].as_str().unwrap()),
+        "{rec:#}"
+    );
+    // A second rollback converges: nothing left to stop, the source already on.
+    let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
+        .arg("rollback")
+        .arg(&run)
+        .arg("--ca-file")
+        .arg(&pki().ca)
+        .env("V2K_VSPHERE_PASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let steps = json(&run.join("rollback.json"))["steps"].clone();
+    assert_eq!(steps[0]["outcome"], "absent", "{steps:#}");
+    assert!(
+        steps[3]["outcome"]
+            .as_str()
+            .unwrap()
+            .ends_with("already powered on"),
+        "{steps:#}"
+    );
 }

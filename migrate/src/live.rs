@@ -187,9 +187,16 @@ pub struct LiveRecord {
     /// `checking`, `done` or `failed`.
     pub state: String,
     pub source_off_at: u64,
+    /// The source's address (`vsphere://USER@HOST/…`, no secret): what `v2k rollback`
+    /// powers back on.
+    #[serde(default)]
+    pub source: String,
     pub uri: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// The defined domain's UUID: `v2k rollback` touches no other domain of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_uuid: Option<String>,
     /// Whether the domain depends on the source's server (started, not yet streamed).
     pub depends_on_source: bool,
     pub disks: Vec<RecordDisk>,
@@ -209,7 +216,7 @@ pub struct RecordDisk {
 }
 
 impl LiveRecord {
-    fn save(&self, run: &RunDir) -> crate::Result<()> {
+    pub(crate) fn save(&self, run: &RunDir) -> crate::Result<()> {
         let path = run.root().join(RECORD_FILE);
         let mut text = serde_json::to_vec_pretty(self).expect("a record serialises");
         text.push(b'\n');
@@ -338,6 +345,7 @@ pub(crate) fn run(cx: &Context, tl: &mut Timeline, mut vm: Vm) -> crate::Result<
         rec: LiveRecord {
             state: "starting".into(),
             source_off_at,
+            source: cx.opts.source.display().to_string(),
             uri: cx.live.uri.clone(),
             ..LiveRecord::default()
         },
@@ -530,6 +538,9 @@ fn pipeline(
         .map_err(step(format!("writing {}", domain_xml.display())))?;
     stages::define(uri, &domain_xml)?;
     stand.rec.domain = Some(name.clone());
+    stand.rec.domain_uuid = virsh(uri, &["domuuid", &name])
+        .ok()
+        .map(|u| u.trim().to_string());
     stand.set("defined")?;
     tl.end(
         t,
