@@ -235,6 +235,12 @@ fn an_outage_past_the_hold_mid_stream_is_waited_out_and_the_disk_streams_identic
     );
     assert_eq!(json(&run.join("live.json"))["state"], "done");
     assert_eq!(power_state(&sim.client(), &name), "poweredOff");
+    // Every served cluster's hash was journaled as it was served (it survives a kill).
+    let journal = v2k_live::Journal::load(&run.join("live/disk0.hashes")).unwrap();
+    assert_eq!(
+        journal.hashes.len() as u64,
+        disk["served"].as_u64().unwrap()
+    );
 
     // The overlay, standalone, holds exactly the source's bytes.
     let _ = virsh(&["destroy", &name]);
@@ -362,6 +368,10 @@ fn rollback_during_the_stream_stops_the_target_before_it_powers_the_source_on() 
         ["failed", "rolled-back"].contains(&rec["state"].as_str().unwrap()),
         "{rec:#}"
     );
+    // What was served before the import stopped is in its journal.
+    let journal = v2k_live::Journal::load(&run.join("live/disk0.hashes")).unwrap();
+    assert!(!journal.hashes.is_empty(), "nothing journaled");
+    assert!(journal.hashes.len() as u64 <= journal.clusters());
     // A second rollback converges: nothing left to stop, the source already on.
     let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
         .arg("rollback")

@@ -151,6 +151,8 @@ pub struct ClusterReader {
     size: u64,
     cache: Mutex<Cache>,
     record: Mutex<HashRecord>,
+    /// Entries recorded since the last [`ClusterReader::take_fresh`] (for the journal).
+    fresh: Mutex<Vec<(u64, [u8; 32])>>,
 }
 
 impl ClusterReader {
@@ -161,6 +163,7 @@ impl ClusterReader {
             size,
             cache: Mutex::new(Cache::default()),
             record: Mutex::new(HashRecord::new(size)),
+            fresh: Mutex::new(Vec::new()),
         }
     }
 
@@ -175,6 +178,14 @@ impl ClusterReader {
     /// A copy of the record so far.
     pub fn record(&self) -> HashRecord {
         self.record.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The entries recorded since the last call (each one once), for the journal.
+    pub fn take_fresh(&self) -> Vec<(u64, [u8; 32])> {
+        self.fresh
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
     }
 
     fn cluster_len(&self, i: u64) -> u64 {
@@ -193,6 +204,7 @@ impl ClusterReader {
             Some(_) => Ok(()),
             None => {
                 rec.hashes.insert(i, h);
+                self.fresh.lock().map_err(|_| Error::Poisoned)?.push((i, h));
                 Ok(())
             }
         }

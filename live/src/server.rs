@@ -120,6 +120,12 @@ impl ServerHandle {
         self.shared.reader.record()
     }
 
+    /// The clusters first served since the last call, with their SHA-256, each once:
+    /// what [`crate::journal::Journal::append`] persists while serving.
+    pub fn take_fresh(&self) -> Vec<(u64, [u8; 32])> {
+        self.shared.reader.take_fresh()
+    }
+
     pub fn socket(&self) -> &Path {
         &self.path
     }

@@ -213,6 +213,9 @@ pub struct RecordDisk {
     /// The clusters the inject stage changed (allocated before the first start).
     #[serde(default)]
     pub changed_by_v2k: Vec<u64>,
+    /// The served-hash journal (`live::Journal`): what was served survives a kill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashes: Option<PathBuf>,
 }
 
 impl LiveRecord {
@@ -420,6 +423,7 @@ fn pipeline(
         sources: Vec::new(),
     };
     let mut backings = Vec::new();
+    let mut journals = Vec::new();
     for (i, (d, disk)) in access.disks.iter().zip(&vm.disks).enumerate() {
         let sock = dir.join(format!("disk{i}.sock"));
         fresh_socket(&sock)?;
@@ -450,6 +454,11 @@ fn pipeline(
                 Ok::<_, v2k_live::Error>((src, server))
             })
             .map_err(step(format!("serving disk {}", disk.id)))?;
+        let hashes = dir.join(format!("disk{i}.hashes"));
+        journals.push(
+            v2k_live::Journal::open(&hashes, server.record().disk_size)
+                .map_err(step(format!("opening {}", hashes.display())))?,
+        );
         serving.sources.push(src);
         serving.servers.push(server);
         overlay::create_overlay(&overlays[i], &sock, EXPORT)
@@ -459,6 +468,7 @@ fn pipeline(
             socket: sock.clone(),
             overlay: overlays[i].clone(),
             changed_by_v2k: Vec::new(),
+            hashes: Some(dir.join(format!("disk{i}.hashes"))),
         });
         backings.push(NbdBacking {
             socket: sock,
@@ -607,9 +617,11 @@ fn pipeline(
                 &devs,
                 live.bandwidth_mib,
                 live.outage_limit,
-                &outage::Served {
+                &mut outage::Served {
                     rt: &serving.rt,
                     sources: &serving.sources,
+                    servers: &serving.servers,
+                    journals: &mut journals,
                 },
                 stand,
                 progress,

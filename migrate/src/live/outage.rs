@@ -19,12 +19,16 @@
 //! size). A pull that fails while its source answers at once has failed for another
 //! reason (a source disk being written: `SourceChanged`); it is started again at most
 //! [`MAX_UNEXPLAINED`] times before the stage gives up.
+//!
+//! Every poll also appends the clusters served since the last one to each disk's
+//! journal (`RUN/live/disk<N>.hashes`, [`v2k_live::Journal`]), so that the served-hash
+//! record survives a killed v2k.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use v2k_live::stream::{self, PullProgress};
-use v2k_live::DatastoreSource;
+use v2k_live::{DatastoreSource, Journal, ServerHandle};
 
 use super::{step, usage, Stand, PULL_POLL};
 use crate::Event;
@@ -68,6 +72,20 @@ pub struct Faults {
 pub(super) struct Served<'a> {
     pub rt: &'a tokio::runtime::Runtime,
     pub sources: &'a [Arc<DatastoreSource>],
+    pub servers: &'a [ServerHandle],
+    /// One per disk: what each server served is appended at every poll.
+    pub journals: &'a mut [Journal],
+}
+
+impl Served<'_> {
+    /// Appends the clusters served since the last call to each disk's journal.
+    fn journal(&mut self) -> crate::Result<()> {
+        for (s, j) in self.servers.iter().zip(self.journals.iter_mut()) {
+            j.append(&s.take_fresh())
+                .map_err(step(format!("journaling to {}", j.path().display())))?;
+        }
+        Ok(())
+    }
 }
 
 /// Starts a pull of every disk in `devs` and waits for all of them, riding out
@@ -80,7 +98,7 @@ pub(super) fn stream_all(
     devs: &[String],
     bandwidth_mib: Option<u64>,
     limit: Duration,
-    served: &Served,
+    served: &mut Served,
     stand: &mut Stand,
     progress: &dyn Fn(Event),
 ) -> crate::Result<(f64, Faults)> {
@@ -128,6 +146,7 @@ pub(super) fn stream_all(
                 }
             }
         }
+        served.journal()?;
         if done.iter().all(|&d| d) {
             return Ok((start.elapsed().as_secs_f64(), faults));
         }
