@@ -3,12 +3,15 @@
 //! datastore down (live/tests/support/session_proxy.rs): an outage longer than the
 //! server's hold mid-stream is waited out, the domain resumed and the pull started
 //! again, and the result is byte-for-byte the source; an outage past the outage limit
-//! fails clearly, stops the domain and leaves the source off; `v2k rollback` during a
-//! stream stops the target before it powers the source on.
+//! fails clearly, stops the domain and leaves the source off; a guest that reads data
+//! not streamed yet during an outage pauses (`rerror=stop`) and is resumed when the
+//! datastore is back; `v2k rollback` during a stream stops the target before it powers
+//! the source on.
 //!
 //! No guest OS boots here: each VM's disk is patterned bytes, so SeaBIOS finds nothing
 //! to boot and waits (seconds under TCG), which is all a stream needs (the domain must
-//! run for libvirt's block jobs). `--no-inject --no-validate` keep libguestfs and the
+//! run for libvirt's block jobs); the pause test's disk starts with an 84-byte boot
+//! sector that only reads the disk ([`READER`]). `--no-inject --no-validate` keep libguestfs and the
 //! agent out. Each test runs its own simulator and names its VM and domain with its
 //! own id.
 
@@ -48,13 +51,18 @@ impl Drop for Domain {
 /// A VM of the simulator with one flat disk of patterned bytes, powered on; its flat
 /// extent's path on this host.
 fn vm_with_patterned_disk(sim: &Vcsim, name: &str) -> PathBuf {
-    let data = pattern(DISK, 29);
-    put_flat_disk(sim, name, &data);
+    vm_with_disk(sim, name, &pattern(DISK, 29))
+}
+
+/// A VM of the simulator with one flat disk holding `data`, powered on; its flat
+/// extent's path on this host.
+fn vm_with_disk(sim: &Vcsim, name: &str, data: &[u8]) -> PathBuf {
+    put_flat_disk(sim, name, data);
     let c = sim.client();
     create_vm_with_disks(
         &c,
         name,
-        &[(format!("[LocalDS_0] {name}/{name}.vmdk"), DISK as u64)],
+        &[(format!("[LocalDS_0] {name}/{name}.vmdk"), data.len() as u64)],
         "00:50:56:01:02:03",
     );
     power_on(&c, name);
@@ -85,13 +93,12 @@ fn start_live(proxy: &SessionProxy, name: &str, t: &Path, extra: &[&str]) -> Chi
         .arg(t.join("run"))
         .arg("--ca-file")
         .arg(&pki().ca)
-        .args([
-            "--live",
-            "--no-inject",
-            "--no-validate",
-            "--live-bandwidth",
-            "1",
-        ])
+        .args(["--live", "--no-inject", "--no-validate"])
+        .args(if extra.contains(&"--live-bandwidth") {
+            &[][..]
+        } else {
+            &["--live-bandwidth", "1"][..]
+        })
         .args(["--live-hold", &HOLD.to_string()])
         .args(["--shutdown-timeout", "5", "--force-power-off"])
         .args(extra)
@@ -150,6 +157,38 @@ fn log(t: &Path) -> String {
         std::fs::read_to_string(t.join("run/live.json")).unwrap_or_default()
     )
 }
+
+/// A boot sector that reads the disk's second half for ever: one sector every 100 ms
+/// (BIOS INT 13h AH=42h, then INT 15h AH=86h waits 100,000 µs), LBA 49152 (24 MiB)
+/// to 98303 (48 MiB) a 64 KiB cluster apart, then again. No OS: a guest that reads
+/// data the pull has not copied yet, which is what pauses a domain (`rerror=stop`)
+/// when the source is away. Assembled with GNU as (`.code16`, linked at 0x7c00):
+///
+/// ```text
+///  7c00 31c0 8ed8 8ed0      xor ax,ax; mov ds,ax; mov ss,ax
+///  7c06 bc007c fb           mov sp,0x7c00; sti
+///  7c0a 8816427c            mov [drive],dl          (the BIOS's boot drive)
+///  7c0e be447c b442         again: mov si,dap; mov ah,0x42
+///  7c13 8a16427c cd13       mov dl,[drive]; int 0x13 (extended read, 1 sector)
+///  7c19 b486 b90100 baa086  mov ah,0x86; mov cx,1; mov dx,0x86a0
+///  7c21 cd15                int 0x15                 (wait 0x186a0 µs)
+///  7c23 66 8106 4c7c 80000000   add dword [lba],128
+///  7c2c 66 813e 4c7c 00800100   cmp dword [lba],98304
+///  7c35 72d7                jb again
+///  7c37 66 c706 4c7c 00c00000   mov dword [lba],49152
+///  7c40 ebcc                jmp again
+///  7c42 00 90               drive, pad
+///  7c44 10 00 0100 0080 0000    DAP: size 16, 1 sector, to 0000:8000
+///  7c4c 00c00000 00000000   lba (u64)
+/// ```
+const READER: [u8; 84] = [
+    0x31, 0xc0, 0x8e, 0xd8, 0x8e, 0xd0, 0xbc, 0x00, 0x7c, 0xfb, 0x88, 0x16, 0x42, 0x7c, 0xbe, 0x44,
+    0x7c, 0xb4, 0x42, 0x8a, 0x16, 0x42, 0x7c, 0xcd, 0x13, 0xb4, 0x86, 0xb9, 0x01, 0x00, 0xba, 0xa0,
+    0x86, 0xcd, 0x15, 0x66, 0x81, 0x06, 0x4c, 0x7c, 0x80, 0x00, 0x00, 0x00, 0x66, 0x81, 0x3e, 0x4c,
+    0x7c, 0x00, 0x80, 0x01, 0x00, 0x72, 0xd7, 0x66, 0xc7, 0x06, 0x4c, 0x7c, 0x00, 0xc0, 0x00, 0x00,
+    0xeb, 0xcc, 0x00, 0x90, 0x10, 0x00, 0x01, 0x00, 0x00, 0x80, 0x00, 0x00, 0x00, 0xc0, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00,
+];
 
 fn json(p: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
@@ -396,5 +435,66 @@ fn rollback_during_the_stream_stops_the_target_before_it_powers_the_source_on() 
             .unwrap()
             .ends_with("already powered on"),
         "{steps:#}"
+    );
+}
+
+#[test]
+fn a_guest_paused_by_an_outage_is_resumed_when_the_datastore_is_back() {
+    let sim = Vcsim::start();
+    let name = format!("v2k-t{}-pause", std::process::id());
+    // 48 MiB: the boot sector reads the second half (larger than the server's 16 MiB
+    // cluster cache, so its reads reach the datastore) while the pull, at 2 MiB/s,
+    // is still in the first.
+    let mut data = pattern(48 << 20, 31);
+    data[..READER.len()].copy_from_slice(&READER);
+    data[510..512].copy_from_slice(&[0x55, 0xaa]);
+    let flat = vm_with_disk(&sim, &name, &data);
+    let proxy = SessionProxy::start(sim.port, Faults::default());
+    let (t, run) = scratch();
+    let _domain = Domain(name.clone());
+    let mut child = start_live(
+        &proxy,
+        &name,
+        t.path(),
+        &["--live-bandwidth", "2", "--live-outage-limit", "300"],
+    );
+    wait_for_pull(&mut child, t.path(), &name, 0.2);
+    go_down(&proxy.st, Some(Duration::from_secs(4 * HOLD)));
+    // The guest's read outlasts the hold: the domain pauses (rerror=stop).
+    let mut paused = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        let o = virsh(&["domstate", "--reason", &name]);
+        paused |= String::from_utf8_lossy(&o.stdout).contains("I/O error");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(status.code(), Some(0), "{}", log(t.path()));
+    let live = json(&run.join("report.json"))["live"].clone();
+    let stderr = std::fs::read_to_string(t.path().join("stderr")).unwrap();
+    eprintln!(
+        "v2k said:\n{}\nlive: {live:#}",
+        stderr
+            .lines()
+            .filter(|l| l.contains("answer") || l.contains("I/O error"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(paused, "the domain never paused on an I/O error");
+    assert!(live["resumes"].as_u64().unwrap() >= 1, "{live:#}");
+    assert!(live["outages"].as_u64().unwrap() >= 1, "{live:#}");
+    assert_eq!(live["verdict"], "verified", "{live:#}");
+    let _ = virsh(&["destroy", &name]);
+    let ov = live["disks"][0]["overlay"].as_str().unwrap().to_string();
+    let o = Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "raw", &ov])
+        .arg(&flat)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "qemu-img compare: {}",
+        String::from_utf8_lossy(&o.stdout)
     );
 }
