@@ -391,8 +391,9 @@ fn pipeline(
         if o.symlink_metadata().is_ok() {
             return Err(usage(format!(
                 "{}: an earlier live import left this overlay; resuming a killed live \
-                 import is not built (docs/live-import.md): make sure no domain uses it, \
-                 then use a new run directory",
+                 import is not built (docs/live-import.md): `v2k rollback` on this run \
+                 directory stops its domain and powers the source on; or make sure no \
+                 domain uses it, then use a new run directory",
                 o.display()
             )));
         }
