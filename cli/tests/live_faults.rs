@@ -498,3 +498,55 @@ fn a_guest_paused_by_an_outage_is_resumed_when_the_datastore_is_back() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+#[test]
+fn a_killed_import_resumes_on_rerun_from_where_the_stream_stood() {
+    let sim = Vcsim::start();
+    let name = format!("v2k-t{}-rerun", std::process::id());
+    let flat = vm_with_patterned_disk(&sim, &name);
+    let proxy = SessionProxy::start(sim.port, Faults::default());
+    let (t, run) = scratch();
+    let _domain = Domain(name.clone());
+    let mut child = start_live(&proxy, &name, t.path(), &[]);
+    wait_for_pull(&mut child, t.path(), &name, 0.4);
+    // SIGKILL: the server goes with v2k; the domain keeps running in libvirt.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let journal = run.join("live/disk0.hashes");
+    let before = v2k_live::Journal::load(&journal).unwrap().hashes.len() as u64;
+    assert!(before > 0, "nothing journaled before the kill");
+    assert_eq!(json(&run.join("live.json"))["state"], "streaming");
+
+    let status = start_live(&proxy, &name, t.path(), &[]).wait().unwrap();
+    let stderr = std::fs::read_to_string(t.path().join("stderr")).unwrap();
+    assert_eq!(status.code(), Some(0), "{}", log(t.path()));
+    assert!(stderr.contains("resuming the live import"), "{stderr}");
+    let live = json(&run.join("report.json"))["live"].clone();
+    eprintln!("journaled before the kill: {before} clusters; live: {live:#}");
+    assert_eq!(live["verdict"], "verified", "{live:#}");
+    assert_eq!(live["mismatched"], 0, "{live:#}");
+    // The check covers both runs: the killed run's journal merged with the rerun's.
+    let served = live["served"].as_u64().unwrap();
+    assert!(served >= before, "{live:#}");
+    assert_eq!(live["verified"].as_u64().unwrap(), served, "{live:#}");
+    // The rerun served only what the overlay still lacked.
+    let again = live["disks"][0]["bytes-served"].as_u64().unwrap();
+    assert!(
+        again < DISK as u64 * 8 / 10,
+        "the rerun served {again} bytes of a {DISK}-byte disk"
+    );
+    assert_eq!(json(&run.join("live.json"))["state"], "done");
+    assert_eq!(power_state(&sim.client(), &name), "poweredOff");
+    let _ = virsh(&["destroy", &name]);
+    let ov = live["disks"][0]["overlay"].as_str().unwrap().to_string();
+    let o = Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "raw", &ov])
+        .arg(&flat)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "qemu-img compare: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

@@ -15,8 +15,9 @@
 //! the overlays are checked. `live.json` in the run directory says where the stage
 //! stood (and the error that stopped it); the source is never powered on here, and a
 //! failure after the domain started stops the domain, which cannot run without the
-//! server. Resuming a killed live import is not built: a rerun refuses the overlays an
-//! earlier run left (docs/live-import.md).
+//! server. A rerun resumes a killed import ([`resumable`]: serves again on the same
+//! sockets with the journaled record, skips what the killed run did, and streams what
+//! is left); any other overlays an earlier run left are refused (docs/live-import.md).
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -387,13 +388,24 @@ fn pipeline(
         .iter()
         .map(|d| dir.join(format!("{}.qcow2", disk_file_stem(&d.id))))
         .collect();
-    for o in &overlays {
+    let resume = resumable(run, uri, &overlays);
+    if let Some(prev) = &resume {
+        progress(Event::Message(format!(
+            "resuming the live import a killed run left ({}): serving again on the same \
+             sockets, with the record of what it served",
+            prev.state
+        )));
+        stand.rec = prev.clone();
+        stand.rec.error = None;
+    }
+    for o in overlays.iter().filter(|_| resume.is_none()) {
         if o.symlink_metadata().is_ok() {
             return Err(usage(format!(
-                "{}: an earlier live import left this overlay; resuming a killed live \
-                 import is not built (docs/live-import.md): `v2k rollback` on this run \
-                 directory stops its domain and powers the source on; or make sure no \
-                 domain uses it, then use a new run directory",
+                "{}: an earlier live import left this overlay and cannot be resumed \
+                 (only one killed while streaming, its domain still defined, can: \
+                 docs/live-import.md): `v2k rollback` on this run directory stops its \
+                 domain and powers the source on; or make sure no domain uses it, then \
+                 use a new run directory",
                 o.display()
             )));
         }
@@ -460,8 +472,21 @@ fn pipeline(
             v2k_live::Journal::open(&hashes, server.record().disk_size)
                 .map_err(step(format!("opening {}", hashes.display())))?,
         );
+        if resume.is_some() {
+            // What the killed run served (its journal) is this run's record too.
+            v2k_live::Journal::load(&hashes)
+                .and_then(|r| server.seed(r))
+                .map_err(step(format!("reading {}", hashes.display())))?;
+        }
         serving.sources.push(src);
         serving.servers.push(server);
+        backings.push(NbdBacking {
+            socket: sock.clone(),
+            export: EXPORT.into(),
+        });
+        if resume.is_some() {
+            continue;
+        }
         overlay::create_overlay(&overlays[i], &sock, EXPORT)
             .map_err(step(format!("creating the overlay of disk {}", disk.id)))?;
         stand.rec.disks.push(RecordDisk {
@@ -470,10 +495,6 @@ fn pipeline(
             overlay: overlays[i].clone(),
             changed_by_v2k: Vec::new(),
             hashes: Some(dir.join(format!("disk{i}.hashes"))),
-        });
-        backings.push(NbdBacking {
-            socket: sock,
-            export: EXPORT.into(),
         });
     }
     stand.set("serving")?;
@@ -485,7 +506,16 @@ fn pipeline(
     tl.end(t, StageStatus::Done, Some(detail));
 
     // inject, on the overlays
-    let injected = if opts.inject {
+    let injected = if resume.is_some() {
+        tl.skip(
+            "inject",
+            "resumed: the killed run had injected the overlays",
+        );
+        if !opts.inject {
+            vm.concerns.push(stages::not_converted_concern());
+        }
+        None
+    } else if opts.inject {
         let t = tl.begin("inject");
         let settings = stages::InjectSettings {
             bus,
@@ -515,7 +545,19 @@ fn pipeline(
         None
     };
     let mut changed = Vec::new();
-    for (o, r) in overlays.iter().zip(stand.rec.disks.iter_mut()) {
+    if resume.is_some() {
+        changed = stand
+            .rec
+            .disks
+            .iter()
+            .map(|d| d.changed_by_v2k.iter().copied().collect())
+            .collect();
+    }
+    for (o, r) in overlays
+        .iter()
+        .zip(stand.rec.disks.iter_mut())
+        .filter(|_| resume.is_none())
+    {
         let c = overlay::allocated_clusters(o)
             .map_err(step(format!("reading what v2k changed in {}", o.display())))?;
         overlay::add_guest_bitmap(o).map_err(step(format!(
@@ -525,11 +567,17 @@ fn pipeline(
         r.changed_by_v2k = c.iter().copied().collect();
         changed.push(c);
     }
-    stand.set("injected")?;
+    if resume.is_none() {
+        stand.set("injected")?;
+    }
 
     // target: the live domain, defined
     let t = tl.begin("target");
-    let features = stages::features(injected.as_ref());
+    let features = match (&resume, run.load_windows()) {
+        // The killed run's guest features (a Windows guest's RTC) come from its record.
+        (Some(_), Ok(Some(w))) => v2k_kvm_target::GuestFeatures::windows(w.inspection.rtc_utc),
+        _ => stages::features(injected.as_ref()),
+    };
     let mut target = stages::target(vm, &overlays, bus, &opts.network_map, accel, run.root())?;
     for c in stages::tune(&mut target, vm, &opts.host_topology)? {
         progress(Event::Message(format!("warning: {}: {}", c.id, c.message)));
@@ -537,27 +585,21 @@ fn pipeline(
     }
     stages::write_target(run.root(), &target, &features)?;
     let name = target.safe_name();
-    if virsh(uri, &["dominfo", &name]).is_ok() {
-        return Err(usage(format!(
-            "{uri} already has a domain named {name}: it is not replaced"
-        )));
-    }
-    let xml = v2k_kvm_target::live_domain_xml(&target, &features, &backings)
-        .map_err(stages::TargetError::from)?;
     let domain_xml = run.root().join("domain.xml");
-    v2k_outfile::write_atomic_mode(&domain_xml, xml.as_bytes(), true, 0o644)
-        .map_err(step(format!("writing {}", domain_xml.display())))?;
-    stages::define(uri, &domain_xml)?;
-    stand.rec.domain = Some(name.clone());
-    stand.rec.domain_uuid = virsh(uri, &["domuuid", &name])
-        .ok()
-        .map(|u| u.trim().to_string());
-    stand.set("defined")?;
-    tl.end(
-        t,
-        StageStatus::Done,
-        Some(format!("{name} defined on {uri} over the NBD exports")),
-    );
+    if resume.is_some() {
+        tl.end(
+            t,
+            StageStatus::Done,
+            Some(format!("{name} on {uri}: defined by the killed run")),
+        );
+    } else {
+        define_live(uri, &name, &target, &features, &backings, run, stand)?;
+        tl.end(
+            t,
+            StageStatus::Done,
+            Some(format!("{name} defined on {uri} over the NBD exports")),
+        );
+    }
 
     // start (watched) and stream
     let devs: Vec<String> = (0..overlays.len())
@@ -598,7 +640,9 @@ fn pipeline(
         let watcher = watch
             .as_ref()
             .map(|(expect, aopts)| s.spawn(move || boot.after_cutover(expect, aopts)));
-        if watcher.is_none() {
+        // (A resumed import's domain may still run, or be paused by the outage its
+        // server's end caused.)
+        if watcher.is_none() && domstate(uri, &name) == "shut off" {
             virsh(uri, &["start", &name]).map_err(step(format!("starting {name}")))?;
         }
         let streamed = (|| -> crate::Result<(f64, outage::Faults)> {
@@ -819,6 +863,55 @@ fn pipeline(
     })
 }
 
+/// Defines the live domain (its disks over the NBD exports) and records it; a domain
+/// of that name already there is not replaced.
+fn define_live(
+    uri: &str,
+    name: &str,
+    target: &v2k_kvm_target::Target,
+    features: &v2k_kvm_target::GuestFeatures,
+    backings: &[NbdBacking],
+    run: &RunDir,
+    stand: &mut Stand,
+) -> crate::Result<()> {
+    if virsh(uri, &["dominfo", name]).is_ok() {
+        return Err(usage(format!(
+            "{uri} already has a domain named {name}: it is not replaced"
+        )));
+    }
+    let xml = v2k_kvm_target::live_domain_xml(target, features, backings)
+        .map_err(stages::TargetError::from)?;
+    let domain_xml = run.root().join("domain.xml");
+    v2k_outfile::write_atomic_mode(&domain_xml, xml.as_bytes(), true, 0o644)
+        .map_err(step(format!("writing {}", domain_xml.display())))?;
+    stages::define(uri, &domain_xml)?;
+    stand.rec.domain = Some(name.to_string());
+    stand.rec.domain_uuid = virsh(uri, &["domuuid", name])
+        .ok()
+        .map(|u| u.trim().to_string());
+    stand.set("defined")
+}
+
+/// The record of a live import a killed run left in `run`, when it can be resumed:
+/// it was streaming (or waiting out an outage), its domain is still defined with the
+/// UUID it recorded, and every overlay is there. Anything else is refused as before.
+fn resumable(run: &RunDir, uri: &str, overlays: &[PathBuf]) -> Option<LiveRecord> {
+    let prev = run.load_live().ok()?;
+    let streaming = matches!(prev.state.as_str(), "streaming" | "outage")
+        && prev.depends_on_source
+        && prev.uri == uri;
+    let domain = prev.domain.as_deref().filter(|_| streaming)?;
+    let ours = virsh(uri, &["domuuid", domain]).ok()?;
+    let fits = prev.domain_uuid.as_deref() == Some(ours.trim())
+        && prev.disks.len() == overlays.len()
+        && prev
+            .disks
+            .iter()
+            .zip(overlays)
+            .all(|(d, o)| d.overlay == *o && o.is_file());
+    fits.then_some(prev)
+}
+
 /// Shuts `name` down (ACPI), or stops it hard when it does not within `wait`
 /// (`virsh destroy` sends SIGTERM: QEMU still stores the bitmap).
 fn stop_domain(
@@ -869,6 +962,42 @@ mod tests {
         let e = v2k_inventory::one_line(&e);
         assert!(e.contains("not a socket"), "{e}");
         assert!(file.exists(), "kept");
+    }
+
+    #[test]
+    fn only_an_import_killed_while_streaming_is_resumable() {
+        let d = tempfile::tempdir().unwrap();
+        let run = RunDir::at(d.path());
+        assert!(
+            resumable(&run, "qemu:///system", &[]).is_none(),
+            "no live.json"
+        );
+        for (state, depends) in [("failed", false), ("done", false), ("injected", false)] {
+            LiveRecord {
+                state: state.into(),
+                uri: "qemu:///system".into(),
+                domain: Some("web".into()),
+                depends_on_source: depends,
+                ..LiveRecord::default()
+            }
+            .save(&run)
+            .unwrap();
+            assert!(
+                resumable(&run, "qemu:///system", &[]).is_none(),
+                "{state} is not resumable"
+            );
+        }
+        // Streaming, but on another libvirt: not this run's to resume.
+        LiveRecord {
+            state: "streaming".into(),
+            uri: "qemu+ssh://elsewhere/system".into(),
+            domain: Some("web".into()),
+            depends_on_source: true,
+            ..LiveRecord::default()
+        }
+        .save(&run)
+        .unwrap();
+        assert!(resumable(&run, "qemu:///system", &[]).is_none());
     }
 
     #[test]

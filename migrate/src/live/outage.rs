@@ -103,7 +103,22 @@ pub(super) fn stream_all(
     progress: &dyn Fn(Event),
 ) -> crate::Result<(f64, Faults)> {
     let start = Instant::now();
-    for d in devs {
+    let mut done = vec![false; devs.len()];
+    for (i, d) in devs.iter().enumerate() {
+        // A resumed import (a killed run's domain) may have a disk already standalone,
+        // or a pull still running.
+        if stream::pull_progress(uri, name, d)
+            .map_err(step(format!("reading the pull of {name} {d}")))?
+            .is_some()
+        {
+            continue;
+        }
+        if !stream::has_backing(uri, name, d)
+            .map_err(step(format!("reading the disks of {name}")))?
+        {
+            done[i] = true;
+            continue;
+        }
         stream::start_pull(uri, name, d, bandwidth_mib)
             .map_err(step(format!("starting the pull of {name} {d}")))?;
     }
@@ -111,7 +126,6 @@ pub(super) fn stream_all(
         pull_restarts: vec![0; devs.len()],
         ..Faults::default()
     };
-    let mut done = vec![false; devs.len()];
     let mut unexplained = vec![0u32; devs.len()];
     let mut shown: Vec<Option<u64>> = vec![None; devs.len()];
     loop {
