@@ -9,8 +9,9 @@
 //! overlays whose data is still on the datastore boots and its agent reports while
 //! the stream runs (libguestfs, QEMU and the guest all reading through v2k's server),
 //! the guest's own writes land in the `v2k-guest` bitmap, and the downtime from the
-//! source's power-off to the agent's report on the target is measured. Kept to that
-//! one boot: the watch of the first boot is the validation (no separate boot).
+//! source's power-off to the agent's report on the target is measured, and the domain
+//! keeps running on one QEMU through the check. Kept to that one boot: the watch of
+//! the first boot is the validation (no separate boot).
 
 #[path = "../../vsphere/tests/common/mod.rs"]
 mod common;
@@ -133,9 +134,16 @@ fn live_migrate_debian_classic_from_vcsim_streams_verifies_and_measures_downtime
     // While it runs: no password or datastore URL on any command line (v2k's, the
     // injector's QEMU, libvirt's QEMU, qemu-img, qemu-nbd).
     let mut seen = Vec::new();
+    // And the domain's QEMU: one process from its start to the end (the check reads
+    // the overlays while it runs: no second outage).
+    let pid_file = format!("/run/libvirt/qemu/{name}.pid");
+    let mut pids = BTreeSet::new();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
+        }
+        if let Ok(p) = std::fs::read_to_string(&pid_file) {
+            pids.insert(p.trim().to_string());
         }
         let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
         for l in String::from_utf8_lossy(&ps.stdout).lines() {
@@ -207,9 +215,20 @@ fn live_migrate_debian_classic_from_vcsim_streams_verifies_and_measures_downtime
         "live section in the HTML"
     );
 
-    // The domain runs again, standalone; stopped here (SIGTERM: the bitmap is stored)
-    // to compare its disks with the source.
+    // The domain still runs, on the QEMU it started on, standalone; stopped here
+    // (SIGTERM: the bitmap is stored) to compare its disks with the source.
     assert_eq!(virsh_ok(&["domstate", &name]).trim(), "running");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    pids.insert(pid.trim().to_string());
+    assert_eq!(
+        pids.len(),
+        1,
+        "the domain was restarted: QEMU pids {pids:?}"
+    );
+    assert!(
+        !virsh_ok(&["dumpxml", &name, "--inactive"]).contains("<backingStore type="),
+        "the persistent definition is standalone"
+    );
     virsh_ok(&["destroy", &name]);
     let disks = rec["disks"].as_array().unwrap();
     let mut changed_somewhere = false;
@@ -229,6 +248,12 @@ fn live_migrate_debian_classic_from_vcsim_streams_verifies_and_measures_downtime
             info.get("backing-filename").is_none(),
             "standalone: {info:#}"
         );
+        // The check's frozen copy of the bitmap was never stored.
+        let names: Vec<&str> = info["format-specific"]["data"]["bitmaps"]
+            .as_array()
+            .map(|b| b.iter().map(|b| b["name"].as_str().unwrap()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, [v2k_live::overlay::GUEST_BITMAP], "{info:#}");
         // Everything that differs from the source is the guest's or the injector's.
         let raw = t.path().join(format!("disk{i}.raw"));
         let st = Command::new("qemu-img")

@@ -327,3 +327,81 @@ fn conversion_log(
         timings,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A QCOW2 v3 header whose backing file name is `backing` (at offset 512).
+    fn qcow2_with_backing(path: &Path, backing: &str) {
+        let mut b = vec![0u8; 512];
+        b[..4].copy_from_slice(b"QFI\xfb");
+        b[4..8].copy_from_slice(&3u32.to_be_bytes());
+        b[8..16].copy_from_slice(&512u64.to_be_bytes());
+        b[16..20].copy_from_slice(&(backing.len() as u32).to_be_bytes());
+        b[20..24].copy_from_slice(&16u32.to_be_bytes());
+        b[100..104].copy_from_slice(&104u32.to_be_bytes());
+        b.extend_from_slice(backing.as_bytes());
+        std::fs::write(path, b).unwrap();
+    }
+
+    fn vm(dir: &Path) -> Vm {
+        let vmx = dir.join("t.vmx");
+        std::fs::write(
+            &vmx,
+            "config.version = \"8\"\nvirtualHW.version = \"14\"\ndisplayName = \"t\"\n\
+             guestOS = \"debian10-64\"\nmemsize = \"512\"\nnumvcpus = \"1\"\n",
+        )
+        .unwrap();
+        v2k_inventory::vmx::load(&vmx, &v2k_inventory::BuiltinProbe).unwrap()
+    }
+
+    /// A live import's overlay may name exactly the NBD export it was made over, and
+    /// nothing else: not another export, not a host file, not when no backing is
+    /// expected.
+    #[test]
+    fn an_overlay_is_accepted_only_over_the_named_export() {
+        let d = tempfile::tempdir().unwrap();
+        let vm = vm(d.path());
+        let ov = d.path().join("disk0.qcow2");
+        let export = "nbd+unix:///disk?socket=/run/v2k/live/disk0.sock";
+        qcow2_with_backing(&ov, export);
+        check_disk(&ov, &vm, Some(export)).unwrap();
+        for (named, want) in [
+            (export, None),
+            (
+                export,
+                Some("nbd+unix:///disk?socket=/run/v2k/live/disk1.sock"),
+            ),
+            ("/etc/shadow", Some(export)),
+            (
+                "nbd+unix:///disk?socket=/run/v2k/live/disk0.sock2",
+                Some(export),
+            ),
+            (
+                "nbd+unix:///disk?socket=/run/v2k/live/disk0.soc",
+                Some(export),
+            ),
+        ] {
+            qcow2_with_backing(&ov, named);
+            let e = check_disk(&ov, &vm, want).unwrap_err().to_string();
+            assert!(
+                e.contains("backing file: refused"),
+                "{named} / {want:?}: {e}"
+            );
+        }
+        // As many backings as disks, or nothing is done.
+        let opts = InjectOptions {
+            vm,
+            disks: vec![ov.clone()],
+            bus: DiskBus::VirtioBlk,
+            keep_agent: false,
+            accel: Accel::Tcg,
+        };
+        let e = inject_live(&opts, &windows::Options::default(), &[], &mut |_| {})
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("1 disk(s) and 0 backing(s)"), "{e}");
+    }
+}

@@ -345,6 +345,35 @@ impl VerifyReport {
 /// Reads `buf.len()` bytes of an image at an offset.
 type ReadImage<'a> = dyn FnMut(u64, &mut [u8]) -> Result<(), Error> + 'a;
 
+/// Compares an image, read through `read` at ascending offsets, with the record: every
+/// served cluster not in `dirty` must hash as it did when served.
+fn compare(
+    record: &HashRecord,
+    dirty: &BTreeSet<u64>,
+    read: &mut ReadImage<'_>,
+) -> Result<VerifyReport, Error> {
+    let mut report = VerifyReport::default();
+    let mut buf = vec![0u8; CLUSTER as usize];
+    for i in 0..record.clusters() {
+        if dirty.contains(&i) {
+            report.dirty += 1;
+            continue;
+        }
+        let Some(want) = record.hashes.get(&i) else {
+            report.unserved += 1;
+            continue;
+        };
+        let n = (record.disk_size - i * CLUSTER).min(CLUSTER) as usize;
+        read(i * CLUSTER, &mut buf[..n])?;
+        if Sha256::digest(&buf[..n]).as_slice() == want {
+            report.matched += 1;
+        } else {
+            report.mismatched.push(i);
+        }
+    }
+    Ok(report)
+}
+
 /// Compares a standalone image (QCOW2 with no backing file, or raw) with the record:
 /// every served cluster not in `dirty` must hash as it did when served. Reads the
 /// image only; the source is not touched.
@@ -368,28 +397,6 @@ pub fn verify_image(
         })? == 4
             && &head == b"QFI\xfb"
     };
-    let mut report = VerifyReport::default();
-    let mut buf = vec![0u8; CLUSTER as usize];
-    let mut compare = |read: &mut ReadImage<'_>| {
-        for i in 0..record.clusters() {
-            if dirty.contains(&i) {
-                report.dirty += 1;
-                continue;
-            }
-            let Some(want) = record.hashes.get(&i) else {
-                report.unserved += 1;
-                continue;
-            };
-            let n = (record.disk_size - i * CLUSTER).min(CLUSTER) as usize;
-            read(i * CLUSTER, &mut buf[..n])?;
-            if Sha256::digest(&buf[..n]).as_slice() == want {
-                report.matched += 1;
-            } else {
-                report.mismatched.push(i);
-            }
-        }
-        Ok::<(), Error>(())
-    };
     let size_err = |size: u64| Error::Record {
         file: image.display().to_string(),
         message: format!(
@@ -403,7 +410,7 @@ pub fn verify_image(
             return Err(size_err(r.size()));
         }
         let mut l2 = v2k_converters::qcow2::reader::L2Cache::default();
-        compare(&mut |off, b| Ok(r.read_at(off, b, &mut l2)?))?;
+        compare(record, dirty, &mut |off, b| Ok(r.read_at(off, b, &mut l2)?))
     } else {
         use std::os::unix::fs::FileExt;
         let f = std::fs::File::open(image).map_err(|e| Error::Io {
@@ -415,20 +422,91 @@ pub fn verify_image(
         if size != record.disk_size {
             return Err(size_err(size));
         }
-        compare(&mut |off, b| {
+        compare(record, dirty, &mut |off, b| {
             f.read_exact_at(b, off).map_err(|e| Error::Io {
                 path: image.to_path_buf(),
                 what: format!("reading at {off}"),
                 source: e,
             })
-        })?;
+        })
     }
-    Ok(report)
+}
+
+/// Like [`verify_image`], over a disk's bytes streamed from offset 0 (a pipe from
+/// `nbdcopy`): clusters not compared are read past. `name` names the stream in errors.
+/// The stream must hold at least the record's disk size; what follows is not read.
+pub fn verify_stream(
+    record: &HashRecord,
+    mut stream: impl std::io::Read,
+    dirty: &BTreeSet<u64>,
+    name: &str,
+) -> Result<VerifyReport, Error> {
+    let mut pos = 0u64;
+    let mut sink = vec![0u8; CLUSTER as usize];
+    let io = |what: String, e: std::io::Error| Error::Io {
+        path: name.into(),
+        what,
+        source: e,
+    };
+    compare(record, dirty, &mut |off, b| {
+        // `compare` reads at ascending offsets: skip to `off`, then read.
+        while pos < off {
+            let n = (off - pos).min(CLUSTER) as usize;
+            stream
+                .read_exact(&mut sink[..n])
+                .map_err(|e| io(format!("reading at {pos}"), e))?;
+            pos += n as u64;
+        }
+        stream
+            .read_exact(b)
+            .map_err(|e| io(format!("reading at {off}"), e))?;
+        pos += b.len() as u64;
+        Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streamed_image_is_compared_cluster_by_cluster_and_a_short_one_refused() {
+        // Four clusters and a tail of 100 bytes; cluster 2 never served.
+        let size = 4 * CLUSTER + 100;
+        let disk: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let mut r = HashRecord::new(size);
+        for i in [0u64, 1, 3, 4] {
+            let a = (i * CLUSTER) as usize;
+            let b = ((i + 1) * CLUSTER).min(size) as usize;
+            r.hashes.insert(i, Sha256::digest(&disk[a..b]).into());
+        }
+        let none = BTreeSet::new();
+        let ok = verify_stream(&r, &disk[..], &none, "s").unwrap();
+        assert_eq!((ok.matched, ok.unserved, ok.dirty), (4, 1, 0));
+        assert!(ok.ok());
+        // A changed byte in cluster 3 is found; skipped when cluster 3 is dirty.
+        let mut changed = disk.clone();
+        changed[(3 * CLUSTER + 9) as usize] ^= 1;
+        let bad = verify_stream(&r, &changed[..], &none, "s").unwrap();
+        assert_eq!(bad.mismatched, vec![3]);
+        let dirty = BTreeSet::from([3]);
+        let skipped = verify_stream(&r, &changed[..], &dirty, "s").unwrap();
+        assert_eq!((skipped.matched, skipped.dirty), (3, 1));
+        assert!(skipped.ok());
+        // The same answers as reading the image from a file.
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("img.raw");
+        std::fs::write(&f, &changed).unwrap();
+        assert_eq!(verify_image(&r, &f, &none).unwrap(), bad);
+        // A stream that ends early is an error naming it.
+        let e = verify_stream(&r, &disk[..(4 * CLUSTER) as usize], &none, "nbd+unix:///x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("nbd+unix:///x") && e.contains("reading at"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn a_record_round_trips_and_bad_files_are_refused() {

@@ -270,14 +270,34 @@ pub fn guest_writes(overlay: &Path, socket: &Path) -> Result<GuestWrites, Error>
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_file(socket);
-    let extents: Vec<Extent> = serde_json::from_slice(&out.stdout)
+    Ok(GuestWrites::Known(dirty_clusters(&out.stdout, what)?))
+}
+
+/// The clusters `nbdinfo --map=qemu:dirty-bitmap:… --json` says are dirty.
+fn dirty_clusters(json: &[u8], what: String) -> Result<BTreeSet<u64>, Error> {
+    let extents: Vec<Extent> = serde_json::from_slice(json)
         .map_err(|e| tool_err("nbdinfo", what, format!("unexpected output: {e}")))?;
     let mut set = BTreeSet::new();
     // NBD's dirty-bitmap context: bit 0 set = dirty.
     for e in extents.iter().filter(|e| e.kind & 1 == 1) {
         clusters_of(e.offset, e.length, &mut set);
     }
-    Ok(GuestWrites::Known(set))
+    Ok(set)
+}
+
+/// Reads bitmap `bitmap` exported with an NBD export at `uri` (QEMU's own server):
+/// the clusters it marks dirty.
+pub fn exported_bitmap(uri: &str, bitmap: &str) -> Result<BTreeSet<u64>, Error> {
+    let what = format!("reading bitmap {bitmap} from {uri}");
+    let o = run(
+        "nbdinfo",
+        &what,
+        Command::new("nbdinfo")
+            .arg(format!("--map=qemu:dirty-bitmap:{bitmap}"))
+            .arg("--json")
+            .arg(uri),
+    )?;
+    dirty_clusters(&o.stdout, what)
 }
 
 #[cfg(test)]

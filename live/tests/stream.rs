@@ -27,7 +27,8 @@ use v2k_live::overlay::{
 };
 use v2k_live::source::ReadFuture;
 use v2k_live::stream::{
-    check_overlay, has_backing, resume_after_outage, start_pull, wait_pull, Verdict,
+    check_overlay, check_running, has_backing, resume_after_outage, start_pull, wait_pull, Verdict,
+    FROZEN_BITMAP,
 };
 use v2k_live::{serve, FileSource, ServeOptions, ServerHandle, Source, CLUSTER};
 
@@ -213,16 +214,62 @@ impl Live {
     /// A write by the guest's own device (its virtio-blk backend), as the guest's
     /// driver would issue it.
     fn guest_write(&self) {
+        self.device_write(0xcd, GUEST_AT, GUEST_LEN);
+    }
+
+    fn device_write(&self, byte: u8, at: u64, len: u64) {
         let out = virsh(&[
             "qemu-monitor-command",
             "--hmp",
             &self.domain,
             &format!(
                 "qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend \
-                 \"write -P 0xcd {GUEST_AT} {GUEST_LEN}\""
+                 \"write -P {byte:#x} {at} {len}\""
             ),
         ]);
         assert!(!out.contains("rror"), "{out}");
+    }
+
+    /// A fresh path in a directory QEMU's user may create its server's socket in.
+    fn qemu_socket(&self, name: &str) -> PathBuf {
+        let d = self.dir.path().join("qemu");
+        if !d.exists() {
+            std::fs::create_dir(&d).unwrap();
+            let label = dac_label(&virsh(&["capabilities"]), "qemu").unwrap();
+            std::os::unix::fs::chown(&d, Some(label.uid), Some(label.gid)).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        d.join(name)
+    }
+
+    /// The overlay's node's bitmaps in the running QEMU: (name, recording).
+    fn bitmaps(&self) -> Vec<(String, bool)> {
+        let out = virsh(&[
+            "qemu-monitor-command",
+            &self.domain,
+            r#"{"execute":"query-named-block-nodes","arguments":{"flat":true}}"#,
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let node = v["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["drv"] == "qcow2" && n["file"] == self.overlay.to_str().unwrap())
+            .expect("the overlay's node")
+            .clone();
+        node["dirty-bitmaps"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|b| {
+                        (
+                            b["name"].as_str().unwrap().to_string(),
+                            b["recording"].as_bool().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn qemu_pid(&self) -> u32 {
@@ -328,6 +375,66 @@ fn a_pulled_overlay_verifies_and_counts_guest_and_v2k_writes_and_an_unmarked_cha
         panic!("an unmarked change went unnoticed");
     };
     assert_eq!(c.mismatched, vec![(2 << 20) / CLUSTER]);
+}
+
+/// The check of a domain that keeps running: the same counts as the check of a stopped
+/// one, the domain still running after it with its own bitmap recording and nothing of
+/// the check's left; a change the bitmap did not record is caught, and a second check
+/// runs (the first left QEMU's NBD server stopped).
+#[test]
+fn a_running_domain_is_checked_without_stopping_it() {
+    let live = Live::start("running");
+    live.guest_write();
+    start_pull(URI, &live.domain, "vda", None).unwrap();
+    wait_pull(URI, &live.domain, "vda", Duration::from_millis(100), |_| {}).unwrap();
+    let record = live.record();
+    let v = check_running(
+        URI,
+        &live.domain,
+        &record,
+        &live.overlay,
+        &live.injected,
+        &live.qemu_socket("check.sock"),
+    )
+    .unwrap();
+    let Verdict::Verified(c) = v else {
+        panic!("the running overlay does not verify: {v:?}");
+    };
+    let clusters = SIZE as u64 / CLUSTER;
+    assert_eq!(c.served, clusters - 2, "{c:?}");
+    assert_eq!((c.changed_by_v2k, c.written_by_guest), (1, 2), "{c:?}");
+    assert_eq!(c.verified, clusters - 3, "{c:?}");
+    assert!(domstate(&live.domain).starts_with("running"));
+    assert_eq!(
+        live.bitmaps(),
+        vec![(v2k_live::overlay::GUEST_BITMAP.to_string(), true)],
+        "the guest's bitmap records on, {FROZEN_BITMAP} is gone"
+    );
+
+    // The guest's bitmap stopped, then a device write to a served cluster: caught.
+    virsh(&[
+        "qemu-monitor-command",
+        &live.domain,
+        &format!(
+            r#"{{"execute":"block-dirty-bitmap-disable","arguments":{{"node":"libvirt-1-format","name":"{}"}}}}"#,
+            v2k_live::overlay::GUEST_BITMAP
+        ),
+    ]);
+    live.device_write(0x77, 2 << 20, 512);
+    let v = check_running(
+        URI,
+        &live.domain,
+        &record,
+        &live.overlay,
+        &live.injected,
+        &live.qemu_socket("check2.sock"),
+    )
+    .unwrap();
+    let Verdict::Mismatch(c) = v else {
+        panic!("an unmarked change went unnoticed: {v:?}");
+    };
+    assert_eq!(c.mismatched, vec![(2 << 20) / CLUSTER]);
+    assert!(domstate(&live.domain).starts_with("running"));
 }
 
 /// The standalone overlay's bytes (qemu-img's reading, independent of v2k's).

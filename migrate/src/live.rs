@@ -46,9 +46,6 @@ const EXPORT: &str = "disk";
 pub const RECORD_FILE: &str = "live.json";
 /// How long the domain may take to become active after the watcher starts it.
 const START_WAIT: Duration = Duration::from_secs(120);
-/// How long a guest may take to shut down for the check before it is stopped hard
-/// (`virsh destroy`: SIGTERM, which still stores the bitmap; measured in phase 2a).
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(120);
 /// How often a pull's progress is read.
 const PULL_POLL: Duration = Duration::from_secs(1);
 
@@ -731,24 +728,50 @@ fn pipeline(
         Some(started.duration_since(cx.source_off).as_secs_f64() + boot)
     });
 
-    // check: the domain stopped (so that QEMU stores the guest's bitmap), every overlay
-    // checked against what was served, then the standalone domain started again
+    // check: every overlay against what was served, while the domain keeps running
+    // (through QEMU's own NBD server; a domain that is not running, e.g. a guest that
+    // shut itself down, is checked from its files and started again after)
     let t = tl.begin("live-check");
-    // The guest's shutdown is given what --shutdown-timeout gave the source's, up to
-    // SHUTDOWN_WAIT (a guest with no OS, as in the fault tests, never answers ACPI).
-    let wait = opts
-        .cutover
-        .as_ref()
-        .map_or(SHUTDOWN_WAIT, |c| c.timeout.min(SHUTDOWN_WAIT));
-    stop_domain(uri, &name, wait, progress)
-        .map_err(step(format!("stopping {name} for the check")))?;
+    // Standalone first: the persistent definition loses the NBD backing (the running
+    // domain's did when its pulls ended), so that a failed check leaves a domain that
+    // starts.
+    let xml = v2k_kvm_target::domain_xml(&target, &features);
+    v2k_outfile::write_atomic_mode(&domain_xml, xml.as_bytes(), true, 0o644)
+        .map_err(step(format!("writing {}", domain_xml.display())))?;
+    stages::define(uri, &domain_xml)?;
+    let running = domstate(uri, &name) != "shut off";
+    let qemu_dir = dir.join("qemu");
+    if running {
+        // QEMU's user creates its server's socket here.
+        v2k_outfile::create_dir(&qemu_dir)
+            .map_err(step(format!("creating {}", qemu_dir.display())))?;
+        std::os::unix::fs::chown(&qemu_dir, Some(label.uid), Some(label.gid))
+            .and_then(|_| {
+                std::fs::set_permissions(&qemu_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(step(format!(
+                "handing {} to QEMU's user",
+                qemu_dir.display()
+            )))?;
+    }
     let mut disks = Vec::new();
     for (i, o) in overlays.iter().enumerate() {
         let record = serving.servers[i].record();
-        let sock = dir.join(format!("check{i}.sock"));
-        fresh_socket(&sock)?;
-        let v = stream::check_overlay(&record, o, &changed[i], &sock)
-            .map_err(step(format!("checking {}", o.display())))?;
+        let v = if running {
+            stream::check_running(
+                uri,
+                &name,
+                &record,
+                o,
+                &changed[i],
+                &qemu_dir.join(format!("check{i}.sock")),
+            )
+        } else {
+            let sock = dir.join(format!("check{i}.sock"));
+            fresh_socket(&sock)?;
+            stream::check_overlay(&record, o, &changed[i], &sock)
+        }
+        .map_err(step(format!("checking {}", o.display())))?;
         let stats = serving.servers[i].stats();
         let mut d = LiveDisk {
             disk: vm.disks[i].id.clone(),
@@ -783,13 +806,13 @@ fn pipeline(
         }
         disks.push(d);
     }
+    if running {
+        let _ = std::fs::remove_dir_all(&qemu_dir);
+    }
     serving.shutdown();
-    // Standalone now: the domain is defined again without the NBD backing.
-    let xml = v2k_kvm_target::domain_xml(&target, &features);
-    v2k_outfile::write_atomic_mode(&domain_xml, xml.as_bytes(), true, 0o644)
-        .map_err(step(format!("writing {}", domain_xml.display())))?;
-    stages::define(uri, &domain_xml)?;
-    virsh(uri, &["start", &name]).map_err(step(format!("starting {name} again")))?;
+    if !running {
+        virsh(uri, &["start", &name]).map_err(step(format!("starting {name} again")))?;
+    }
     let verdict = if disks.iter().any(|d| d.verdict == LiveVerdict::Mismatch) {
         LiveVerdict::Mismatch
     } else if disks.iter().any(|d| d.verdict == LiveVerdict::CannotTell) {
@@ -910,36 +933,6 @@ fn resumable(run: &RunDir, uri: &str, overlays: &[PathBuf]) -> Option<LiveRecord
             .zip(overlays)
             .all(|(d, o)| d.overlay == *o && o.is_file());
     fits.then_some(prev)
-}
-
-/// Shuts `name` down (ACPI), or stops it hard when it does not within `wait`
-/// (`virsh destroy` sends SIGTERM: QEMU still stores the bitmap).
-fn stop_domain(
-    uri: &str,
-    name: &str,
-    wait: Duration,
-    progress: &dyn Fn(Event),
-) -> Result<(), BoxError> {
-    if domstate(uri, name) == "shut off" {
-        return Ok(());
-    }
-    progress(Event::Message(format!(
-        "shutting {name} down: QEMU stores the guest's bitmap when it closes the disks"
-    )));
-    let _ = virsh(uri, &["shutdown", name]);
-    let t = Instant::now();
-    while t.elapsed() < wait {
-        if domstate(uri, name) == "shut off" {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    progress(Event::Message(format!(
-        "{name} did not shut down within {} s: stopping it",
-        wait.as_secs()
-    )));
-    virsh(uri, &["destroy", name])?;
-    Ok(())
 }
 
 #[cfg(test)]
