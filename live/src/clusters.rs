@@ -151,6 +151,8 @@ pub struct ClusterReader {
     size: u64,
     cache: Mutex<Cache>,
     record: Mutex<HashRecord>,
+    /// Entries recorded since the last [`ClusterReader::take_fresh`] (for the journal).
+    fresh: Mutex<Vec<(u64, [u8; 32])>>,
 }
 
 impl ClusterReader {
@@ -161,6 +163,7 @@ impl ClusterReader {
             size,
             cache: Mutex::new(Cache::default()),
             record: Mutex::new(HashRecord::new(size)),
+            fresh: Mutex::new(Vec::new()),
         }
     }
 
@@ -175,6 +178,35 @@ impl ClusterReader {
     /// A copy of the record so far.
     pub fn record(&self) -> HashRecord {
         self.record.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Takes `earlier` (what an earlier server over the same disk served, read back
+    /// from its journal) as the record so far: clusters served again are checked
+    /// against it, and the check after the stream covers both runs. Refused for
+    /// another disk size.
+    pub fn seed(&self, earlier: HashRecord) -> Result<(), Error> {
+        if earlier.disk_size != self.size {
+            return Err(Error::Record {
+                file: self.source.name(),
+                message: format!(
+                    "an earlier record for {} bytes, not {}",
+                    earlier.disk_size, self.size
+                ),
+            });
+        }
+        let mut rec = self.record.lock().map_err(|_| Error::Poisoned)?;
+        for (i, h) in earlier.hashes {
+            rec.hashes.entry(i).or_insert(h);
+        }
+        Ok(())
+    }
+
+    /// The entries recorded since the last call (each one once), for the journal.
+    pub fn take_fresh(&self) -> Vec<(u64, [u8; 32])> {
+        self.fresh
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
     }
 
     fn cluster_len(&self, i: u64) -> u64 {
@@ -193,6 +225,7 @@ impl ClusterReader {
             Some(_) => Ok(()),
             None => {
                 rec.hashes.insert(i, h);
+                self.fresh.lock().map_err(|_| Error::Poisoned)?.push((i, h));
                 Ok(())
             }
         }
@@ -498,5 +531,44 @@ mod tests {
         let mut huge = b[..RECORD_HEADER].to_vec();
         huge[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(HashRecord::from_bytes(&huge, "x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::*;
+    use crate::FileSource;
+
+    /// A rerun's server seeded with the killed run's record: a cluster it serves again
+    /// is checked against that record, new ones are journaled, others keep theirs.
+    #[test]
+    fn a_seeded_record_checks_clusters_served_again() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk.raw");
+        let data: Vec<u8> = (0..3 * CLUSTER).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let reader = ClusterReader::new(Arc::new(FileSource::open(&p).unwrap()));
+        let mut earlier = HashRecord::new(3 * CLUSTER);
+        earlier.hashes.insert(0, [7; 32]); // not what cluster 0 holds
+        earlier
+            .hashes
+            .insert(2, Sha256::digest(&data[2 * CLUSTER as usize..]).into());
+        assert!(
+            reader.seed(HashRecord::new(CLUSTER)).is_err(),
+            "another size"
+        );
+        reader.seed(earlier).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = rt.block_on(reader.read(0, 512)).unwrap_err();
+        assert!(matches!(e, Error::SourceChanged { offset: 0, .. }), "{e}");
+        rt.block_on(reader.read(CLUSTER, 512)).unwrap();
+        rt.block_on(reader.read(2 * CLUSTER, 512)).unwrap();
+        // Only cluster 1 is new: the journal gets it, once.
+        let fresh: Vec<u64> = reader.take_fresh().iter().map(|(i, _)| *i).collect();
+        assert_eq!(fresh, [1]);
+        assert!(reader.take_fresh().is_empty());
+        assert_eq!(reader.record().hashes.len(), 3);
     }
 }

@@ -15,6 +15,7 @@
 //! docs/live-import.md describes the design, its limits and what is not built yet.
 
 pub mod clusters;
+pub mod journal;
 pub mod overlay;
 pub mod protocol;
 pub mod server;
@@ -24,6 +25,7 @@ pub mod stream;
 use std::path::PathBuf;
 
 pub use clusters::{verify_image, HashRecord, VerifyReport, CLUSTER};
+pub use journal::Journal;
 pub use server::{serve, ServeOptions, ServerHandle, Stats};
 pub use source::{DatastoreSource, FileSource, RetryPolicy, Source, SourceStats};
 

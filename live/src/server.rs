@@ -120,6 +120,18 @@ impl ServerHandle {
         self.shared.reader.record()
     }
 
+    /// Merges what an earlier server over the same disk served (its journal) into the
+    /// record: a rerun after a kill checks both runs' clusters.
+    pub fn seed(&self, earlier: HashRecord) -> Result<(), Error> {
+        self.shared.reader.seed(earlier)
+    }
+
+    /// The clusters first served since the last call, with their SHA-256, each once:
+    /// what [`crate::journal::Journal::append`] persists while serving.
+    pub fn take_fresh(&self) -> Vec<(u64, [u8; 32])> {
+        self.shared.reader.take_fresh()
+    }
+
     pub fn socket(&self) -> &Path {
         &self.path
     }

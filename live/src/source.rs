@@ -157,6 +157,19 @@ impl DatastoreSource {
         })
     }
 
+    /// One read of the extent's first 512 bytes, with no retry: whether the datastore
+    /// answers right now (`Ok(true)`), is still away (`Ok(false)`: a transient
+    /// failure, as [`RetryPolicy`] would retry), or refuses for good (`Err`: a 404,
+    /// a wrong password). What a live import polls while it waits out an outage.
+    pub async fn probe(&self) -> Result<bool, Error> {
+        let len = self.extent.size().min(512) as usize;
+        match self.extent.read(0, len).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.transient => Ok(false),
+            Err(e) => Err(e.error.into()),
+        }
+    }
+
     /// Logs the session out (best effort; also what dropping the session does not do).
     pub async fn logout(&self) -> Result<(), Error> {
         Ok(self.session.logout().await?)

@@ -15,8 +15,9 @@
 //! the overlays are checked. `live.json` in the run directory says where the stage
 //! stood (and the error that stopped it); the source is never powered on here, and a
 //! failure after the domain started stops the domain, which cannot run without the
-//! server. Resuming a killed live import is not built: a rerun refuses the overlays an
-//! earlier run left (docs/live-import.md).
+//! server. A rerun resumes a killed import ([`resumable`]: serves again on the same
+//! sockets with the journaled record, skips what the killed run did, and streams what
+//! is left); any other overlays an earlier run left are refused (docs/live-import.md).
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,9 @@ use crate::report::{self, StageStatus};
 use crate::rundir::{disk_file_stem, RunDir};
 use crate::stages;
 use crate::{BootStages, BoxError, Error, Event, Options, Outcome, RemoteSource, Timeline};
+
+mod outage;
+pub use outage::{DEFAULT_OUTAGE_LIMIT, MAX_UNEXPLAINED};
 
 /// The export name every disk's server uses (one export per socket).
 const EXPORT: &str = "disk";
@@ -60,6 +64,12 @@ pub struct LiveOptions {
     pub uri: String,
     /// At most this many MiB/s per disk's pull (`--live-bandwidth`).
     pub bandwidth_mib: Option<u64>,
+    /// How long v2k's server holds one read through a source outage before QEMU's
+    /// request fails (`--live-hold`; [`RetryPolicy::hold`], 10 min by default).
+    pub hold: Duration,
+    /// How long the stream waits for a source that went away before it gives up
+    /// (`--live-outage-limit`; [`DEFAULT_OUTAGE_LIMIT`]).
+    pub outage_limit: Duration,
 }
 
 /// Why the live stage stopped. `live.json` in the run directory says where it stood.
@@ -123,6 +133,9 @@ pub struct LiveDisk {
     /// Datastore reads repeated after a transient failure, and logins (1 + renewals).
     pub retries: u64,
     pub logins: u64,
+    /// This disk's pull started again after it failed (an outage past the hold).
+    #[serde(default)]
+    pub pull_restarts: u64,
 }
 
 /// The report's `live` section.
@@ -150,6 +163,17 @@ pub struct LiveReport {
     /// the agent did not report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_seconds: Option<f64>,
+    /// Times the stream found the source away (a pull failed or the domain paused on
+    /// an I/O error, and the source did not answer), and the seconds it waited for it.
+    #[serde(default)]
+    pub outages: u64,
+    #[serde(default)]
+    pub outage_seconds: f64,
+    /// Pulls started again (all disks) and resumes of a domain paused by an I/O error.
+    #[serde(default)]
+    pub pull_restarts: u64,
+    #[serde(default)]
+    pub resumes: u64,
     pub disks: Vec<LiveDisk>,
 }
 
@@ -157,12 +181,20 @@ pub struct LiveReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub struct LiveRecord {
-    /// `serving`, `injected`, `defined`, `streaming`, `checking`, `done` or `failed`.
+    /// `serving`, `injected`, `defined`, `streaming`, `outage` (waiting for the source),
+    /// `checking`, `done` or `failed`.
     pub state: String,
     pub source_off_at: u64,
+    /// The source's address (`vsphere://USER@HOST/…`, no secret): what `v2k rollback`
+    /// powers back on.
+    #[serde(default)]
+    pub source: String,
     pub uri: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// The defined domain's UUID: `v2k rollback` touches no other domain of that name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_uuid: Option<String>,
     /// Whether the domain depends on the source's server (started, not yet streamed).
     pub depends_on_source: bool,
     pub disks: Vec<RecordDisk>,
@@ -179,10 +211,13 @@ pub struct RecordDisk {
     /// The clusters the inject stage changed (allocated before the first start).
     #[serde(default)]
     pub changed_by_v2k: Vec<u64>,
+    /// The served-hash journal (`live::Journal`): what was served survives a kill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashes: Option<PathBuf>,
 }
 
 impl LiveRecord {
-    fn save(&self, run: &RunDir) -> crate::Result<()> {
+    pub(crate) fn save(&self, run: &RunDir) -> crate::Result<()> {
         let path = run.root().join(RECORD_FILE);
         let mut text = serde_json::to_vec_pretty(self).expect("a record serialises");
         text.push(b'\n');
@@ -311,6 +346,7 @@ pub(crate) fn run(cx: &Context, tl: &mut Timeline, mut vm: Vm) -> crate::Result<
         rec: LiveRecord {
             state: "starting".into(),
             source_off_at,
+            source: cx.opts.source.display().to_string(),
             uri: cx.live.uri.clone(),
             ..LiveRecord::default()
         },
@@ -349,12 +385,24 @@ fn pipeline(
         .iter()
         .map(|d| dir.join(format!("{}.qcow2", disk_file_stem(&d.id))))
         .collect();
-    for o in &overlays {
+    let resume = resumable(run, uri, &overlays);
+    if let Some(prev) = &resume {
+        progress(Event::Message(format!(
+            "resuming the live import a killed run left ({}): serving again on the same \
+             sockets, with the record of what it served",
+            prev.state
+        )));
+        stand.rec = prev.clone();
+        stand.rec.error = None;
+    }
+    for o in overlays.iter().filter(|_| resume.is_none()) {
         if o.symlink_metadata().is_ok() {
             return Err(usage(format!(
-                "{}: an earlier live import left this overlay; resuming a killed live \
-                 import is not built (docs/live-import.md): make sure no domain uses it, \
-                 then use a new run directory",
+                "{}: an earlier live import left this overlay and cannot be resumed \
+                 (only one killed while streaming, its domain still defined, can: \
+                 docs/live-import.md): `v2k rollback` on this run directory stops its \
+                 domain and powers the source on; or make sure no domain uses it, then \
+                 use a new run directory",
                 o.display()
             )));
         }
@@ -385,6 +433,7 @@ fn pipeline(
         sources: Vec::new(),
     };
     let mut backings = Vec::new();
+    let mut journals = Vec::new();
     for (i, (d, disk)) in access.disks.iter().zip(&vm.disks).enumerate() {
         let sock = dir.join(format!("disk{i}.sock"));
         fresh_socket(&sock)?;
@@ -396,7 +445,10 @@ fn pipeline(
                         &access.options,
                         access.credentials.clone(),
                         d,
-                        RetryPolicy::default(),
+                        RetryPolicy {
+                            hold: live.hold,
+                            ..RetryPolicy::default()
+                        },
                     )
                     .await?,
                 );
@@ -412,8 +464,26 @@ fn pipeline(
                 Ok::<_, v2k_live::Error>((src, server))
             })
             .map_err(step(format!("serving disk {}", disk.id)))?;
+        let hashes = dir.join(format!("disk{i}.hashes"));
+        journals.push(
+            v2k_live::Journal::open(&hashes, server.record().disk_size)
+                .map_err(step(format!("opening {}", hashes.display())))?,
+        );
+        if resume.is_some() {
+            // What the killed run served (its journal) is this run's record too.
+            v2k_live::Journal::load(&hashes)
+                .and_then(|r| server.seed(r))
+                .map_err(step(format!("reading {}", hashes.display())))?;
+        }
         serving.sources.push(src);
         serving.servers.push(server);
+        backings.push(NbdBacking {
+            socket: sock.clone(),
+            export: EXPORT.into(),
+        });
+        if resume.is_some() {
+            continue;
+        }
         overlay::create_overlay(&overlays[i], &sock, EXPORT)
             .map_err(step(format!("creating the overlay of disk {}", disk.id)))?;
         stand.rec.disks.push(RecordDisk {
@@ -421,10 +491,7 @@ fn pipeline(
             socket: sock.clone(),
             overlay: overlays[i].clone(),
             changed_by_v2k: Vec::new(),
-        });
-        backings.push(NbdBacking {
-            socket: sock,
-            export: EXPORT.into(),
+            hashes: Some(dir.join(format!("disk{i}.hashes"))),
         });
     }
     stand.set("serving")?;
@@ -436,7 +503,16 @@ fn pipeline(
     tl.end(t, StageStatus::Done, Some(detail));
 
     // inject, on the overlays
-    let injected = if opts.inject {
+    let injected = if resume.is_some() {
+        tl.skip(
+            "inject",
+            "resumed: the killed run had injected the overlays",
+        );
+        if !opts.inject {
+            vm.concerns.push(stages::not_converted_concern());
+        }
+        None
+    } else if opts.inject {
         let t = tl.begin("inject");
         let settings = stages::InjectSettings {
             bus,
@@ -466,7 +542,19 @@ fn pipeline(
         None
     };
     let mut changed = Vec::new();
-    for (o, r) in overlays.iter().zip(stand.rec.disks.iter_mut()) {
+    if resume.is_some() {
+        changed = stand
+            .rec
+            .disks
+            .iter()
+            .map(|d| d.changed_by_v2k.iter().copied().collect())
+            .collect();
+    }
+    for (o, r) in overlays
+        .iter()
+        .zip(stand.rec.disks.iter_mut())
+        .filter(|_| resume.is_none())
+    {
         let c = overlay::allocated_clusters(o)
             .map_err(step(format!("reading what v2k changed in {}", o.display())))?;
         overlay::add_guest_bitmap(o).map_err(step(format!(
@@ -476,11 +564,17 @@ fn pipeline(
         r.changed_by_v2k = c.iter().copied().collect();
         changed.push(c);
     }
-    stand.set("injected")?;
+    if resume.is_none() {
+        stand.set("injected")?;
+    }
 
     // target: the live domain, defined
     let t = tl.begin("target");
-    let features = stages::features(injected.as_ref());
+    let features = match (&resume, run.load_windows()) {
+        // The killed run's guest features (a Windows guest's RTC) come from its record.
+        (Some(_), Ok(Some(w))) => v2k_kvm_target::GuestFeatures::windows(w.inspection.rtc_utc),
+        _ => stages::features(injected.as_ref()),
+    };
     let mut target = stages::target(vm, &overlays, bus, &opts.network_map, accel, run.root())?;
     for c in stages::tune(&mut target, vm, &opts.host_topology)? {
         progress(Event::Message(format!("warning: {}: {}", c.id, c.message)));
@@ -488,24 +582,21 @@ fn pipeline(
     }
     stages::write_target(run.root(), &target, &features)?;
     let name = target.safe_name();
-    if virsh(uri, &["dominfo", &name]).is_ok() {
-        return Err(usage(format!(
-            "{uri} already has a domain named {name}: it is not replaced"
-        )));
-    }
-    let xml = v2k_kvm_target::live_domain_xml(&target, &features, &backings)
-        .map_err(stages::TargetError::from)?;
     let domain_xml = run.root().join("domain.xml");
-    v2k_outfile::write_atomic_mode(&domain_xml, xml.as_bytes(), true, 0o644)
-        .map_err(step(format!("writing {}", domain_xml.display())))?;
-    stages::define(uri, &domain_xml)?;
-    stand.rec.domain = Some(name.clone());
-    stand.set("defined")?;
-    tl.end(
-        t,
-        StageStatus::Done,
-        Some(format!("{name} defined on {uri} over the NBD exports")),
-    );
+    if resume.is_some() {
+        tl.end(
+            t,
+            StageStatus::Done,
+            Some(format!("{name} on {uri}: defined by the killed run")),
+        );
+    } else {
+        define_live(uri, &name, &target, &features, &backings, run, stand)?;
+        tl.end(
+            t,
+            StageStatus::Done,
+            Some(format!("{name} defined on {uri} over the NBD exports")),
+        );
+    }
 
     // start (watched) and stream
     let devs: Vec<String> = (0..overlays.len())
@@ -546,10 +637,12 @@ fn pipeline(
         let watcher = watch
             .as_ref()
             .map(|(expect, aopts)| s.spawn(move || boot.after_cutover(expect, aopts)));
-        if watcher.is_none() {
+        // (A resumed import's domain may still run, or be paused by the outage its
+        // server's end caused.)
+        if watcher.is_none() && domstate(uri, &name) == "shut off" {
             virsh(uri, &["start", &name]).map_err(step(format!("starting {name}")))?;
         }
-        let streamed = (|| -> crate::Result<f64> {
+        let streamed = (|| -> crate::Result<(f64, outage::Faults)> {
             // The watcher starts the domain (paused, then resumed once its console is
             // attached); block jobs need it active.
             let wait = Instant::now();
@@ -560,31 +653,21 @@ fn pipeline(
                 }
                 std::thread::sleep(Duration::from_millis(200));
             }
-            let pull_start = Instant::now();
-            for d in &devs {
-                stream::start_pull(uri, &name, d, live.bandwidth_mib)
-                    .map_err(step(format!("starting the pull of {name} {d}")))?;
-            }
-            for (i, d) in devs.iter().enumerate() {
-                let mut shown = None;
-                stream::wait_pull(uri, &name, d, PULL_POLL, |p| {
-                    let tenth = p.cur.saturating_mul(10) / p.end.max(1);
-                    if shown != Some(tenth) {
-                        shown = Some(tenth);
-                        progress(Event::Disk {
-                            disk: i,
-                            phase: "stream",
-                            done: p.cur,
-                            total: p.end,
-                        });
-                    }
-                })
-                .map_err(step(format!("streaming {name} {d}")))?;
-                progress(Event::Message(format!(
-                    "{d}: streamed; it no longer reads from the source"
-                )));
-            }
-            Ok(pull_start.elapsed().as_secs_f64())
+            outage::stream_all(
+                uri,
+                &name,
+                &devs,
+                live.bandwidth_mib,
+                live.outage_limit,
+                &mut outage::Served {
+                    rt: &serving.rt,
+                    sources: &serving.sources,
+                    servers: &serving.servers,
+                    journals: &mut journals,
+                },
+                stand,
+                progress,
+            )
         })();
         let validation = watcher.map(|w| {
             w.join().unwrap_or_else(|_| {
@@ -595,7 +678,7 @@ fn pipeline(
         });
         Ok::<_, Error>((validation, streamed))
     })?;
-    let stream_seconds = streamed?;
+    let (stream_seconds, faults) = streamed?;
     stand.rec.depends_on_source = false;
     stand.set("checking")?;
     let sizes: Vec<u64> = serving
@@ -703,6 +786,7 @@ fn pipeline(
             bytes_served: stats.bytes_served,
             retries: stats.source.retries,
             logins: stats.source.logins,
+            pull_restarts: faults.pull_restarts[i],
         };
         match v {
             Verdict::Verified(c) | Verdict::Mismatch(c) => {
@@ -751,6 +835,10 @@ fn pipeline(
         bandwidth_mib: live.bandwidth_mib,
         source_off_at: stand.rec.source_off_at,
         downtime_seconds: downtime,
+        outages: faults.outages,
+        outage_seconds: faults.outage_seconds,
+        pull_restarts: faults.pull_restarts.iter().sum(),
+        resumes: faults.resumes,
         disks,
     };
     let detail = format!(
@@ -798,6 +886,55 @@ fn pipeline(
     })
 }
 
+/// Defines the live domain (its disks over the NBD exports) and records it; a domain
+/// of that name already there is not replaced.
+fn define_live(
+    uri: &str,
+    name: &str,
+    target: &v2k_kvm_target::Target,
+    features: &v2k_kvm_target::GuestFeatures,
+    backings: &[NbdBacking],
+    run: &RunDir,
+    stand: &mut Stand,
+) -> crate::Result<()> {
+    if virsh(uri, &["dominfo", name]).is_ok() {
+        return Err(usage(format!(
+            "{uri} already has a domain named {name}: it is not replaced"
+        )));
+    }
+    let xml = v2k_kvm_target::live_domain_xml(target, features, backings)
+        .map_err(stages::TargetError::from)?;
+    let domain_xml = run.root().join("domain.xml");
+    v2k_outfile::write_atomic_mode(&domain_xml, xml.as_bytes(), true, 0o644)
+        .map_err(step(format!("writing {}", domain_xml.display())))?;
+    stages::define(uri, &domain_xml)?;
+    stand.rec.domain = Some(name.to_string());
+    stand.rec.domain_uuid = virsh(uri, &["domuuid", name])
+        .ok()
+        .map(|u| u.trim().to_string());
+    stand.set("defined")
+}
+
+/// The record of a live import a killed run left in `run`, when it can be resumed:
+/// it was streaming (or waiting out an outage), its domain is still defined with the
+/// UUID it recorded, and every overlay is there. Anything else is refused as before.
+fn resumable(run: &RunDir, uri: &str, overlays: &[PathBuf]) -> Option<LiveRecord> {
+    let prev = run.load_live().ok()?;
+    let streaming = matches!(prev.state.as_str(), "streaming" | "outage")
+        && prev.depends_on_source
+        && prev.uri == uri;
+    let domain = prev.domain.as_deref().filter(|_| streaming)?;
+    let ours = virsh(uri, &["domuuid", domain]).ok()?;
+    let fits = prev.domain_uuid.as_deref() == Some(ours.trim())
+        && prev.disks.len() == overlays.len()
+        && prev
+            .disks
+            .iter()
+            .zip(overlays)
+            .all(|(d, o)| d.overlay == *o && o.is_file());
+    fits.then_some(prev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -818,6 +955,42 @@ mod tests {
         let e = v2k_inventory::one_line(&e);
         assert!(e.contains("not a socket"), "{e}");
         assert!(file.exists(), "kept");
+    }
+
+    #[test]
+    fn only_an_import_killed_while_streaming_is_resumable() {
+        let d = tempfile::tempdir().unwrap();
+        let run = RunDir::at(d.path());
+        assert!(
+            resumable(&run, "qemu:///system", &[]).is_none(),
+            "no live.json"
+        );
+        for (state, depends) in [("failed", false), ("done", false), ("injected", false)] {
+            LiveRecord {
+                state: state.into(),
+                uri: "qemu:///system".into(),
+                domain: Some("web".into()),
+                depends_on_source: depends,
+                ..LiveRecord::default()
+            }
+            .save(&run)
+            .unwrap();
+            assert!(
+                resumable(&run, "qemu:///system", &[]).is_none(),
+                "{state} is not resumable"
+            );
+        }
+        // Streaming, but on another libvirt: not this run's to resume.
+        LiveRecord {
+            state: "streaming".into(),
+            uri: "qemu+ssh://elsewhere/system".into(),
+            domain: Some("web".into()),
+            depends_on_source: true,
+            ..LiveRecord::default()
+        }
+        .save(&run)
+        .unwrap();
+        assert!(resumable(&run, "qemu:///system", &[]).is_none());
     }
 
     #[test]

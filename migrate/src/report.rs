@@ -423,6 +423,14 @@ fn live_html(h: &mut String, l: &crate::live::LiveReport) {
         );
     }
     h.push_str("</table><p>Counts are 64 KiB clusters; every served cluster neither v2k nor the guest wrote was compared with the hash taken as it was served.</p>");
+    if l.outages > 0 || l.pull_restarts > 0 || l.resumes > 0 {
+        let _ = write!(
+            h,
+            "<p>Source outages during the stream: {} ({:.0} s waited for the source); \
+             pulls started again: {}; resumes of the paused domain: {}.</p>",
+            l.outages, l.outage_seconds, l.pull_restarts, l.resumes
+        );
+    }
 }
 
 pub fn esc(s: &str) -> String {
@@ -1116,6 +1124,7 @@ mod tests {
             bytes_served: 655360,
             retries: 1,
             logins: 1,
+            pull_restarts: 2,
         };
         r.live = Some(LiveReport {
             uri: "qemu:///system".into(),
@@ -1131,6 +1140,10 @@ mod tests {
             bandwidth_mib: Some(100),
             source_off_at: 1,
             downtime_seconds: Some(51.25),
+            outages: 1,
+            outage_seconds: 40.0,
+            pull_restarts: 2,
+            resumes: 1,
             disks: vec![disk],
         });
         let h = render_html(&r);
@@ -1138,11 +1151,19 @@ mod tests {
         assert!(live.contains("cannot tell"), "{live}");
         assert!(live.contains("<b>51.2 s</b>"), "{live}");
         assert!(live.contains("limit 100 MiB/s"), "{live}");
+        assert!(
+            live.contains("outages during the stream: 1 (40 s waited")
+                && live.contains("pulls started again: 2; resumes of the paused domain: 1"),
+            "{live}"
+        );
         assert!(live.contains("web&lt;01&gt;") && live.contains("no bitmap &lt;here&gt;"));
         assert!(!live.contains("web<01>"));
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["live"]["verdict"], "cannot-tell");
         assert_eq!(json["live"]["downtime-seconds"], 51.25);
         assert_eq!(json["live"]["disks"][0]["written-by-guest"], 3);
+        assert_eq!(json["live"]["pull-restarts"], 2);
+        assert_eq!(json["live"]["outage-seconds"], 40.0);
+        assert_eq!(json["live"]["disks"][0]["pull-restarts"], 2);
     }
 }

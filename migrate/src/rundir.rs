@@ -276,6 +276,11 @@ impl RunDir {
         self.read_json("delivery.json")
     }
 
+    /// Where a live import stands (`live.json`, [`crate::live::LiveRecord`]).
+    pub fn load_live(&self) -> Result<crate::live::LiveRecord> {
+        self.read_json(crate::live::RECORD_FILE)
+    }
+
     pub(crate) fn save_delivery(&self, r: &crate::deliver::Record) -> Result<()> {
         self.write_json("delivery.json", r)
     }

@@ -130,6 +130,14 @@ pub struct Args {
     /// With --live: pull each disk at most this many MiB/s
     #[arg(long, value_name = "MIB", requires = "live", value_parser = clap::value_parser!(u64).range(1..))]
     live_bandwidth: Option<u64>,
+    /// With --live: seconds v2k's server holds a read while the datastore is away
+    /// before QEMU's request fails (the guest then pauses, the pull stops)
+    #[arg(long, value_name = "S", default_value_t = 600, requires = "live", value_parser = clap::value_parser!(u64).range(1..))]
+    live_hold: u64,
+    /// With --live: seconds the stream waits for a datastore that went away before it
+    /// gives up and stops the domain (docs/live-import.md)
+    #[arg(long, value_name = "S", default_value_t = v2k_migrate::live::DEFAULT_OUTAGE_LIMIT.as_secs(), requires = "live", value_parser = clap::value_parser!(u64).range(1..))]
+    live_outage_limit: u64,
     /// The destination's topology (a `virsh capabilities` file, or a libvirt URI)
     /// that VMware's CPU/NUMA affinity and hugepage reservation are mapped onto
     /// (default: --to's host, else this one)
@@ -302,6 +310,8 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         live: args.live.then(|| v2k_migrate::live::LiveOptions {
             uri: args.connect.clone(),
             bandwidth_mib: args.live_bandwidth,
+            hold: Duration::from_secs(args.live_hold),
+            outage_limit: Duration::from_secs(args.live_outage_limit),
         }),
     };
     let json_mode = args.json;
@@ -389,7 +399,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             })),
             "live": r.live.as_ref().map(|l| json!({
                 "verdict": l.verdict, "downtime-seconds": l.downtime_seconds,
-                "stream-seconds": l.stream_seconds,
+                "stream-seconds": l.stream_seconds, "outages": l.outages,
             })),
         }))?;
     } else {
@@ -427,6 +437,13 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
                 "live: {:?}; streamed in {:.1} s; downtime {downtime}",
                 l.verdict, l.stream_seconds
             )?;
+            if l.outages > 0 || l.pull_restarts > 0 {
+                writeln!(
+                    o,
+                    "  outages: {} ({:.0} s waited), pulls restarted: {}, resumes: {}",
+                    l.outages, l.outage_seconds, l.pull_restarts, l.resumes
+                )?;
+            }
         }
         writeln!(o, "report: {}", html.display())?;
     }

@@ -15,7 +15,9 @@ use crate::{console, exit};
 #[derive(clap::Args)]
 #[command(
     long_about = "Roll a delivered VM back: stop and undefine the target, power the source on.\n\n\
-    Reads RUN_DIR/delivery.json (written by `v2k migrate --to`): the domain there is stopped \
+    Reads RUN_DIR/delivery.json (written by `v2k migrate --to`) or RUN_DIR/live.json (`v2k \
+    migrate --live`, during the stream too: the target is stopped before anything else): \
+    the domain there is stopped \
     (virsh destroy) and undefined, only when it is the one this run directory defined (same \
     UUID); its volumes are kept unless --delete-volumes; a vSphere source (the report's \
     vsphere:// address) is powered back on unless it already runs. Each step is recorded in \
@@ -34,12 +36,10 @@ pub struct Args {
 
 pub fn exec(args: Args) -> anyhow::Result<i32> {
     let run = RunDir::at(&args.run_dir);
-    // The source to power on is the report's, when it is a vSphere VM.
-    let source = run
-        .load_report()
-        .ok()
-        .map(|r| r.source)
-        .filter(|s| v2k_vsphere::Address::is_vsphere(s));
+    // The source to power on is the report's (or a live import's), when it is a
+    // vSphere VM.
+    let source =
+        v2k_migrate::rollback::source_address(&run).filter(|s| v2k_vsphere::Address::is_vsphere(s));
     let remote = match source {
         Some(a) => Some(crate::commands::vsphere::remote(
             v2k_vsphere::Address::parse(&a)?,

@@ -398,6 +398,27 @@ pub fn datastore_dir(sim: &Vcsim) -> PathBuf {
         .expect("the simulator's datastore directory")
 }
 
+/// Writes a flat disk (descriptor + extent, as ESXi lays them out) into the
+/// simulator's datastore and returns how to find it.
+pub fn put_flat_disk(sim: &Vcsim, name: &str, data: &[u8]) -> v2k_vsphere::DiskSource {
+    let dir = datastore_dir(sim).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}-flat.vmdk")), data).unwrap();
+    let desc = format!(
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+         createType=\"vmfs\"\n\n# Extent description\nRW {} VMFS \"{name}-flat.vmdk\"\n\n\
+         ddb.adapterType = \"pvscsi\"\n",
+        data.len() / 512
+    );
+    std::fs::write(dir.join(format!("{name}.vmdk")), desc).unwrap();
+    v2k_vsphere::DiskSource {
+        descriptor: v2k_vsphere::DatastorePath::parse(&format!("[LocalDS_0] {name}/{name}.vmdk"))
+            .unwrap(),
+        datacenter: "DC0".into(),
+        host: None,
+    }
+}
+
 /// Creates a powered-off VM `name` in DC0 on host DC0_H0 (CreateVM_Task) whose disks are
 /// the given datastore files (`[LocalDS_0] dir/disk.vmdk`, capacity in bytes): PVSCSI,
 /// one VMXNET3 NIC on "VM Network" with the static `mac`, BIOS, 2 vCPUs, 1 GiB.
