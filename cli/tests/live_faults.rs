@@ -525,9 +525,12 @@ fn a_killed_import_resumes_on_rerun_from_where_the_stream_stood() {
     eprintln!("journaled before the kill: {before} clusters; live: {live:#}");
     assert_eq!(live["verdict"], "verified", "{live:#}");
     assert_eq!(live["mismatched"], 0, "{live:#}");
-    // The check covers both runs: the killed run's journal merged with the rerun's.
+    // The check covers both runs: the killed run's journal merged with the rerun's,
+    // every cluster of the disk (each is journaled before its read is answered, so the
+    // kill lost none), all verified.
     let served = live["served"].as_u64().unwrap();
     assert!(served >= before, "{live:#}");
+    assert_eq!(served, (DISK / (64 << 10)) as u64, "{live:#}");
     assert_eq!(live["verified"].as_u64().unwrap(), served, "{live:#}");
     // The rerun served only what the overlay still lacked.
     let again = live["disks"][0]["bytes-served"].as_u64().unwrap();

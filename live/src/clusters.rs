@@ -151,8 +151,16 @@ pub struct ClusterReader {
     size: u64,
     cache: Mutex<Cache>,
     record: Mutex<HashRecord>,
-    /// Entries recorded since the last [`ClusterReader::take_fresh`] (for the journal).
-    fresh: Mutex<Vec<(u64, [u8; 32])>>,
+    /// Where each new entry is written before its reply leaves (see [`crate::journal`]).
+    journal: Mutex<JournalSlot>,
+}
+
+/// The journal, or why it stopped: a failed write is not the reader's failure (the
+/// record in memory is whole), it is reported by [`ClusterReader::sync_journal`].
+#[derive(Default)]
+struct JournalSlot {
+    journal: Option<crate::Journal>,
+    failed: Option<Error>,
 }
 
 impl ClusterReader {
@@ -163,7 +171,7 @@ impl ClusterReader {
             size,
             cache: Mutex::new(Cache::default()),
             record: Mutex::new(HashRecord::new(size)),
-            fresh: Mutex::new(Vec::new()),
+            journal: Mutex::new(JournalSlot::default()),
         }
     }
 
@@ -201,12 +209,28 @@ impl ClusterReader {
         Ok(())
     }
 
-    /// The entries recorded since the last call (each one once), for the journal.
-    pub fn take_fresh(&self) -> Vec<(u64, [u8; 32])> {
-        self.fresh
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default()
+    /// From now on, every cluster first recorded is written to `journal` before the
+    /// read that fetched it returns.
+    pub fn journal_to(&self, journal: crate::Journal) -> Result<(), Error> {
+        let mut slot = self.journal.lock().map_err(|_| Error::Poisoned)?;
+        *slot = JournalSlot {
+            journal: Some(journal),
+            failed: None,
+        };
+        Ok(())
+    }
+
+    /// Syncs the journal; the error of a write that failed since, if one did (the
+    /// journal is then closed: what follows is not journaled).
+    pub fn sync_journal(&self) -> Result<(), Error> {
+        let mut slot = self.journal.lock().map_err(|_| Error::Poisoned)?;
+        if let Some(e) = slot.failed.take() {
+            return Err(e);
+        }
+        match slot.journal.as_mut() {
+            Some(j) => j.sync(),
+            None => Ok(()),
+        }
     }
 
     fn cluster_len(&self, i: u64) -> u64 {
@@ -225,7 +249,13 @@ impl ClusterReader {
             Some(_) => Ok(()),
             None => {
                 rec.hashes.insert(i, h);
-                self.fresh.lock().map_err(|_| Error::Poisoned)?.push((i, h));
+                let mut slot = self.journal.lock().map_err(|_| Error::Poisoned)?;
+                if let Some(j) = slot.journal.as_mut() {
+                    if let Err(e) = j.write(&[(i, h)]) {
+                        slot.journal = None;
+                        slot.failed = Some(e);
+                    }
+                }
                 Ok(())
             }
         }
@@ -565,10 +595,38 @@ mod seed_tests {
         assert!(matches!(e, Error::SourceChanged { offset: 0, .. }), "{e}");
         rt.block_on(reader.read(CLUSTER, 512)).unwrap();
         rt.block_on(reader.read(2 * CLUSTER, 512)).unwrap();
-        // Only cluster 1 is new: the journal gets it, once.
-        let fresh: Vec<u64> = reader.take_fresh().iter().map(|(i, _)| *i).collect();
-        assert_eq!(fresh, [1]);
-        assert!(reader.take_fresh().is_empty());
         assert_eq!(reader.record().hashes.len(), 3);
+    }
+
+    /// Each new cluster is in the journal by the time its read returns (no sync
+    /// needed to survive the process); a cluster served again is not written twice.
+    #[test]
+    fn a_cluster_is_journaled_before_its_read_returns() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk.raw");
+        let data: Vec<u8> = (0..3 * CLUSTER).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let reader = ClusterReader::new(Arc::new(FileSource::open(&p).unwrap()));
+        let j = d.path().join("disk0.hashes");
+        reader
+            .journal_to(crate::Journal::open(&j, 3 * CLUSTER).unwrap())
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(reader.read(CLUSTER + 5, 10)).unwrap();
+        let on_disk = crate::Journal::load(&j).unwrap();
+        assert_eq!(on_disk.hashes.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(on_disk.hashes, reader.record().hashes);
+        rt.block_on(reader.read(CLUSTER, 512)).unwrap();
+        rt.block_on(reader.read(0, 2 * CLUSTER as usize)).unwrap();
+        reader.sync_journal().unwrap();
+        let on_disk = crate::Journal::load(&j).unwrap();
+        assert_eq!(on_disk.hashes, reader.record().hashes);
+        assert_eq!(
+            std::fs::metadata(&j).unwrap().len(),
+            24 + 2 * 40,
+            "two entries, cluster 1 once"
+        );
     }
 }

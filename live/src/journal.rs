@@ -1,7 +1,9 @@
 //! The served-hash record on disk while serving, so that it survives a killed v2k
-//! (issue 19, scope 3): an append-only journal of `(cluster, SHA-256)` entries, written
-//! as clusters are first served ([`crate::ServerHandle::take_fresh`]) and synced after
-//! each batch.
+//! (issue 19, scope 3): an append-only journal of `(cluster, SHA-256)` entries. The
+//! server writes each entry as it first records a cluster, before the reply leaves
+//! ([`crate::ServerHandle::journal_to`]): a killed v2k loses none (the kernel holds the
+//! write); [`Journal::sync`] makes them durable against a crash of the machine too,
+//! and the stage calls it at every poll.
 //!
 //! ```text
 //!  offset 0   "V2KLIVEJ"           magic
@@ -88,6 +90,13 @@ impl Journal {
 
     /// Appends `entries` and syncs them.
     pub fn append(&mut self, entries: &[(u64, [u8; 32])]) -> Result<(), Error> {
+        self.write(entries)?;
+        self.sync()
+    }
+
+    /// Appends `entries` in one write, not synced: they survive the process, not a
+    /// crash of the machine.
+    pub fn write(&mut self, entries: &[(u64, [u8; 32])]) -> Result<(), Error> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -98,8 +107,14 @@ impl Journal {
         }
         self.file
             .write_all(&b)
-            .and_then(|()| self.file.sync_data())
             .map_err(|e| io(&self.path, "appending to", e))
+    }
+
+    /// Makes what was written durable.
+    pub fn sync(&mut self) -> Result<(), Error> {
+        self.file
+            .sync_data()
+            .map_err(|e| io(&self.path, "syncing", e))
     }
 
     pub fn path(&self) -> &Path {

@@ -126,10 +126,15 @@ impl ServerHandle {
         self.shared.reader.seed(earlier)
     }
 
-    /// The clusters first served since the last call, with their SHA-256, each once:
-    /// what [`crate::journal::Journal::append`] persists while serving.
-    pub fn take_fresh(&self) -> Vec<(u64, [u8; 32])> {
-        self.shared.reader.take_fresh()
+    /// Journals every cluster first served from now on, before its reply leaves
+    /// ([`crate::journal`]).
+    pub fn journal_to(&self, journal: crate::Journal) -> Result<(), Error> {
+        self.shared.reader.journal_to(journal)
+    }
+
+    /// Makes the journal durable; the error of a journal write that failed, if any.
+    pub fn sync_journal(&self) -> Result<(), Error> {
+        self.shared.reader.sync_journal()
     }
 
     pub fn socket(&self) -> &Path {

@@ -465,10 +465,10 @@ fn pipeline(
             })
             .map_err(step(format!("serving disk {}", disk.id)))?;
         let hashes = dir.join(format!("disk{i}.hashes"));
-        journals.push(
-            v2k_live::Journal::open(&hashes, server.record().disk_size)
-                .map_err(step(format!("opening {}", hashes.display())))?,
-        );
+        v2k_live::Journal::open(&hashes, server.record().disk_size)
+            .and_then(|j| server.journal_to(j))
+            .map_err(step(format!("opening {}", hashes.display())))?;
+        journals.push(hashes.clone());
         if resume.is_some() {
             // What the killed run served (its journal) is this run's record too.
             v2k_live::Journal::load(&hashes)
@@ -663,7 +663,7 @@ fn pipeline(
                     rt: &serving.rt,
                     sources: &serving.sources,
                     servers: &serving.servers,
-                    journals: &mut journals,
+                    journals: &journals,
                 },
                 stand,
                 progress,

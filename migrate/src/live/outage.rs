@@ -20,15 +20,16 @@
 //! reason (a source disk being written: `SourceChanged`); it is started again at most
 //! [`MAX_UNEXPLAINED`] times before the stage gives up.
 //!
-//! Every poll also appends the clusters served since the last one to each disk's
-//! journal (`RUN/live/disk<N>.hashes`, [`v2k_live::Journal`]), so that the served-hash
-//! record survives a killed v2k.
+//! Every poll also syncs each disk's journal (`RUN/live/disk<N>.hashes`,
+//! [`v2k_live::Journal`]), which the server writes as it serves: the served-hash record
+//! survives a killed v2k whole, and a crash of the machine up to the last poll.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use v2k_live::stream::{self, PullProgress};
-use v2k_live::{DatastoreSource, Journal, ServerHandle};
+use v2k_live::{DatastoreSource, ServerHandle};
 
 use super::{step, usage, Stand, PULL_POLL};
 use crate::Event;
@@ -73,16 +74,16 @@ pub(super) struct Served<'a> {
     pub rt: &'a tokio::runtime::Runtime,
     pub sources: &'a [Arc<DatastoreSource>],
     pub servers: &'a [ServerHandle],
-    /// One per disk: what each server served is appended at every poll.
-    pub journals: &'a mut [Journal],
+    /// One per disk (each server writes it as it serves): synced at every poll.
+    pub journals: &'a [PathBuf],
 }
 
 impl Served<'_> {
-    /// Appends the clusters served since the last call to each disk's journal.
+    /// Makes each disk's journal durable.
     fn journal(&mut self) -> crate::Result<()> {
-        for (s, j) in self.servers.iter().zip(self.journals.iter_mut()) {
-            j.append(&s.take_fresh())
-                .map_err(step(format!("journaling to {}", j.path().display())))?;
+        for (s, j) in self.servers.iter().zip(self.journals) {
+            s.sync_journal()
+                .map_err(step(format!("journaling to {}", j.display())))?;
         }
         Ok(())
     }
