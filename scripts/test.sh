@@ -86,7 +86,7 @@ phase "test build" bash -c 'set -o pipefail; cargo test --workspace --locked --n
 HEAVY_FIRST=(cli/tests/migrate.rs cli/tests/scale.rs drivers-injector/tests/e2e.rs
     cli/tests/live_migrate.rs cli/tests/migrate_sb.rs drivers-injector/tests/windows.rs
     tests/fixtures/tests/debian_dracut_lvm.rs tests/fixtures/tests/rhel_shaped_efi.rs
-    cli/tests/vsphere_migrate.rs cli/tests/wave.rs validator/tests/negative.rs
+    cli/tests/vsphere_migrate.rs cli/tests/live_faults.rs cli/tests/wave.rs validator/tests/negative.rs
     cli/tests/inject.rs)
 JOBS=${V2K_TEST_JOBS:-2}
 LOGS=$(mktemp -d)
