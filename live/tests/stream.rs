@@ -242,6 +242,19 @@ impl Live {
         d.join(name)
     }
 
+    /// `check_running` on the running domain, QEMU's server on a fresh `socket`.
+    fn check_running(&self, record: &v2k_live::HashRecord, socket: &str) -> Verdict {
+        check_running(
+            URI,
+            &self.domain,
+            record,
+            &self.overlay,
+            &self.injected,
+            &self.qemu_socket(socket),
+        )
+        .unwrap()
+    }
+
     /// The overlay's node's bitmaps in the running QEMU: (name, recording).
     fn bitmaps(&self) -> Vec<(String, bool)> {
         let out = virsh(&[
@@ -388,15 +401,7 @@ fn a_running_domain_is_checked_without_stopping_it() {
     start_pull(URI, &live.domain, "vda", None).unwrap();
     wait_pull(URI, &live.domain, "vda", Duration::from_millis(100), |_| {}).unwrap();
     let record = live.record();
-    let v = check_running(
-        URI,
-        &live.domain,
-        &record,
-        &live.overlay,
-        &live.injected,
-        &live.qemu_socket("check.sock"),
-    )
-    .unwrap();
+    let v = live.check_running(&record, "check.sock");
     let Verdict::Verified(c) = v else {
         panic!("the running overlay does not verify: {v:?}");
     };
@@ -421,15 +426,7 @@ fn a_running_domain_is_checked_without_stopping_it() {
         ),
     ]);
     live.device_write(0x77, 2 << 20, 512);
-    let v = check_running(
-        URI,
-        &live.domain,
-        &record,
-        &live.overlay,
-        &live.injected,
-        &live.qemu_socket("check2.sock"),
-    )
-    .unwrap();
+    let v = live.check_running(&record, "check2.sock");
     let Verdict::Mismatch(c) = v else {
         panic!("an unmarked change went unnoticed: {v:?}");
     };
