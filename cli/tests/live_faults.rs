@@ -353,15 +353,7 @@ fn rollback_during_the_stream_stops_the_target_before_it_powers_the_source_on() 
     wait_for_pull(&mut child, t.path(), &name, 0.1);
     assert_eq!(power_state(&sim.client(), &name), "poweredOff");
 
-    let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
-        .arg("rollback")
-        .arg(&run)
-        .arg("--ca-file")
-        .arg(&pki().ca)
-        .env("V2K_VSPHERE_PASSWORD", PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = rollback(&run);
     let rb_err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{rb_err}\n{}", log(t.path()));
     let steps = json(&run.join("rollback.json"))["steps"].clone();
@@ -412,15 +404,7 @@ fn rollback_during_the_stream_stops_the_target_before_it_powers_the_source_on() 
     assert!(!journal.hashes.is_empty(), "nothing journaled");
     assert!(journal.hashes.len() as u64 <= journal.clusters());
     // A second rollback converges: nothing left to stop, the source already on.
-    let o = Command::new(env!("CARGO_BIN_EXE_v2k"))
-        .arg("rollback")
-        .arg(&run)
-        .arg("--ca-file")
-        .arg(&pki().ca)
-        .env("V2K_VSPHERE_PASSWORD", PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = rollback(&run);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -548,4 +532,17 @@ fn assert_streamed_identical(live: &serde_json::Value, flat: &Path) {
         "qemu-img compare: {}",
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+/// `v2k rollback RUN` with the simulator's CA and password.
+fn rollback(run: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_v2k"))
+        .arg("rollback")
+        .arg(run)
+        .arg("--ca-file")
+        .arg(&pki().ca)
+        .env("V2K_VSPHERE_PASSWORD", PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }

@@ -151,22 +151,7 @@ pub fn rollback(
     }
 
     // 1. stop-target
-    let state = if present {
-        deliver::virsh(uri, &["domstate", &rec.domain])?
-            .trim()
-            .to_string()
-    } else {
-        String::new()
-    };
-    let outcome = match state.as_str() {
-        "" => "absent".to_string(),
-        "shut off" => "already stopped".to_string(),
-        _ => {
-            deliver::virsh(uri, &["destroy", &rec.domain])?;
-            format!("stopped (was {state})")
-        }
-    };
-    finish("stop-target", outcome)?;
+    finish("stop-target", stop_target(uri, &rec.domain, present)?)?;
 
     // 2. undefine-target; the variable store is a pool volume, kept or deleted below.
     let outcome = if present {
@@ -295,20 +280,7 @@ fn rollback_live(
 
     // 1. stop-target: first, whatever the stream's state (the domain may read the
     // source's disks through v2k's server until its pulls have completed).
-    let state = if present {
-        deliver::domain_state(&uri, &domain)?
-    } else {
-        String::new()
-    };
-    let outcome = match state.as_str() {
-        "" => "absent".to_string(),
-        "shut off" => "already stopped".to_string(),
-        _ => {
-            deliver::virsh(&uri, &["destroy", &domain])?;
-            format!("stopped (was {state})")
-        }
-    };
-    finish("stop-target", outcome)?;
+    finish("stop-target", stop_target(&uri, &domain, present)?)?;
     rec.depends_on_source = false;
     rec.state = "rolled-back".into();
     rec.save(run)
@@ -337,6 +309,21 @@ fn rollback_live(
     finish("power-on-source", power_on_source(source)?)?;
     save_in_report(run, &done)?;
     Ok(done)
+}
+
+/// Stops `domain` on `uri` when it is `present` and not shut off; says what it found.
+fn stop_target(uri: &str, domain: &str, present: bool) -> Result<String, RollbackError> {
+    if !present {
+        return Ok("absent".into());
+    }
+    let state = deliver::domain_state(uri, domain)?;
+    Ok(match state.as_str() {
+        "shut off" => "already stopped".into(),
+        _ => {
+            deliver::virsh(uri, &["destroy", domain])?;
+            format!("stopped (was {state})")
+        }
+    })
 }
 
 #[cfg(test)]
