@@ -640,13 +640,9 @@ fn pipeline(
                 .map(|s| format!("agent report on {uri} after {s:.1} s")),
         });
     }
-    let downtime = validation.as_ref().and_then(|v| {
-        let boot = v
-            .evidence
-            .boot_seconds
-            .filter(|_| v.evidence.agent.is_some())?;
-        Some(started.duration_since(cx.source_off).as_secs_f64() + boot)
-    });
+    // The one definition, shared with the cold path (report::Downtime).
+    let downtime =
+        report::Downtime::measure(true, cx.source_off, Some(started), validation.as_ref());
 
     // check: the domain stopped (so that QEMU stores the guest's bitmap), every overlay
     // checked against what was served, then the standalone domain started again
@@ -720,7 +716,7 @@ fn pipeline(
         stream_mib_per_second: mibs,
         bandwidth_mib: live.bandwidth_mib,
         source_off_at: stand.rec.source_off_at,
-        downtime_seconds: downtime,
+        downtime_seconds: downtime.seconds,
         disks,
     };
     let detail = format!(
@@ -761,6 +757,7 @@ fn pipeline(
         rep.result = report::Outcome::ValidationFailed;
     }
     rep.live = Some(live_report);
+    rep.downtime = Some(downtime);
     run.save_report(&rep)?;
     Ok(Outcome {
         report: rep,
