@@ -294,7 +294,10 @@ fn migrate_debian_classic_from_vcsim_cuts_over_checks_it_on_the_destination_and_
     let seconds = down["seconds"].as_f64().expect("measured");
     let boot = after["evidence"]["boot-seconds"].as_f64().unwrap();
     assert!(seconds > boot, "{seconds} s downtime, agent after {boot} s");
-    assert!(html.contains("Downtime (cold"), "the downtime line in the HTML");
+    assert!(
+        html.contains("Downtime (cold"),
+        "the downtime line in the HTML"
+    );
     // The figure, for docs/live-import.md (not asserted: no timed assertions).
     eprintln!("cold downtime {seconds:.1} s, agent after {boot:.1} s");
 

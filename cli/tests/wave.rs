@@ -78,7 +78,9 @@ fn live_settings_migrate_would_refuse_are_plan_errors_naming_the_vm() {
             "{err}"
         );
         assert!(
-            err.contains("plan.yaml:11: VM web01: `live: true` runs the VM in `connect:`'s libvirt"),
+            err.contains(
+                "plan.yaml:11: VM web01: `live: true` runs the VM in `connect:`'s libvirt"
+            ),
             "{err}"
         );
     }

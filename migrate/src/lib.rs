@@ -660,7 +660,12 @@ pub fn migrate_with(
                 v2k_validator::unobserved(&d.uri, accel, &why)
             });
             if let Some(off) = source_off {
-                downtime = Some(report::Downtime::measure(false, off, Some(started), Some(&v)));
+                downtime = Some(report::Downtime::measure(
+                    false,
+                    off,
+                    Some(started),
+                    Some(&v),
+                ));
             }
             d.state = deliver::domain_state(&d.uri, &d.domain).map_err(Error::Deliver)?;
             let passed = v.checks.iter().filter(|c| c.passed).count();

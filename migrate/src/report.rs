@@ -435,7 +435,11 @@ pub fn read_summary(path: &Path) -> Result<Summary, ReadError> {
 /// HTML-escapes untrusted text; control characters are dropped.
 /// The downtime in one line, live or cold, with its definition.
 fn downtime_html(h: &mut String, d: &Downtime) {
-    let how = if d.live { "live import" } else { "cold (copied, then started)" };
+    let how = if d.live {
+        "live import"
+    } else {
+        "cold (copied, then started)"
+    };
     let _ = write!(
         h,
         "<p>Downtime ({how}; from the source's power-off to the agent's report on the target): <b>{}</b></p>",
@@ -1014,7 +1018,10 @@ mod tests {
         );
         // No report, no end to the downtime: not a number made up from a timeout.
         let timed_out = boot_on_target(300.0, false);
-        assert_eq!(downtime_seconds(Duration::from_secs(10), Some(&timed_out)), None);
+        assert_eq!(
+            downtime_seconds(Duration::from_secs(10), Some(&timed_out)),
+            None
+        );
         assert_eq!(downtime_seconds(Duration::from_secs(10), None), None);
 
         // Live and cold measure the same way from the same instants.
@@ -1037,7 +1044,10 @@ mod tests {
     #[test]
     fn the_downtime_line_says_live_or_cold_and_round_trips() {
         let mut r = report();
-        assert!(!render_html(&r).contains("Downtime"), "no line without a cutover");
+        assert!(
+            !render_html(&r).contains("Downtime"),
+            "no line without a cutover"
+        );
         r.downtime = Some(Downtime {
             live: false,
             source_off_at: 1_765_000_000,
@@ -1059,7 +1069,10 @@ mod tests {
         });
         let h = render_html(&r);
         assert!(h.contains("Downtime (live import"), "{h}");
-        assert!(h.contains("not measured (no agent report on the target)"), "{h}");
+        assert!(
+            h.contains("not measured (no agent report on the target)"),
+            "{h}"
+        );
         // The wave report reads it through the summary.
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("report.json");

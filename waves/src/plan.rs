@@ -1243,7 +1243,8 @@ waves:
         assert_eq!(db.line, Some(21));
         // backend: qemu comes from GOOD's defaults too.
         assert!(
-            p.iter().any(|p| p.message == "VM web: `live: true` runs the VM in libvirt (`connect:`), not `backend: qemu`"),
+            p.iter().any(|p| p.message
+                == "VM web: `live: true` runs the VM in libvirt (`connect:`), not `backend: qemu`"),
             "{p:?}"
         );
 
@@ -1251,24 +1252,38 @@ waves:
         let p = parse_err(&delivered);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(
-            p[0].message.starts_with("VM web01: `live: true` runs the VM in `connect:`'s libvirt")
+            p[0].message
+                .starts_with("VM web01: `live: true` runs the VM in `connect:`'s libvirt")
                 && p[0].message.contains("`target:`"),
             "{p:?}"
         );
         assert_eq!(p[0].line, Some(8));
 
-        let stray = LIVE.replace("        live: false\n", "        live: false\n        live-bandwidth: 5\n");
+        let stray = LIVE.replace(
+            "        live: false\n",
+            "        live: false\n        live-bandwidth: 5\n",
+        );
         let p = parse_err(&stray);
         assert_eq!(p.len(), 1, "{p:?}");
-        assert_eq!(p[0].message, "VM db01: `live-bandwidth:` needs `live: true`");
+        assert_eq!(
+            p[0].message,
+            "VM db01: `live-bandwidth:` needs `live: true`"
+        );
 
         let zero = LIVE.replace("live-bandwidth: 200", "live-bandwidth: 0");
         let p = parse_err(&zero);
-        assert_eq!(p[0].message, "VM web01: `live-bandwidth:` is at least 1 (MiB/s)");
+        assert_eq!(
+            p[0].message,
+            "VM web01: `live-bandwidth:` is at least 1 (MiB/s)"
+        );
 
         let booted = LIVE.replace("  live: true\n", "  live: true\n  baseline-boot: true\n");
         let p = parse_err(&booted);
-        assert!(p[0].message.contains("`baseline-boot: true` do not go together"), "{p:?}");
+        assert!(
+            p[0].message
+                .contains("`baseline-boot: true` do not go together"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -1148,7 +1148,10 @@ mod tests {
             let r = format!(r#"{{"schema-version": 2, "downtime": {downtime}}}"#);
             std::fs::write(out(n).join("report.json"), r).unwrap();
         };
-        write("good", r#"{"live": true, "source-off-at": 5, "seconds": 65.04}"#);
+        write(
+            "good",
+            r#"{"live": true, "source-off-at": 5, "seconds": 65.04}"#,
+        );
         write("bad<1>", r#"{"live": false, "source-off-at": 5}"#);
         let r = build(&recs, "w1", false);
         let good = r.vms.iter().find(|v| v.name == "good").unwrap();
@@ -1158,7 +1161,10 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["vms"][0]["downtime"]["live"], true);
         assert_eq!(json["vms"][0]["downtime"]["seconds"], 65.04);
-        assert!(json["vms"][2].get("downtime").is_none(), "no report, no downtime");
+        assert!(
+            json["vms"][2].get("downtime").is_none(),
+            "no report, no downtime"
+        );
 
         let h = html(&r, Path::new("/"));
         assert!(h.contains("<th>downtime</th>"), "{h}");
@@ -1168,9 +1174,18 @@ mod tests {
             "{h}"
         );
         let j = junit(&r);
-        assert!(j.contains(r#"<property name="v2k.live" value="true"/>"#), "{j}");
-        assert!(j.contains(r#"<property name="v2k.downtime-seconds" value="65.0"/>"#), "{j}");
-        assert!(j.contains(r#"<property name="v2k.live" value="false"/>"#), "{j}");
+        assert!(
+            j.contains(r#"<property name="v2k.live" value="true"/>"#),
+            "{j}"
+        );
+        assert!(
+            j.contains(r#"<property name="v2k.downtime-seconds" value="65.0"/>"#),
+            "{j}"
+        );
+        assert!(
+            j.contains(r#"<property name="v2k.live" value="false"/>"#),
+            "{j}"
+        );
     }
 
     #[test]
