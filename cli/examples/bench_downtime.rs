@@ -14,7 +14,6 @@
 //! at the end. `V2K` names the binary to measure.
 
 #[path = "../../vsphere/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 #[path = "../tests/support/libvirt.rs"]
 mod libvirt;
