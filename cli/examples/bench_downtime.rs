@@ -132,8 +132,22 @@ fn migrate(v2k: &Path, sim: &Vcsim, vm: &str, out: &Path, args: &[&str]) -> (Val
         Ok(b) => serde_json::from_slice(&b).unwrap(),
         Err(_) => panic!("{vm}: no report (exit {:?}):\n{stderr}", o.status.code()),
     };
+    // What failed, if anything: the figures stand either way (the downtime ends with
+    // the agent's report, whatever the checks say), but a reader should know.
+    let failed: Vec<String> = ["validation", "after-cutover"]
+        .iter()
+        .flat_map(|k| r[*k]["checks"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["passed"] == false)
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c["id"].as_str().unwrap_or("?"),
+                c["reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
     eprintln!(
-        "bench-live: {vm}: exit {:?}, {wall:.1} s wall, result {}",
+        "bench-live: {vm}: exit {:?}, {wall:.1} s wall, result {}; failed checks: {failed:?}",
         o.status.code(),
         r["result"]
     );
