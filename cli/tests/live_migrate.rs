@@ -203,6 +203,9 @@ fn live_migrate_debian_classic_from_vcsim_streams_verifies_and_measures_downtime
         downtime > boot,
         "{downtime} s downtime, agent after {boot} s"
     );
+    // The report's one downtime field, shared with cold runs, says the same.
+    assert_eq!(r["downtime"]["live"], true, "{:#}", r["downtime"]);
+    assert_eq!(r["downtime"]["seconds"].as_f64(), Some(downtime));
     assert!(live["stream-seconds"].as_f64().unwrap() > 0.0, "{live:#}");
     assert!(stdout.contains("\"phase\":\"stream\""), "{stdout}");
     let rec: serde_json::Value =

@@ -51,6 +51,42 @@ fn plan_errors_name_their_line_and_exit_2_before_anything_runs() {
     );
 }
 
+/// `live: true` where `v2k migrate --live` would refuse it is a plan error, printed as
+/// `PLAN:LINE: VM NAME: why` by `check` and `run` alike (exit 2, nothing run): a
+/// local source, and a plan that delivers to a `target:`. Nothing boots or connects:
+/// the refusals are the plan's own.
+#[test]
+fn live_settings_migrate_would_refuse_are_plan_errors_naming_the_vm() {
+    let t = tempfile::tempdir().unwrap();
+    let p = t.path().join("plan.yaml");
+    std::fs::write(
+        &p,
+        "version: 1\n\
+         defaults:\n  live: true\n\
+         target:\n  uri: qemu:///system\n  pool: default\n\
+         waves:\n  - name: w\n    vms:\n\
+         \x20     - source: a.vmx\n\
+         \x20     - source: vsphere://u@127.0.0.1:1/DC0/vm/web01\n",
+    )
+    .unwrap();
+    for cmd in [["wave", "check"], ["wave", "run"]] {
+        let o = v2k(&cmd, &p);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("plan.yaml:10: VM a: `live: true` is for vSphere sources"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "plan.yaml:11: VM web01: `live: true` runs the VM in `connect:`'s libvirt"
+            ),
+            "{err}"
+        );
+    }
+    assert!(!t.path().join("plan.run").exists(), "nothing ran");
+}
+
 /// A journal is a file in the run directory that anyone who can write there can
 /// edit: a wave named `../escaped` in it must not make `wave report` (or `status`)
 /// write outside the run directory. Its names are refused as a plan's are: exit 2.

@@ -621,8 +621,11 @@ pub fn migrate_with(
 
     // 7. after cutover: the first boot where the VM will live, judged there
     let mut after_cutover = None;
+    // With a cutover, the downtime ends with the agent's report there.
+    let mut downtime = source_off.map(|off| report::Downtime::measure(false, off, None, None));
     if let (Some(d), Some(done), true) = (delivered.as_mut(), &injected, check_after) {
-        let previous = run.load_report().ok().and_then(|r| r.after_cutover);
+        let earlier = run.load_report().ok();
+        let previous = earlier.as_ref().and_then(|r| r.after_cutover.clone());
         // Paused: started by a run killed before it resumed the domain (below).
         if d.state != "shut off" && d.state != "paused" {
             // A rerun after the domain started: its first boot is over. What an
@@ -633,6 +636,8 @@ pub fn migrate_with(
             };
             tl.skip("after-cutover", why);
             after_cutover = previous;
+            // The first boot was an earlier run's, and so is its downtime.
+            downtime = earlier.and_then(|r| r.downtime).or(downtime);
         } else {
             let t = tl.begin("after-cutover");
             let mut expect = stages::expectations(done, &target);
@@ -648,11 +653,20 @@ pub fn migrate_with(
             };
             // The VM is delivered whatever happens here: a boot that could not be
             // watched is a failed check in the report, not a run without one.
+            let started = Instant::now();
             let v = boot.after_cutover(&expect, &aopts).unwrap_or_else(|e| {
                 let why = v2k_inventory::one_line(&e);
                 progress(Event::Message(format!("checks after cutover: {why}")));
                 v2k_validator::unobserved(&d.uri, accel, &why)
             });
+            if let Some(off) = source_off {
+                downtime = Some(report::Downtime::measure(
+                    false,
+                    off,
+                    Some(started),
+                    Some(&v),
+                ));
+            }
             d.state = deliver::domain_state(&d.uri, &d.domain).map_err(Error::Deliver)?;
             let passed = v.checks.iter().filter(|c| c.passed).count();
             let detail = format!(
@@ -676,6 +690,7 @@ pub fn migrate_with(
         tl.stages,
     );
     rep.delivery = delivered;
+    rep.downtime = downtime;
     // The same before/after with the destination's first boot as "after".
     let perf_after = perf_settings
         .as_ref()

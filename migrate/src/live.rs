@@ -7,9 +7,11 @@
 //!  the libvirt DAC user's) ─▶ RUN/live/<disk>.qcow2 overlays over them ─▶ inject (on the
 //!  overlays) ─▶ clusters changed by v2k noted, v2k-guest bitmap added ─▶ target: live
 //!  domain XML (NBD backing, rerror/werror=stop) defined ─▶ started and watched (the
-//!  checks after cutover) while blockpull streams every disk ─▶ domain stopped, every
-//!  served cluster the guest and v2k did not write checked against its served hash ─▶
-//!  the standalone domain defined again and started ─▶ report (live section, downtime)
+//!  checks after cutover) while blockpull streams every disk (outages waited out:
+//!  [`outage`]) ─▶ the standalone domain defined ─▶ every served cluster the guest and
+//!  v2k did not write checked against its served hash, the domain running on (read
+//!  through QEMU's own NBD server: `stream::check_running`) ─▶ report (live section,
+//!  downtime)
 //! ```
 //! The servers live on this stage's own tokio runtime until every pull has ended and
 //! the overlays are checked. `live.json` in the run directory says where the stage
@@ -70,6 +72,19 @@ pub struct LiveOptions {
     /// How long the stream waits for a source that went away before it gives up
     /// (`--live-outage-limit`; [`DEFAULT_OUTAGE_LIMIT`]).
     pub outage_limit: Duration,
+}
+
+impl LiveOptions {
+    /// In `uri`'s libvirt, the server's hold and the outage limit at their defaults
+    /// (what a wave plan's `live: true` runs with).
+    pub fn new(uri: impl Into<String>, bandwidth_mib: Option<u64>) -> LiveOptions {
+        LiveOptions {
+            uri: uri.into(),
+            bandwidth_mib,
+            hold: RetryPolicy::default().hold,
+            outage_limit: DEFAULT_OUTAGE_LIMIT,
+        }
+    }
 }
 
 /// Why the live stage stopped. `live.json` in the run directory says where it stood.
@@ -720,13 +735,9 @@ fn pipeline(
                 .map(|s| format!("agent report on {uri} after {s:.1} s")),
         });
     }
-    let downtime = validation.as_ref().and_then(|v| {
-        let boot = v
-            .evidence
-            .boot_seconds
-            .filter(|_| v.evidence.agent.is_some())?;
-        Some(started.duration_since(cx.source_off).as_secs_f64() + boot)
-    });
+    // The one definition, shared with the cold path (report::Downtime).
+    let downtime =
+        report::Downtime::measure(true, cx.source_off, Some(started), validation.as_ref());
 
     // check: every overlay against what was served, while the domain keeps running
     // (through QEMU's own NBD server; a domain that is not running, e.g. a guest that
@@ -834,7 +845,7 @@ fn pipeline(
         stream_mib_per_second: mibs,
         bandwidth_mib: live.bandwidth_mib,
         source_off_at: stand.rec.source_off_at,
-        downtime_seconds: downtime,
+        downtime_seconds: downtime.seconds,
         outages: faults.outages,
         outage_seconds: faults.outage_seconds,
         pull_restarts: faults.pull_restarts.iter().sum(),
@@ -879,6 +890,7 @@ fn pipeline(
         rep.result = report::Outcome::ValidationFailed;
     }
     rep.live = Some(live_report);
+    rep.downtime = Some(downtime);
     run.save_report(&rep)?;
     Ok(Outcome {
         report: rep,

@@ -76,6 +76,69 @@ pub struct Report {
     /// A live import's stream and its check against the served bytes (`--live`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<crate::live::LiveReport>,
+    /// How long the VM was down, live or cold ([`Downtime`]): runs that powered a
+    /// vSphere source off (`--cutover`, `--live`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<Downtime>,
+}
+
+/// How long the VM was down at its cutover, the one definition for live and cold
+/// runs: from the instant v2k found the source powered off (after its cutover) to the
+/// agent's report on the target (the domain's start plus the agent's `boot-seconds`,
+/// counted from the watched start). Cold, the target is the destination (`--to …
+/// --start`, its checks after cutover); live, it is the domain on the overlays.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Downtime {
+    /// Imported live (`--live`), or copied first (cold).
+    pub live: bool,
+    /// Unix seconds when the source was found powered off.
+    pub source_off_at: u64,
+    /// Absent when no agent reported on the target: the VM was not started there
+    /// (cold without `--start`), or its first boot did not report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+impl Downtime {
+    /// The downtime of a run whose source was found off at `source_off` and whose
+    /// target was started at `target_started`, judged by `on_target` (the watched
+    /// first boot there, when there was one).
+    pub fn measure(
+        live: bool,
+        source_off: std::time::Instant,
+        target_started: Option<std::time::Instant>,
+        on_target: Option<&Validation>,
+    ) -> Downtime {
+        let off_to_start = target_started.map(|t| t.saturating_duration_since(source_off));
+        Downtime {
+            live,
+            source_off_at: unix_seconds_at(source_off),
+            seconds: off_to_start.and_then(|d| downtime_seconds(d, on_target)),
+        }
+    }
+}
+
+/// The arithmetic of [`Downtime`]: source off → target start, plus the agent's
+/// report after the start; nothing when the agent did not report (a boot that timed
+/// out has a `boot-seconds` of its own, but no report to end the downtime).
+pub fn downtime_seconds(
+    off_to_start: std::time::Duration,
+    on_target: Option<&Validation>,
+) -> Option<f64> {
+    let e = &on_target?.evidence;
+    let boot = e.boot_seconds.filter(|_| e.agent.is_some())?;
+    Some(off_to_start.as_secs_f64() + boot)
+}
+
+/// The Unix time (seconds, at least 1) of an instant in the past.
+pub fn unix_seconds_at(t: std::time::Instant) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .saturating_sub(t.elapsed().as_secs())
+        .max(1)
 }
 
 /// A download that broke and resumed.
@@ -319,6 +382,8 @@ pub struct Summary {
     pub validation: Option<Validation>,
     #[serde(default)]
     pub performance: Option<crate::performance::Brief>,
+    #[serde(default)]
+    pub downtime: Option<Downtime>,
 }
 
 /// Why a report cannot be read.
@@ -368,6 +433,23 @@ pub fn read_summary(path: &Path) -> Result<Summary, ReadError> {
 }
 
 /// HTML-escapes untrusted text; control characters are dropped.
+/// The downtime in one line, live or cold, with its definition.
+fn downtime_html(h: &mut String, d: &Downtime) {
+    let how = if d.live {
+        "live import"
+    } else {
+        "cold (copied, then started)"
+    };
+    let _ = write!(
+        h,
+        "<p>Downtime ({how}; from the source's power-off to the agent's report on the target): <b>{}</b></p>",
+        match d.seconds {
+            Some(s) => format!("{s:.1} s"),
+            None => "not measured (no agent report on the target)".into(),
+        }
+    );
+}
+
 /// The live section: the verdict, the counts per disk, the stream and the downtime.
 fn live_html(h: &mut String, l: &crate::live::LiveReport) {
     use crate::live::LiveVerdict;
@@ -595,6 +677,9 @@ pub(crate) fn render_html(r: &Report) -> String {
         cls = if ok { "pass" } else { "fail" },
         result = r.result,
     );
+    if let Some(d) = &r.downtime {
+        downtime_html(&mut h, d);
+    }
     // Hardware side by side.
     h.push_str(
         "<h2>Hardware</h2><table><tr><th></th><th>VMware (source)</th><th>KVM (target)</th></tr>",
@@ -905,7 +990,102 @@ mod tests {
             after_cutover: None,
             rollback: None,
             live: None,
+            downtime: None,
         }
+    }
+
+    /// A watched boot on the target whose agent reported `boot` s after its start
+    /// (`agent: false`: the boot timed out after `boot` s without a report).
+    fn boot_on_target(boot: f64, agent: bool) -> Validation {
+        let report: v2k_validator::AgentReport =
+            serde_json::from_str(r#"{"v":1,"ok":true,"boot":true,"root-rw":true}"#).unwrap();
+        Validation {
+            backend: v2k_validator::Backend::Libvirt {
+                uri: "qemu:///system".into(),
+            },
+            accel: v2k_kvm_target::Accel::Tcg,
+            passed: agent,
+            checks: vec![],
+            evidence: v2k_validator::Evidence {
+                agent: agent.then_some(report),
+                boot_seconds: Some(boot),
+                timed_out: !agent,
+                ..Default::default()
+            },
+            total_seconds: boot,
+        }
+    }
+
+    #[test]
+    fn downtime_is_power_off_to_target_start_plus_the_agents_report_and_needs_a_report() {
+        use std::time::{Duration, Instant};
+        let v = boot_on_target(26.5, true);
+        assert_eq!(
+            downtime_seconds(Duration::from_millis(38_500), Some(&v)),
+            Some(65.0)
+        );
+        // No report, no end to the downtime: not a number made up from a timeout.
+        let timed_out = boot_on_target(300.0, false);
+        assert_eq!(
+            downtime_seconds(Duration::from_secs(10), Some(&timed_out)),
+            None
+        );
+        assert_eq!(downtime_seconds(Duration::from_secs(10), None), None);
+
+        // Live and cold measure the same way from the same instants.
+        let off = Instant::now();
+        let started = off + Duration::from_secs(40);
+        let cold = Downtime::measure(false, off, Some(started), Some(&v));
+        let live = Downtime::measure(true, off, Some(started), Some(&v));
+        assert_eq!(cold.seconds, Some(66.5));
+        assert_eq!(cold.seconds, live.seconds);
+        assert!(!cold.live && live.live);
+        assert!(cold.source_off_at > 1_700_000_000, "{}", cold.source_off_at);
+        // A target started before the source was found off (a clock oddity) counts
+        // from zero rather than wrapping around.
+        let early = Downtime::measure(false, started, Some(off), Some(&v));
+        assert_eq!(early.seconds, Some(26.5));
+        // Cut over but never started on the target (cold without --start).
+        assert_eq!(Downtime::measure(false, off, None, None).seconds, None);
+    }
+
+    #[test]
+    fn the_downtime_line_says_live_or_cold_and_round_trips() {
+        let mut r = report();
+        assert!(
+            !render_html(&r).contains("Downtime"),
+            "no line without a cutover"
+        );
+        r.downtime = Some(Downtime {
+            live: false,
+            source_off_at: 1_765_000_000,
+            seconds: Some(312.25),
+        });
+        let h = render_html(&r);
+        assert!(h.contains("Downtime (cold (copied, then started)"), "{h}");
+        assert!(h.contains("<b>312.2 s</b>"), "{h}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["downtime"]["seconds"], 312.25);
+        assert_eq!(json["downtime"]["live"], false);
+        assert_eq!(json["downtime"]["source-off-at"], 1_765_000_000u64);
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back, r);
+        r.downtime = Some(Downtime {
+            live: true,
+            source_off_at: 1,
+            seconds: None,
+        });
+        let h = render_html(&r);
+        assert!(h.contains("Downtime (live import"), "{h}");
+        assert!(
+            h.contains("not measured (no agent report on the target)"),
+            "{h}"
+        );
+        // The wave report reads it through the summary.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("report.json");
+        std::fs::write(&p, serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(read_summary(&p).unwrap().downtime, r.downtime);
     }
 
     #[test]

@@ -780,6 +780,7 @@ pub fn report(
         after_cutover: None,
         rollback: None,
         live: None,
+        downtime: None,
     }
 }
 

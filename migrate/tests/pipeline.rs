@@ -16,7 +16,10 @@ use std::time::Duration;
 use v2k_drivers_injector::{windows, ConversionLog, InjectOptions, Injected};
 use v2k_kvm_target::Target;
 use v2k_migrate::report::{Outcome, StageStatus};
-use v2k_migrate::{migrate_with, Backend, BootStages, DiskBus, Error, Event, NetworkMap, Options};
+use v2k_migrate::{
+    migrate_with, Backend, BootStages, DiskBus, Error, Event, NetworkMap, Options,
+    RemoteSource as _,
+};
 use v2k_validator::{Evidence, Expectations, Validation};
 
 const MAC: &str = "00:50:56:9a:00:01";
@@ -657,4 +660,82 @@ fn a_baseline_puts_before_and_after_in_the_report_and_fail_on_regression_fails_t
     let p = o.report.performance.unwrap();
     assert!(p.rows.iter().all(|r| r.verdict == "not compared"));
     assert!(p.verdict.contains("not booted"), "{}", p.verdict);
+}
+
+/// A remote source already powered off, whose power v2k can read (a vSphere VM the
+/// cutover finds off): the cutover stage starts the downtime.
+struct OffSource(FlakySource);
+
+impl v2k_migrate::cutover::SourcePower for OffSource {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn is_powered_on(&self) -> Result<bool, v2k_migrate::BoxError> {
+        Ok(false)
+    }
+    fn power_on(&self) -> Result<(), v2k_migrate::BoxError> {
+        Err("the source must not be powered on".into())
+    }
+    fn shutdown_guest(&self) -> Result<(), v2k_migrate::BoxError> {
+        Err("the source is off".into())
+    }
+    fn power_off(&self) -> Result<(), v2k_migrate::BoxError> {
+        Err("the source is off".into())
+    }
+}
+
+impl v2k_migrate::RemoteSource for OffSource {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn load(&self) -> Result<v2k_inventory::model::Vm, v2k_migrate::BoxError> {
+        self.0.load()
+    }
+    fn convert(
+        &self,
+        vm: &v2k_inventory::model::Vm,
+        outputs: &[PathBuf],
+        progress: &dyn v2k_migrate::SourceProgress,
+    ) -> Vec<Result<v2k_converters::manifest::Manifest, v2k_migrate::BoxError>> {
+        self.0.convert(vm, outputs, progress)
+    }
+    fn power(&self) -> Option<&dyn v2k_migrate::cutover::SourcePower> {
+        Some(self)
+    }
+}
+
+/// A cold run that cut its source over records when the source was found off, and no
+/// downtime figure while nothing reported on a target (not delivered and started):
+/// the figure is never made up from the run's own length.
+#[test]
+fn a_cold_cutover_without_a_start_on_the_target_records_the_power_off_but_no_downtime() {
+    let d = tempfile::tempdir().unwrap();
+    let vmx = vm_dir(d.path(), "");
+    let vm = v2k_migrate::stages::load(&vmx, true).unwrap().remove(0);
+    let out = d.path().join("out");
+    let mut opts = options(&vmx, &out);
+    opts.validate = false;
+    opts.cutover = Some(v2k_migrate::cutover::Cutover {
+        timeout: Duration::from_secs(1),
+        force_power_off: false,
+    });
+    let o = migrate_with(
+        &opts,
+        Some(&OffSource(FlakySource { vm })),
+        &Recording::default(),
+        &quiet,
+    )
+    .unwrap();
+    assert_eq!(
+        stages(&o.report).first(),
+        Some(&("cutover".to_string(), StageStatus::Done))
+    );
+    let down = o.report.downtime.as_ref().expect("a cutover ran");
+    assert!(!down.live);
+    assert!(down.source_off_at > 1_700_000_000, "{down:?}");
+    assert_eq!(down.seconds, None, "no agent reported on a target");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["downtime"]["live"], false, "{json:#}");
+    assert!(json["downtime"].get("seconds").is_none(), "{json:#}");
 }

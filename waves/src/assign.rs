@@ -964,6 +964,7 @@ mod tests {
                     concerns: Vec::new(),
                     unmapped_networks: Vec::new(),
                     error: None,
+                    live: false,
                     baseline: None,
                 });
                 i += 1;
@@ -1333,6 +1334,7 @@ mod tests {
                     concerns: Vec::new(),
                     unmapped_networks: Vec::new(),
                     error: None,
+                    live: false,
                     baseline: None,
                 })
                 .collect(),

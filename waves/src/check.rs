@@ -46,6 +46,9 @@ pub struct VmCheck {
     /// Why the VM will fail, when it is already known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `live: true`: imported live (docs/live-import.md).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub live: bool,
     /// What its report's "before" will be (docs/evidence.md): the plan's baseline file,
     /// a reading from vSphere on the first attempt, or why there will be none.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,6 +150,7 @@ pub fn check(plan: &Plan) -> CheckReport {
                 concerns: Vec::new(),
                 unmapped_networks: Vec::new(),
                 error: None,
+                live: v.live.is_some(),
                 baseline: baseline_of(v),
             };
             let loaded: Option<Result<Vec<Vm>, String>> = if let Some(r) = &v.vsphere {

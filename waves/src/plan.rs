@@ -134,6 +134,11 @@ pub struct Settings {
     /// A local source without a `baseline-dir:` file: boot it in its own shape before
     /// its first migration and take that boot's figures as its baseline.
     pub baseline_boot: Option<bool>,
+    /// vSphere source: import live (`v2k migrate --live`, docs/live-import.md); implies
+    /// `cutover: true`.
+    pub live: Option<bool>,
+    /// With `live: true`: pull each disk at most this many MiB/s (`--live-bandwidth`).
+    pub live_bandwidth: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -286,6 +291,8 @@ pub(crate) struct VmFile {
     pub thresholds: Option<Thresholds>,
     pub fail_on_regression: Option<bool>,
     pub baseline_boot: Option<bool>,
+    pub live: Option<bool>,
+    pub live_bandwidth: Option<u64>,
 }
 
 impl VmFile {
@@ -309,6 +316,8 @@ impl VmFile {
             thresholds: self.thresholds,
             fail_on_regression: self.fail_on_regression,
             baseline_boot: self.baseline_boot,
+            live: self.live,
+            live_bandwidth: self.live_bandwidth,
         }
     }
 }
@@ -431,6 +440,9 @@ pub struct VmPlan {
     /// `baseline-boot: true`: a local source is measured by booting it in its own
     /// shape on its first attempt (crate::runner).
     pub baseline_boot: bool,
+    /// `live: true`: imported live in `connect:`'s libvirt (a vSphere source; its
+    /// cutover implied), as `v2k migrate --live`.
+    pub live: Option<v2k_migrate::live::LiveOptions>,
 }
 
 /// A VM on a vSphere server, and how to connect to that server.
@@ -525,7 +537,7 @@ impl VmPlan {
             // a local source for it itself (`baseline-boot: true`).
             performance: None,
             baseline_boot: false,
-            live: None,
+            live: self.live.clone(),
         }
     }
 }
@@ -901,6 +913,10 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                     format!("VM {name}: {e}"),
                 );
             }
+            let live = s.live.unwrap_or(false);
+            for why in live_refusals(&s, live, remote.is_some(), f.target.is_some()) {
+                bad(line, format!("VM {name}: {why}"));
+            }
             let hooks = s.hooks.clone().unwrap_or_default();
             let pre = hook(&hooks.pre, "pre", &mut bad);
             let post = hook(&hooks.post, "post", &mut bad);
@@ -922,7 +938,9 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                 boot_timeout: Duration::from_secs(s.boot_timeout.unwrap_or(DEFAULT_BOOT_TIMEOUT_S)),
                 backend: match s.backend {
                     Some(BackendName::Qemu) => Backend::Qemu,
-                    _ => Backend::Libvirt { uri: connect },
+                    _ => Backend::Libvirt {
+                        uri: connect.clone(),
+                    },
                 },
                 accel: s.accel.map(|a| match a {
                     AccelName::Kvm => Accel::Kvm,
@@ -941,20 +959,24 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
                     start: t.start,
                     autostart: t.autostart,
                 }),
-                cutover: s
-                    .cutover
-                    .unwrap_or(false)
-                    .then(|| v2k_migrate::cutover::Cutover {
+                // A live import starts only once the source is off: its cutover
+                // is implied, as with `--live`.
+                cutover: (s.cutover.unwrap_or(false) || live).then(|| {
+                    v2k_migrate::cutover::Cutover {
                         timeout: Duration::from_secs(
                             s.shutdown_timeout.unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT_S),
                         ),
                         force_power_off: s.force_power_off.unwrap_or(false),
-                    }),
+                    }
+                }),
                 host_topology: host_topology.clone(),
                 baseline_dir: s.baseline_dir.as_deref().map(abs),
                 thresholds: s.thresholds.unwrap_or_default(),
                 fail_on_regression: s.fail_on_regression.unwrap_or(false),
                 baseline_boot: s.baseline_boot.unwrap_or(false),
+                live: live.then(|| {
+                    v2k_migrate::live::LiveOptions::new(connect.clone(), s.live_bandwidth)
+                }),
             });
         }
         waves.push(Wave {
@@ -1004,6 +1026,39 @@ fn resolve(f: PlanFile, text: &str, path: &Path) -> Result<Plan> {
     })
 }
 
+/// Why a VM's `live:` settings cannot run, as `v2k migrate --live` refuses them: a
+/// live import reads a vSphere datastore, runs the VM in `connect:`'s libvirt on this
+/// host (not a delivery to the plan's `target:`, not the QEMU backend), and has no
+/// boot of the source.
+fn live_refusals(s: &Settings, live: bool, vsphere: bool, target: bool) -> Vec<String> {
+    let mut why = Vec::new();
+    if !live {
+        if s.live_bandwidth.is_some() {
+            why.push("`live-bandwidth:` needs `live: true`".into());
+        }
+        return why;
+    }
+    if !vsphere {
+        why.push("`live: true` is for vSphere sources (vsphere://…): docs/live-import.md".into());
+    }
+    if target {
+        why.push(
+            "`live: true` runs the VM in `connect:`'s libvirt on this host; the plan's              `target:` (a delivery into a pool) is not for live imports"
+                .into(),
+        );
+    }
+    if s.backend == Some(BackendName::Qemu) {
+        why.push("`live: true` runs the VM in libvirt (`connect:`), not `backend: qemu`".into());
+    }
+    if s.baseline_boot == Some(true) {
+        why.push("`live: true` and `baseline-boot: true` do not go together (a vSphere VM's baseline comes from vCenter)".into());
+    }
+    if s.live_bandwidth == Some(0) {
+        why.push("`live-bandwidth:` is at least 1 (MiB/s)".into());
+    }
+    why
+}
+
 /// A VM's settings: its own where given, else the plan's defaults.
 fn merge(d: &Settings, v: &Settings) -> Settings {
     Settings {
@@ -1032,6 +1087,8 @@ fn merge(d: &Settings, v: &Settings) -> Settings {
         thresholds: v.thresholds.or(d.thresholds),
         fail_on_regression: v.fail_on_regression.or(d.fail_on_regression),
         baseline_boot: v.baseline_boot.or(d.baseline_boot),
+        live: v.live.or(d.live),
+        live_bandwidth: v.live_bandwidth.or(d.live_bandwidth),
     }
 }
 
@@ -1124,6 +1181,107 @@ waves:
         assert_eq!(
             parse(GOOD, Path::new("/plans/p.yaml")).unwrap().waves[0].vms[0].virtio_win,
             None
+        );
+    }
+
+    const LIVE: &str = "\
+version: 1
+defaults:
+  live: true
+  connect: qemu:///session
+waves:
+  - name: first
+    vms:
+      - source: vsphere://svc@vc01/DC1/vm/web01
+        live-bandwidth: 200
+        shutdown-timeout: 60
+      - source: vsphere://svc@vc01/DC1/vm/db01
+        live: false
+";
+
+    #[test]
+    fn live_comes_from_defaults_or_the_vm_and_implies_the_cutover() {
+        let p = parse(LIVE, Path::new("/plans/p.yaml")).unwrap();
+        let [web, db] = &p.waves[0].vms[..] else {
+            panic!("two VMs")
+        };
+        let o = web.migrate_options(&p.network_map);
+        assert_eq!(
+            o.live,
+            Some(v2k_migrate::live::LiveOptions::new(
+                "qemu:///session",
+                Some(200)
+            )),
+            "run in `connect:`'s libvirt, as --live runs in --connect's"
+        );
+        assert_eq!(
+            o.cutover,
+            Some(v2k_migrate::cutover::Cutover {
+                timeout: Duration::from_secs(60),
+                force_power_off: false
+            }),
+            "implied, with the VM's own shutdown settings"
+        );
+        let o = db.migrate_options(&p.network_map);
+        assert_eq!(o.live, None, "the VM's `live: false` wins");
+        assert_eq!(o.cutover, None);
+    }
+
+    /// The refusals of `v2k migrate --live`, as plan errors naming the VM and its line.
+    #[test]
+    fn live_settings_that_cannot_run_are_plan_errors_naming_the_vm() {
+        let local = GOOD.replace("  validate: false\n", "  validate: false\n  live: true\n");
+        let p = parse_err(&local);
+        let web = p
+            .iter()
+            .find(|p| p.message.starts_with("VM web:"))
+            .expect("web refused");
+        assert!(web.message.contains("for vSphere sources"), "{p:?}");
+        assert_eq!(web.line, Some(20), "the VM's entry");
+        let db = p.iter().find(|p| p.message.starts_with("VM db:")).unwrap();
+        assert_eq!(db.line, Some(21));
+        // backend: qemu comes from GOOD's defaults too.
+        assert!(
+            p.iter().any(|p| p.message
+                == "VM web: `live: true` runs the VM in libvirt (`connect:`), not `backend: qemu`"),
+            "{p:?}"
+        );
+
+        let delivered = format!("{LIVE}target:\n  uri: qemu+ssh://kvm01/system\n  pool: default\n");
+        let p = parse_err(&delivered);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].message
+                .starts_with("VM web01: `live: true` runs the VM in `connect:`'s libvirt")
+                && p[0].message.contains("`target:`"),
+            "{p:?}"
+        );
+        assert_eq!(p[0].line, Some(8));
+
+        let stray = LIVE.replace(
+            "        live: false\n",
+            "        live: false\n        live-bandwidth: 5\n",
+        );
+        let p = parse_err(&stray);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            p[0].message,
+            "VM db01: `live-bandwidth:` needs `live: true`"
+        );
+
+        let zero = LIVE.replace("live-bandwidth: 200", "live-bandwidth: 0");
+        let p = parse_err(&zero);
+        assert_eq!(
+            p[0].message,
+            "VM web01: `live-bandwidth:` is at least 1 (MiB/s)"
+        );
+
+        let booted = LIVE.replace("  live: true\n", "  live: true\n  baseline-boot: true\n");
+        let p = parse_err(&booted);
+        assert!(
+            p[0].message
+                .contains("`baseline-boot: true` do not go together"),
+            "{p:?}"
         );
     }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use v2k_inventory::model::{Concern, Severity};
-use v2k_migrate::report::{base64, read_summary, Check};
+use v2k_migrate::report::{base64, read_summary, Check, Downtime};
 
 use crate::hooks::HookResult;
 use crate::journal::{Entry, Record, VmStatus};
@@ -104,6 +104,10 @@ pub struct VmReport {
     /// Before and after, when the VM was compared with a baseline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub performance: Option<VmPerformance>,
+    /// How long the VM was down at its cutover, and whether it was imported live
+    /// (its report's `downtime`, one definition for both: docs/report.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<Downtime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub screenshot: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -181,6 +185,7 @@ pub fn build(records: &[Record], wave: &str, live: bool) -> WaveReport {
         concerns: Vec::new(),
         validation: None,
         performance: None,
+        downtime: None,
         screenshot: None,
         report_html: None,
         report_error: None,
@@ -304,6 +309,7 @@ pub fn build(records: &[Record], wave: &str, live: bool) -> WaveReport {
             match read_summary(&report_json) {
                 Ok(r) => {
                     v.concerns = r.concerns;
+                    v.downtime = r.downtime;
                     v.performance = r.performance.map(|p| VmPerformance {
                         failed: p.fails(),
                         regressions: p.regressions,
@@ -616,25 +622,31 @@ pub fn junit(r: &WaveReport) -> String {
             v.seconds
         );
         let reason = v.reason.clone().unwrap_or_default();
-        // Before and after, as the VM's own properties (a regression's metrics and the
-        // verdict), for CI dashboards; a regression that failed the VM is also its
-        // <failure> (its reason says "performance regression: …").
+        // Its downtime (live or cold) and its before and after (a regression's
+        // metrics and the verdict), as the VM's own properties for CI dashboards; a
+        // regression that failed the VM is also its <failure> (its reason says
+        // "performance regression: …").
         let mut inner = String::new();
+        let mut props: Vec<(&str, String)> = Vec::new();
+        if let Some(d) = &v.downtime {
+            props.push(("live", d.live.to_string()));
+            if let Some(s) = d.seconds {
+                props.push(("downtime-seconds", format!("{s:.1}")));
+            }
+        }
         if let Some(p) = &v.performance {
-            inner.push_str("      <properties>\n");
             let regressions = if p.regressions.is_empty() {
                 "none".to_string()
             } else {
                 p.regressions.join(",")
             };
-            for (name, value) in [
-                ("performance.regressions", regressions.as_str()),
-                (
-                    "performance.failed",
-                    if p.failed { "true" } else { "false" },
-                ),
-                ("performance.verdict", p.verdict.as_str()),
-            ] {
+            props.push(("performance.regressions", regressions));
+            props.push(("performance.failed", p.failed.to_string()));
+            props.push(("performance.verdict", p.verdict.clone()));
+        }
+        if !props.is_empty() {
+            inner.push_str("      <properties>\n");
+            for (name, value) in &props {
                 let _ = writeln!(
                     inner,
                     "        <property name=\"v2k.{name}\" value=\"{}\"/>",
@@ -688,6 +700,19 @@ fn rel(p: &Path, from: &Path) -> String {
             .join("/"),
     );
     s
+}
+
+/// A VM's downtime as the table shows it: the seconds and how (live or cold); empty
+/// for a VM without a cutover.
+fn downtime_cell(d: Option<&Downtime>) -> String {
+    let Some(d) = d else {
+        return String::new();
+    };
+    let how = if d.live { "live" } else { "cold" };
+    match d.seconds {
+        Some(s) => format!("{s:.1} s<br><small>{how}</small>"),
+        None => format!("not measured<br><small>{how}: no agent report on the target</small>"),
+    }
 }
 
 fn mib(b: u64) -> String {
@@ -896,7 +921,7 @@ ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overfl
 </style></head><body>\n<h1>Wave {w}</h1>\n<p class=\"cards\"><span>{t} VMs</span><span>{m} migrated</span>\
 <span>{va} validated</span><span>{f} failed</span><span>{n} not run</span><span>{p} pending</span></p>\n\
 <p>Wall time {wall:.1} s; runner overhead {oh:.2} s.</p>\n{merged}{evidence}<table>\n<tr><th>VM</th><th>status</th><th>time</th>\
-<th>data moved</th><th>throughput</th><th>concerns</th><th>validation</th><th>console</th><th>hooks</th></tr>\n",
+<th>downtime</th><th>data moved</th><th>throughput</th><th>concerns</th><th>validation</th><th>console</th><th>hooks</th></tr>\n",
         w = esc(&r.wave),
         t = s.total,
         m = s.migrated,
@@ -1017,11 +1042,12 @@ ul{{margin:0;padding-left:1.2em}}pre{{white-space:pre-wrap;max-height:8em;overfl
             .collect::<String>();
         let _ = writeln!(
             h,
-            "<tr class=\"{cls}\"><td>{name}<br><small>{src}</small></td><td>{status}</td><td>{secs:.1} s</td><td>{mb} MiB</td>\
+            "<tr class=\"{cls}\"><td>{name}<br><small>{src}</small></td><td>{status}</td><td>{secs:.1} s</td><td>{down}</td><td>{mb} MiB</td>\
 <td>{tp:.1} MiB/s</td><td><ul>{concerns}</ul></td><td><ul>{validation}</ul></td><td>{thumb}</td><td><ul>{hooks}</ul></td></tr>",
             cls = esc(&v.status),
             src = esc(&v.source.display().to_string()),
             secs = v.seconds,
+            down = downtime_cell(v.downtime.as_ref()),
             mb = mib(v.bytes),
             tp = v.mib_per_second,
         );
@@ -1105,6 +1131,61 @@ mod tests {
         assert_eq!(r.summary.pending, 1);
         assert_eq!(r.vms[0].mib_per_second, 1.0);
         assert_eq!(r.vms[2].status, "pending");
+    }
+
+    #[test]
+    fn each_vms_downtime_and_whether_it_was_live_come_from_its_report() {
+        let d = tempfile::tempdir().unwrap();
+        let mut recs = records();
+        let out = |n: &str| d.path().join(n);
+        if let Entry::RunStarted { waves, .. } = &mut recs[0].entry {
+            for v in &mut waves[0].vms {
+                v.out = out(&v.name);
+            }
+        }
+        let write = |n: &str, downtime: &str| {
+            std::fs::create_dir_all(out(n)).unwrap();
+            let r = format!(r#"{{"schema-version": 2, "downtime": {downtime}}}"#);
+            std::fs::write(out(n).join("report.json"), r).unwrap();
+        };
+        write(
+            "good",
+            r#"{"live": true, "source-off-at": 5, "seconds": 65.04}"#,
+        );
+        write("bad<1>", r#"{"live": false, "source-off-at": 5}"#);
+        let r = build(&recs, "w1", false);
+        let good = r.vms.iter().find(|v| v.name == "good").unwrap();
+        let d = good.downtime.as_ref().expect("read from report.json");
+        assert!(d.live);
+        assert_eq!(d.seconds, Some(65.04));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["vms"][0]["downtime"]["live"], true);
+        assert_eq!(json["vms"][0]["downtime"]["seconds"], 65.04);
+        assert!(
+            json["vms"][2].get("downtime").is_none(),
+            "no report, no downtime"
+        );
+
+        let h = html(&r, Path::new("/"));
+        assert!(h.contains("<th>downtime</th>"), "{h}");
+        assert!(h.contains("<td>65.0 s<br><small>live</small></td>"), "{h}");
+        assert!(
+            h.contains("not measured<br><small>cold: no agent report on the target</small>"),
+            "{h}"
+        );
+        let j = junit(&r);
+        assert!(
+            j.contains(r#"<property name="v2k.live" value="true"/>"#),
+            "{j}"
+        );
+        assert!(
+            j.contains(r#"<property name="v2k.downtime-seconds" value="65.0"/>"#),
+            "{j}"
+        );
+        assert!(
+            j.contains(r#"<property name="v2k.live" value="false"/>"#),
+            "{j}"
+        );
     }
 
     #[test]

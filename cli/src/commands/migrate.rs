@@ -397,6 +397,7 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
             "performance": r.performance.as_ref().map(|p| json!({
                 "verdict": p.verdict, "regressions": p.regressions,
             })),
+            "downtime": r.downtime,
             "live": r.live.as_ref().map(|l| json!({
                 "verdict": l.verdict, "downtime-seconds": l.downtime_seconds,
                 "stream-seconds": l.stream_seconds, "outages": l.outages,
@@ -426,6 +427,13 @@ pub fn exec(args: Args) -> anyhow::Result<i32> {
         }
         if let Some(p) = &r.performance {
             writeln!(o, "performance: {}", p.verdict)?;
+        }
+        if let (Some(d), None) = (&r.downtime, &r.live) {
+            let seconds = d
+                .seconds
+                .map(|s| format!("{s:.1} s"))
+                .unwrap_or_else(|| "not measured (no agent report on the target)".into());
+            writeln!(o, "downtime (cold): {seconds}")?;
         }
         if let Some(l) = &r.live {
             let downtime = l
