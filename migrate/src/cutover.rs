@@ -114,10 +114,51 @@ pub fn cut_over(
     ))
 }
 
+/// Marks a running source's `powered-on` concern as expected when it will be cut over
+/// first (a plan VM with `cutover:` or `live:`): the cutover shuts it down before its
+/// disks are read, so it is information, not a refusal. Other concerns are untouched.
+pub fn expect_shutdown(vm: &mut v2k_inventory::Vm) {
+    for c in vm
+        .concerns
+        .iter_mut()
+        .filter(|c| c.id == v2k_vsphere::inventory::POWERED_ON)
+    {
+        c.severity = v2k_inventory::model::Severity::Info;
+        c.message = "VM is powered on: the cutover shuts it down before its disks are read".into();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::cell::RefCell;
+
+    #[test]
+    fn a_cut_over_sources_power_is_expected_and_other_concerns_stay() {
+        use v2k_inventory::model::{Concern, Severity};
+        let d = tempfile::tempdir().unwrap();
+        let vmx = d.path().join("t.vmx");
+        std::fs::write(&vmx, "config.version = \"8\"\nvirtualHW.version = \"14\"\n").unwrap();
+        let mut vm = v2k_inventory::vmx::load(&vmx, &v2k_inventory::BuiltinProbe).unwrap();
+        vm.concerns = vec![
+            Concern {
+                id: v2k_vsphere::inventory::POWERED_ON.into(),
+                severity: Severity::Critical,
+                subject: None,
+                message: "VM is powered on".into(),
+            },
+            Concern {
+                id: "other".into(),
+                severity: Severity::Critical,
+                subject: None,
+                message: "m".into(),
+            },
+        ];
+        expect_shutdown(&mut vm);
+        assert_eq!(vm.concerns[0].severity, Severity::Info);
+        assert!(vm.concerns[0].message.contains("the cutover shuts it down"));
+        assert_eq!(vm.concerns[1].severity, Severity::Critical, "untouched");
+    }
 
     /// A source that records the calls; `obeys` says whether the guest honours a
     /// shutdown request.

@@ -183,7 +183,10 @@ pub fn check(plan: &Plan) -> CheckReport {
                                 c.error = Some("the named OVF VM is not in the file".into())
                             }
                             None => {}
-                            Some(vm) => {
+                            Some(mut vm) => {
+                                if v.cutover.is_some() || v.live.is_some() {
+                                    v2k_migrate::cutover::expect_shutdown(&mut vm);
+                                }
                                 c.disks = vm.disks.len();
                                 if c.esxi_host.is_none() {
                                     c.esxi_host = vm.vsphere.as_ref().and_then(|s| s.host.clone());
