@@ -108,7 +108,8 @@ fn thumbprint_prints_the_servers_certificate_hash() {
 
 /// A wave plan whose source is a pattern: `wave check` lists every VM it matches, each
 /// read over SOAP under its own name (the simulator's VMs are powered on, so each
-/// carries that concern and the check exits 1). A pattern that matches nothing is a
+/// carries that concern and the check exits 1; information instead when the plan cuts
+/// them over). A pattern that matches nothing is a
 /// plan error (exit 2), as is a server the plan cannot reach.
 #[test]
 fn a_wave_plan_pattern_expands_into_the_vms_it_matches() {
@@ -116,12 +117,12 @@ fn a_wave_plan_pattern_expands_into_the_vms_it_matches() {
     let pki = pki();
     let d = tempfile::tempdir().unwrap();
     let plan = d.path().join("plan.yaml");
-    let write = |pattern: &str| {
+    let write_with = |pattern: &str, more: &str| {
         std::fs::write(
             &plan,
             format!(
                 "version: 1\nvsphere:\n  \"127.0.0.1:{}\":\n    ca-file: {}\n\
-                 waves:\n  - name: w\n    vms:\n      - source: {}\n        validate: false\n",
+                 waves:\n  - name: w\n    vms:\n      - source: {}\n        validate: false\n{more}",
                 sim.port,
                 pki.ca.display(),
                 addr(&sim, pattern)
@@ -129,6 +130,7 @@ fn a_wave_plan_pattern_expands_into_the_vms_it_matches() {
         )
         .unwrap();
     };
+    let write = |pattern: &str| write_with(pattern, "");
     let check = || {
         v2k()
             .args(["wave", "check", "--json"])
@@ -156,6 +158,24 @@ fn a_wave_plan_pattern_expands_into_the_vms_it_matches() {
         );
         assert!(v["error"].as_str().unwrap().contains("powered-on"), "{v:#}");
         assert!(v["disks"].as_u64().unwrap() > 0, "{v:#}");
+    }
+
+    // The plan cuts them over: their power is expected (the cutover shuts them down
+    // before their disks are read), information rather than a refusal.
+    write_with("DC0_H0_VM*", "        cutover: true\n");
+    let o = check();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}");
+    let c: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    for v in c["vms"].as_array().unwrap() {
+        assert!(v["error"].is_null(), "{v:#}");
+        let on = v["concerns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "powered-on")
+            .expect("still told");
+        assert_eq!(on["severity"], "info", "{v:#}");
     }
 
     write("nomatch*");
