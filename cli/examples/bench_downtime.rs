@@ -17,6 +17,10 @@
 mod common;
 #[path = "../tests/support/libvirt.rs"]
 mod libvirt;
+// Shared with the tests: this bench uses only its disk copy.
+#[allow(dead_code)]
+#[path = "../tests/support/vcsim_fixture.rs"]
+mod vcsim_fixture;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -27,6 +31,7 @@ use common::*;
 use libvirt::{virsh, virsh_ok};
 use serde_json::Value;
 use v2k_fixtures::{build, Fixture, Variant};
+use vcsim_fixture::fixture_disks;
 
 /// The data disk of the `data8g` shape.
 const DATA_SIZE: u64 = 8 << 30;
@@ -55,24 +60,7 @@ impl Drop for Cleanup {
 /// the data disk for `data8g`; the VM `name` made around them. The disks' sizes.
 fn make_vm(sim: &Vcsim, f: &Fixture, dir: &str, name: &str, data: bool) -> Vec<u64> {
     let ds = datastore_dir(sim).join(dir);
-    std::fs::create_dir_all(&ds).unwrap();
-    let mut disks = Vec::new();
-    for (i, desc) in f.vmx_flat.disks.iter().enumerate() {
-        for src in std::iter::once(desc).chain(f.vmx_flat.extents.iter()) {
-            let dst = ds.join(src.file_name().unwrap());
-            if !dst.exists() {
-                let st = Command::new("cp")
-                    .args(["--sparse=always"])
-                    .arg(src)
-                    .arg(&dst)
-                    .status()
-                    .unwrap();
-                assert!(st.success());
-            }
-        }
-        let file = desc.file_name().unwrap().to_string_lossy().into_owned();
-        disks.push((format!("[LocalDS_0] {dir}/{file}"), f.disk_sizes[i]));
-    }
+    let mut disks = fixture_disks(sim, f, dir);
     if data {
         std::fs::write(
             ds.join("data.vmdk"),
