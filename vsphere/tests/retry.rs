@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use v2k_vsphere::client::{Session, MAX_ATTEMPTS_503};
 use v2k_vsphere::{Credentials, Error, Options, Secret, TlsMode};
 
@@ -57,22 +55,7 @@ fn serve<H>(handler: H) -> u16
 where
     H: Fn(&Request, &mut dyn Write) -> bool + Send + Sync + 'static,
 {
-    let pki = common::pki();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&pki.key).unwrap();
-    let cfg = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap(),
-    );
+    let cfg = common::tls_server_config();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let handler = Arc::new(handler);

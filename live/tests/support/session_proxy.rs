@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use v2k_vsphere::{Options, TlsMode};
 
 use super::common;
@@ -70,20 +70,8 @@ impl SessionProxy {
             conns: Mutex::new(Vec::new()),
         });
         let pki = common::pki();
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert)
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(&pki.key).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server_cfg = Arc::new(
-            rustls::ServerConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(certs, key)
-                .unwrap(),
-        );
+        let server_cfg = common::tls_server_config();
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(&pki.ca).unwrap() {
             roots.add(c.unwrap()).unwrap();
